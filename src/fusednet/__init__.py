@@ -1,0 +1,13 @@
+"""fusednet: a fast CPU trainer for fully-connected neural networks.
+
+Implements the Deep Learning Specialization's courses 1-2 (activations,
+initialisation, L2, dropout, input normalisation, gradient checking,
+mini-batches, momentum, RMSProp, Adam, learning-rate decay, batch norm, softmax,
+hyperparameter search) with compiled kernels behind a thin Python layer.
+"""
+
+from ._version import __version__
+from . import kernels
+from .kernels import get_backend, set_backend, get_num_threads, set_num_threads
+
+__all__ = ["__version__", "kernels", "get_backend", "set_backend", "get_num_threads", "set_num_threads"]

@@ -1,0 +1,329 @@
+"""The kernel layer: one contract, three backends.
+
+``"numpy"`` is the readable pure-NumPy reference (:mod:`fusednet.kernels.reference`)
+and the benchmark baseline; ``"numba"`` and ``"cython"`` are compiled.  Every
+backend module exposes the same raw kernels (see the reference's docstring for
+the contract).  Raw kernels check nothing; the functions of this module with the
+same names are their checked wrappers.
+
+The backend is chosen, in order of precedence, by a ``backend=`` argument, by
+:func:`set_backend` (or the ``FUSEDNET_BACKEND`` environment variable, read once
+when the first kernel is resolved), and otherwise ``"auto"``: per kernel, the
+fastest backend measured by the benchmarks in ``benchmarks/`` (:data:`AUTO`).
+"""
+
+import importlib
+import os
+import threading
+
+import numpy as np
+
+from . import _codes
+from ._codes import ACTIVATIONS, LOSSES, dropout_key, dropout_threshold
+
+__all__ = [
+    "KERNELS",
+    "BACKENDS",
+    "AUTO",
+    "available",
+    "capabilities",
+    "set_backend",
+    "get_backend",
+    "resolve",
+    "get_num_threads",
+    "set_num_threads",
+    "dropout_key",
+    "dropout_threshold",
+]
+
+#: every kernel of the contract, in the order of the reference's docstring
+KERNELS = (
+    "bias_act_forward",
+    "act_backward",
+    "loss_forward",
+    "loss_backward",
+    "dropout_apply",
+    "gd_update",
+    "momentum_update",
+    "rmsprop_update",
+    "adam_update",
+    "batchnorm_forward_train",
+    "batchnorm_forward_infer",
+    "batchnorm_backward",
+    "ewa_update",
+)
+
+#: backend name -> module implementing the raw kernels
+BACKENDS = {
+    "numpy": "fusednet.kernels.reference",
+    "numba": "fusednet.kernels._numba",
+    "cython": "fusednet.kernels._cython",
+}
+
+#: "auto": per kernel, the backends in order of measured speed (first available wins).
+#: Justified by ``benchmarks/test_bench_kernels.py`` (float32, 2 threads); see README.
+AUTO = {name: ("cython", "numba", "numpy") for name in KERNELS}
+
+_lock = threading.Lock()
+_modules = {}
+_import_errors = {}
+_state = {"backend": None, "n_threads": None}
+
+
+def _load(backend):
+    """Import a backend module once; None (and the error kept) when it is not built."""
+    if backend not in _modules and backend not in _import_errors:
+        with _lock:
+            try:
+                _modules[backend] = importlib.import_module(BACKENDS[backend])
+            except ImportError as exc:  # not built, or Numba missing
+                _import_errors[backend] = exc
+    return _modules.get(backend)
+
+
+def available():
+    """The backends that can run here, the reference first.
+
+    Returns
+    -------
+    tuple of str
+        A subset of ``("numpy", "numba", "cython")``.
+    """
+    return tuple(b for b in BACKENDS if _load(b) is not None)
+
+
+def capabilities():
+    """Which kernel exists in which available backend.
+
+    Returns
+    -------
+    dict
+        ``{backend: frozenset(kernel names)}``; drives ``"auto"``, the
+        equivalence tests and the benchmarks.
+    """
+    return {
+        b: frozenset(k for k in KERNELS if callable(getattr(_modules[b], k, None)))
+        for b in available()
+    }
+
+
+def _check_backend(name, argname="backend"):
+    choices = ("auto",) + tuple(BACKENDS)
+    if not isinstance(name, str) or name not in choices:
+        raise ValueError(f"{argname} must be one of {choices}, got {name!r}")
+    if name != "auto" and _load(name) is None:
+        raise ValueError(
+            f"{argname}={name!r} is not available here ({_import_errors[name]}); "
+            f"available: {available()}"
+        )
+    return name
+
+
+def set_backend(name):
+    """Choose the kernel backend for the whole process.
+
+    Parameters
+    ----------
+    name : {"auto", "numpy", "numba", "cython"}
+        ``"auto"`` takes the fastest measured backend per kernel.
+    """
+    _state["backend"] = _check_backend(name)
+
+
+def get_backend():
+    """The current backend choice (``"auto"`` unless set)."""
+    if _state["backend"] is None:
+        env = os.environ.get("FUSEDNET_BACKEND", "auto").strip().lower() or "auto"
+        _state["backend"] = _check_backend(env, "FUSEDNET_BACKEND")
+    return _state["backend"]
+
+
+def resolve(name, backend=None):
+    """The raw kernel ``name`` of ``backend`` (None: the current choice).
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`KERNELS`.
+    backend : str, optional
+        An explicit backend beats :func:`set_backend`, which beats ``"auto"``.
+
+    Returns
+    -------
+    callable
+        The unchecked kernel; callers own the checks (see the wrappers below).
+    """
+    if name not in KERNELS:
+        raise ValueError(f"unknown kernel {name!r}; known: {KERNELS}")
+    backend = get_backend() if backend is None else _check_backend(backend)
+    if backend == "auto":
+        for b in AUTO[name]:
+            mod = _load(b)
+            if mod is not None and callable(getattr(mod, name, None)):
+                return getattr(mod, name)
+        backend = "numpy"
+    return getattr(_load(backend), name)
+
+
+def backend_of(name, backend=None):
+    """The backend name that :func:`resolve` picks for kernel ``name``."""
+    kernel = resolve(name, backend)
+    return next(b for b, mod in _modules.items() if getattr(mod, name, None) is kernel)
+
+
+def _affinity_count():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def get_num_threads():
+    """The thread count every kernel call receives (default: the usable cores)."""
+    if _state["n_threads"] is None:
+        _state["n_threads"] = _affinity_count()
+    return _state["n_threads"]
+
+
+def set_num_threads(n):
+    """Set the kernels' thread count (1 … usable cores)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n_threads must be a positive int, got {n!r}")
+    n = int(n)
+    _state["n_threads"] = n
+    if _load("numba") is not None:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+# --------------------------------------------------------------------------
+# checked wrappers: validate, allocate `out` when not given, call the kernel
+# --------------------------------------------------------------------------
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _array(x, name, ndim=None, dtype=None, writable=False):
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} like the other arrays, got {x.dtype}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (use numpy.ascontiguousarray)")
+    if writable and not x.flags.writeable:
+        raise ValueError(f"{name} is an output and must be writable")
+    return x
+
+
+def _shape(x, name, shape):
+    if x.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {x.shape}")
+
+
+def _out(out, name, shape, dtype):
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    _array(out, name, dtype=dtype, writable=True)
+    _shape(out, name, shape)
+    return out
+
+
+def activation_code(activation):
+    """Map an activation name (or None = linear) to its kernel code."""
+    if activation is None:
+        return _codes.LINEAR
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"activation must be one of {sorted(ACTIVATIONS)} or None, got {activation!r}"
+        )
+    return ACTIVATIONS[activation]
+
+
+def _slope(slope):
+    if not np.isfinite(slope) or not 0.0 <= slope < 1.0:
+        raise ValueError(f"leaky_slope must be in [0, 1), got {slope!r}")
+    return float(slope)
+
+
+def bias_act_forward(Z, b, activation="linear", *, slope=0.01, out=None, backend=None):
+    """Checked ``A = g(Z + b)``; returns ``out``."""
+    _array(Z, "Z", 2)
+    _array(b, "b", 1, Z.dtype)
+    _shape(b, "b", (Z.shape[1],))
+    act = activation_code(activation)
+    out = _out(out, "out", Z.shape, Z.dtype)
+    resolve("bias_act_forward", backend)(Z, b, act, _slope(slope), out, get_num_threads())
+    return out
+
+
+def act_backward(dA, A, activation="linear", *, slope=0.01, out=None, db=None, backend=None):
+    """Checked ``dZ = dA * g'(A)`` and ``db = sum_rows(dZ)``; returns ``(dZ, db)``."""
+    _array(dA, "dA", 2)
+    _array(A, "A", 2, dA.dtype)
+    _shape(A, "A", dA.shape)
+    act = activation_code(activation)
+    out = _out(out, "out", dA.shape, dA.dtype)
+    db = _out(db, "db", (dA.shape[1],), dA.dtype)
+    resolve("act_backward", backend)(dA, A, act, _slope(slope), out, db, get_num_threads())
+    return out, db
+
+
+def loss_forward(Z, b, Y, loss, *, out=None, backend=None):
+    """Checked output activation plus mean cost; returns ``(cost, A)``."""
+    _array(Z, "Z", 2)
+    _array(b, "b", 1, Z.dtype)
+    _shape(b, "b", (Z.shape[1],))
+    _array(Y, "Y", 2, Z.dtype)
+    _shape(Y, "Y", Z.shape)
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
+    out = _out(out, "out", Z.shape, Z.dtype)
+    cost = resolve("loss_forward", backend)(Z, b, Y, LOSSES[loss], out, get_num_threads())
+    return cost, out
+
+
+def loss_backward(A, Y, *, out=None, db=None, backend=None):
+    """Checked ``dZ = (A - Y) / m``, ``db = sum_rows(dZ)``; returns ``(dZ, db)``."""
+    _array(A, "A", 2)
+    _array(Y, "Y", 2, A.dtype)
+    _shape(Y, "Y", A.shape)
+    out = _out(out, "out", A.shape, A.dtype)
+    db = _out(db, "db", (A.shape[1],), A.dtype)
+    resolve("loss_backward", backend)(A, Y, out, db, get_num_threads())
+    return out, db
+
+
+def dropout_apply(X, keep_prob, key, *, out=None, backend=None):
+    """Checked inverted dropout: keep with probability ``keep_prob``, scale by ``1/keep_prob``.
+
+    The mask is a function of ``key`` (see :func:`dropout_key`) and the flat
+    index only; calling it again with the same key on ``dA`` is the backward pass.
+    """
+    _array(X, "X")
+    if not (isinstance(keep_prob, (int, float, np.floating)) and 0.0 < keep_prob <= 1.0):
+        raise ValueError(f"keep_prob must be in (0, 1], got {keep_prob!r}")
+    if not isinstance(key, (int, np.integer)) or not 0 <= int(key) < 2**64:
+        raise ValueError(f"key must be an int in [0, 2**64), got {key!r}")
+    if X.size >= 2**32:
+        raise ValueError(f"X has {X.size} elements; dropout masks index at most 2**32")
+    out = _out(out, "out", X.shape, X.dtype)
+    resolve("dropout_apply", backend)(
+        X, int(key), dropout_threshold(keep_prob), 1.0 / keep_prob, out, get_num_threads()
+    )
+    return out
+
+
+def ewa_update(v, x, beta, *, backend=None):
+    """Checked in-place ``v = beta * v + (1 - beta) * x``; returns ``v``."""
+    _array(v, "v", writable=True)
+    _array(x, "x", dtype=v.dtype)
+    _shape(x, "x", v.shape)
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"beta must be in [0, 1), got {beta!r}")
+    resolve("ewa_update", backend)(v.reshape(-1), x.reshape(-1), float(beta), get_num_threads())
+    return v
