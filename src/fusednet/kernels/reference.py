@@ -60,7 +60,8 @@ from ._codes import BCE, CCE, LEAKY_RELU, LINEAR, MSE, RELU, SIGMOID, SOFTMAX, T
 
 def sigmoid(z):
     r""":math:`\sigma(z) = 1 / (1 + e^{-z})`."""
-    return 1.0 / (1.0 + np.exp(-z))
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-z))
 
 
 def sigmoid_grad(a):
@@ -136,7 +137,8 @@ def _act(Z, act, slope):
     if act == LEAKY_RELU:
         return leaky_relu(Z, slope)
     if act == SOFTMAX:
-        e = np.exp(Z - Z.max(axis=1, keepdims=True))
+        with np.errstate(over="ignore"):
+            e = np.exp(Z - Z.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
     raise ValueError(f"unknown activation code {act}")
 
@@ -175,7 +177,7 @@ def loss_forward(Z, b, Y, loss, A, n_threads):
         a = z
         total = 0.5 * np.sum((a - y) ** 2)
     elif loss == BCE:
-        a = 1.0 / (1.0 + np.exp(-z))
+        a = sigmoid(z)
         # -(y log a + (1-y) log(1-a)), written on the logits so it never overflows
         total = np.sum(np.maximum(z, 0.0) - z * y + np.log1p(np.exp(-np.abs(z))))
     elif loss == CCE:

@@ -1,0 +1,299 @@
+"""Every kernel of every backend against the course's textbook NumPy, at 1e3 … 1e7 elements.
+
+Run:  pytest benchmarks/test_bench_kernels.py --benchmark-only
+(float32, all usable cores; the ratio table is printed at the end.)
+"""
+
+import numpy as np
+import pytest
+from conftest import add_external, matrix, run_isolated, sizes
+
+import fusednet as fn
+from fusednet import kernels as K
+from fusednet.kernels import _codes
+
+BACKENDS = K.available()
+IMPLS = ["textbook", *BACKENDS]
+T = lambda: K.get_num_threads()  # noqa: E731
+
+
+def _setup(benchmark, group, impl):
+    benchmark.group = group
+    benchmark.extra_info["impl"] = impl
+
+
+# ---------------------------------------------------------------- activations
+
+TEXTBOOK_FWD = {
+    "sigmoid": lambda Z, b: 1 / (1 + np.exp(-(Z + b))),
+    "tanh": lambda Z, b: np.tanh(Z + b),
+    "relu": lambda Z, b: np.maximum(0, Z + b),
+}
+
+
+def _ufunc_out(act, Z, b, A):
+    """NumPy ufuncs into a preallocated buffer: the fastest NumPy can do."""
+    np.add(Z, b, out=A)
+    if act == "sigmoid":
+        np.negative(A, out=A)
+        np.exp(A, out=A)
+        np.add(A, 1, out=A)
+        np.reciprocal(A, out=A)
+    elif act == "tanh":
+        np.tanh(A, out=A)
+    else:
+        np.maximum(A, 0, out=A)
+
+
+@pytest.mark.parametrize("size", sizes())
+@pytest.mark.parametrize("act", ["sigmoid", "tanh", "relu"])
+@pytest.mark.parametrize("impl", ["ufunc-out", *IMPLS])
+def test_act_forward(benchmark, record, act, size, impl):
+    _setup(benchmark, f"fwd {act} {size:.0e}", impl)
+    Z = matrix(size)
+    b = np.random.default_rng(1).standard_normal(Z.shape[1], dtype=np.float32)
+    A = np.empty_like(Z)
+    if impl == "textbook":
+        record(TEXTBOOK_FWD[act], Z, b)
+    elif impl == "ufunc-out":
+        record(_ufunc_out, act, Z, b, A)
+    else:
+        kern = K.resolve("bias_act_forward", impl)
+        record(kern, Z, b, _codes.ACTIVATIONS[act], 0.01, A, T())
+
+
+TEXTBOOK_BWD = {
+    "sigmoid": lambda dA, A: (dA * A * (1 - A), np.sum(dA * A * (1 - A), axis=0)),
+    "tanh": lambda dA, A: (dA * (1 - A**2), np.sum(dA * (1 - A**2), axis=0)),
+    "relu": lambda dA, A: (dA * (A > 0), np.sum(dA * (A > 0), axis=0)),
+}
+
+
+@pytest.mark.parametrize("size", sizes())
+@pytest.mark.parametrize("act", ["sigmoid", "tanh", "relu"])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_act_backward(benchmark, record, act, size, impl):
+    _setup(benchmark, f"bwd {act} {size:.0e}", impl)
+    dA = matrix(size, seed=2)
+    A = np.abs(matrix(size, seed=3)) / 4
+    dZ, db = np.empty_like(dA), np.empty(dA.shape[1], dA.dtype)
+    if impl == "textbook":
+        record(TEXTBOOK_BWD[act], dA, A)
+    else:
+        kern = K.resolve("act_backward", impl)
+        record(kern, dA, A, _codes.ACTIVATIONS[act], 0.01, dZ, db, T())
+
+
+# ---------------------------------------------------------------- softmax + cross-entropy
+
+
+def _textbook_softmax_ce(Z, b, Y):
+    Z = Z + b
+    e = np.exp(Z - Z.max(axis=1, keepdims=True))
+    A = e / e.sum(axis=1, keepdims=True)
+    return -np.sum(Y * np.log(A)) / Z.shape[0], A
+
+
+@pytest.mark.parametrize("m", [128, 10_000, 1_000_000])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_softmax_ce(benchmark, record, m, impl):
+    _setup(benchmark, f"softmax+CE ({m}, 10)", impl)
+    rng = np.random.default_rng(0)
+    Z = rng.standard_normal((m, 10), dtype=np.float32)
+    b = np.zeros(10, np.float32)
+    Y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, m)]
+    A = np.empty_like(Z)
+    if impl == "textbook":
+        record(_textbook_softmax_ce, Z, b, Y)
+    else:
+        record(K.resolve("loss_forward", impl), Z, b, Y, _codes.CCE, A, T())
+
+
+# ---------------------------------------------------------------- dropout
+
+
+def _textbook_dropout(A, keep_prob, rng):
+    D = rng.random(A.shape, dtype=np.float32) < keep_prob
+    return A * D / keep_prob
+
+
+@pytest.mark.parametrize("size", sizes())
+@pytest.mark.parametrize("impl", IMPLS)
+def test_dropout(benchmark, record, size, impl):
+    _setup(benchmark, f"dropout {size:.0e}", impl)
+    X = matrix(size)
+    out = np.empty_like(X)
+    if impl == "textbook":
+        record(_textbook_dropout, X, 0.8, np.random.default_rng(0))
+    else:
+        key = K.dropout_key(0, 1)
+        record(K.resolve("dropout_apply", impl), X, key, K.dropout_threshold(0.8), 1 / 0.8, out, T())
+
+
+# ---------------------------------------------------------------- optimisers
+
+
+def _textbook_adam(w, g, m, v, t, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
+    m[:] = b1 * m + (1 - b1) * g
+    v[:] = b2 * v + (1 - b2) * g**2
+    m_hat = m / (1 - b1**t)
+    v_hat = v / (1 - b2**t)
+    w[:] = w - lr * m_hat / (np.sqrt(v_hat) + eps)
+
+
+def _textbook_rmsprop(w, g, s, lr=1e-3, beta=0.9, eps=1e-8):
+    s[:] = beta * s + (1 - beta) * g**2
+    w[:] = w - lr * g / (np.sqrt(s) + eps)
+
+
+def _textbook_momentum(w, g, v, lr=1e-2, beta=0.9):
+    v[:] = beta * v + (1 - beta) * g
+    w[:] = w - lr * v
+
+
+def _opt_arrays(n, subnormal=False):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(n, dtype=np.float32)
+    g = rng.standard_normal(n, dtype=np.float32) * 1e-3
+    if subnormal:  # dead units: zero gradient, moments decayed into subnormal numbers
+        g[:] = 0
+        m = np.full(n, 1e-39, np.float32)
+        v = np.full(n, 1e-39, np.float32)
+    else:
+        m = np.abs(rng.standard_normal(n, dtype=np.float32)) * 1e-3
+        v = np.abs(rng.standard_normal(n, dtype=np.float32)) * 1e-6
+    return w, g, m, v
+
+
+OPT_SIZES = [1_000, 100_000, 250_000, 10_000_000]
+
+
+@pytest.mark.parametrize("n", OPT_SIZES)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_adam(benchmark, record, n, impl):
+    _setup(benchmark, f"adam {n:.1e}", impl)
+    w, g, m, v = _opt_arrays(n)
+    if impl == "textbook":
+        record(_textbook_adam, w, g, m, v, 10)
+    else:
+        kern = K.resolve("adam_update", impl)
+        record(kern, w, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 1 - 0.9**10, 1 - 0.999**10, 0.0, 0, T())
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_adam_subnormal_state(benchmark, record, impl):
+    """Moments decayed into subnormal numbers must not slow the update down."""
+    n = 1_000_000
+    _setup(benchmark, f"adam subnormal {n:.0e}", impl)
+    w, g, m, v = _opt_arrays(n, subnormal=True)
+    if impl == "textbook":
+        record(_textbook_adam, w, g, m, v, 10)
+    else:
+        kern = K.resolve("adam_update", impl)
+        record(kern, w, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 1 - 0.9**10, 1 - 0.999**10, 0.0, 0, T())
+
+
+@pytest.mark.parametrize("n", [1_000, 100_000, 10_000_000])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_rmsprop(benchmark, record, n, impl):
+    _setup(benchmark, f"rmsprop {n:.0e}", impl)
+    w, g, s, _ = _opt_arrays(n)
+    if impl == "textbook":
+        record(_textbook_rmsprop, w, g, s)
+    else:
+        record(K.resolve("rmsprop_update", impl), w, g, s, 1e-3, 0.9, 1e-8, 0.0, 0, T())
+
+
+@pytest.mark.parametrize("n", [1_000, 100_000, 10_000_000])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_momentum(benchmark, record, n, impl):
+    _setup(benchmark, f"momentum {n:.0e}", impl)
+    w, g, v, _ = _opt_arrays(n)
+    if impl == "textbook":
+        record(_textbook_momentum, w, g, v)
+    else:
+        record(K.resolve("momentum_update", impl), w, g, v, 1e-2, 0.9, 1.0, 0.0, 0, T())
+
+
+# ---------------------------------------------------------------- batch norm
+
+
+def _textbook_bn(Z, gamma, beta, eps=1e-5):
+    mu = Z.mean(axis=0)
+    var = Z.var(axis=0)
+    Znorm = (Z - mu) / np.sqrt(var + eps)
+    return gamma * Znorm + beta
+
+
+@pytest.mark.parametrize("shape", [(128, 64), (128, 256), (4096, 512)])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_batchnorm_forward(benchmark, record, shape, impl):
+    _setup(benchmark, f"batchnorm fwd {shape}", impl)
+    rng = np.random.default_rng(0)
+    Z = rng.standard_normal(shape, dtype=np.float32)
+    gamma, beta = np.ones(shape[1], np.float32), np.zeros(shape[1], np.float32)
+    if impl == "textbook":
+        record(_textbook_bn, Z, gamma, beta)
+    else:
+        bufs = [np.empty_like(Z), np.empty_like(Z)] + [np.empty(shape[1], np.float32) for _ in range(3)]
+        record(K.resolve("batchnorm_forward_train", impl), Z, gamma, beta, 1e-5, *bufs, T())
+
+
+# ---------------------------------------------------------------- PyTorch, each in its own process
+
+_TORCH_ADAM = """
+import time, statistics, torch
+torch.set_num_threads({threads})
+n = {n}
+p = torch.nn.Parameter(torch.randn(n))
+p.grad = torch.randn(n) * 1e-3
+opt = torch.optim.Adam([p], lr=1e-3, fused={fused})
+for _ in range(20): opt.step()
+ts = []
+for _ in range({reps}):
+    t0 = time.perf_counter(); opt.step(); ts.append(time.perf_counter() - t0)
+print(statistics.median(ts))
+"""
+
+_TORCH_DROPOUT = """
+import time, statistics, torch
+torch.set_num_threads({threads})
+x = torch.randn({n})
+for _ in range(3): torch.nn.functional.dropout(x, 0.2, True)
+ts = []
+for _ in range({reps}):
+    t0 = time.perf_counter(); torch.nn.functional.dropout(x, 0.2, True); ts.append(time.perf_counter() - t0)
+print(statistics.median(ts))
+"""
+
+
+def _torch_available():
+    try:
+        run_isolated("import torch")
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.parametrize("n", [250_000, 10_000_000])
+def test_torch_adam_reference(benchmark, n):
+    """torch.optim.Adam(fused=True) on one flat buffer, timed in its own process."""
+    if not _torch_available():
+        pytest.skip("PyTorch is not installed (install the 'bench' extra)")
+    benchmark.group = f"adam {n:.1e}"
+    reps = 3 if benchmark.disabled else 50
+    for fused in (True, False):
+        med = float(run_isolated(_TORCH_ADAM.format(threads=T(), n=n, fused=fused, reps=reps)))
+        add_external(benchmark.group, f"torch-adam{'-fused' if fused else ''}", med)
+    benchmark.pedantic(lambda: None, rounds=1)
+
+
+def test_torch_dropout_reference(benchmark):
+    if not _torch_available():
+        pytest.skip("PyTorch is not installed (install the 'bench' extra)")
+    n = 10_000_000
+    benchmark.group = f"dropout {n:.0e}"
+    reps = 3 if benchmark.disabled else 20
+    med = float(run_isolated(_TORCH_DROPOUT.format(threads=T(), n=n, reps=reps)))
+    add_external(benchmark.group, "torch-dropout", med)
+    benchmark.pedantic(lambda: None, rounds=1)
