@@ -86,18 +86,25 @@ def _check_real(name, value, low=None, high=None, *, low_open=False, high_open=F
     ValueError
         ``value`` is NaN, infinite or outside the interval.
     """
-    left = "(" if low_open else "["
-    right = ")" if high_open else "]"
-    interval = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+    kind = "a real number" if low is not None and high is not None else "a finite real number"
+    if low is not None and high is not None:
+        interval = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    elif low is not None:
+        interval = f"{'>' if low_open else '>='} {low}"
+    elif high is not None:
+        interval = f"{'<' if high_open else '<='} {high}"
+    else:
+        interval = ""
+    wanted = f"{kind} {interval}".strip()
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number in {interval}, got {_describe(value)}")
+        raise TypeError(f"{name} must be {wanted}, got {_describe(value)}")
     value = float(value)
     if math.isnan(value):
-        raise ValueError(f"{name} must be a real number in {interval}, got nan")
+        raise ValueError(f"{name} must be {wanted}, got nan")
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high or math.isinf(value):
-        raise ValueError(f"{name} must be a real number in {interval}, got {value!r}")
+        raise ValueError(f"{name} must be {wanted}, got {value!r}")
     return value
 
 
@@ -177,7 +184,7 @@ def _as_class_ids(name, y):
         if fractional.any():
             i = int(np.argmax(fractional))
             raise ValueError(
-                f"{name} must hold integer class ids, got the non-integer {y[i]!r} at index {i}"
+                f"{name} must hold integer class ids, got the non-integer {float(y[i])!r} at index {i}"
             )
     ids = y.astype(np.int64)
     if ids.size and ids.min() < 0:
@@ -378,6 +385,13 @@ def split(X, y, dev=0.1, test=0.1, seed=0, stratify=False):
 # --------------------------------------------------------------------------
 
 
+def _output_dtype(X):
+    """float32/float64 inputs keep their dtype; anything else becomes float64."""
+    if X.dtype in (np.dtype(np.float32), np.dtype(np.float64)):
+        return X.dtype
+    return np.dtype(np.float64)
+
+
 class Normalizer:
     r"""Standardise each feature with the mean and standard deviation of the training set.
 
@@ -506,6 +520,9 @@ class Normalizer:
     def transform(self, X, *, copy=True):
         """Standardise ``X`` with the fitted statistics: ``(X - mean_) / std_``.
 
+        Computed in float64, a chunk of rows at a time, then stored in the
+        output dtype, so float32 data far from zero keep their precision.
+
         Parameters
         ----------
         X : array_like, shape (m, n_features)
@@ -530,13 +547,13 @@ class Normalizer:
         X = self._check_X(X)
         self._check_features(X)
         _check_finite("X", X)
-        dtype = X.dtype if X.dtype.kind == "f" and X.dtype.itemsize >= 4 else np.dtype(np.float64)
+        dtype = _output_dtype(X)
         if not copy and X.dtype == dtype and X.flags.writeable and type(X) is np.ndarray:
             out = X
         else:
-            out = np.array(X, dtype=dtype, copy=True, order="C")
-        out -= self.mean_.astype(dtype)
-        out /= self.std_.astype(dtype)
+            out = np.empty(X.shape, dtype=dtype)
+        for rows in _row_chunks(X):
+            out[rows] = (np.asarray(X[rows], dtype=np.float64) - self.mean_) / self.std_
         return out
 
     def fit_transform(self, X):
@@ -569,10 +586,9 @@ class Normalizer:
         X = self._check_X(X)
         self._check_features(X)
         _check_finite("X", X)
-        dtype = X.dtype if X.dtype.kind == "f" and X.dtype.itemsize >= 4 else np.dtype(np.float64)
-        out = np.array(X, dtype=dtype, copy=True, order="C")
-        out *= self.std_.astype(dtype)
-        out += self.mean_.astype(dtype)
+        out = np.empty(X.shape, dtype=_output_dtype(X))
+        for rows in _row_chunks(X):
+            out[rows] = np.asarray(X[rows], dtype=np.float64) * self.std_ + self.mean_
         return out
 
     def to_dict(self):
@@ -652,6 +668,8 @@ class Normalizer:
                 f"got {_describe(zero_variance)}"
             )
         n = d.get("n_features_in", mean.size)
+        if isinstance(n, np.ndarray) and n.ndim == 0:
+            n = n.item()
         if _check_int("n_features_in", n, 0) != mean.size:
             raise ValueError(
                 f"Normalizer state 'n_features_in' is {n} but 'mean' has {mean.size} values"

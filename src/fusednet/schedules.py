@@ -120,6 +120,11 @@ class InverseTimeDecay(Schedule):
     with ``e`` the epoch (from 0), ``r = decay_rate`` and ``T = time_interval``:
     the rate drops every ``time_interval`` epochs.
 
+    .. warning::
+       Keras' ``InverseTimeDecay`` counts optimiser steps and divides by
+       ``decay_steps`` without flooring unless ``staircase=True``; this one
+       counts epochs and always floors (the course's ``epoch_num``).
+
     Parameters
     ----------
     lr0 : float
@@ -128,11 +133,6 @@ class InverseTimeDecay(Schedule):
         :math:`r \ge 0` (0 gives a constant rate).
     time_interval : int, default 1
         Epochs per decay step, >= 1.
-
-    .. warning::
-       Keras' ``InverseTimeDecay`` counts optimiser steps and divides by
-       ``decay_steps`` without flooring unless ``staircase=True``; this one
-       counts epochs and always floors (the course's ``epoch_num``).
     """
 
     _fields = ("lr0", "decay_rate", "time_interval")

@@ -9,6 +9,7 @@ import csv
 import gzip
 import io
 import os
+import warnings
 import zipfile
 import zlib
 
@@ -171,15 +172,17 @@ def _load_text(path, label_column, header, dtype):
         label_column = names.index(label_column)
     skip_to = line_number if header else line_number - 1
     try:
-        table = np.loadtxt(
-            path,
-            delimiter=delimiter,
-            skiprows=skip_to,
-            dtype=np.float64,
-            ndmin=2,
-            quotechar='"',
-            encoding="utf-8",
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data": checked below
+            table = np.loadtxt(
+                path,
+                delimiter=delimiter,
+                skiprows=skip_to,
+                dtype=np.float64,
+                ndmin=2,
+                quotechar='"',
+                encoding="utf-8",
+            )
     except UnicodeDecodeError:
         raise _FileError("is not UTF-8 text") from None
     except ValueError as exc:
@@ -217,7 +220,7 @@ def _read_idx(path):
     if len(data) < 4:
         raise _FileError(f"truncated: {len(data)} bytes, too short for the IDX magic number")
     if data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
-        raise _FileError(f"bad IDX magic number 0x{data[:4].hex()} (expected 0x0000TTNN)")
+        raise _FileError(f"bad IDX magic number 0x{data[:4].hex()} (expected 0x00000803 for images, 0x00000801 for labels)")
     item, ndim = _IDX_TYPES[data[2]], data[3]
     if ndim == 0:
         raise _FileError("IDX header declares 0 dimensions")

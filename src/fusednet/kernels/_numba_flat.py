@@ -1,0 +1,228 @@
+"""Numba kernels over flat buffers: dropout, the optimiser updates, the EWA step.
+
+Each kernel comes as a ``*_span(..., start, stop)`` function that does the work
+on the flat index range ``[start, stop)`` (the serial kernel is one span over
+everything) and a ``*_parallel(..., n_chunks)`` function that cuts the buffer
+into ``n_chunks`` contiguous 64-byte-aligned spans and runs them in a
+``prange``.  Elements are independent, so both give the same bits for any
+number of chunks.  Semantics and signatures: :mod:`fusednet.kernels.reference`.
+
+Data flow is marked on each kernel: ``IN`` arguments are only read, ``OUT``
+only written, ``INOUT`` both.  Nothing is allocated; everything returns None.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from ._numba_math import FASTMATH, dropout_hash, flush, like, tiny
+
+_OPTIONS = dict(cache=True, nogil=True, fastmath=set(FASTMATH), error_model="numpy")
+kernel = njit(**_OPTIONS)
+parallel_kernel = njit(parallel=True, **_OPTIONS)
+
+#: chunk boundaries are multiples of this many elements (64 bytes of float32),
+#: so two threads never write the same cache line
+ALIGN = 16
+
+
+@njit(inline="always")
+def bound(n, n_chunks, k):
+    """Start of chunk ``k`` (end of chunk ``k - 1``) when ``[0, n)`` is cut in ``n_chunks``."""
+    if k >= n_chunks:
+        return n
+    b = (n * k) // n_chunks
+    return b - b % ALIGN
+
+
+# --------------------------------------------------------------------------
+# dropout
+# --------------------------------------------------------------------------
+
+
+@kernel
+def dropout_span(X, k1, k2, last_kept, drop_all, scale, out, start, stop):
+    """``out = X * scale`` where ``dropout_hash(i) <= last_kept``, else 0, for flat i in [start, stop).
+
+    X (any shape, C order) IN; out (X's shape) OUT, may alias X.  ``k1, k2``
+    are the key's 32-bit halves; ``last_kept = threshold - 1`` as a uint32
+    (``drop_all`` when the threshold is 0).
+    """
+    x = X.reshape(X.size)
+    o = out.reshape(out.size)
+    zero = like(X, 0.0)
+    if drop_all:
+        for i in range(start, stop):
+            o[i] = zero
+        return
+    c = like(X, scale)
+    key1 = np.uint32(k1)
+    key2 = np.uint32(k2)
+    last = np.uint32(last_kept)
+    for i in range(start, stop):
+        o[i] = x[i] * c if dropout_hash(i, key1, key2) <= last else zero
+
+
+@parallel_kernel
+def dropout_parallel(X, k1, k2, last_kept, drop_all, scale, out, n_chunks):
+    n = X.size
+    for k in prange(n_chunks):
+        dropout_span(X, k1, k2, last_kept, drop_all, scale, out,
+                     bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
+
+
+# --------------------------------------------------------------------------
+# optimisers.  The gradient read is g + l2 * w on [0, n_decay) when l2 != 0,
+# g elsewhere; each span runs the decayed part and the plain part as two
+# branch-free loops.
+# --------------------------------------------------------------------------
+
+
+@njit(inline="always")
+def _split(l2, n_decay, start, stop):
+    """End of the weight-decayed part of ``[start, stop)``."""
+    if l2 == 0.0:
+        return start
+    return min(max(n_decay, start), stop)
+
+
+@kernel
+def gd_span(w, g, lr, l2, n_decay, start, stop):
+    """``w -= lr * (g + l2 w)``.  w (n,) INOUT, g (n,) IN."""
+    c_lr = like(w, lr)
+    c_l2 = like(w, l2)
+    mid = _split(l2, n_decay, start, stop)
+    for i in range(start, mid):
+        w[i] -= c_lr * (g[i] + c_l2 * w[i])
+    for i in range(mid, stop):
+        w[i] -= c_lr * g[i]
+
+
+@parallel_kernel
+def gd_parallel(w, g, lr, l2, n_decay, n_chunks):
+    n = w.size
+    for k in prange(n_chunks):
+        gd_span(w, g, lr, l2, n_decay, bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
+
+
+@njit(inline="always")
+def _momentum_point(w, v, i, gp, c_lr, c_beta, c_1mb, c_bc, tv):
+    vi = flush(c_beta * v[i] + c_1mb * gp, tv)
+    v[i] = vi
+    w[i] -= c_lr * (vi / c_bc)
+
+
+@kernel
+def momentum_span(w, g, v, lr, beta, bc, l2, n_decay, start, stop):
+    """``v = beta v + (1 - beta) g'``, ``w -= lr v / bc``.  w, v (n,) INOUT, g (n,) IN."""
+    c_lr = like(w, lr)
+    c_beta = like(w, beta)
+    c_1mb = like(w, 1.0 - beta)
+    c_bc = like(w, bc)
+    c_l2 = like(w, l2)
+    tv = tiny(w)
+    mid = _split(l2, n_decay, start, stop)
+    for i in range(start, mid):
+        _momentum_point(w, v, i, g[i] + c_l2 * w[i], c_lr, c_beta, c_1mb, c_bc, tv)
+    for i in range(mid, stop):
+        _momentum_point(w, v, i, g[i], c_lr, c_beta, c_1mb, c_bc, tv)
+
+
+@parallel_kernel
+def momentum_parallel(w, g, v, lr, beta, bc, l2, n_decay, n_chunks):
+    n = w.size
+    for k in prange(n_chunks):
+        momentum_span(w, g, v, lr, beta, bc, l2, n_decay,
+                      bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
+
+
+@njit(inline="always")
+def _rmsprop_point(w, s, i, gp, c_lr, c_beta, c_1mb, c_eps, tv):
+    si = flush(c_beta * s[i] + c_1mb * (gp * gp), tv)
+    s[i] = si
+    w[i] -= c_lr * gp / (np.sqrt(si) + c_eps)
+
+
+@kernel
+def rmsprop_span(w, g, s, lr, beta, eps, l2, n_decay, start, stop):
+    """``s = beta s + (1 - beta) g'^2``, ``w -= lr g' / (sqrt(s) + eps)``.  w, s INOUT, g IN."""
+    c_lr = like(w, lr)
+    c_beta = like(w, beta)
+    c_1mb = like(w, 1.0 - beta)
+    c_eps = like(w, eps)
+    c_l2 = like(w, l2)
+    tv = tiny(w)
+    mid = _split(l2, n_decay, start, stop)
+    for i in range(start, mid):
+        _rmsprop_point(w, s, i, g[i] + c_l2 * w[i], c_lr, c_beta, c_1mb, c_eps, tv)
+    for i in range(mid, stop):
+        _rmsprop_point(w, s, i, g[i], c_lr, c_beta, c_1mb, c_eps, tv)
+
+
+@parallel_kernel
+def rmsprop_parallel(w, g, s, lr, beta, eps, l2, n_decay, n_chunks):
+    n = w.size
+    for k in prange(n_chunks):
+        rmsprop_span(w, g, s, lr, beta, eps, l2, n_decay,
+                     bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
+
+
+@njit(inline="always")
+def _adam_point(w, m, v, i, gp, c_lr, c_b1, c_1mb1, c_b2, c_1mb2, c_eps, c_bc1, c_bc2, tv):
+    mi = flush(c_b1 * m[i] + c_1mb1 * gp, tv)
+    vi = flush(c_b2 * v[i] + c_1mb2 * (gp * gp), tv)
+    m[i] = mi
+    v[i] = vi
+    w[i] -= c_lr * (mi / c_bc1) / (np.sqrt(vi / c_bc2) + c_eps)
+
+
+@kernel
+def adam_span(w, g, m, v, lr, beta1, beta2, eps, bc1, bc2, l2, n_decay, start, stop):
+    """Adam with bias-correction divisors ``bc1, bc2``.  w, m, v (n,) INOUT, g (n,) IN."""
+    c_lr = like(w, lr)
+    c_b1 = like(w, beta1)
+    c_1mb1 = like(w, 1.0 - beta1)
+    c_b2 = like(w, beta2)
+    c_1mb2 = like(w, 1.0 - beta2)
+    c_eps = like(w, eps)
+    c_bc1 = like(w, bc1)
+    c_bc2 = like(w, bc2)
+    c_l2 = like(w, l2)
+    tv = tiny(w)
+    mid = _split(l2, n_decay, start, stop)
+    for i in range(start, mid):
+        _adam_point(w, m, v, i, g[i] + c_l2 * w[i],
+                    c_lr, c_b1, c_1mb1, c_b2, c_1mb2, c_eps, c_bc1, c_bc2, tv)
+    for i in range(mid, stop):
+        _adam_point(w, m, v, i, g[i],
+                    c_lr, c_b1, c_1mb1, c_b2, c_1mb2, c_eps, c_bc1, c_bc2, tv)
+
+
+@parallel_kernel
+def adam_parallel(w, g, m, v, lr, beta1, beta2, eps, bc1, bc2, l2, n_decay, n_chunks):
+    n = w.size
+    for k in prange(n_chunks):
+        adam_span(w, g, m, v, lr, beta1, beta2, eps, bc1, bc2, l2, n_decay,
+                  bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
+
+
+# --------------------------------------------------------------------------
+# exponentially weighted average
+# --------------------------------------------------------------------------
+
+
+@kernel
+def ewa_span(v, x, beta, start, stop):
+    """``v = beta v + (1 - beta) x``.  v INOUT, x (v's shape) IN, flat index range."""
+    vf = v.reshape(v.size)
+    xf = x.reshape(x.size)
+    c_beta = like(v, beta)
+    c_1mb = like(v, 1.0 - beta)
+    for i in range(start, stop):
+        vf[i] = c_beta * vf[i] + c_1mb * xf[i]
+
+
+@parallel_kernel
+def ewa_parallel(v, x, beta, n_chunks):
+    n = v.size
+    for k in prange(n_chunks):
+        ewa_span(v, x, beta, bound(n, n_chunks, k), bound(n, n_chunks, k + 1))

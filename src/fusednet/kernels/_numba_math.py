@@ -1,0 +1,357 @@
+r"""Scalar point functions for the Numba kernels, written so LLVM vectorises them.
+
+PyPI's llvmlite ships without a vector math library, so ``np.exp`` or
+``np.tanh`` inside a Numba loop become one scalar libm call per element, an
+order of magnitude slower than NumPy's own SIMD ufuncs.  The functions here
+replace those calls with branch-free polynomial and rational approximations
+built from ``+ - * /``, ``floor``, comparisons and a bit cast, which the loop
+vectoriser turns into SIMD code.
+
+Each function mirrors a point function of :mod:`fusednet.kernels.reference`
+(named in its docstring) and is pinned to it by the tests.  Accuracy, measured
+against float64 NumPy over dense grids (see ``tests/kernels/test_numba_specific.py``):
+
+=================  ===========================  ============================
+function           float32                      float64
+=================  ===========================  ============================
+``exp``            rel. error <= 2 ulp          rel. error <= 2 ulp
+``tanh``           abs. error <= 3e-7           rel. error <= 4 ulp
+``sigmoid``        abs. error <= 2e-7           abs. error <= 1e-16
+=================  ===========================  ============================
+
+Results outside the float range follow NumPy: ``exp`` gives ``inf`` above the
+overflow point and ``0`` far below it (where NumPy gives a subnormal number,
+this gives 0, an absolute difference below the smallest normal number), NaN
+propagates through every function.
+
+The generic names (``exp``, ``tanh``, ``sigmoid``) pick the float32 or float64
+version from the argument's type at compile time, so one kernel body serves
+both dtypes without promoting float32 arithmetic to float64.
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+#: the fast-math flags of every kernel: no ``nnan``/``ninf``, so NaN and inf
+#: tests still work and propagate.
+FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+
+#: the point functions are inlined at Numba IR level (so the caller's loop
+#: vectorises and they take the caller's flags); the steps that ``reassoc``
+#: must not merge (the two-step range reduction ``(x - n*C1) - n*C2``) go
+#: through an explicit fused multiply-add, which no flag can split.
+_jit = njit(inline="always", fastmath=set(FASTMATH), error_model="numpy", cache=False)
+
+
+# --------------------------------------------------------------------------
+# bit casts (an integer's bits read as a float) for building 2**n
+# --------------------------------------------------------------------------
+
+
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    """The float32 whose bit pattern is the low 32 bits of integer ``bits``."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = args[0]
+        if v.type.width > 32:
+            v = builder.trunc(v, ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+@intrinsic
+def _f64_from_bits(typingctx, bits):
+    """The float64 whose bit pattern is integer ``bits`` (64 bits)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = args[0]
+        if v.type.width < 64:
+            v = builder.sext(v, ir.IntType(64))
+        return builder.bitcast(v, ir.DoubleType())
+
+    return types.float64(bits), codegen
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """``a * b + c`` with one rounding (``llvm.fma``), opaque to fast-math rewrites."""
+    if not (a == b == c and isinstance(a, types.Float)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ty = args[0].type
+        fn = builder.module.declare_intrinsic("llvm.fma", [ty], ir.FunctionType(ty, [ty, ty, ty]))
+        return builder.call(fn, args)
+
+    return a(a, b, c), codegen
+
+
+# --------------------------------------------------------------------------
+# exp: Cody-Waite range reduction x = n ln2 + r, |r| <= ln2/2, then a
+# polynomial (float32, Cephes expf) or Pade form (float64, Cephes exp) in r,
+# scaled by 2**n built from its bits.  Mirrors numpy.exp.
+# --------------------------------------------------------------------------
+
+
+@_jit
+def exp_f32(x):
+    """``exp(x)`` of a float32, |rel. error| <= 2 ulp; NaN in, NaN out."""
+    hi = np.float32(88.72283)
+    lo = np.float32(-86.5)
+    xc = x if x < hi else hi  # NaN goes to hi here and is restored below
+    xc = xc if xc > lo else lo
+    n = np.floor(xc * np.float32(1.44269504088896341) + np.float32(0.5))
+    r = fma(n, np.float32(-0.693359375), xc)
+    r = fma(n, np.float32(2.12194440e-4), r)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * (r * r) + r + np.float32(1.0)
+    # 2**n as 2 * 2**(n-1): n - 1 + 127 stays in [1, 254] for n in [-125, 128]
+    scale = _f32_from_bits((np.int32(n) + np.int32(126)) << np.int32(23))
+    y = (p * np.float32(2.0)) * scale
+    y = y if x < hi else np.float32(np.inf)
+    y = y if x > lo else np.float32(0.0)
+    return y if x == x else x
+
+
+@_jit
+def exp_f64(x):
+    """``exp(x)`` of a float64, |rel. error| <= 2 ulp; NaN in, NaN out."""
+    hi = 709.782712893384
+    lo = -708.0
+    xc = x if x < hi else hi
+    xc = xc if xc > lo else lo
+    n = np.floor(xc * 1.4426950408889634073599 + 0.5)
+    r = fma(n, -6.93145751953125e-1, xc)
+    r = fma(n, -1.42860682030941723212e-6, r)
+    rr = r * r
+    px = r * ((1.26177193074810590878e-4 * rr + 3.02994407707441961300e-2) * rr
+              + 9.99999999999999999910e-1)
+    qx = ((3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr
+          + 2.27265548208155028766e-1) * rr + 2.00000000000000000009e0
+    p = 1.0 + 2.0 * (px / (qx - px))
+    scale = _f64_from_bits((np.int64(n) + np.int64(1022)) << np.int64(52))
+    y = (p * 2.0) * scale
+    y = y if x < hi else np.inf
+    y = y if x > lo else 0.0
+    return y if x == x else x
+
+
+# --------------------------------------------------------------------------
+# tanh.  float32: the odd rational minimax approximation of Eigen / XLA
+# (degree 13 over 6), clamped at +-7.9053 where it reaches 1 in float32.
+# float64: Cephes tanh, a rational form below |x| = 0.625 and
+# 1 - 2 / (exp(2|x|) + 1) above.  Mirrors reference.tanh.
+# --------------------------------------------------------------------------
+
+
+@_jit
+def tanh_f32(x):
+    """``tanh(x)`` of a float32, |abs. error| <= 3e-7; NaN in, NaN out."""
+    c = np.float32(7.90531110763549805)
+    xc = x if x < c else c
+    xc = xc if xc > -c else -c
+    x2 = xc * xc
+    p = np.float32(-2.76076847742355e-16)
+    p = p * x2 + np.float32(2.00018790482477e-13)
+    p = p * x2 + np.float32(-8.60467152213735e-11)
+    p = p * x2 + np.float32(5.12229709037114e-08)
+    p = p * x2 + np.float32(1.48572235717979e-05)
+    p = p * x2 + np.float32(6.37261928875436e-04)
+    p = p * x2 + np.float32(4.89352455891786e-03)
+    q = np.float32(1.19825839466702e-06)
+    q = q * x2 + np.float32(1.18534705686654e-04)
+    q = q * x2 + np.float32(2.26843463243900e-03)
+    q = q * x2 + np.float32(4.89352518554385e-03)
+    y = (xc * p) / q
+    # tanh(x) = x to float32 precision below 4e-4 (and the rational form
+    # would underflow for subnormal x); NaN fails both clamps and lands here too
+    return x if not (abs(x) >= np.float32(0.0004)) else y
+
+
+@_jit
+def tanh_f64(x):
+    """``tanh(x)`` of a float64, |rel. error| <= 4 ulp; NaN in, NaN out."""
+    ax = abs(x)
+    # small |x|: x + x s P(s) / Q(s), s = x**2
+    s = x * x
+    ps = (-9.64399179425052238628e-1 * s - 9.92877231001918586564e1) * s - 1.61468768441708447952e3
+    qs = ((s + 1.12811678491632931402e2) * s + 2.23548839060100448583e3) * s + 4.84406305325125486048e3
+    small = x + x * s * (ps / qs)
+    # large |x|: 1 - 2 / (exp(2|x|) + 1); exp overflows to inf for |x| > 355
+    e = exp_f64(2.0 * ax)
+    big = 1.0 - 2.0 / (e + 1.0)
+    big = big if x >= 0.0 else -big
+    return small if not (ax > 0.625) else big
+
+
+# --------------------------------------------------------------------------
+# sigmoid 1 / (1 + exp(-z)), the formula of reference.sigmoid
+# --------------------------------------------------------------------------
+
+
+@_jit
+def sigmoid_f32(z):
+    """``1 / (1 + exp(-z))`` of a float32; 0 below z = -88.7, 1 above 87."""
+    return np.float32(1.0) / (np.float32(1.0) + exp_f32(-z))
+
+
+@_jit
+def sigmoid_f64(z):
+    """``1 / (1 + exp(-z))`` of a float64."""
+    return 1.0 / (1.0 + exp_f64(-z))
+
+
+# --------------------------------------------------------------------------
+# generic names: resolved to the float32 or float64 version at compile time
+# --------------------------------------------------------------------------
+
+
+def _by_dtype(f32, f64):
+    def generic(x):
+        raise NotImplementedError("only callable from Numba-compiled code")
+
+    @overload(generic, inline="always")
+    def _impl(x):
+        if x == types.float32:
+            return lambda x: f32(x)
+        if x == types.float64:
+            return lambda x: f64(x)
+        return None
+
+    return generic
+
+
+exp = _by_dtype(exp_f32, exp_f64)
+tanh = _by_dtype(tanh_f32, tanh_f64)
+sigmoid = _by_dtype(sigmoid_f32, sigmoid_f64)
+
+
+# --------------------------------------------------------------------------
+# log1p(t) for t in [0, 1] (the softplus term of the BCE loss, float64):
+# log(1 + t) = 2 atanh(s), s = t / (2 + t) in [0, 1/3], by its odd series in
+# s, truncated where the next term is below 2**-60 of the sum.  Mirrors
+# numpy.log1p on that interval.
+# --------------------------------------------------------------------------
+
+
+@_jit
+def log1p_unit(t):
+    """``log(1 + t)`` of a float64 ``t`` in [0, 1], |rel. error| <= 2 ulp."""
+    s = t / (2.0 + t)
+    s2 = s * s
+    p = 1.0 / 37.0
+    p = p * s2 + 1.0 / 35.0
+    p = p * s2 + 1.0 / 33.0
+    p = p * s2 + 1.0 / 31.0
+    p = p * s2 + 1.0 / 29.0
+    p = p * s2 + 1.0 / 27.0
+    p = p * s2 + 1.0 / 25.0
+    p = p * s2 + 1.0 / 23.0
+    p = p * s2 + 1.0 / 21.0
+    p = p * s2 + 1.0 / 19.0
+    p = p * s2 + 1.0 / 17.0
+    p = p * s2 + 1.0 / 15.0
+    p = p * s2 + 1.0 / 13.0
+    p = p * s2 + 1.0 / 11.0
+    p = p * s2 + 1.0 / 9.0
+    p = p * s2 + 1.0 / 7.0
+    p = p * s2 + 1.0 / 5.0
+    p = p * s2 + 1.0 / 3.0
+    return 2.0 * (s + s * (s2 * p))
+
+
+# --------------------------------------------------------------------------
+# ReLU family (reference.relu, reference.leaky_relu).  NaN propagates, as
+# through numpy.maximum and numpy.where.
+# --------------------------------------------------------------------------
+
+
+@_jit
+def relu(z, zero):
+    """``max(z, 0)``; ``zero`` is 0 in z's type.  NaN stays NaN."""
+    return zero if z < zero else z
+
+
+@_jit
+def leaky_relu(z, slope, zero):
+    """``z`` where ``z > 0``, else ``slope * z``."""
+    return z if z > zero else slope * z
+
+
+# --------------------------------------------------------------------------
+# dropout hash: reference.fmix32 / reference.dropout_hash in 32-bit
+# arithmetic.  Numba widens uint32 arithmetic to 64 bits, so every step is
+# cut back to uint32 (LLVM then emits 32-bit vector multiplies).
+# --------------------------------------------------------------------------
+
+
+@_jit
+def fmix32(h):
+    """MurmurHash3's 32-bit finaliser of a uint32 ``h``."""
+    h = np.uint32(h ^ (h >> np.uint32(16)))
+    h = np.uint32(h * np.uint32(0x85EBCA6B))
+    h = np.uint32(h ^ (h >> np.uint32(13)))
+    h = np.uint32(h * np.uint32(0xC2B2AE35))
+    return np.uint32(h ^ (h >> np.uint32(16)))
+
+
+@_jit
+def dropout_hash(i, k1, k2):
+    """``fmix32(fmix32(uint32(i) ^ k1) ^ k2)`` with k1, k2 the key's low and high halves (uint32)."""
+    return fmix32(np.uint32(fmix32(np.uint32(np.uint32(i) ^ k1)) ^ k2))
+
+
+# --------------------------------------------------------------------------
+# dtype helpers, resolved at compile time from an array argument
+# --------------------------------------------------------------------------
+
+
+def like(arr, value):
+    """``value`` as a scalar of ``arr``'s (float32 or float64) dtype; ``arr`` may be a scalar."""
+    raise NotImplementedError("only callable from Numba-compiled code")
+
+
+@overload(like, inline="always")
+def _like_impl(arr, value):
+    dtype = arr.dtype if isinstance(arr, types.Array) else arr
+    if dtype == types.float32:
+        return lambda arr, value: np.float32(value)
+    if dtype == types.float64:
+        return lambda arr, value: np.float64(value)
+    return None
+
+
+def tiny(arr):
+    """The smallest normal number of ``arr``'s dtype (``numpy.finfo(dtype).tiny``)."""
+    raise NotImplementedError("only callable from Numba-compiled code")
+
+
+@overload(tiny, inline="always")
+def _tiny_impl(arr):
+    if isinstance(arr, types.Array):
+        if arr.dtype == types.float32:
+            value32 = np.float32(np.finfo(np.float32).tiny)
+            return lambda arr: value32
+        if arr.dtype == types.float64:
+            value64 = float(np.finfo(np.float64).tiny)
+            return lambda arr: value64
+    return None
+
+
+@_jit
+def flush(x, tiny_value):
+    """``x``, or 0 where ``|x|`` is below the smallest normal number (NaN is kept)."""
+    return like(x, 0.0) if abs(x) < tiny_value else x

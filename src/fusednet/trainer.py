@@ -1,0 +1,378 @@
+r"""The training loop: epochs, mini-batches, schedules, callbacks.
+
+Per fit, the trainer validates the data once, converts the labels once, resolves
+the kernels once and builds one workspace; a steady-state step then only
+gathers its rows into the workspace, runs the model's forward and backward
+passes on preallocated buffers and makes one optimiser call over the flat
+parameter arena -- it allocates no arrays.
+
+Mini-batches (C2W2): ``batch_size=None`` is batch gradient descent (the whole
+set, no shuffling), ``1`` is stochastic gradient descent, anything between is
+mini-batch gradient descent.  With ``shuffle=True`` the rows are permuted at the
+start of every epoch by ``numpy.random.default_rng([seed, epoch]).permutation(m)``
+(so epoch ``e``'s order depends only on the seed and ``e``), then cut into
+batches of ``batch_size`` rows; the last, partial batch is kept.
+
+Rows are gathered by index from ``X`` into a preallocated buffer, so an
+``np.memmap`` larger than memory trains with bounded memory.
+"""
+
+import math
+import numbers
+import time
+
+import numpy as np
+
+from . import optim as _optim
+from .callbacks import Callback
+from .errors import TrainingDiverged
+from .history import History
+from .kernels import _codes
+from .model import Sequential, _DropoutNode, as_2d, check_finite
+from .schedules import as_schedule
+
+__all__ = ["Trainer"]
+
+_FULL, _SLICE, _GATHER = 0, 1, 2
+
+
+def _seed_int(seed):
+    if seed is None:
+        return int(np.random.default_rng().integers(2**63))
+    if isinstance(seed, np.random.Generator):
+        return int(seed.integers(2**63))
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        if seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {seed}")
+        return int(seed)
+    raise TypeError(f"seed must be an int >= 0, a numpy.random.Generator or None, got {seed!r}")
+
+
+class Trainer:
+    """Fits a :class:`~fusednet.Sequential` model.
+
+    Parameters
+    ----------
+    model : Sequential
+    optimizer : fusednet.optim.Optimizer, optional
+        Default :class:`fusednet.optim.Adam` ``()``.  Its state carries over
+        between fits.
+    schedule : callable (epoch, step) -> lr, float or None
+        The learning rate of each step; ``step`` is the mini-batch index within
+        the epoch.  None: the optimiser's ``lr``.
+    batch_size : int or None
+        None: batch gradient descent; 1: stochastic; otherwise mini-batches.
+    epochs : int
+        Number of epochs (>= 0), counted from 0 in every fit.
+    shuffle : bool
+        Permute the rows at the start of every epoch (ignored for batch GD).
+    seed : int, numpy.random.Generator or None
+        Seeds the shuffling.
+    callbacks : sequence of Callback
+        E.g. :class:`~fusednet.callbacks.EarlyStopping`.
+    progress : bool
+        Show a tqdm progress bar over the epochs.
+
+    Attributes
+    ----------
+    history : History
+        Of the last fit (also while it runs, and after a divergence).
+    stop_training : bool
+        A callback sets it to stop after the current epoch.
+    """
+
+    def __init__(
+        self,
+        model,
+        optimizer=None,
+        schedule=None,
+        batch_size=64,
+        epochs=100,
+        shuffle=True,
+        seed=0,
+        callbacks=(),
+        progress=True,
+    ):
+        if not isinstance(model, Sequential):
+            raise TypeError(f"model must be a fusednet.Sequential, got {type(model).__name__}")
+        if optimizer is None:
+            optimizer = _optim.Adam()
+        if not callable(getattr(optimizer, "step", None)):
+            raise TypeError(f"optimizer must be a fusednet.optim optimiser, got {type(optimizer).__name__}")
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1
+        ):
+            raise ValueError(f"batch_size must be an int >= 1 or None (batch gradient descent), got {batch_size!r}")
+        if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 0:
+            raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise TypeError(f"shuffle must be a bool, got {shuffle!r}")
+        if isinstance(callbacks, Callback):
+            callbacks = [callbacks]
+        callbacks = list(callbacks)
+        for i, cb in enumerate(callbacks):
+            if not all(callable(getattr(cb, h, None)) for h in ("on_train_begin", "on_epoch_end")):
+                raise TypeError(f"callbacks[{i}] must be a fusednet.callbacks.Callback, got {type(cb).__name__}")
+        if seed is not None and not isinstance(seed, np.random.Generator):
+            _seed_int(seed)  # check now
+        self.model = model
+        self.optimizer = optimizer
+        self.schedule = as_schedule(schedule)
+        self.batch_size = None if batch_size is None else int(batch_size)
+        self.epochs = int(epochs)
+        self.shuffle = bool(shuffle)
+        self.seed = seed
+        self.callbacks = callbacks
+        self.progress = bool(progress)
+        self.history = None
+        self.stop_training = False
+        self.metric_names = ()
+
+    def fit(self, X, y, dev=None):
+        """Train; return the :class:`~fusednet.History` of this fit.
+
+        Parameters
+        ----------
+        X : array_like or numpy.memmap, shape (m, n_features)
+        y : array_like
+            Labels as :class:`~fusednet.Sequential` takes them.
+        dev : (X_dev, y_dev), optional
+            Evaluated (inference mode) after every epoch.
+
+        Raises
+        ------
+        ValueError
+            On bad input, before anything changes.
+        fusednet.TrainingDiverged
+            When a batch cost (or gradient) becomes NaN or inf; raised before
+            that step's update, with ``.history`` holding the epochs so far.
+        """
+        run = _Run(self, X, y, dev)
+        return run.fit()
+
+    def __repr__(self):
+        return (
+            f"Trainer(optimizer={self.optimizer!r}, schedule={self.schedule!r}, "
+            f"batch_size={self.batch_size}, epochs={self.epochs}, shuffle={self.shuffle}, "
+            f"seed={self.seed!r})"
+        )
+
+
+class _Run:
+    """One fit: validated data, buffers and counters; :meth:`step` is the hot path."""
+
+    def __init__(self, trainer, X, y, dev):
+        model = trainer.model
+        # ---- validation (nothing changes before it all passes) ----
+        X = model._check_X(X, "X")
+        m, nf = X.shape
+        Y, ids = model._targets(y, m, "y", n_in=nf)
+        dev_data = None
+        if dev is not None:
+            if not (isinstance(dev, (tuple, list)) and len(dev) == 2):
+                raise TypeError("dev must be a pair (X_dev, y_dev)")
+            Xd = as_2d(dev[0], "dev X")
+            if Xd.shape[1] != nf:
+                raise ValueError(f"dev X has {Xd.shape[1]} features but X has {nf}")
+            check_finite(Xd, "dev X")
+            Yd, idsd = model._targets(dev[1], Xd.shape[0], "dev y", n_in=nf)
+            dev_data = (Xd, Yd, idsd)
+        B = m if trainer.batch_size is None else min(trainer.batch_size, m)
+        if model._has_bn():
+            if B < 2:
+                raise ValueError(
+                    f"batch_size={B}: BatchNorm needs at least 2 examples in every training batch"
+                )
+            if m % B == 1:
+                raise ValueError(
+                    f"with m={m} and batch_size={B} the last mini-batch holds one example, and "
+                    f"BatchNorm needs at least 2; choose another batch_size"
+                )
+        names = ["train_loss", "lr", "time"]
+        if model.is_classifier:
+            names.append("train_accuracy")
+        if dev_data is not None:
+            names.append("dev_loss")
+            if model.is_classifier:
+                names.append("dev_accuracy")
+        names = tuple(names)
+        for cb in trainer.callbacks:
+            check = getattr(cb, "check_metrics", None)
+            if check is not None:
+                check(names)
+        # ---- state changes from here on ----
+        trainer.metric_names = names
+        model.build(nf)
+        self.trainer = trainer
+        self.model = model
+        self.opt = trainer.optimizer
+        self.schedule = trainer.schedule
+        self.m = m
+        self.B = B
+        self.base_seed = _seed_int(trainer.seed)
+        self.K = model._kernels()
+        ws = model._workspace(B, train=True)
+        self.v_full = ws.views(B)
+        last = m % B
+        self.v_last = ws.views(last) if last else self.v_full
+        self.bounds = [(s, min(s + B, m)) for s in range(0, m, B)]
+        dt = model.dtype
+        if B == m:
+            self.mode = _FULL
+            self.X = X if (X.dtype == dt and X.flags.c_contiguous) else np.ascontiguousarray(X, dt)
+        elif trainer.shuffle:
+            self.mode = _GATHER
+            self.X = X
+            self.perm0 = np.arange(m)
+            self.perm = np.arange(m)
+        else:
+            self.mode = _SLICE
+            self.X = X
+        self.direct = X.dtype == dt and X.flags.c_contiguous
+        self.stage = None
+        if self.mode == _GATHER and X.dtype != dt:
+            buf = np.empty(B * nf, X.dtype)
+            self.stage = {n: buf[: n * nf].reshape(n, nf) for n in {B, last or B}}
+        self.Y = Y
+        self.dev = dev_data
+        self.loss = model._loss
+        # train accuracy: predictions gathered per step into one epoch-wide buffer
+        if ids is None:
+            self.pred = None
+        elif self.loss == _codes.CCE:
+            self.pred, self.ids = np.empty(m, np.intp), ids
+        else:
+            self.pred, self.ids = np.empty(m, np.bool_), ids.astype(np.bool_)
+        self.multilabel = model._loss == _codes.BCE and ids is None
+        self.dropout = any(isinstance(n, _DropoutNode) and n.keep_prob < 1.0 for n in model._nodes)
+        self.P, self.G = model._params, model._grads
+        self.n_decay = model._n_decay
+        self.history = History()
+        trainer.history = self.history
+        trainer.stop_training = False
+        self.loss_sum = 0.0
+        self.correct = 0
+        self.lr0 = None
+
+    # ---- the hot path ------------------------------------------------------------
+
+    def step(self, epoch, step, s, e):
+        """One mini-batch: gather, forward, check, backward, update (no allocation)."""
+        n = e - s
+        v = self.v_full if n == self.B else self.v_last
+        mode = self.mode
+        if mode == _FULL:
+            Xb, Yb = self.X, self.Y
+        elif mode == _GATHER:
+            idx = self.perm[s:e]
+            if self.stage is None:
+                np.take(self.X, idx, 0, v.X, "clip")
+            else:
+                st = self.stage[n]
+                np.take(self.X, idx, 0, st, "clip")
+                np.copyto(v.X, st, casting="unsafe")
+            np.take(self.Y, idx, 0, v.Y, "clip")
+            Xb, Yb = v.X, v.Y
+        else:
+            if self.direct:
+                Xb = self.X[s:e]
+            else:
+                np.copyto(v.X, self.X[s:e], casting="unsafe")
+                Xb = v.X
+            Yb = self.Y[s:e]
+        sched = self.schedule
+        lr = self.opt.lr if sched is None else sched(epoch, step)
+        if step == 0:
+            self.lr0 = lr
+        model = self.model
+        K = self.K
+        cost = model._forward_train(v, K, Xb, Yb, (epoch, step) if self.dropout else None)
+        if not math.isfinite(cost):
+            raise TrainingDiverged(epoch, step, cost, "cost", self.history)
+        model._backward(v, K, Yb)
+        G = self.G
+        if not math.isfinite(np.dot(G, G)):
+            raise TrainingDiverged(epoch, step, cost, "gradient", self.history)
+        model._update_running(K)
+        self.opt.step(self.P, G, lr, l2=model._l2 / n, n_decay=self.n_decay)
+        self.loss_sum += cost * n
+        pred = self.pred
+        if pred is not None:
+            if self.loss == _codes.CCE:
+                np.argmax(v.out, 1, pred[s:e])
+            else:
+                np.greater(v.out[:, 0], 0.5, out=pred[s:e])
+        elif self.multilabel:
+            self.correct += int(np.count_nonzero((v.out > 0.5) == (Yb > 0.5)))
+
+    # ---- epochs -------------------------------------------------------------------
+
+    def run_epoch(self, epoch):
+        """All the steps of one epoch; returns its logs (without dev values)."""
+        t0 = time.perf_counter()
+        if self.mode == _GATHER:
+            perm = self.perm
+            np.copyto(perm, self.perm0)
+            np.random.default_rng([self.base_seed, epoch]).shuffle(perm)
+        self.loss_sum = 0.0
+        self.correct = 0
+        step = self.step
+        i = 0
+        for s, e in self.bounds:
+            step(epoch, i, s, e)
+            i += 1
+        m = self.m
+        logs = {"train_loss": self.loss_sum / m, "lr": self.lr0}
+        if self.pred is not None:
+            ids = self.ids[self.perm] if self.mode == _GATHER else self.ids
+            logs["train_accuracy"] = np.count_nonzero(self.pred == ids) / m
+        elif self.multilabel:
+            logs["train_accuracy"] = self.correct / (m * self.Y.shape[1])
+        if self.dev is not None:
+            d = self.model._evaluate(*self.dev)
+            logs["dev_loss"] = d["loss"]
+            if "accuracy" in d:
+                logs["dev_accuracy"] = d["accuracy"]
+        logs["time"] = time.perf_counter() - t0
+        return logs
+
+    def fit(self):
+        trainer = self.trainer
+        callbacks = trainer.callbacks
+        history = self.history
+        bar = None
+        if trainer.progress and trainer.epochs > 0:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:  # tqdm is a dependency, but a bar is not worth failing for
+                tqdm = None
+            if tqdm is not None:
+                bar = tqdm(total=trainer.epochs, unit="epoch", leave=False, dynamic_ncols=True)
+        try:
+            for cb in callbacks:
+                cb.on_train_begin(trainer)
+            shown = 0.0
+            for epoch in range(trainer.epochs):
+                for cb in callbacks:
+                    cb.on_epoch_begin(trainer, epoch)
+                logs = self.run_epoch(epoch)
+                history.append(logs)
+                for cb in callbacks:
+                    cb.on_epoch_end(trainer, epoch, logs)
+                if bar is not None:
+                    bar.update(1)
+                    now = time.perf_counter()
+                    if now - shown > 0.25 or epoch == trainer.epochs - 1:
+                        shown = now
+                        post = {"loss": f"{logs['train_loss']:.4g}"}
+                        if "dev_loss" in logs:
+                            post["dev"] = f"{logs['dev_loss']:.4g}"
+                        bar.set_postfix(post, refresh=False)
+                if trainer.stop_training:
+                    break
+            for cb in callbacks:
+                cb.on_train_end(trainer)
+        finally:
+            if bar is not None:
+                bar.close()
+        return history
