@@ -9,5 +9,22 @@ hyperparameter search) with compiled kernels behind a thin Python layer.
 from ._version import __version__
 from . import kernels
 from .kernels import get_backend, set_backend, get_num_threads, set_num_threads
+from . import data, datasets, optim, schedules, tune
+from .diagnostics import diagnose
+from .info import info
 
-__all__ = ["__version__", "kernels", "get_backend", "set_backend", "get_num_threads", "set_num_threads"]
+__all__ = [
+    "__version__",
+    "kernels",
+    "get_backend",
+    "set_backend",
+    "get_num_threads",
+    "set_num_threads",
+    "data",
+    "datasets",
+    "optim",
+    "schedules",
+    "tune",
+    "diagnose",
+    "info",
+]

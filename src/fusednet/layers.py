@@ -131,11 +131,6 @@ class Layer:
         args = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)
         return f"{type(self).__name__}({args})"
 
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    __hash__ = object.__hash__
-
 
 class Dense(Layer):
     r"""Fully-connected layer, :math:`A = g(A_{prev} W + b)`.
@@ -204,6 +199,9 @@ class Activation(Layer):
 
     def get_config(self):
         return {"type": "Activation", "kind": self.activation, "leaky_slope": self.leaky_slope}
+
+    def __repr__(self):
+        return f"Activation({self.activation!r}, leaky_slope={self.leaky_slope!r})"
 
 
 class Dropout(Layer):

@@ -266,12 +266,12 @@ class _Run:
         elif mode == _GATHER:
             idx = self.perm[s:e]
             if self.stage is None:
-                np.take(self.X, idx, 0, v.X, "clip")
+                self.X.take(idx, 0, v.X, "clip")
             else:
                 st = self.stage[n]
-                np.take(self.X, idx, 0, st, "clip")
+                self.X.take(idx, 0, st, "clip")
                 np.copyto(v.X, st, casting="unsafe")
-            np.take(self.Y, idx, 0, v.Y, "clip")
+            self.Y.take(idx, 0, v.Y, "clip")
             Xb, Yb = v.X, v.Y
         else:
             if self.direct:
@@ -299,7 +299,7 @@ class _Run:
         pred = self.pred
         if pred is not None:
             if self.loss == _codes.CCE:
-                np.argmax(v.out, 1, pred[s:e])
+                v.out.argmax(1, pred[s:e])
             else:
                 np.greater(v.out[:, 0], 0.5, out=pred[s:e])
         elif self.multilabel:
@@ -338,8 +338,6 @@ class _Run:
 
     def fit(self):
         trainer = self.trainer
-        callbacks = trainer.callbacks
-        history = self.history
         bar = None
         if trainer.progress and trainer.epochs > 0:
             try:
@@ -349,30 +347,37 @@ class _Run:
             if tqdm is not None:
                 bar = tqdm(total=trainer.epochs, unit="epoch", leave=False, dynamic_ncols=True)
         try:
-            for cb in callbacks:
-                cb.on_train_begin(trainer)
-            shown = 0.0
-            for epoch in range(trainer.epochs):
-                for cb in callbacks:
-                    cb.on_epoch_begin(trainer, epoch)
-                logs = self.run_epoch(epoch)
-                history.append(logs)
-                for cb in callbacks:
-                    cb.on_epoch_end(trainer, epoch, logs)
-                if bar is not None:
-                    bar.update(1)
-                    now = time.perf_counter()
-                    if now - shown > 0.25 or epoch == trainer.epochs - 1:
-                        shown = now
-                        post = {"loss": f"{logs['train_loss']:.4g}"}
-                        if "dev_loss" in logs:
-                            post["dev"] = f"{logs['dev_loss']:.4g}"
-                        bar.set_postfix(post, refresh=False)
-                if trainer.stop_training:
-                    break
-            for cb in callbacks:
-                cb.on_train_end(trainer)
+            # non-finite values are reported by TrainingDiverged, not warned about
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                self._epochs(bar)
         finally:
             if bar is not None:
                 bar.close()
-        return history
+        return self.history
+
+    def _epochs(self, bar):
+        trainer = self.trainer
+        callbacks = trainer.callbacks
+        for cb in callbacks:
+            cb.on_train_begin(trainer)
+        shown = 0.0
+        for epoch in range(trainer.epochs):
+            for cb in callbacks:
+                cb.on_epoch_begin(trainer, epoch)
+            logs = self.run_epoch(epoch)
+            self.history.append(logs)
+            for cb in callbacks:
+                cb.on_epoch_end(trainer, epoch, logs)
+            if bar is not None:
+                bar.update(1)
+                now = time.perf_counter()
+                if now - shown > 0.25 or epoch == trainer.epochs - 1:
+                    shown = now
+                    post = {"loss": f"{logs['train_loss']:.4g}"}
+                    if "dev_loss" in logs:
+                        post["dev"] = f"{logs['dev_loss']:.4g}"
+                    bar.set_postfix(post, refresh=False)
+            if trainer.stop_training:
+                break
+        for cb in callbacks:
+            cb.on_train_end(trainer)

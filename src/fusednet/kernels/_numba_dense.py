@@ -1,17 +1,17 @@
 """Numba kernels over (m, n) activations: bias + activation, losses, batch norm.
 
-Work is cut into blocks of rows ``[r0, r1)`` and columns ``[c0, c1)``; the
-serial kernel runs one block over everything, the ``*_parallel(..., n_chunks)``
-kernel runs ``n_chunks`` blocks in a ``prange``.  Semantics and signatures:
-:mod:`fusednet.kernels.reference`.
+Each kernel is a ``*_block`` / ``*_cols`` function over rows ``[r0, r1)`` or
+columns ``[c0, c1)`` (the serial kernel is one block over everything) and a
+``*_parallel(..., n_chunks)`` function that runs ``n_chunks`` blocks in one
+``prange``.  Semantics and signatures: :mod:`fusednet.kernels.reference`.
 
 Sums over rows (``db``, batch-norm statistics) never race and never depend on
 the thread count: a column's sum is always accumulated by one thread walking
 all rows in order, in float64 tiles of :data:`TILE` columns, so a parallel
 kernel splits those reductions by columns only.  The loss's float64 cost is
-summed over a fixed partition of the rows (:data:`LOSS_BLOCKS` blocks, a
-function of m only) and the block sums are added in order, so it too has the
-same bits for any thread count.
+summed over a fixed partition of the rows (at most :data:`LOSS_BLOCKS`
+blocks, a function of m only) and the block sums are added in order, so it
+too has the same bits for any thread count.
 
 Data flow is marked on each kernel: ``IN`` arguments are only read, ``OUT``
 only written.  Only fixed-size tiles are allocated; everything returns None
@@ -21,22 +21,31 @@ except the loss, which returns its cost.
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from ._codes import BCE, CCE, LEAKY_RELU, LINEAR, MSE, RELU, SIGMOID, SOFTMAX, TANH
 from ._numba_flat import bound, kernel, parallel_kernel
-from ._numba_math import exp, leaky_relu, like, log1p_unit, relu, sigmoid, tanh
+from ._numba_math import exp, leaky_relu, like, log1p_unit, point, relu, sigmoid, tanh
 
 #: columns per float64 accumulator tile of a row-walking reduction
 TILE = 256
-#: the loss cost is summed over this many fixed row blocks (fewer when m is smaller)
+#: the loss cost is summed over at most this many fixed row blocks
 LOSS_BLOCKS = 64
 
 
-@njit(inline="always")
+@point
 def _rows(m, n_chunks, k):
     """Start of row chunk ``k`` of ``n_chunks`` over ``m`` rows."""
     return (m * k) // n_chunks
+
+
+@point
+def block(m, n, n_chunks, k, by_rows):
+    """Rows ``[r0, r1)`` and columns ``[c0, c1)`` of chunk ``k``: a band of whole
+    rows when ``by_rows``, else a band of whole, 64-byte-aligned columns."""
+    if by_rows:
+        return _rows(m, n_chunks, k), _rows(m, n_chunks, k + 1), 0, n
+    return 0, m, bound(n, n_chunks, k), bound(n, n_chunks, k + 1)
 
 
 # --------------------------------------------------------------------------
@@ -44,11 +53,35 @@ def _rows(m, n_chunks, k):
 # --------------------------------------------------------------------------
 
 
+@point
+def _softmax_rows(Z, b, A, r0, r1):
+    """Row-wise, max-subtracted ``A = softmax(Z + b)`` on rows [r0, r1).
+
+    A NaN or +inf in a row makes the whole row NaN, as in the reference.
+    """
+    n = Z.shape[1]
+    for i in range(r0, r1):
+        zmax = -np.inf
+        for j in range(n):
+            z = Z[i, j] + b[j]
+            zmax = z if z > zmax else zmax
+        zm = like(A, zmax)
+        total = 0.0
+        for j in range(n):
+            e = exp(Z[i, j] + b[j] - zm)
+            A[i, j] = e
+            total += e
+        inv = like(A, 1.0 / total)
+        for j in range(n):
+            A[i, j] *= inv
+
+
 @kernel
 def forward_block(Z, b, act, slope, A, r0, r1, c0, c1):
-    """``A = g(Z + b)`` on rows [r0, r1) x columns [c0, c1), g elementwise (not softmax).
+    """``A = g(Z + b)`` on rows [r0, r1) x columns [c0, c1).
 
-    Z (m, n) IN, b (n,) IN, A (m, n) OUT (may alias Z).
+    Z (m, n) IN, b (n,) IN, A (m, n) OUT (may alias Z).  Softmax couples a
+    row's columns: it takes whole rows r0..r1 and ignores c0, c1.
     """
     zero = like(A, 0.0)
     s = like(A, slope)
@@ -72,53 +105,17 @@ def forward_block(Z, b, act, slope, A, r0, r1, c0, c1):
         for i in range(r0, r1):
             for j in range(c0, c1):
                 A[i, j] = leaky_relu(Z[i, j] + b[j], s, zero)
-
-
-@kernel
-def softmax_rows(Z, b, A, r0, r1):
-    """Row-wise, max-subtracted ``A = softmax(Z + b)`` on rows [r0, r1).
-
-    Z (m, n) IN, b (n,) IN, A (m, n) OUT (may alias Z).  A NaN or +inf in a
-    row makes the whole row NaN, as in the reference.
-    """
-    n = Z.shape[1]
-    for i in range(r0, r1):
-        zmax = -np.inf
-        for j in range(n):
-            z = Z[i, j] + b[j]
-            zmax = z if z > zmax else zmax
-        zm = like(A, zmax)
-        total = 0.0
-        for j in range(n):
-            e = exp(Z[i, j] + b[j] - zm)
-            A[i, j] = e
-            total += e
-        inv = like(A, 1.0 / total)
-        for j in range(n):
-            A[i, j] *= inv
-
-
-@kernel
-def bias_act_forward_serial(Z, b, act, slope, A):
-    m, n = Z.shape
-    if act == SOFTMAX:
-        softmax_rows(Z, b, A, 0, m)
-    else:
-        forward_block(Z, b, act, slope, A, 0, m, 0, n)
+    elif act == SOFTMAX:
+        _softmax_rows(Z, b, A, r0, r1)
 
 
 @parallel_kernel
 def bias_act_forward_parallel(Z, b, act, slope, A, n_chunks):
     m, n = Z.shape
-    if act == SOFTMAX:
-        for k in prange(n_chunks):
-            softmax_rows(Z, b, A, _rows(m, n_chunks, k), _rows(m, n_chunks, k + 1))
-    elif m >= n_chunks:
-        for k in prange(n_chunks):
-            forward_block(Z, b, act, slope, A, _rows(m, n_chunks, k), _rows(m, n_chunks, k + 1), 0, n)
-    else:
-        for k in prange(n_chunks):
-            forward_block(Z, b, act, slope, A, 0, m, bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
+    by_rows = act == SOFTMAX or m >= n_chunks
+    for k in prange(n_chunks):
+        r0, r1, c0, c1 = block(m, n, n_chunks, k, by_rows)
+        forward_block(Z, b, act, slope, A, r0, r1, c0, c1)
 
 
 # --------------------------------------------------------------------------
@@ -126,17 +123,33 @@ def bias_act_forward_parallel(Z, b, act, slope, A, n_chunks):
 # --------------------------------------------------------------------------
 
 
+@point
+def _softmax_backward_rows(dA, A, dZ, r0, r1):
+    """``dZ = A * (dA - sum_cols(dA * A))`` on rows [r0, r1).  dZ may alias dA."""
+    n = dA.shape[1]
+    for i in range(r0, r1):
+        dot = 0.0
+        for j in range(n):
+            dot += dA[i, j] * A[i, j]
+        c = like(A, dot)
+        for j in range(n):
+            dZ[i, j] = A[i, j] * (dA[i, j] - c)
+
+
 @kernel
 def backward_cols(dA, A, act, slope, dZ, db, c0, c1):
     """``dZ = dA * g'(A)`` and ``db = sum_rows(dZ)`` on columns [c0, c1), all rows.
 
-    dA, A (m, n) IN; dZ (m, n) OUT (may alias dA); db (n,) OUT.  g elementwise
-    (not softmax); each derivative is read from the output, as in the reference.
+    dA, A (m, n) IN; dZ (m, n) OUT (may alias dA); db (n,) OUT.  Each
+    derivative is read from the output, as in the reference.  Softmax couples
+    a row's columns: it needs all of them (c0 = 0, c1 = n), so it runs serially.
     """
     m = dA.shape[0]
     zero = like(A, 0.0)
     one = like(A, 1.0)
     s = like(A, slope)
+    if act == SOFTMAX:
+        _softmax_backward_rows(dA, A, dZ, 0, m)
     acc = np.empty(TILE, np.float64)
     for t0 in range(c0, c1, TILE):
         t1 = min(t0 + TILE, c1)
@@ -174,63 +187,20 @@ def backward_cols(dA, A, act, slope, dZ, db, c0, c1):
                     d = dA[i, j] * (one if A[i, j] > zero else s)
                     dZ[i, j] = d
                     acc[j - t0] += d
+        elif act == SOFTMAX:
+            for i in range(m):
+                for j in range(t0, t1):
+                    acc[j - t0] += dZ[i, j]
         for j in range(t0, t1):
             db[j] = acc[j - t0]
 
 
-@kernel
-def column_sums(X, out, c0, c1):
-    """``out = sum_rows(X)`` on columns [c0, c1), accumulated in float64 in row order.
-
-    X (m, n) IN, out (n,) OUT.
-    """
-    m = X.shape[0]
-    acc = np.empty(TILE, np.float64)
-    for t0 in range(c0, c1, TILE):
-        t1 = min(t0 + TILE, c1)
-        for j in range(t1 - t0):
-            acc[j] = 0.0
-        for i in range(m):
-            for j in range(t0, t1):
-                acc[j - t0] += X[i, j]
-        for j in range(t0, t1):
-            out[j] = acc[j - t0]
-
-
-@kernel
-def softmax_backward_rows(dA, A, dZ, r0, r1):
-    """``dZ = A * (dA - sum_cols(dA * A))`` on rows [r0, r1).  dZ may alias dA."""
-    n = dA.shape[1]
-    for i in range(r0, r1):
-        dot = 0.0
-        for j in range(n):
-            dot += dA[i, j] * A[i, j]
-        c = like(A, dot)
-        for j in range(n):
-            dZ[i, j] = A[i, j] * (dA[i, j] - c)
-
-
-@kernel
-def act_backward_serial(dA, A, act, slope, dZ, db):
-    m, n = dA.shape
-    if act == SOFTMAX:
-        softmax_backward_rows(dA, A, dZ, 0, m)
-        column_sums(dZ, db, 0, n)
-    else:
-        backward_cols(dA, A, act, slope, dZ, db, 0, n)
-
-
 @parallel_kernel
 def act_backward_parallel(dA, A, act, slope, dZ, db, n_chunks):
-    m, n = dA.shape
-    if act == SOFTMAX:
-        for k in prange(n_chunks):
-            softmax_backward_rows(dA, A, dZ, _rows(m, n_chunks, k), _rows(m, n_chunks, k + 1))
-        for k in prange(n_chunks):
-            column_sums(dZ, db, bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
-    else:
-        for k in prange(n_chunks):
-            backward_cols(dA, A, act, slope, dZ, db, bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
+    """Not for softmax (see :func:`backward_cols`)."""
+    n = dA.shape[1]
+    for k in prange(n_chunks):
+        backward_cols(dA, A, act, slope, dZ, db, bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
 
 
 # --------------------------------------------------------------------------
@@ -238,14 +208,14 @@ def act_backward_parallel(dA, A, act, slope, dZ, db, n_chunks):
 # --------------------------------------------------------------------------
 
 
-@kernel
-def loss_rows(Z, b, Y, loss, A, r0, r1):
+@point
+def _loss_rows(Z, b, Y, loss, A, r0, r1):
     """``A = g(Z + b)`` on rows [r0, r1); returns those rows' summed loss (float64).
 
-    Z, Y (m, k) IN, b (k,) IN, A (m, k) OUT.  The logits are formed in the
-    arrays' dtype and the rest is float64: MSE ``(a - y)**2 / 2``; BCE on the
-    logits, ``max(z, 0) - z y + log1p(exp(-|z|))``, which never overflows;
-    CCE through the max-subtracted log-sum-exp.
+    The logits are formed in the arrays' dtype and the rest is float64: MSE
+    ``(a - y)**2 / 2``; BCE on the logits, ``max(z, 0) - z y +
+    log1p(exp(-|z|))``, which never overflows; CCE through the max-subtracted
+    log-sum-exp.
     """
     k = Z.shape[1]
     total = 0.0
@@ -283,37 +253,25 @@ def loss_rows(Z, b, Y, loss, A, r0, r1):
     return np.nan
 
 
-@njit(inline="always")
-def _loss_blocks(m):
-    return min(LOSS_BLOCKS, max(m, 1))
-
-
 @kernel
-def loss_forward_serial(Z, b, Y, loss, A):
+def loss_blocks(Z, b, Y, loss, A, part, k0, k1):
+    """Rows of blocks [k0, k1) of the ``part.size`` fixed row blocks; ``part[k]`` = block k's summed loss.
+
+    Z, Y (m, k) IN, b (k,) IN; A (m, k) OUT; part (n_blocks,) float64 OUT.
+    The caller adds ``part`` in order, so the cost does not depend on how the
+    blocks were shared between threads.
+    """
     m = Z.shape[0]
-    if m == 0:
-        return 0.0
-    nb = _loss_blocks(m)
-    total = 0.0
-    for blk in range(nb):
-        total += loss_rows(Z, b, Y, loss, A, _rows(m, nb, blk), _rows(m, nb, blk + 1))
-    return total / m
+    nb = part.size
+    for blk in range(k0, k1):
+        part[blk] = _loss_rows(Z, b, Y, loss, A, _rows(m, nb, blk), _rows(m, nb, blk + 1))
 
 
 @parallel_kernel
-def loss_forward_parallel(Z, b, Y, loss, A, n_chunks):
-    m = Z.shape[0]
-    if m == 0:
-        return 0.0
-    nb = _loss_blocks(m)
-    part = np.zeros(LOSS_BLOCKS, np.float64)
+def loss_blocks_parallel(Z, b, Y, loss, A, part, n_chunks):
+    nb = part.size
     for k in prange(n_chunks):
-        for blk in range(_rows(nb, n_chunks, k), _rows(nb, n_chunks, k + 1)):
-            part[blk] = loss_rows(Z, b, Y, loss, A, _rows(m, nb, blk), _rows(m, nb, blk + 1))
-    total = 0.0
-    for blk in range(nb):
-        total += part[blk]
-    return total / m
+        loss_blocks(Z, b, Y, loss, A, part, _rows(nb, n_chunks, k), _rows(nb, n_chunks, k + 1))
 
 
 @kernel
@@ -336,11 +294,6 @@ def loss_backward_cols(A, Y, dZ, db, c0, c1):
                 acc[j - t0] += d
         for j in range(t0, t1):
             db[j] = acc[j - t0]
-
-
-@kernel
-def loss_backward_serial(A, Y, dZ, db):
-    loss_backward_cols(A, Y, dZ, db, 0, A.shape[1])
 
 
 @parallel_kernel
@@ -392,11 +345,6 @@ def batchnorm_train_cols(Z, gamma, beta, eps, xhat, out, mean, var, invstd, c0, 
                 out[i, j] = gamma[j] * x + beta[j]
 
 
-@kernel
-def batchnorm_forward_train_serial(Z, gamma, beta, eps, xhat, out, mean, var, invstd):
-    batchnorm_train_cols(Z, gamma, beta, eps, xhat, out, mean, var, invstd, 0, Z.shape[1])
-
-
 @parallel_kernel
 def batchnorm_forward_train_parallel(Z, gamma, beta, eps, xhat, out, mean, var, invstd, n_chunks):
     n = Z.shape[1]
@@ -422,23 +370,13 @@ def batchnorm_infer_block(Z, gamma, beta, running_mean, running_var, eps, out, r
                 out[i, j] = gamma[j] * ((Z[i, j] - running_mean[j]) * inv[j - t0]) + beta[j]
 
 
-@kernel
-def batchnorm_forward_infer_serial(Z, gamma, beta, running_mean, running_var, eps, out):
-    m, n = Z.shape
-    batchnorm_infer_block(Z, gamma, beta, running_mean, running_var, eps, out, 0, m, 0, n)
-
-
 @parallel_kernel
 def batchnorm_forward_infer_parallel(Z, gamma, beta, running_mean, running_var, eps, out, n_chunks):
     m, n = Z.shape
-    if m >= n_chunks:
-        for k in prange(n_chunks):
-            batchnorm_infer_block(Z, gamma, beta, running_mean, running_var, eps, out,
-                                  _rows(m, n_chunks, k), _rows(m, n_chunks, k + 1), 0, n)
-    else:
-        for k in prange(n_chunks):
-            batchnorm_infer_block(Z, gamma, beta, running_mean, running_var, eps, out,
-                                  0, m, bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
+    by_rows = m >= n_chunks
+    for k in prange(n_chunks):
+        r0, r1, c0, c1 = block(m, n, n_chunks, k, by_rows)
+        batchnorm_infer_block(Z, gamma, beta, running_mean, running_var, eps, out, r0, r1, c0, c1)
 
 
 @kernel
@@ -471,11 +409,6 @@ def batchnorm_backward_cols(dout, xhat, gamma, invstd, dZ, dgamma, dbeta, c0, c1
             for j in range(t0, t1):
                 dZ[i, j] = (gamma[j] * invstd[j]) * (
                     dout[i, j] - dbeta[j] / cm - xhat[i, j] * (dgamma[j] / cm))
-
-
-@kernel
-def batchnorm_backward_serial(dout, xhat, gamma, invstd, dZ, dgamma, dbeta):
-    batchnorm_backward_cols(dout, xhat, gamma, invstd, dZ, dgamma, dbeta, 0, dout.shape[1])
 
 
 @parallel_kernel

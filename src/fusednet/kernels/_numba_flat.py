@@ -14,7 +14,7 @@ only written, ``INOUT`` both.  Nothing is allocated; everything returns None.
 import numpy as np
 from numba import njit, prange
 
-from ._numba_math import FASTMATH, dropout_hash, flush, like, tiny
+from ._numba_math import FASTMATH, dropout_hash, flush, like, point, tiny
 
 _OPTIONS = dict(cache=True, nogil=True, fastmath=set(FASTMATH), error_model="numpy")
 kernel = njit(**_OPTIONS)
@@ -25,7 +25,7 @@ parallel_kernel = njit(parallel=True, **_OPTIONS)
 ALIGN = 16
 
 
-@njit(inline="always")
+@point
 def bound(n, n_chunks, k):
     """Start of chunk ``k`` (end of chunk ``k - 1``) when ``[0, n)`` is cut in ``n_chunks``."""
     if k >= n_chunks:
@@ -77,7 +77,7 @@ def dropout_parallel(X, k1, k2, last_kept, drop_all, scale, out, n_chunks):
 # --------------------------------------------------------------------------
 
 
-@njit(inline="always")
+@point
 def _split(l2, n_decay, start, stop):
     """End of the weight-decayed part of ``[start, stop)``."""
     if l2 == 0.0:
@@ -104,7 +104,7 @@ def gd_parallel(w, g, lr, l2, n_decay, n_chunks):
         gd_span(w, g, lr, l2, n_decay, bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
 
 
-@njit(inline="always")
+@point
 def _momentum_point(w, v, i, gp, c_lr, c_beta, c_1mb, c_bc, tv):
     vi = flush(c_beta * v[i] + c_1mb * gp, tv)
     v[i] = vi
@@ -135,7 +135,7 @@ def momentum_parallel(w, g, v, lr, beta, bc, l2, n_decay, n_chunks):
                       bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
 
 
-@njit(inline="always")
+@point
 def _rmsprop_point(w, s, i, gp, c_lr, c_beta, c_1mb, c_eps, tv):
     si = flush(c_beta * s[i] + c_1mb * (gp * gp), tv)
     s[i] = si
@@ -166,7 +166,7 @@ def rmsprop_parallel(w, g, s, lr, beta, eps, l2, n_decay, n_chunks):
                      bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
 
 
-@njit(inline="always")
+@point
 def _adam_point(w, m, v, i, gp, c_lr, c_b1, c_1mb1, c_b2, c_1mb2, c_eps, c_bc1, c_bc2, tv):
     mi = flush(c_b1 * m[i] + c_1mb1 * gp, tv)
     vi = flush(c_b2 * v[i] + c_1mb2 * (gp * gp), tv)

@@ -38,11 +38,15 @@ from numba.extending import intrinsic, overload
 #: tests still work and propagate.
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
-#: the point functions are inlined at Numba IR level (so the caller's loop
-#: vectorises and they take the caller's flags); the steps that ``reassoc``
-#: must not merge (the two-step range reduction ``(x - n*C1) - n*C2``) go
-#: through an explicit fused multiply-add, which no flag can split.
-_jit = njit(inline="always", fastmath=set(FASTMATH), error_model="numpy", cache=False)
+#: The point functions are ordinary compiled functions that LLVM inlines into
+#: the calling kernel's loop (each is small enough), so the loop vectorises;
+#: inlining them at Numba IR level instead (``inline="always"``) multiplies
+#: compile time.  The steps that ``reassoc`` must not merge (the two-step
+#: range reduction ``(x - n*C1) - n*C2``) go through an explicit fused
+#: multiply-add, which no flag can split.
+#: decorator of the small helpers kernels call (point functions, index arithmetic)
+point = njit(fastmath=set(FASTMATH), error_model="numpy", cache=False)
+_jit = point
 
 
 # --------------------------------------------------------------------------
@@ -182,16 +186,19 @@ def tanh_f32(x):
 
 
 @_jit
-def tanh_f64(x):
-    """``tanh(x)`` of a float64, |rel. error| <= 4 ulp; NaN in, NaN out."""
+def tanh_f64_from_exp(x, e):
+    """``tanh(x)`` of a float64 given ``e = exp(2|x|)``, |rel. error| <= 4 ulp; NaN in, NaN out.
+
+    Split from the exp so each part is small enough for LLVM to inline into
+    a vectorised loop; :func:`tanh` joins them.
+    """
     ax = abs(x)
     # small |x|: x + x s P(s) / Q(s), s = x**2
     s = x * x
     ps = (-9.64399179425052238628e-1 * s - 9.92877231001918586564e1) * s - 1.61468768441708447952e3
     qs = ((s + 1.12811678491632931402e2) * s + 2.23548839060100448583e3) * s + 4.84406305325125486048e3
     small = x + x * s * (ps / qs)
-    # large |x|: 1 - 2 / (exp(2|x|) + 1); exp overflows to inf for |x| > 355
-    e = exp_f64(2.0 * ax)
+    # large |x|: 1 - 2 / (exp(2|x|) + 1); e is inf for |x| > 355, giving 1
     big = 1.0 - 2.0 / (e + 1.0)
     big = big if x >= 0.0 else -big
     return small if not (ax > 0.625) else big
@@ -219,24 +226,28 @@ def sigmoid_f64(z):
 # --------------------------------------------------------------------------
 
 
-def _by_dtype(f32, f64):
+def _generic(name, impl32, impl64):
+    """A name callable from compiled code that picks ``impl32`` or ``impl64`` by argument type."""
+
     def generic(x):
         raise NotImplementedError("only callable from Numba-compiled code")
+
+    generic.__name__ = generic.__qualname__ = name
 
     @overload(generic, inline="always")
     def _impl(x):
         if x == types.float32:
-            return lambda x: f32(x)
+            return impl32
         if x == types.float64:
-            return lambda x: f64(x)
+            return impl64
         return None
 
     return generic
 
 
-exp = _by_dtype(exp_f32, exp_f64)
-tanh = _by_dtype(tanh_f32, tanh_f64)
-sigmoid = _by_dtype(sigmoid_f32, sigmoid_f64)
+exp = _generic("exp", lambda x: exp_f32(x), lambda x: exp_f64(x))
+tanh = _generic("tanh", lambda x: tanh_f32(x), lambda x: tanh_f64_from_exp(x, exp_f64(2.0 * abs(x))))
+sigmoid = _generic("sigmoid", lambda x: sigmoid_f32(x), lambda x: sigmoid_f64(x))
 
 
 # --------------------------------------------------------------------------
