@@ -11,6 +11,11 @@ from . import kernels
 from .kernels import get_backend, set_backend, get_num_threads, set_num_threads
 from . import data, datasets, optim, schedules, tune
 from .diagnostics import diagnose
+from . import layers, callbacks
+from .model import Sequential
+from .trainer import Trainer
+from .history import History
+from .io import load_model as load
 from .info import info
 
 __all__ = [
@@ -27,4 +32,10 @@ __all__ = [
     "tune",
     "diagnose",
     "info",
+    "layers",
+    "callbacks",
+    "Sequential",
+    "Trainer",
+    "History",
+    "load",
 ]
