@@ -10,6 +10,7 @@ from conftest import add_external, matrix, run_isolated, sizes
 
 import fusednet as fn
 from fusednet import kernels as K
+from fusednet import _textbook as tb
 from fusednet.kernels import _codes
 
 BACKENDS = K.available()
@@ -24,11 +25,6 @@ def _setup(benchmark, group, impl):
 
 # ---------------------------------------------------------------- activations
 
-TEXTBOOK_FWD = {
-    "sigmoid": lambda Z, b: 1 / (1 + np.exp(-(Z + b))),
-    "tanh": lambda Z, b: np.tanh(Z + b),
-    "relu": lambda Z, b: np.maximum(0, Z + b),
-}
 
 
 def _ufunc_out(act, Z, b, A):
@@ -54,19 +50,12 @@ def test_act_forward(benchmark, record, act, size, impl):
     b = np.random.default_rng(1).standard_normal(Z.shape[1], dtype=np.float32)
     A = np.empty_like(Z)
     if impl == "textbook":
-        record(TEXTBOOK_FWD[act], Z, b)
+        record(tb.FORWARD[act], Z, b)
     elif impl == "ufunc-out":
         record(_ufunc_out, act, Z, b, A)
     else:
         kern = K.resolve("bias_act_forward", impl)
         record(kern, Z, b, _codes.ACTIVATIONS[act], 0.01, A, T())
-
-
-TEXTBOOK_BWD = {
-    "sigmoid": lambda dA, A: (dA * A * (1 - A), np.sum(dA * A * (1 - A), axis=0)),
-    "tanh": lambda dA, A: (dA * (1 - A**2), np.sum(dA * (1 - A**2), axis=0)),
-    "relu": lambda dA, A: (dA * (A > 0), np.sum(dA * (A > 0), axis=0)),
-}
 
 
 @pytest.mark.parametrize("size", sizes())
@@ -78,20 +67,13 @@ def test_act_backward(benchmark, record, act, size, impl):
     A = np.abs(matrix(size, seed=3)) / 4
     dZ, db = np.empty_like(dA), np.empty(dA.shape[1], dA.dtype)
     if impl == "textbook":
-        record(TEXTBOOK_BWD[act], dA, A)
+        record(tb.BACKWARD[act], dA, A)
     else:
         kern = K.resolve("act_backward", impl)
         record(kern, dA, A, _codes.ACTIVATIONS[act], 0.01, dZ, db, T())
 
 
 # ---------------------------------------------------------------- softmax + cross-entropy
-
-
-def _textbook_softmax_ce(Z, b, Y):
-    Z = Z + b
-    e = np.exp(Z - Z.max(axis=1, keepdims=True))
-    A = e / e.sum(axis=1, keepdims=True)
-    return -np.sum(Y * np.log(A)) / Z.shape[0], A
 
 
 @pytest.mark.parametrize("m", [128, 10_000, 1_000_000])
@@ -104,17 +86,12 @@ def test_softmax_ce(benchmark, record, m, impl):
     Y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, m)]
     A = np.empty_like(Z)
     if impl == "textbook":
-        record(_textbook_softmax_ce, Z, b, Y)
+        record(tb.softmax_cross_entropy, Z, b, Y)
     else:
         record(K.resolve("loss_forward", impl), Z, b, Y, _codes.CCE, A, T())
 
 
 # ---------------------------------------------------------------- dropout
-
-
-def _textbook_dropout(A, keep_prob, rng):
-    D = rng.random(A.shape, dtype=np.float32) < keep_prob
-    return A * D / keep_prob
 
 
 @pytest.mark.parametrize("size", sizes())
@@ -124,31 +101,13 @@ def test_dropout(benchmark, record, size, impl):
     X = matrix(size)
     out = np.empty_like(X)
     if impl == "textbook":
-        record(_textbook_dropout, X, 0.8, np.random.default_rng(0))
+        record(tb.dropout, X, 0.8, np.random.default_rng(0))
     else:
         key = K.dropout_key(0, 1)
         record(K.resolve("dropout_apply", impl), X, key, K.dropout_threshold(0.8), 1 / 0.8, out, T())
 
 
 # ---------------------------------------------------------------- optimisers
-
-
-def _textbook_adam(w, g, m, v, t, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
-    m[:] = b1 * m + (1 - b1) * g
-    v[:] = b2 * v + (1 - b2) * g**2
-    m_hat = m / (1 - b1**t)
-    v_hat = v / (1 - b2**t)
-    w[:] = w - lr * m_hat / (np.sqrt(v_hat) + eps)
-
-
-def _textbook_rmsprop(w, g, s, lr=1e-3, beta=0.9, eps=1e-8):
-    s[:] = beta * s + (1 - beta) * g**2
-    w[:] = w - lr * g / (np.sqrt(s) + eps)
-
-
-def _textbook_momentum(w, g, v, lr=1e-2, beta=0.9):
-    v[:] = beta * v + (1 - beta) * g
-    w[:] = w - lr * v
 
 
 def _opt_arrays(n, subnormal=False):
@@ -174,7 +133,7 @@ def test_adam(benchmark, record, n, impl):
     _setup(benchmark, f"adam {n:.1e}", impl)
     w, g, m, v = _opt_arrays(n)
     if impl == "textbook":
-        record(_textbook_adam, w, g, m, v, 10)
+        record(tb.adam_update, w, g, m, v, 10)
     else:
         kern = K.resolve("adam_update", impl)
         record(kern, w, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 1 - 0.9**10, 1 - 0.999**10, 0.0, 0, T())
@@ -187,7 +146,7 @@ def test_adam_subnormal_state(benchmark, record, impl):
     _setup(benchmark, f"adam subnormal {n:.0e}", impl)
     w, g, m, v = _opt_arrays(n, subnormal=True)
     if impl == "textbook":
-        record(_textbook_adam, w, g, m, v, 10)
+        record(tb.adam_update, w, g, m, v, 10)
     else:
         kern = K.resolve("adam_update", impl)
         record(kern, w, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 1 - 0.9**10, 1 - 0.999**10, 0.0, 0, T())
@@ -199,7 +158,7 @@ def test_rmsprop(benchmark, record, n, impl):
     _setup(benchmark, f"rmsprop {n:.0e}", impl)
     w, g, s, _ = _opt_arrays(n)
     if impl == "textbook":
-        record(_textbook_rmsprop, w, g, s)
+        record(tb.rmsprop_update, w, g, s)
     else:
         record(K.resolve("rmsprop_update", impl), w, g, s, 1e-3, 0.9, 1e-8, 0.0, 0, T())
 
@@ -210,19 +169,12 @@ def test_momentum(benchmark, record, n, impl):
     _setup(benchmark, f"momentum {n:.0e}", impl)
     w, g, v, _ = _opt_arrays(n)
     if impl == "textbook":
-        record(_textbook_momentum, w, g, v)
+        record(tb.momentum_update, w, g, v)
     else:
         record(K.resolve("momentum_update", impl), w, g, v, 1e-2, 0.9, 1.0, 0.0, 0, T())
 
 
 # ---------------------------------------------------------------- batch norm
-
-
-def _textbook_bn(Z, gamma, beta, eps=1e-5):
-    mu = Z.mean(axis=0)
-    var = Z.var(axis=0)
-    Znorm = (Z - mu) / np.sqrt(var + eps)
-    return gamma * Znorm + beta
 
 
 @pytest.mark.parametrize("shape", [(128, 64), (128, 256), (4096, 512)])
@@ -233,7 +185,7 @@ def test_batchnorm_forward(benchmark, record, shape, impl):
     Z = rng.standard_normal(shape, dtype=np.float32)
     gamma, beta = np.ones(shape[1], np.float32), np.zeros(shape[1], np.float32)
     if impl == "textbook":
-        record(_textbook_bn, Z, gamma, beta)
+        record(tb.batchnorm_forward, Z, gamma, beta)
     else:
         bufs = [np.empty_like(Z), np.empty_like(Z)] + [np.empty(shape[1], np.float32) for _ in range(3)]
         record(K.resolve("batchnorm_forward_train", impl), Z, gamma, beta, 1e-5, *bufs, T())

@@ -112,3 +112,57 @@ class TextbookMLP:
             self.t += 1
             self.params, self.v, self.s = update_parameters_with_adam(self.params, grads, self.v, self.s, self.t, self.lr)
         return total / X.shape[0]
+
+
+# ---------------------------------------------------------------------------
+# the kernels' textbook counterparts: each formula as the course's exercises write it
+# ---------------------------------------------------------------------------
+
+FORWARD = {
+    "sigmoid": lambda Z, b: 1 / (1 + np.exp(-(Z + b))),
+    "tanh": lambda Z, b: np.tanh(Z + b),
+    "relu": lambda Z, b: np.maximum(0, Z + b),
+}
+
+BACKWARD = {
+    "sigmoid": lambda dA, A: (dA * A * (1 - A), np.sum(dA * A * (1 - A), axis=0)),
+    "tanh": lambda dA, A: (dA * (1 - np.power(A, 2)), np.sum(dA * (1 - np.power(A, 2)), axis=0)),
+    "relu": lambda dA, A: (dA * (A > 0), np.sum(dA * (A > 0), axis=0)),
+}
+
+
+def softmax_cross_entropy(Z, b, Y):
+    Z = Z + b
+    t = np.exp(Z - Z.max(axis=1, keepdims=True))
+    A = t / t.sum(axis=1, keepdims=True)
+    return -np.sum(Y * np.log(A)) / Z.shape[0], A
+
+
+def dropout(A, keep_prob, rng):
+    D = rng.random(A.shape, dtype=np.float32) < keep_prob
+    return A * D / keep_prob
+
+
+def adam_update(w, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+    m[:] = beta1 * m + (1 - beta1) * g
+    v[:] = beta2 * v + (1 - beta2) * g**2
+    m_hat = m / (1 - beta1**t)
+    v_hat = v / (1 - beta2**t)
+    w[:] = w - lr * m_hat / (np.sqrt(v_hat) + eps)
+
+
+def rmsprop_update(w, g, s, lr=1e-3, beta=0.9, eps=1e-8):
+    s[:] = beta * s + (1 - beta) * g**2
+    w[:] = w - lr * g / (np.sqrt(s) + eps)
+
+
+def momentum_update(w, g, v, lr=1e-2, beta=0.9):
+    v[:] = beta * v + (1 - beta) * g
+    w[:] = w - lr * v
+
+
+def batchnorm_forward(Z, gamma, beta, eps=1e-5):
+    mu = Z.mean(axis=0)
+    var = Z.var(axis=0)
+    Znorm = (Z - mu) / np.sqrt(var + eps)
+    return gamma * Znorm + beta

@@ -10,7 +10,9 @@ A callback subclasses :class:`Callback` and overrides any of
 * ``on_train_end(trainer)`` -- after the last epoch (not when training diverged)
 
 ``trainer.model`` is the model, ``trainer.history`` the history so far and
-``trainer.metric_names`` the keys this fit records.
+``trainer.metric_names`` the keys this fit records.  ``check_metrics(names)``
+runs during the fit's validation, before anything changes, so a callback can
+refuse a fit (EarlyStopping monitoring ``"dev_loss"`` without a dev set).
 """
 
 import math
@@ -24,6 +26,9 @@ __all__ = ["Callback", "EarlyStopping", "Checkpoint"]
 
 class Callback:
     """Base class: every hook does nothing."""
+
+    def check_metrics(self, names):
+        """Called before training changes anything; raise ValueError to refuse the fit."""
 
     def on_train_begin(self, trainer):
         pass

@@ -123,7 +123,8 @@ def check_finite(X, name="X"):
     rows = max(1, (1 << 20) // X.shape[1])
     for s in range(0, X.shape[0], rows):
         block = X[s : s + rows]
-        if math.isfinite(float(np.add.reduce(block, axis=None, dtype=np.float64))):
+        # fast path: a finite sum means finite entries (an overflowing sum falls through to the exact check)
+        if math.isfinite(float(np.add.reduce(block, axis=None))):
             continue
         bad = ~np.isfinite(block)
         if bad.any():
@@ -824,7 +825,7 @@ class Sequential:
     # ---- input conversion ---------------------------------------------------------
 
     def _check_X(self, X, name="X"):
-        """Validate ``X`` (2-D, numeric, finite, right width); build the model if needed."""
+        """Validate ``X`` (2-D, numeric, finite, the model's width); builds nothing."""
         X = as_2d(X, name)
         if self._nodes is not None and X.shape[1] != self.input_dim:
             raise ValueError(

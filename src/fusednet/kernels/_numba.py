@@ -18,6 +18,8 @@ vectorisable point functions); they are compiled on first call and cached on
 disk.  :func:`warmup` compiles them all for float32 and float64.
 """
 
+import math
+
 import numba
 import numpy as np
 
@@ -72,31 +74,41 @@ def bias_act_forward(Z, b, act, slope, A, n_threads):
     if nt > 1:
         _dense.bias_act_forward_parallel(Z, b, act, float(slope), A, nt)
     else:
-        _dense.bias_act_forward_serial(Z, b, act, float(slope), A)
+        m, n = Z.shape
+        _dense.forward_block(Z, b, act, float(slope), A, 0, m, 0, n)
 
 
 def act_backward(dA, A, act, slope, dZ, db, n_threads):
     act = int(act)
-    nt = _column_chunks(n_threads, dA.size, dA.shape[1], ELEMENTWISE_SERIAL_THRESHOLD)
+    m, n = dA.shape
+    nt = 1 if act == SOFTMAX else _column_chunks(n_threads, dA.size, n, ELEMENTWISE_SERIAL_THRESHOLD)
     if nt > 1:
         _dense.act_backward_parallel(dA, A, act, float(slope), dZ, db, nt)
     else:
-        _dense.act_backward_serial(dA, A, act, float(slope), dZ, db)
+        _dense.backward_cols(dA, A, act, float(slope), dZ, db, 0, n)
 
 
 def loss_forward(Z, b, Y, loss, A, n_threads):
+    m = Z.shape[0]
+    if m == 0:
+        return 0.0
+    # per-block float64 sums over a row partition fixed by m alone, added in order
+    part = np.empty(min(_dense.LOSS_BLOCKS, m), np.float64)
     nt = _chunks(n_threads, Z.size, LOSS_SERIAL_THRESHOLD)
     if nt > 1:
-        return float(_dense.loss_forward_parallel(Z, b, Y, int(loss), A, nt))
-    return float(_dense.loss_forward_serial(Z, b, Y, int(loss), A))
+        _dense.loss_blocks_parallel(Z, b, Y, int(loss), A, part, nt)
+    else:
+        _dense.loss_blocks(Z, b, Y, int(loss), A, part, 0, part.size)
+    return math.fsum(part) / m
 
 
 def loss_backward(A, Y, dZ, db, n_threads):
-    nt = _column_chunks(n_threads, A.size, A.shape[1], ELEMENTWISE_SERIAL_THRESHOLD)
+    m, n = A.shape
+    nt = _column_chunks(n_threads, A.size, n, ELEMENTWISE_SERIAL_THRESHOLD)
     if nt > 1:
         _dense.loss_backward_parallel(A, Y, dZ, db, nt)
     else:
-        _dense.loss_backward_serial(A, Y, dZ, db)
+        _dense.loss_backward_cols(A, Y, dZ, db, 0, n)
 
 
 # --------------------------------------------------------------------------
@@ -174,13 +186,13 @@ def ewa_update(v, x, beta, n_threads):
 
 
 def batchnorm_forward_train(Z, gamma, beta, eps, xhat, out, mean, var, invstd, n_threads):
-    nt = _column_chunks(n_threads, Z.size, Z.shape[1], BATCHNORM_SERIAL_THRESHOLD)
+    n = Z.shape[1]
+    nt = _column_chunks(n_threads, Z.size, n, BATCHNORM_SERIAL_THRESHOLD)
     if nt > 1:
         _dense.batchnorm_forward_train_parallel(Z, gamma, beta, float(eps), xhat, out,
                                                 mean, var, invstd, nt)
     else:
-        _dense.batchnorm_forward_train_serial(Z, gamma, beta, float(eps), xhat, out,
-                                              mean, var, invstd)
+        _dense.batchnorm_train_cols(Z, gamma, beta, float(eps), xhat, out, mean, var, invstd, 0, n)
 
 
 def batchnorm_forward_infer(Z, gamma, beta, running_mean, running_var, eps, out, n_threads):
@@ -189,16 +201,18 @@ def batchnorm_forward_infer(Z, gamma, beta, running_mean, running_var, eps, out,
         _dense.batchnorm_forward_infer_parallel(Z, gamma, beta, running_mean, running_var,
                                                 float(eps), out, nt)
     else:
-        _dense.batchnorm_forward_infer_serial(Z, gamma, beta, running_mean, running_var,
-                                              float(eps), out)
+        m, n = Z.shape
+        _dense.batchnorm_infer_block(Z, gamma, beta, running_mean, running_var, float(eps), out,
+                                     0, m, 0, n)
 
 
 def batchnorm_backward(dout, xhat, gamma, invstd, dZ, dgamma, dbeta, n_threads):
-    nt = _column_chunks(n_threads, dout.size, dout.shape[1], BATCHNORM_SERIAL_THRESHOLD)
+    n = dout.shape[1]
+    nt = _column_chunks(n_threads, dout.size, n, BATCHNORM_SERIAL_THRESHOLD)
     if nt > 1:
         _dense.batchnorm_backward_parallel(dout, xhat, gamma, invstd, dZ, dgamma, dbeta, nt)
     else:
-        _dense.batchnorm_backward_serial(dout, xhat, gamma, invstd, dZ, dgamma, dbeta)
+        _dense.batchnorm_backward_cols(dout, xhat, gamma, invstd, dZ, dgamma, dbeta, 0, n)
 
 
 # --------------------------------------------------------------------------
@@ -209,48 +223,50 @@ def batchnorm_backward(dout, xhat, gamma, invstd, dZ, dgamma, dbeta, n_threads):
 def warmup(dtypes=(np.float32, np.float64)):
     """Compile (or load from the on-disk cache) every kernel, serial and parallel.
 
-    Covers writable C-contiguous arrays of each dtype in ``dtypes`` (2-D
-    activations, 1-D flat buffers), the types the layers and optimisers pass.
+    Covers writable C-contiguous arrays of each dtype in ``dtypes``: 2-D
+    activations and 1-D flat buffers, the types the layers and optimisers
+    pass (other array types, such as read-only inputs, compile on first use).
     Benchmarks and tests call it to keep compile time out of their timings.
     """
     for dtype in dtypes:
         dtype = np.dtype(dtype)
-        Z = np.linspace(-2.0, 2.0, 12, dtype=dtype).reshape(3, 4)
-        b = np.zeros(4, dtype)
-        A = np.empty_like(Z)
-        dZ = np.empty_like(Z)
-        db = np.empty(4, dtype)
-        Y = np.full_like(Z, 0.25)
-        for nt in (1, 2):  # 1: the serial kernels, 2: the parallel ones
-            par = nt > 1
-            for act in (LINEAR, SOFTMAX):
-                (_dense.bias_act_forward_parallel(Z, b, act, 0.01, A, nt) if par
-                 else _dense.bias_act_forward_serial(Z, b, act, 0.01, A))
-                (_dense.act_backward_parallel(Y, A, act, 0.01, dZ, db, nt) if par
-                 else _dense.act_backward_serial(Y, A, act, 0.01, dZ, db))
-            (_dense.loss_forward_parallel(Z, b, Y, 2, A, nt) if par
-             else _dense.loss_forward_serial(Z, b, Y, 2, A))
-            (_dense.loss_backward_parallel(A, Y, dZ, db, nt) if par
-             else _dense.loss_backward_serial(A, Y, dZ, db))
-            mean, var, invstd = (np.empty(4, dtype) for _ in range(3))
-            (_dense.batchnorm_forward_train_parallel(Z, b, b, 1e-5, A, dZ, mean, var, invstd, nt) if par
-             else _dense.batchnorm_forward_train_serial(Z, b, b, 1e-5, A, dZ, mean, var, invstd))
-            (_dense.batchnorm_forward_infer_parallel(Z, b, b, b, invstd, 1e-5, dZ, nt) if par
-             else _dense.batchnorm_forward_infer_serial(Z, b, b, b, invstd, 1e-5, dZ))
-            (_dense.batchnorm_backward_parallel(Y, A, b, invstd, dZ, mean, var, nt) if par
-             else _dense.batchnorm_backward_serial(Y, A, b, invstd, dZ, mean, var))
-            (_flat.dropout_parallel(Z, 1, 2, 2**31, False, 2.0, A, nt) if par
-             else _flat.dropout_span(Z, 1, 2, 2**31, False, 2.0, A, 0, Z.size))
-            w, g, s1, s2 = (np.zeros(8, dtype) for _ in range(4))
-            if par:
-                _flat.gd_parallel(w, g, 0.1, 0.0, 0, nt)
-                _flat.momentum_parallel(w, g, s1, 0.1, 0.9, 1.0, 0.0, 0, nt)
-                _flat.rmsprop_parallel(w, g, s1, 0.1, 0.9, 1e-8, 0.0, 0, nt)
-                _flat.adam_parallel(w, g, s1, s2, 0.1, 0.9, 0.999, 1e-8, 1.0, 1.0, 0.0, 0, nt)
-                _flat.ewa_parallel(w, g, 0.9, nt)
+        Z = np.linspace(-2.0, 2.0, 24, dtype=dtype).reshape(3, 8)
+        b, g, v1, v2 = (np.zeros(8, dtype) for _ in range(4))
+        A, dZ, Y = np.empty_like(Z), np.empty_like(Z), np.full_like(Z, 0.125)
+        m, n = Z.shape
+        for n_chunks in (1, 2):  # 1: the serial kernels, 2: the parallel ones
+            # a threshold of 0 and n_chunks threads force the kernel wanted
+            nt = n_chunks
+            forward, backward = (
+                (_dense.bias_act_forward_parallel, _dense.act_backward_parallel) if nt > 1 else
+                (lambda *a: _dense.forward_block(*a[:5], 0, m, 0, n),
+                 lambda *a: _dense.backward_cols(*a[:6], 0, n)))
+            forward(Z, b, LINEAR, 0.01, A, nt)
+            backward(Y, A, LINEAR, 0.01, dZ, b, nt)
+            part = np.empty(3)
+            if nt > 1:
+                _dense.loss_blocks_parallel(Z, b, Y, 2, A, part, nt)
+                _dense.loss_backward_parallel(A, Y, dZ, b, nt)
+                _dense.batchnorm_forward_train_parallel(Z, g, b, 1e-5, A, dZ, v1, v2, g, nt)
+                _dense.batchnorm_forward_infer_parallel(Z, g, b, v1, v2, 1e-5, dZ, nt)
+                _dense.batchnorm_backward_parallel(Y, A, g, v2, dZ, v1, b, nt)
+                for X in (Z, g):
+                    _flat.dropout_parallel(X, 1, 2, 2**31, False, 2.0, X, nt)
+                _flat.gd_parallel(g, b, 0.1, 0.0, 0, nt)
+                _flat.momentum_parallel(g, b, v1, 0.1, 0.9, 1.0, 0.0, 0, nt)
+                _flat.rmsprop_parallel(g, b, v1, 0.1, 0.9, 1e-8, 0.0, 0, nt)
+                _flat.adam_parallel(g, b, v1, v2, 0.1, 0.9, 0.999, 1e-8, 1.0, 1.0, 0.0, 0, nt)
+                _flat.ewa_parallel(g, b, 0.9, nt)
             else:
-                _flat.gd_span(w, g, 0.1, 0.0, 0, 0, 8)
-                _flat.momentum_span(w, g, s1, 0.1, 0.9, 1.0, 0.0, 0, 0, 8)
-                _flat.rmsprop_span(w, g, s1, 0.1, 0.9, 1e-8, 0.0, 0, 0, 8)
-                _flat.adam_span(w, g, s1, s2, 0.1, 0.9, 0.999, 1e-8, 1.0, 1.0, 0.0, 0, 0, 8)
-                _flat.ewa_span(w, g, 0.9, 0, 8)
+                _dense.loss_blocks(Z, b, Y, 2, A, part, 0, 3)
+                _dense.loss_backward_cols(A, Y, dZ, b, 0, n)
+                _dense.batchnorm_train_cols(Z, g, b, 1e-5, A, dZ, v1, v2, g, 0, n)
+                _dense.batchnorm_infer_block(Z, g, b, v1, v2, 1e-5, dZ, 0, m, 0, n)
+                _dense.batchnorm_backward_cols(Y, A, g, v2, dZ, v1, b, 0, n)
+                for X in (Z, g):
+                    _flat.dropout_span(X, 1, 2, 2**31, False, 2.0, X, 0, X.size)
+                _flat.gd_span(g, b, 0.1, 0.0, 0, 0, n)
+                _flat.momentum_span(g, b, v1, 0.1, 0.9, 1.0, 0.0, 0, 0, n)
+                _flat.rmsprop_span(g, b, v1, 0.1, 0.9, 1e-8, 0.0, 0, 0, n)
+                _flat.adam_span(g, b, v1, v2, 0.1, 0.9, 0.999, 1e-8, 1.0, 1.0, 0.0, 0, 0, n)
+                _flat.ewa_span(g, b, 0.9, 0, n)

@@ -13,6 +13,12 @@ summed over a fixed partition of the rows (at most :data:`LOSS_BLOCKS`
 blocks, a function of m only) and the block sums are added in order, so it
 too has the same bits for any thread count.
 
+Loops run over row slices indexed from 0 (an index of unknown sign would make
+Numba wrap negative indices and stop LLVM vectorising), in ``loop`` helpers
+inlined at Numba IR level; an ``OUT`` that may alias an ``IN`` is passed as the
+same slice when it does, so in-place calls vectorise too (see
+:mod:`._numba_flat`).
+
 Data flow is marked on each kernel: ``IN`` arguments are only read, ``OUT``
 only written.  Only fixed-size tiles are allocated; everything returns None
 except the loss, which returns its cost.
@@ -24,8 +30,8 @@ import numpy as np
 from numba import prange
 
 from ._codes import BCE, CCE, LEAKY_RELU, LINEAR, MSE, RELU, SIGMOID, SOFTMAX, TANH
-from ._numba_flat import bound, kernel, parallel_kernel
-from ._numba_math import exp, leaky_relu, like, log1p_unit, point, relu, sigmoid, tanh
+from ._numba_flat import bound, kernel, loop, parallel_kernel, same_buffer
+from ._numba_math import exp, leaky_relu, like, log1p_unit, point, relu, row_point, sigmoid, tanh
 
 #: columns per float64 accumulator tile of a row-walking reduction
 TILE = 256
@@ -53,27 +59,55 @@ def block(m, n, n_chunks, k, by_rows):
 # --------------------------------------------------------------------------
 
 
-@point
+@loop
+def _softmax_row(z, bb, a):
+    zmax = -np.inf
+    for j in range(a.size):
+        v = z[j] + bb[j]
+        zmax = v if v > zmax else zmax
+    zm = like(a, zmax)
+    total = 0.0
+    for j in range(a.size):
+        e = exp(z[j] + bb[j] - zm)
+        a[j] = e
+        total += e
+    inv = like(a, 1.0 / total)
+    for j in range(a.size):
+        a[j] *= inv
+
+
+@row_point
 def _softmax_rows(Z, b, A, r0, r1):
     """Row-wise, max-subtracted ``A = softmax(Z + b)`` on rows [r0, r1).
 
     A NaN or +inf in a row makes the whole row NaN, as in the reference.
     """
-    n = Z.shape[1]
-    for i in range(r0, r1):
-        zmax = -np.inf
-        for j in range(n):
-            z = Z[i, j] + b[j]
-            zmax = z if z > zmax else zmax
-        zm = like(A, zmax)
-        total = 0.0
-        for j in range(n):
-            e = exp(Z[i, j] + b[j] - zm)
-            A[i, j] = e
-            total += e
-        inv = like(A, 1.0 / total)
-        for j in range(n):
-            A[i, j] *= inv
+    if same_buffer(Z, A):
+        for i in range(r0, r1):
+            a = A[i]
+            _softmax_row(a, b, a)
+    else:
+        for i in range(r0, r1):
+            _softmax_row(Z[i], b, A[i])
+
+
+@loop
+def _forward_row(z, bb, a, act, s, zero):
+    if act == LINEAR:
+        for j in range(a.size):
+            a[j] = z[j] + bb[j]
+    elif act == SIGMOID:
+        for j in range(a.size):
+            a[j] = sigmoid(z[j] + bb[j])
+    elif act == TANH:
+        for j in range(a.size):
+            a[j] = tanh(z[j] + bb[j])
+    elif act == RELU:
+        for j in range(a.size):
+            a[j] = relu(z[j] + bb[j], zero)
+    elif act == LEAKY_RELU:
+        for j in range(a.size):
+            a[j] = leaky_relu(z[j] + bb[j], s, zero)
 
 
 @kernel
@@ -83,30 +117,19 @@ def forward_block(Z, b, act, slope, A, r0, r1, c0, c1):
     Z (m, n) IN, b (n,) IN, A (m, n) OUT (may alias Z).  Softmax couples a
     row's columns: it takes whole rows r0..r1 and ignores c0, c1.
     """
+    if act == SOFTMAX:
+        _softmax_rows(Z, b, A, r0, r1)
+        return
     zero = like(A, 0.0)
     s = like(A, slope)
-    if act == LINEAR:
+    bb = b[c0:c1]
+    if same_buffer(Z, A):
         for i in range(r0, r1):
-            for j in range(c0, c1):
-                A[i, j] = Z[i, j] + b[j]
-    elif act == SIGMOID:
+            a = A[i, c0:c1]
+            _forward_row(a, bb, a, act, s, zero)
+    else:
         for i in range(r0, r1):
-            for j in range(c0, c1):
-                A[i, j] = sigmoid(Z[i, j] + b[j])
-    elif act == TANH:
-        for i in range(r0, r1):
-            for j in range(c0, c1):
-                A[i, j] = tanh(Z[i, j] + b[j])
-    elif act == RELU:
-        for i in range(r0, r1):
-            for j in range(c0, c1):
-                A[i, j] = relu(Z[i, j] + b[j], zero)
-    elif act == LEAKY_RELU:
-        for i in range(r0, r1):
-            for j in range(c0, c1):
-                A[i, j] = leaky_relu(Z[i, j] + b[j], s, zero)
-    elif act == SOFTMAX:
-        _softmax_rows(Z, b, A, r0, r1)
+            _forward_row(Z[i, c0:c1], bb, A[i, c0:c1], act, s, zero)
 
 
 @parallel_kernel
@@ -123,17 +146,59 @@ def bias_act_forward_parallel(Z, b, act, slope, A, n_chunks):
 # --------------------------------------------------------------------------
 
 
-@point
-def _softmax_backward_rows(dA, A, dZ, r0, r1):
-    """``dZ = A * (dA - sum_cols(dA * A))`` on rows [r0, r1).  dZ may alias dA."""
-    n = dA.shape[1]
-    for i in range(r0, r1):
-        dot = 0.0
-        for j in range(n):
-            dot += dA[i, j] * A[i, j]
-        c = like(A, dot)
-        for j in range(n):
-            dZ[i, j] = A[i, j] * (dA[i, j] - c)
+@loop
+def _softmax_backward_row(x, a, d):
+    dot = 0.0
+    for j in range(d.size):
+        dot += x[j] * a[j]
+    c = like(a, dot)
+    for j in range(d.size):
+        d[j] = a[j] * (x[j] - c)
+
+
+@row_point
+def _softmax_backward_rows(dA, A, dZ):
+    """``dZ = A * (dA - sum_cols(dA * A))`` on every row.  dZ may alias dA."""
+    if same_buffer(dA, dZ):
+        for i in range(dZ.shape[0]):
+            d = dZ[i]
+            _softmax_backward_row(d, A[i], d)
+    else:
+        for i in range(dZ.shape[0]):
+            _softmax_backward_row(dA[i], A[i], dZ[i])
+
+
+@loop
+def _backward_row(x, a, d, acc, act, s, zero, one):
+    """One row of ``d = x * g'(a)``, ``acc += d`` (softmax: ``acc += d`` only)."""
+    if act == LINEAR:
+        for j in range(d.size):
+            v = x[j]
+            d[j] = v
+            acc[j] += v
+    elif act == SIGMOID:
+        for j in range(d.size):
+            v = x[j] * (a[j] * (one - a[j]))
+            d[j] = v
+            acc[j] += v
+    elif act == TANH:
+        for j in range(d.size):
+            v = x[j] * (one - a[j] * a[j])
+            d[j] = v
+            acc[j] += v
+    elif act == RELU:
+        for j in range(d.size):
+            v = x[j] * (one if a[j] > zero else zero)
+            d[j] = v
+            acc[j] += v
+    elif act == LEAKY_RELU:
+        for j in range(d.size):
+            v = x[j] * (one if a[j] > zero else s)
+            d[j] = v
+            acc[j] += v
+    elif act == SOFTMAX:
+        for j in range(d.size):
+            acc[j] += d[j]
 
 
 @kernel
@@ -149,50 +214,22 @@ def backward_cols(dA, A, act, slope, dZ, db, c0, c1):
     one = like(A, 1.0)
     s = like(A, slope)
     if act == SOFTMAX:
-        _softmax_backward_rows(dA, A, dZ, 0, m)
-    acc = np.empty(TILE, np.float64)
+        _softmax_backward_rows(dA, A, dZ)
+    same = same_buffer(dA, dZ)
+    tile = np.empty(TILE, np.float64)
     for t0 in range(c0, c1, TILE):
         t1 = min(t0 + TILE, c1)
-        for j in range(t1 - t0):
-            acc[j] = 0.0
-        if act == LINEAR:
-            for i in range(m):
-                for j in range(t0, t1):
-                    d = dA[i, j]
-                    dZ[i, j] = d
-                    acc[j - t0] += d
-        elif act == SIGMOID:
-            for i in range(m):
-                for j in range(t0, t1):
-                    a = A[i, j]
-                    d = dA[i, j] * (a * (one - a))
-                    dZ[i, j] = d
-                    acc[j - t0] += d
-        elif act == TANH:
-            for i in range(m):
-                for j in range(t0, t1):
-                    a = A[i, j]
-                    d = dA[i, j] * (one - a * a)
-                    dZ[i, j] = d
-                    acc[j - t0] += d
-        elif act == RELU:
-            for i in range(m):
-                for j in range(t0, t1):
-                    d = dA[i, j] * (one if A[i, j] > zero else zero)
-                    dZ[i, j] = d
-                    acc[j - t0] += d
-        elif act == LEAKY_RELU:
-            for i in range(m):
-                for j in range(t0, t1):
-                    d = dA[i, j] * (one if A[i, j] > zero else s)
-                    dZ[i, j] = d
-                    acc[j - t0] += d
-        elif act == SOFTMAX:
-            for i in range(m):
-                for j in range(t0, t1):
-                    acc[j - t0] += dZ[i, j]
-        for j in range(t0, t1):
-            db[j] = acc[j - t0]
+        acc = tile[:t1 - t0]
+        acc[:] = 0.0
+        for i in range(m):
+            d = dZ[i, t0:t1]
+            if same:
+                _backward_row(d, A[i, t0:t1], d, acc, act, s, zero, one)
+            else:
+                _backward_row(dA[i, t0:t1], A[i, t0:t1], d, acc, act, s, zero, one)
+        dbt = db[t0:t1]
+        for j in range(acc.size):
+            dbt[j] = acc[j]
 
 
 @parallel_kernel
@@ -208,7 +245,7 @@ def act_backward_parallel(dA, A, act, slope, dZ, db, n_chunks):
 # --------------------------------------------------------------------------
 
 
-@point
+@row_point
 def _loss_rows(Z, b, Y, loss, A, r0, r1):
     """``A = g(Z + b)`` on rows [r0, r1); returns those rows' summed loss (float64).
 
@@ -217,38 +254,39 @@ def _loss_rows(Z, b, Y, loss, A, r0, r1):
     log1p(exp(-|z|))``, which never overflows; CCE through the max-subtracted
     log-sum-exp.
     """
-    k = Z.shape[1]
     total = 0.0
     if loss == MSE:
         for i in range(r0, r1):
-            for j in range(k):
-                zd = Z[i, j] + b[j]
-                A[i, j] = zd
-                d = np.float64(zd) - np.float64(Y[i, j])
+            zr, yr, ar = Z[i], Y[i], A[i]
+            for j in range(ar.size):
+                zd = zr[j] + b[j]
+                ar[j] = zd
+                d = np.float64(zd) - np.float64(yr[j])
                 total += d * d
         return 0.5 * total
     if loss == BCE:
         for i in range(r0, r1):
-            for j in range(k):
-                z = np.float64(Z[i, j] + b[j])
-                A[i, j] = sigmoid(z)
-                y = np.float64(Y[i, j])
-                total += (z if z > 0.0 else 0.0) - z * y + log1p_unit(exp(-abs(z)))
+            zr, yr, ar = Z[i], Y[i], A[i]
+            for j in range(ar.size):
+                z = np.float64(zr[j] + b[j])
+                ar[j] = sigmoid(z)
+                total += (z if z > 0.0 else 0.0) - z * np.float64(yr[j]) + log1p_unit(exp(-abs(z)))
         return total
     if loss == CCE:
         for i in range(r0, r1):
+            zr, yr, ar = Z[i], Y[i], A[i]
             zmax = -np.inf
-            for j in range(k):
-                z = np.float64(Z[i, j] + b[j])
+            for j in range(ar.size):
+                z = np.float64(zr[j] + b[j])
                 zmax = z if z > zmax else zmax
             s = 0.0
-            for j in range(k):
-                s += exp(np.float64(Z[i, j] + b[j]) - zmax)
+            for j in range(ar.size):
+                s += exp(np.float64(zr[j] + b[j]) - zmax)
             lse = zmax + math.log(s)
-            for j in range(k):
-                z = np.float64(Z[i, j] + b[j])
-                A[i, j] = exp(z - lse)
-                total += np.float64(Y[i, j]) * (lse - z)
+            for j in range(ar.size):
+                z = np.float64(zr[j] + b[j])
+                ar[j] = exp(z - lse)
+                total += np.float64(yr[j]) * (lse - z)
         return total
     return np.nan
 
@@ -278,22 +316,24 @@ def loss_blocks_parallel(Z, b, Y, loss, A, part, n_chunks):
 def loss_backward_cols(A, Y, dZ, db, c0, c1):
     """``dZ = (A - Y) / m`` and ``db = sum_rows(dZ)`` on columns [c0, c1).
 
-    A, Y (m, k) IN; dZ (m, k) OUT (may alias A or Y); db (k,) OUT.
+    A, Y (m, k) IN; dZ (m, k) OUT; db (k,) OUT.
     """
     m = A.shape[0]
     cm = like(A, m)
-    acc = np.empty(TILE, np.float64)
+    tile = np.empty(TILE, np.float64)
     for t0 in range(c0, c1, TILE):
         t1 = min(t0 + TILE, c1)
-        for j in range(t1 - t0):
-            acc[j] = 0.0
+        acc = tile[:t1 - t0]
+        acc[:] = 0.0
         for i in range(m):
-            for j in range(t0, t1):
-                d = (A[i, j] - Y[i, j]) / cm
-                dZ[i, j] = d
-                acc[j - t0] += d
-        for j in range(t0, t1):
-            db[j] = acc[j - t0]
+            ar, yr, dr = A[i, t0:t1], Y[i, t0:t1], dZ[i, t0:t1]
+            for j in range(acc.size):
+                d = (ar[j] - yr[j]) / cm
+                dr[j] = d
+                acc[j] += d
+        dbt = db[t0:t1]
+        for j in range(acc.size):
+            dbt[j] = acc[j]
 
 
 @parallel_kernel
@@ -318,31 +358,37 @@ def batchnorm_train_cols(Z, gamma, beta, eps, xhat, out, mean, var, invstd, c0, 
     from the variance rounded to the dtype, as in the reference.
     """
     m = Z.shape[0]
-    s1 = np.empty(TILE, np.float64)
-    s2 = np.empty(TILE, np.float64)
+    tile1 = np.empty(TILE, np.float64)
+    tile2 = np.empty(TILE, np.float64)
     for t0 in range(c0, c1, TILE):
         t1 = min(t0 + TILE, c1)
-        for j in range(t1 - t0):
-            s1[j] = 0.0
-            s2[j] = 0.0
+        s1 = tile1[:t1 - t0]
+        s2 = tile2[:t1 - t0]
+        s1[:] = 0.0
+        s2[:] = 0.0
         for i in range(m):
-            for j in range(t0, t1):
-                s1[j - t0] += Z[i, j]
-        for j in range(t1 - t0):
+            zr = Z[i, t0:t1]
+            for j in range(s1.size):
+                s1[j] += zr[j]
+        for j in range(s1.size):
             s1[j] = s1[j] / m
         for i in range(m):
-            for j in range(t0, t1):
-                d = np.float64(Z[i, j]) - s1[j - t0]
-                s2[j - t0] += d * d
-        for j in range(t0, t1):
-            mean[j] = s1[j - t0]
-            var[j] = s2[j - t0] / m
-            invstd[j] = 1.0 / np.sqrt(np.float64(var[j]) + eps)
+            zr = Z[i, t0:t1]
+            for j in range(s1.size):
+                d = np.float64(zr[j]) - s1[j]
+                s2[j] += d * d
+        mu, va, iv = mean[t0:t1], var[t0:t1], invstd[t0:t1]
+        ga, be = gamma[t0:t1], beta[t0:t1]
+        for j in range(s1.size):
+            mu[j] = s1[j]
+            va[j] = s2[j] / m
+            iv[j] = 1.0 / np.sqrt(np.float64(va[j]) + eps)
         for i in range(m):
-            for j in range(t0, t1):
-                x = (Z[i, j] - mean[j]) * invstd[j]
-                xhat[i, j] = x
-                out[i, j] = gamma[j] * x + beta[j]
+            zr, xr, orow = Z[i, t0:t1], xhat[i, t0:t1], out[i, t0:t1]
+            for j in range(s1.size):
+                x = (zr[j] - mu[j]) * iv[j]
+                xr[j] = x
+                orow[j] = ga[j] * x + be[j]
 
 
 @parallel_kernel
@@ -353,6 +399,12 @@ def batchnorm_forward_train_parallel(Z, gamma, beta, eps, xhat, out, mean, var, 
                              bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
 
 
+@loop
+def _infer_row(z, o, ga, be, mu, inv):
+    for j in range(o.size):
+        o[j] = ga[j] * ((z[j] - mu[j]) * inv[j]) + be[j]
+
+
 @kernel
 def batchnorm_infer_block(Z, gamma, beta, running_mean, running_var, eps, out, r0, r1, c0, c1):
     """``out = gamma * ((Z - running_mean) * inv) + beta`` on a block, inv = 1/sqrt(running_var + eps).
@@ -360,14 +412,21 @@ def batchnorm_infer_block(Z, gamma, beta, running_mean, running_var, eps, out, r
     Z (m, n) IN; gamma, beta, running_mean, running_var (n,) IN; out (m, n) OUT
     (may alias Z).  ``inv`` is computed in float64 and rounded to the dtype.
     """
-    inv = np.empty(TILE, Z.dtype)
+    tile = np.empty(TILE, Z.dtype)
+    same = same_buffer(Z, out)
     for t0 in range(c0, c1, TILE):
         t1 = min(t0 + TILE, c1)
-        for j in range(t0, t1):
-            inv[j - t0] = 1.0 / np.sqrt(np.float64(running_var[j]) + eps)
+        inv = tile[:t1 - t0]
+        rv = running_var[t0:t1]
+        for j in range(inv.size):
+            inv[j] = 1.0 / np.sqrt(np.float64(rv[j]) + eps)
+        ga, be, mu = gamma[t0:t1], beta[t0:t1], running_mean[t0:t1]
         for i in range(r0, r1):
-            for j in range(t0, t1):
-                out[i, j] = gamma[j] * ((Z[i, j] - running_mean[j]) * inv[j - t0]) + beta[j]
+            o = out[i, t0:t1]
+            if same:
+                _infer_row(o, o, ga, be, mu, inv)
+            else:
+                _infer_row(Z[i, t0:t1], o, ga, be, mu, inv)
 
 
 @parallel_kernel
@@ -377,6 +436,12 @@ def batchnorm_forward_infer_parallel(Z, gamma, beta, running_mean, running_var, 
     for k in prange(n_chunks):
         r0, r1, c0, c1 = block(m, n, n_chunks, k, by_rows)
         batchnorm_infer_block(Z, gamma, beta, running_mean, running_var, eps, out, r0, r1, c0, c1)
+
+
+@loop
+def _bn_backward_row(x, xh, d, k, mb, mg):
+    for j in range(d.size):
+        d[j] = k[j] * (x[j] - mb[j] - xh[j] * mg[j])
 
 
 @kernel
@@ -390,25 +455,36 @@ def batchnorm_backward_cols(dout, xhat, gamma, invstd, dZ, dgamma, dbeta, c0, c1
     """
     m = dout.shape[0]
     cm = like(dout, m)
-    sb = np.empty(TILE, np.float64)
-    sg = np.empty(TILE, np.float64)
+    tb = np.empty(TILE, np.float64)
+    tg = np.empty(TILE, np.float64)
+    tk = np.empty((3, TILE), dout.dtype)
+    same = same_buffer(dout, dZ)
     for t0 in range(c0, c1, TILE):
         t1 = min(t0 + TILE, c1)
-        for j in range(t1 - t0):
-            sb[j] = 0.0
-            sg[j] = 0.0
+        w = t1 - t0
+        sb, sg = tb[:w], tg[:w]
+        sb[:] = 0.0
+        sg[:] = 0.0
         for i in range(m):
-            for j in range(t0, t1):
-                d = dout[i, j]
-                sb[j - t0] += d
-                sg[j - t0] += d * xhat[i, j]
-        for j in range(t0, t1):
-            dbeta[j] = sb[j - t0]
-            dgamma[j] = sg[j - t0]
+            dr, xr = dout[i, t0:t1], xhat[i, t0:t1]
+            for j in range(w):
+                d = dr[j]
+                sb[j] += d
+                sg[j] += d * xr[j]
+        k, mb, mg = tk[0, :w], tk[1, :w], tk[2, :w]
+        dbt, dgt, ga, iv = dbeta[t0:t1], dgamma[t0:t1], gamma[t0:t1], invstd[t0:t1]
+        for j in range(w):
+            dbt[j] = sb[j]
+            dgt[j] = sg[j]
+            k[j] = ga[j] * iv[j]
+            mb[j] = dbt[j] / cm
+            mg[j] = dgt[j] / cm
         for i in range(m):
-            for j in range(t0, t1):
-                dZ[i, j] = (gamma[j] * invstd[j]) * (
-                    dout[i, j] - dbeta[j] / cm - xhat[i, j] * (dgamma[j] / cm))
+            d = dZ[i, t0:t1]
+            if same:
+                _bn_backward_row(d, xhat[i, t0:t1], d, k, mb, mg)
+            else:
+                _bn_backward_row(dout[i, t0:t1], xhat[i, t0:t1], d, k, mb, mg)
 
 
 @parallel_kernel

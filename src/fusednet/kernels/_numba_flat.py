@@ -7,6 +7,13 @@ into ``n_chunks`` contiguous 64-byte-aligned spans and runs them in a
 ``prange``.  Elements are independent, so both give the same bits for any
 number of chunks.  Semantics and signatures: :mod:`fusednet.kernels.reference`.
 
+Loops run over slices indexed from 0 (an index of unknown sign would make
+Numba wrap negative indices and stop LLVM vectorising), in ``loop`` helpers
+that are inlined at Numba IR level.  An ``OUT`` that may alias an ``IN`` is
+passed to the helper as the same slice when it does: LLVM then sees one
+array and vectorises without its overlap check, which would otherwise send
+in-place calls down the scalar path.
+
 Data flow is marked on each kernel: ``IN`` arguments are only read, ``OUT``
 only written, ``INOUT`` both.  Nothing is allocated; everything returns None.
 """
@@ -17,8 +24,12 @@ from numba import njit, prange
 from ._numba_math import FASTMATH, dropout_hash, flush, like, point, tiny
 
 _OPTIONS = dict(cache=True, nogil=True, fastmath=set(FASTMATH), error_model="numpy")
+#: decorator of the compiled kernels (serial) ...
 kernel = njit(**_OPTIONS)
+#: ... and of their parallel drivers
 parallel_kernel = njit(parallel=True, **_OPTIONS)
+#: decorator of loop helpers, inlined into the kernel (and its flags) at Numba IR level
+loop = njit(inline="always")
 
 #: chunk boundaries are multiples of this many elements (64 bytes of float32),
 #: so two threads never write the same cache line
@@ -34,9 +45,21 @@ def bound(n, n_chunks, k):
     return b - b % ALIGN
 
 
+@point
+def same_buffer(a, b):
+    """Whether two arrays start at the same address (an OUT aliasing an IN)."""
+    return a.ctypes.data == b.ctypes.data
+
+
 # --------------------------------------------------------------------------
 # dropout
 # --------------------------------------------------------------------------
+
+
+@loop
+def _dropout_loop(x, o, first, key1, key2, last, c, zero):
+    for j in range(o.size):
+        o[j] = x[j] * c if dropout_hash(first + j, key1, key2) <= last else zero
 
 
 @kernel
@@ -47,19 +70,20 @@ def dropout_span(X, k1, k2, last_kept, drop_all, scale, out, start, stop):
     are the key's 32-bit halves; ``last_kept = threshold - 1`` as a uint32
     (``drop_all`` when the threshold is 0).
     """
-    x = X.reshape(X.size)
-    o = out.reshape(out.size)
+    o = out.reshape(out.size)[start:stop]
     zero = like(X, 0.0)
     if drop_all:
-        for i in range(start, stop):
-            o[i] = zero
+        for j in range(o.size):
+            o[j] = zero
         return
     c = like(X, scale)
     key1 = np.uint32(k1)
     key2 = np.uint32(k2)
     last = np.uint32(last_kept)
-    for i in range(start, stop):
-        o[i] = x[i] * c if dropout_hash(i, key1, key2) <= last else zero
+    if same_buffer(X, out):
+        _dropout_loop(o, o, start, key1, key2, last, c, zero)
+    else:
+        _dropout_loop(X.reshape(X.size)[start:stop], o, start, key1, key2, last, c, zero)
 
 
 @parallel_kernel
@@ -72,8 +96,8 @@ def dropout_parallel(X, k1, k2, last_kept, drop_all, scale, out, n_chunks):
 
 # --------------------------------------------------------------------------
 # optimisers.  The gradient read is g + l2 * w on [0, n_decay) when l2 != 0,
-# g elsewhere; each span runs the decayed part and the plain part as two
-# branch-free loops.
+# g elsewhere: each span runs the loop twice, once per part, with the decay
+# switched on or off as a constant, so each loop is branch-free.
 # --------------------------------------------------------------------------
 
 
@@ -85,16 +109,21 @@ def _split(l2, n_decay, start, stop):
     return min(max(n_decay, start), stop)
 
 
+@loop
+def _gd_loop(w, g, decay, c_lr, c_l2):
+    for i in range(w.size):
+        gp = g[i] + c_l2 * w[i] if decay else g[i]
+        w[i] -= c_lr * gp
+
+
 @kernel
 def gd_span(w, g, lr, l2, n_decay, start, stop):
     """``w -= lr * (g + l2 w)``.  w (n,) INOUT, g (n,) IN."""
     c_lr = like(w, lr)
     c_l2 = like(w, l2)
     mid = _split(l2, n_decay, start, stop)
-    for i in range(start, mid):
-        w[i] -= c_lr * (g[i] + c_l2 * w[i])
-    for i in range(mid, stop):
-        w[i] -= c_lr * g[i]
+    _gd_loop(w[start:mid], g[start:mid], True, c_lr, c_l2)
+    _gd_loop(w[mid:stop], g[mid:stop], False, c_lr, c_l2)
 
 
 @parallel_kernel
@@ -104,11 +133,13 @@ def gd_parallel(w, g, lr, l2, n_decay, n_chunks):
         gd_span(w, g, lr, l2, n_decay, bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
 
 
-@point
-def _momentum_point(w, v, i, gp, c_lr, c_beta, c_1mb, c_bc, tv):
-    vi = flush(c_beta * v[i] + c_1mb * gp, tv)
-    v[i] = vi
-    w[i] -= c_lr * (vi / c_bc)
+@loop
+def _momentum_loop(w, g, v, decay, c_lr, c_beta, c_1mb, c_bc, c_l2, tv):
+    for i in range(w.size):
+        gp = g[i] + c_l2 * w[i] if decay else g[i]
+        vi = flush(c_beta * v[i] + c_1mb * gp, tv)
+        v[i] = vi
+        w[i] -= c_lr * (vi / c_bc)
 
 
 @kernel
@@ -121,10 +152,10 @@ def momentum_span(w, g, v, lr, beta, bc, l2, n_decay, start, stop):
     c_l2 = like(w, l2)
     tv = tiny(w)
     mid = _split(l2, n_decay, start, stop)
-    for i in range(start, mid):
-        _momentum_point(w, v, i, g[i] + c_l2 * w[i], c_lr, c_beta, c_1mb, c_bc, tv)
-    for i in range(mid, stop):
-        _momentum_point(w, v, i, g[i], c_lr, c_beta, c_1mb, c_bc, tv)
+    _momentum_loop(w[start:mid], g[start:mid], v[start:mid], True,
+                   c_lr, c_beta, c_1mb, c_bc, c_l2, tv)
+    _momentum_loop(w[mid:stop], g[mid:stop], v[mid:stop], False,
+                   c_lr, c_beta, c_1mb, c_bc, c_l2, tv)
 
 
 @parallel_kernel
@@ -135,11 +166,13 @@ def momentum_parallel(w, g, v, lr, beta, bc, l2, n_decay, n_chunks):
                       bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
 
 
-@point
-def _rmsprop_point(w, s, i, gp, c_lr, c_beta, c_1mb, c_eps, tv):
-    si = flush(c_beta * s[i] + c_1mb * (gp * gp), tv)
-    s[i] = si
-    w[i] -= c_lr * gp / (np.sqrt(si) + c_eps)
+@loop
+def _rmsprop_loop(w, g, s, decay, c_lr, c_beta, c_1mb, c_eps, c_l2, tv):
+    for i in range(w.size):
+        gp = g[i] + c_l2 * w[i] if decay else g[i]
+        si = flush(c_beta * s[i] + c_1mb * (gp * gp), tv)
+        s[i] = si
+        w[i] -= c_lr * gp / (np.sqrt(si) + c_eps)
 
 
 @kernel
@@ -152,10 +185,10 @@ def rmsprop_span(w, g, s, lr, beta, eps, l2, n_decay, start, stop):
     c_l2 = like(w, l2)
     tv = tiny(w)
     mid = _split(l2, n_decay, start, stop)
-    for i in range(start, mid):
-        _rmsprop_point(w, s, i, g[i] + c_l2 * w[i], c_lr, c_beta, c_1mb, c_eps, tv)
-    for i in range(mid, stop):
-        _rmsprop_point(w, s, i, g[i], c_lr, c_beta, c_1mb, c_eps, tv)
+    _rmsprop_loop(w[start:mid], g[start:mid], s[start:mid], True,
+                  c_lr, c_beta, c_1mb, c_eps, c_l2, tv)
+    _rmsprop_loop(w[mid:stop], g[mid:stop], s[mid:stop], False,
+                  c_lr, c_beta, c_1mb, c_eps, c_l2, tv)
 
 
 @parallel_kernel
@@ -166,13 +199,15 @@ def rmsprop_parallel(w, g, s, lr, beta, eps, l2, n_decay, n_chunks):
                      bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
 
 
-@point
-def _adam_point(w, m, v, i, gp, c_lr, c_b1, c_1mb1, c_b2, c_1mb2, c_eps, c_bc1, c_bc2, tv):
-    mi = flush(c_b1 * m[i] + c_1mb1 * gp, tv)
-    vi = flush(c_b2 * v[i] + c_1mb2 * (gp * gp), tv)
-    m[i] = mi
-    v[i] = vi
-    w[i] -= c_lr * (mi / c_bc1) / (np.sqrt(vi / c_bc2) + c_eps)
+@loop
+def _adam_loop(w, g, m, v, decay, c_lr, c_b1, c_1mb1, c_b2, c_1mb2, c_eps, c_bc1, c_bc2, c_l2, tv):
+    for i in range(w.size):
+        gp = g[i] + c_l2 * w[i] if decay else g[i]
+        mi = flush(c_b1 * m[i] + c_1mb1 * gp, tv)
+        vi = flush(c_b2 * v[i] + c_1mb2 * (gp * gp), tv)
+        m[i] = mi
+        v[i] = vi
+        w[i] -= c_lr * (mi / c_bc1) / (np.sqrt(vi / c_bc2) + c_eps)
 
 
 @kernel
@@ -189,12 +224,10 @@ def adam_span(w, g, m, v, lr, beta1, beta2, eps, bc1, bc2, l2, n_decay, start, s
     c_l2 = like(w, l2)
     tv = tiny(w)
     mid = _split(l2, n_decay, start, stop)
-    for i in range(start, mid):
-        _adam_point(w, m, v, i, g[i] + c_l2 * w[i],
-                    c_lr, c_b1, c_1mb1, c_b2, c_1mb2, c_eps, c_bc1, c_bc2, tv)
-    for i in range(mid, stop):
-        _adam_point(w, m, v, i, g[i],
-                    c_lr, c_b1, c_1mb1, c_b2, c_1mb2, c_eps, c_bc1, c_bc2, tv)
+    _adam_loop(w[start:mid], g[start:mid], m[start:mid], v[start:mid], True,
+               c_lr, c_b1, c_1mb1, c_b2, c_1mb2, c_eps, c_bc1, c_bc2, c_l2, tv)
+    _adam_loop(w[mid:stop], g[mid:stop], m[mid:stop], v[mid:stop], False,
+               c_lr, c_b1, c_1mb1, c_b2, c_1mb2, c_eps, c_bc1, c_bc2, c_l2, tv)
 
 
 @parallel_kernel
@@ -213,12 +246,12 @@ def adam_parallel(w, g, m, v, lr, beta1, beta2, eps, bc1, bc2, l2, n_decay, n_ch
 @kernel
 def ewa_span(v, x, beta, start, stop):
     """``v = beta v + (1 - beta) x``.  v INOUT, x (v's shape) IN, flat index range."""
-    vf = v.reshape(v.size)
-    xf = x.reshape(x.size)
+    vs = v.reshape(v.size)[start:stop]
+    xs = x.reshape(x.size)[start:stop]
     c_beta = like(v, beta)
     c_1mb = like(v, 1.0 - beta)
-    for i in range(start, stop):
-        vf[i] = c_beta * vf[i] + c_1mb * xf[i]
+    for i in range(vs.size):
+        vs[i] = c_beta * vs[i] + c_1mb * xs[i]
 
 
 @parallel_kernel

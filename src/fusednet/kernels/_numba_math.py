@@ -34,18 +34,28 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-#: the fast-math flags of every kernel: no ``nnan``/``ninf``, so NaN and inf
-#: tests still work and propagate.
-FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+#: The fast-math flags of the kernels' elementwise work.  No ``nnan``/``ninf``,
+#: so NaN and inf tests still work and NaN propagates.  No ``reassoc`` either:
+#: with ``reassoc`` and ``contract`` together LLVM fuses differently in a
+#: loop's vector body and in its scalar remainder, so an element's bits would
+#: depend on where a thread's chunk starts (measured: a third of the elements
+#: of a sigmoid backward differed by 1 ulp between 1 and 2 threads).
+FASTMATH = frozenset({"nsz", "arcp", "contract", "afn"})
 
-#: The point functions are ordinary compiled functions that LLVM inlines into
-#: the calling kernel's loop (each is small enough), so the loop vectorises;
+#: Flags of loops that reduce along one row (softmax and loss sums, row dot
+#: products), which need ``reassoc`` to vectorise.  A row is never split
+#: between threads, so its reduction order does not depend on the thread count.
+REDUCTION_FASTMATH = FASTMATH | {"reassoc"}
+
+#: Point functions are ordinary compiled functions that LLVM inlines into the
+#: calling kernel's loop (each is small enough), so the loop vectorises;
 #: inlining them at Numba IR level instead (``inline="always"``) multiplies
-#: compile time.  The steps that ``reassoc`` must not merge (the two-step
-#: range reduction ``(x - n*C1) - n*C2``) go through an explicit fused
-#: multiply-add, which no flag can split.
-#: decorator of the small helpers kernels call (point functions, index arithmetic)
+#: compile time.  LLVM keeps each instruction's own flags when it inlines.
+#: The two-step range reduction ``(x - n*C1) - n*C2`` of ``exp`` goes through
+#: an explicit fused multiply-add, which no flag can merge into one product.
 point = njit(fastmath=set(FASTMATH), error_model="numpy", cache=False)
+#: the same for helpers whose loops reduce along a row
+row_point = njit(fastmath=set(REDUCTION_FASTMATH), error_model="numpy", cache=False)
 _jit = point
 
 
