@@ -15,6 +15,7 @@ from . import layers, callbacks
 from .model import Sequential
 from .trainer import Trainer
 from .history import History
+from .errors import TrainingDiverged
 from .io import load_model as load
 from .info import info
 
@@ -37,5 +38,6 @@ __all__ = [
     "Sequential",
     "Trainer",
     "History",
+    "TrainingDiverged",
     "load",
 ]
