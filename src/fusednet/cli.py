@@ -145,6 +145,8 @@ def _n_classes(y):
 def _build_model(args, n_features, n_classes):
     import fusednet as fn
 
+    if not 0.0 < args.keep_prob <= 1.0:
+        raise UsageError(f"--keep-prob: keep_prob must be in (0, 1], got {args.keep_prob}")
     layers = []
     for units in args.layers:
         if args.batch_norm:

@@ -80,12 +80,11 @@ def bias_act_forward(Z, b, act, slope, A, n_threads):
 
 def act_backward(dA, A, act, slope, dZ, db, n_threads):
     act = int(act)
-    m, n = dA.shape
-    nt = 1 if act == SOFTMAX else _column_chunks(n_threads, dA.size, n, ELEMENTWISE_SERIAL_THRESHOLD)
+    nt = _chunks(n_threads, dA.size, ELEMENTWISE_SERIAL_THRESHOLD)
     if nt > 1:
         _dense.act_backward_parallel(dA, A, act, float(slope), dZ, db, nt)
     else:
-        _dense.backward_cols(dA, A, act, float(slope), dZ, db, 0, n)
+        _dense.act_backward_serial(dA, A, act, float(slope), dZ, db)
 
 
 def loss_forward(Z, b, Y, loss, A, n_threads):
@@ -103,12 +102,11 @@ def loss_forward(Z, b, Y, loss, A, n_threads):
 
 
 def loss_backward(A, Y, dZ, db, n_threads):
-    m, n = A.shape
-    nt = _column_chunks(n_threads, A.size, n, ELEMENTWISE_SERIAL_THRESHOLD)
+    nt = _chunks(n_threads, A.size, ELEMENTWISE_SERIAL_THRESHOLD)
     if nt > 1:
         _dense.loss_backward_parallel(A, Y, dZ, db, nt)
     else:
-        _dense.loss_backward_cols(A, Y, dZ, db, 0, n)
+        _dense.loss_backward_serial(A, Y, dZ, db)
 
 
 # --------------------------------------------------------------------------
@@ -240,7 +238,7 @@ def warmup(dtypes=(np.float32, np.float64)):
             forward, backward = (
                 (_dense.bias_act_forward_parallel, _dense.act_backward_parallel) if nt > 1 else
                 (lambda *a: _dense.forward_block(*a[:5], 0, m, 0, n),
-                 lambda *a: _dense.backward_cols(*a[:6], 0, n)))
+                 lambda *a: _dense.act_backward_serial(*a[:6])))
             forward(Z, b, LINEAR, 0.01, A, nt)
             backward(Y, A, LINEAR, 0.01, dZ, b, nt)
             part = np.empty(3)
@@ -259,7 +257,7 @@ def warmup(dtypes=(np.float32, np.float64)):
                 _flat.ewa_parallel(g, b, 0.9, nt)
             else:
                 _dense.loss_blocks(Z, b, Y, 2, A, part, 0, 3)
-                _dense.loss_backward_cols(A, Y, dZ, b, 0, n)
+                _dense.loss_backward_serial(A, Y, dZ, b)
                 _dense.batchnorm_train_cols(Z, g, b, 1e-5, A, dZ, v1, v2, g, 0, n)
                 _dense.batchnorm_infer_block(Z, g, b, v1, v2, 1e-5, dZ, 0, m, 0, n)
                 _dense.batchnorm_backward_cols(Y, A, g, v2, dZ, v1, b, 0, n)

@@ -30,11 +30,13 @@ import numpy as np
 from numba import prange
 
 from ._codes import BCE, CCE, LEAKY_RELU, LINEAR, MSE, RELU, SIGMOID, SOFTMAX, TANH
-from ._numba_flat import bound, kernel, loop, parallel_kernel, same_buffer
+from ._numba_flat import ALIGN, bound, kernel, loop, parallel_kernel, same_buffer
 from ._numba_math import exp, leaky_relu, like, log1p_unit, point, relu, row_point, sigmoid, tanh
 
 #: columns per float64 accumulator tile of a row-walking reduction
 TILE = 256
+#: elements per row group of the two-pass sigmoid/tanh forward (stays in L2)
+GROUP = 16384
 #: the loss cost is summed over at most this many fixed row blocks
 LOSS_BLOCKS = 64
 
@@ -92,22 +94,32 @@ def _softmax_rows(Z, b, A, r0, r1):
 
 
 @loop
-def _forward_row(z, bb, a, act, s, zero):
-    if act == LINEAR:
-        for j in range(a.size):
-            a[j] = z[j] + bb[j]
-    elif act == SIGMOID:
-        for j in range(a.size):
-            a[j] = sigmoid(z[j] + bb[j])
+def _bias_rows(zf, af, bb, n, g0, g1, c0, w, act, s, zero):
+    """Rows g0..g1, columns c0..c0+w of the flat arrays: ``a = z + b``, with
+    ReLU/leaky ReLU applied on the way (the other activations follow in a
+    second pass).  ``w`` is unsigned, so the indices need no wraparound."""
+    for i in range(g0, g1):
+        base = np.uint64(i * n + c0)
+        if act == RELU:
+            for j in range(w):
+                af[base + j] = relu(zf[base + j] + bb[j], zero)
+        elif act == LEAKY_RELU:
+            for j in range(w):
+                af[base + j] = leaky_relu(zf[base + j] + bb[j], s, zero)
+        else:
+            for j in range(w):
+                af[base + j] = zf[base + j] + bb[j]
+
+
+@loop
+def _activate(a, act):
+    """``a = g(a)`` in place over a contiguous span, for sigmoid and tanh."""
+    if act == SIGMOID:
+        for k in range(a.size):
+            a[k] = sigmoid(a[k])
     elif act == TANH:
-        for j in range(a.size):
-            a[j] = tanh(z[j] + bb[j])
-    elif act == RELU:
-        for j in range(a.size):
-            a[j] = relu(z[j] + bb[j], zero)
-    elif act == LEAKY_RELU:
-        for j in range(a.size):
-            a[j] = leaky_relu(z[j] + bb[j], s, zero)
+        for k in range(a.size):
+            a[k] = tanh(a[k])
 
 
 @kernel
@@ -115,21 +127,37 @@ def forward_block(Z, b, act, slope, A, r0, r1, c0, c1):
     """``A = g(Z + b)`` on rows [r0, r1) x columns [c0, c1).
 
     Z (m, n) IN, b (n,) IN, A (m, n) OUT (may alias Z).  Softmax couples a
-    row's columns: it takes whole rows r0..r1 and ignores c0, c1.
+    row's columns: it takes whole rows r0..r1 and ignores c0, c1.  Sigmoid
+    and tanh take two passes over groups of rows that stay in cache: the
+    bias add by rows, then the activation over one long contiguous span, so
+    the expensive loop vectorises end to end instead of leaving a scalar
+    remainder on every row.
     """
     if act == SOFTMAX:
         _softmax_rows(Z, b, A, r0, r1)
         return
     zero = like(A, 0.0)
     s = like(A, slope)
+    n = Z.shape[1]
+    w = c1 - c0
+    uw = np.uint64(w)
     bb = b[c0:c1]
-    if same_buffer(Z, A):
-        for i in range(r0, r1):
-            a = A[i, c0:c1]
-            _forward_row(a, bb, a, act, s, zero)
-    else:
-        for i in range(r0, r1):
-            _forward_row(Z[i, c0:c1], bb, A[i, c0:c1], act, s, zero)
+    zf = Z.reshape(Z.size)
+    af = A.reshape(A.size)
+    same = same_buffer(Z, A)
+    group = max(1, GROUP // max(w, 1))
+    for g0 in range(r0, r1, group):
+        g1 = min(g0 + group, r1)
+        if same:
+            _bias_rows(af, af, bb, n, g0, g1, c0, uw, act, s, zero)
+        else:
+            _bias_rows(zf, af, bb, n, g0, g1, c0, uw, act, s, zero)
+        if act == SIGMOID or act == TANH:
+            if w == n:
+                _activate(af[g0 * n:g1 * n], act)
+            else:
+                for i in range(g0, g1):
+                    _activate(af[i * n + c0:i * n + c1], act)
 
 
 @parallel_kernel
@@ -142,8 +170,33 @@ def bias_act_forward_parallel(Z, b, act, slope, A, n_chunks):
 
 
 # --------------------------------------------------------------------------
-# activation backward, from the cached output A
+# activation backward, from the cached output A: an elementwise pass over
+# flat spans (any partition), then column sums by column bands
 # --------------------------------------------------------------------------
+
+
+@kernel
+def column_sums(X, out, c0, c1):
+    """``out = sum_rows(X)`` on columns [c0, c1): float64 sums, rows in order.
+
+    X (m, n) IN, out (n,) OUT.  Each column is summed by one caller walking
+    all rows, so the result does not depend on how columns were shared out.
+    """
+    m, n = X.shape
+    xf = X.reshape(X.size)
+    tile = np.empty(TILE, np.float64)
+    for t0 in range(c0, c1, TILE):
+        t1 = min(t0 + TILE, c1)
+        acc = tile[:t1 - t0]
+        acc[:] = 0.0
+        uw = np.uint64(t1 - t0)
+        for i in range(m):
+            base = np.uint64(i * n + t0)
+            for j in range(uw):
+                acc[j] += xf[base + j]
+        o = out[t0:t1]
+        for j in range(acc.size):
+            o[j] = acc[j]
 
 
 @loop
@@ -157,87 +210,82 @@ def _softmax_backward_row(x, a, d):
 
 
 @row_point
-def _softmax_backward_rows(dA, A, dZ):
-    """``dZ = A * (dA - sum_cols(dA * A))`` on every row.  dZ may alias dA."""
+def _softmax_backward_rows(dA, A, dZ, r0, r1):
+    """``dZ = A * (dA - sum_cols(dA * A))`` on rows [r0, r1).  dZ may alias dA."""
     if same_buffer(dA, dZ):
-        for i in range(dZ.shape[0]):
+        for i in range(r0, r1):
             d = dZ[i]
             _softmax_backward_row(d, A[i], d)
     else:
-        for i in range(dZ.shape[0]):
+        for i in range(r0, r1):
             _softmax_backward_row(dA[i], A[i], dZ[i])
 
 
 @loop
-def _backward_row(x, a, d, acc, act, s, zero, one):
-    """One row of ``d = x * g'(a)``, ``acc += d`` (softmax: ``acc += d`` only)."""
+def _backward_span(x, a, d, act, s, zero, one):
+    """``d = x * g'(a)`` over contiguous spans, g' read from the output."""
     if act == LINEAR:
-        for j in range(d.size):
-            v = x[j]
-            d[j] = v
-            acc[j] += v
+        for k in range(d.size):
+            d[k] = x[k]
     elif act == SIGMOID:
-        for j in range(d.size):
-            v = x[j] * (a[j] * (one - a[j]))
-            d[j] = v
-            acc[j] += v
+        for k in range(d.size):
+            d[k] = x[k] * (a[k] * (one - a[k]))
     elif act == TANH:
-        for j in range(d.size):
-            v = x[j] * (one - a[j] * a[j])
-            d[j] = v
-            acc[j] += v
+        for k in range(d.size):
+            d[k] = x[k] * (one - a[k] * a[k])
     elif act == RELU:
-        for j in range(d.size):
-            v = x[j] * (one if a[j] > zero else zero)
-            d[j] = v
-            acc[j] += v
+        for k in range(d.size):
+            d[k] = x[k] * (one if a[k] > zero else zero)
     elif act == LEAKY_RELU:
-        for j in range(d.size):
-            v = x[j] * (one if a[j] > zero else s)
-            d[j] = v
-            acc[j] += v
-    elif act == SOFTMAX:
-        for j in range(d.size):
-            acc[j] += d[j]
+        for k in range(d.size):
+            d[k] = x[k] * (one if a[k] > zero else s)
 
 
 @kernel
-def backward_cols(dA, A, act, slope, dZ, db, c0, c1):
-    """``dZ = dA * g'(A)`` and ``db = sum_rows(dZ)`` on columns [c0, c1), all rows.
+def backward_chunk(dA, A, act, slope, dZ, k, n_chunks):
+    """``dZ = dA * g'(A)`` on chunk ``k`` of ``n_chunks`` (softmax: rows; else a flat span).
 
-    dA, A (m, n) IN; dZ (m, n) OUT (may alias dA); db (n,) OUT.  Each
-    derivative is read from the output, as in the reference.  Softmax couples
-    a row's columns: it needs all of them (c0 = 0, c1 = n), so it runs serially.
+    dA, A (m, n) IN; dZ (m, n) OUT (may alias dA).  No sums: see :func:`column_sums`.
     """
-    m = dA.shape[0]
+    if act == SOFTMAX:
+        m = dA.shape[0]
+        _softmax_backward_rows(dA, A, dZ, _rows(m, n_chunks, k), _rows(m, n_chunks, k + 1))
+        return
     zero = like(A, 0.0)
     one = like(A, 1.0)
     s = like(A, slope)
-    if act == SOFTMAX:
-        _softmax_backward_rows(dA, A, dZ)
-    same = same_buffer(dA, dZ)
-    tile = np.empty(TILE, np.float64)
-    for t0 in range(c0, c1, TILE):
-        t1 = min(t0 + TILE, c1)
-        acc = tile[:t1 - t0]
-        acc[:] = 0.0
-        for i in range(m):
-            d = dZ[i, t0:t1]
-            if same:
-                _backward_row(d, A[i, t0:t1], d, acc, act, s, zero, one)
-            else:
-                _backward_row(dA[i, t0:t1], A[i, t0:t1], d, acc, act, s, zero, one)
-        dbt = db[t0:t1]
-        for j in range(acc.size):
-            dbt[j] = acc[j]
+    size = dA.size
+    start = bound(size, n_chunks, k)
+    stop = bound(size, n_chunks, k + 1)
+    a = A.reshape(size)[start:stop]
+    d = dZ.reshape(size)[start:stop]
+    if same_buffer(dA, dZ):
+        _backward_span(d, a, d, act, s, zero, one)
+    else:
+        _backward_span(dA.reshape(size)[start:stop], a, d, act, s, zero, one)
+
+
+@kernel
+def act_backward_serial(dA, A, act, slope, dZ, db):
+    """``dZ = dA * g'(A)``, ``db = sum_rows(dZ)``.  dA, A IN; dZ OUT (may alias dA); db OUT."""
+    backward_chunk(dA, A, act, slope, dZ, 0, 1)
+    column_sums(dZ, db, 0, dZ.shape[1])
+
+
+@point
+def _bands(n, n_chunks):
+    """Column bands for a parallel column sum: at most one per ALIGN columns."""
+    return max(1, min(n_chunks, n // ALIGN))
 
 
 @parallel_kernel
 def act_backward_parallel(dA, A, act, slope, dZ, db, n_chunks):
-    """Not for softmax (see :func:`backward_cols`)."""
-    n = dA.shape[1]
     for k in prange(n_chunks):
-        backward_cols(dA, A, act, slope, dZ, db, bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
+        backward_chunk(dA, A, act, slope, dZ, k, n_chunks)
+    n = dZ.shape[1]
+    bands = _bands(n, n_chunks)
+    for k in prange(bands):
+        column_sums(dZ, db, bound(n, bands, k), bound(n, bands, k + 1))
 
 
 # --------------------------------------------------------------------------
@@ -313,34 +361,34 @@ def loss_blocks_parallel(Z, b, Y, loss, A, part, n_chunks):
 
 
 @kernel
-def loss_backward_cols(A, Y, dZ, db, c0, c1):
-    """``dZ = (A - Y) / m`` and ``db = sum_rows(dZ)`` on columns [c0, c1).
+def loss_backward_chunk(A, Y, dZ, k, n_chunks):
+    """``dZ = (A - Y) / m`` on flat chunk ``k`` of ``n_chunks``.  A, Y (m, k) IN; dZ (m, k) OUT."""
+    size = A.size
+    start = bound(size, n_chunks, k)
+    stop = bound(size, n_chunks, k + 1)
+    a = A.reshape(size)[start:stop]
+    y = Y.reshape(size)[start:stop]
+    d = dZ.reshape(size)[start:stop]
+    cm = like(A, A.shape[0])
+    for j in range(d.size):
+        d[j] = (a[j] - y[j]) / cm
 
-    A, Y (m, k) IN; dZ (m, k) OUT; db (k,) OUT.
-    """
-    m = A.shape[0]
-    cm = like(A, m)
-    tile = np.empty(TILE, np.float64)
-    for t0 in range(c0, c1, TILE):
-        t1 = min(t0 + TILE, c1)
-        acc = tile[:t1 - t0]
-        acc[:] = 0.0
-        for i in range(m):
-            ar, yr, dr = A[i, t0:t1], Y[i, t0:t1], dZ[i, t0:t1]
-            for j in range(acc.size):
-                d = (ar[j] - yr[j]) / cm
-                dr[j] = d
-                acc[j] += d
-        dbt = db[t0:t1]
-        for j in range(acc.size):
-            dbt[j] = acc[j]
+
+@kernel
+def loss_backward_serial(A, Y, dZ, db):
+    """``dZ = (A - Y) / m``, ``db = sum_rows(dZ)``.  A, Y IN; dZ, db OUT."""
+    loss_backward_chunk(A, Y, dZ, 0, 1)
+    column_sums(dZ, db, 0, dZ.shape[1])
 
 
 @parallel_kernel
 def loss_backward_parallel(A, Y, dZ, db, n_chunks):
-    n = A.shape[1]
     for k in prange(n_chunks):
-        loss_backward_cols(A, Y, dZ, db, bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
+        loss_backward_chunk(A, Y, dZ, k, n_chunks)
+    n = dZ.shape[1]
+    bands = _bands(n, n_chunks)
+    for k in prange(bands):
+        column_sums(dZ, db, bound(n, bands, k), bound(n, bands, k + 1))
 
 
 # --------------------------------------------------------------------------
