@@ -62,7 +62,7 @@ BACKENDS = {
 
 #: "auto": per kernel, the backends in order of measured speed (first available wins).
 #: Justified by ``benchmarks/test_bench_kernels.py`` (float32, 2 threads); see README.
-AUTO = {name: ("cython", "numba", "numpy") for name in KERNELS}
+AUTO = {name: ("numba", "cython", "numpy") for name in KERNELS}
 
 _lock = threading.Lock()
 _modules = {}
