@@ -190,7 +190,7 @@ def thresholds(dtype=np.float32):
                          lambda: D.bias_act_forward_parallel(Z, b, 3, 0.0, A, 2)),
             "tanh fwd": (lambda: D.forward_block(Z, b, 2, 0.0, A, 0, m, 0, n),
                          lambda: D.bias_act_forward_parallel(Z, b, 2, 0.0, A, 2)),
-            "relu bwd": (lambda: D.act_backward_serial(Z, A, 3, 0.0, dZ, db),
+            "relu bwd": (lambda: D.backward_band(Z, A, 3, 0.0, dZ, db, 0, n),
                          lambda: D.act_backward_parallel(Z, A, 3, 0.0, dZ, db, 2)),
             "dropout": (lambda: F.dropout_span(x, 1, 2, 2**31, False, 2.0, x, 0, size),
                         lambda: F.dropout_parallel(x, 1, 2, 2**31, False, 2.0, x, 2)),

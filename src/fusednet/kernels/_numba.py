@@ -5,7 +5,7 @@ module docstring is the contract).  Each function here is the Python-level
 entry point: it coerces the scalars to Python numbers (so the compiled kernels
 see one type signature per dtype), then runs the serial kernel, or the
 parallel one on ``min(n_threads, numba.get_num_threads())`` chunks when the
-array has at least the kernel's ``*_SERIAL_THRESHOLD`` elements; below that a
+array has more than the kernel's ``*_SERIAL_THRESHOLD`` elements; below that a
 parallel launch (2.4 to 4.5 microseconds here) costs more than it saves.
 
 Every result has the same bits for any ``n_threads``: elementwise work does
@@ -28,26 +28,32 @@ from . import _numba_dense as _dense
 from . import _numba_flat as _flat
 from ._codes import LINEAR, SIGMOID, SOFTMAX, TANH
 
-# Serial thresholds in elements: at or above its threshold a kernel runs in
-# parallel.  Measured on 2 cores, float32, by timing the serial kernel against
-# the parallel one on 2 threads at sizes 2**13 .. 2**18 (median of many
-# interleaved runs) and taking the first power of two where the parallel one
-# wins clearly; never below 2**15, so sizes up to 32k elements never pay a
-# launch.
-#: elementwise forward (linear, ReLU, leaky ReLU): about 0.2 ns per element
+# Serial thresholds in elements: a kernel runs serially up to and including
+# its threshold and in parallel above it.  Measured on this 2-core machine,
+# float32, by timing the serial kernel against the parallel one on 2 threads
+# at 2**13 .. 2**18 elements (medians of interleaved runs; benchmarks/
+# bench_numba_scratch.py thresholds) and taking the last size where the
+# parallel one does not win clearly; never below 2**15, so sizes up to 32k
+# elements never pay a launch (2.4 to 4.5 microseconds).
+#: elementwise forward (linear, ReLU, leaky ReLU): 2 threads win 1.1x at 64k, 1.25x at 128k
 ELEMENTWISE_SERIAL_THRESHOLD = 65_536
-#: sigmoid, tanh and softmax forward: a rational or exp per element
+#: sigmoid, tanh and softmax forward: 2 threads win 1.2x at 16k, 1.4x at 32k
 TRANSCENDENTAL_SERIAL_THRESHOLD = 32_768
-#: activation and loss backward (an elementwise pass, then column sums)
-BACKWARD_SERIAL_THRESHOLD = 65_536
-#: loss forward (float64 exp and log per element)
+#: loss forward (float64 exp and log per element), compute bound like the above
 LOSS_SERIAL_THRESHOLD = 32_768
-#: dropout: two 32-bit hash rounds per element
+#: dropout: 2 threads win 1.2x at 8k, 1.65x at 32k
 DROPOUT_SERIAL_THRESHOLD = 32_768
-#: optimiser updates and the EWA step over flat buffers (memory bound)
+#: Adam and RMSProp: 2 threads lose at 16k (0.87x), win 1.6x at 32k
+ADAPTIVE_SERIAL_THRESHOLD = 32_768
+#: GD, momentum and the EWA step (a few flops per element): 1.14x at 64k, 1.2x at 128k
 OPTIMISER_SERIAL_THRESHOLD = 65_536
-#: batch norm (two or three passes over the batch)
-BATCHNORM_SERIAL_THRESHOLD = 65_536
+#: activation/loss backward and batch norm: their row sums are split by
+#: column bands, each thread walking every row; that pays only for large
+#: arrays with wide bands (2 threads: 0.75x at 256k with 128 columns, 1.2x at
+#: 1e7 with 1000 columns, 0.9x at 1e7 with 100 columns)
+REDUCTION_SERIAL_THRESHOLD = 262_144
+#: ... and at least this many columns per band
+REDUCTION_MIN_BAND = 256
 
 _FORWARD_THRESHOLD = {SIGMOID: TRANSCENDENTAL_SERIAL_THRESHOLD,
                       TANH: TRANSCENDENTAL_SERIAL_THRESHOLD,
@@ -55,20 +61,19 @@ _FORWARD_THRESHOLD = {SIGMOID: TRANSCENDENTAL_SERIAL_THRESHOLD,
 
 
 def _chunks(n_threads, size, threshold):
-    """How many parallel chunks to run: 1 (the serial kernel) below ``threshold`` elements.
+    """How many parallel chunks to run: 1 (the serial kernel) up to ``threshold`` elements.
 
     Never more than ``n_threads`` nor than Numba's thread pool allows.
     """
-    if size < threshold or n_threads < 2:
+    if size <= threshold or n_threads < 2:
         return 1
     return min(int(n_threads), numba.get_num_threads())
 
 
-def _column_chunks(n_threads, size, n_columns, threshold):
-    """Like :func:`_chunks` for kernels whose reductions are split by columns
-    (at least one 64-byte band of columns per chunk)."""
-    nt = _chunks(n_threads, size, threshold)
-    return min(nt, n_columns // _flat.ALIGN) if nt > 1 else 1
+def _band_chunks(n_threads, size, n_columns):
+    """Like :func:`_chunks` for kernels whose row sums are split by column bands."""
+    nt = _chunks(n_threads, size, REDUCTION_SERIAL_THRESHOLD)
+    return min(nt, n_columns // REDUCTION_MIN_BAND) if nt > 1 else 1
 
 
 # --------------------------------------------------------------------------
@@ -78,20 +83,23 @@ def _column_chunks(n_threads, size, n_columns, threshold):
 
 def bias_act_forward(Z, b, act, slope, A, n_threads):
     act = int(act)
-    nt = _chunks(n_threads, Z.size, _FORWARD_THRESHOLD.get(act, ELEMENTWISE_SERIAL_THRESHOLD))
-    if nt > 1:
-        _dense.bias_act_forward_parallel(Z, b, act, float(slope), A, nt)
-    else:
-        m, n = Z.shape
-        _dense.forward_block(Z, b, act, float(slope), A, 0, m, 0, n)
+    if Z.size > TRANSCENDENTAL_SERIAL_THRESHOLD:  # the small-batch path stays short
+        nt = _chunks(n_threads, Z.size, _FORWARD_THRESHOLD.get(act, ELEMENTWISE_SERIAL_THRESHOLD))
+        if nt > 1:
+            _dense.bias_act_forward_parallel(Z, b, act, float(slope), A, nt)
+            return
+    m, n = Z.shape
+    _dense.forward_block(Z, b, act, float(slope), A, 0, m, 0, n)
 
 
 def act_backward(dA, A, act, slope, dZ, db, n_threads):
-    nt = _chunks(n_threads, dA.size, BACKWARD_SERIAL_THRESHOLD)
+    act = int(act)
+    n = dA.shape[1]
+    nt = 1 if act == SOFTMAX else _band_chunks(n_threads, dA.size, n)
     if nt > 1:
-        _dense.act_backward_parallel(dA, A, int(act), float(slope), dZ, db, nt)
+        _dense.act_backward_parallel(dA, A, act, float(slope), dZ, db, nt)
     else:
-        _dense.act_backward_serial(dA, A, int(act), float(slope), dZ, db)
+        _dense.backward_band(dA, A, act, float(slope), dZ, db, 0, n)
 
 
 def loss_forward(Z, b, Y, loss, A, n_threads):
@@ -110,11 +118,12 @@ def loss_forward(Z, b, Y, loss, A, n_threads):
 
 
 def loss_backward(A, Y, dZ, db, n_threads):
-    nt = _chunks(n_threads, A.size, BACKWARD_SERIAL_THRESHOLD)
+    n = A.shape[1]
+    nt = _band_chunks(n_threads, A.size, n)
     if nt > 1:
         _dense.loss_backward_parallel(A, Y, dZ, db, nt)
     else:
-        _dense.loss_backward_serial(A, Y, dZ, db)
+        _dense.loss_backward_band(A, Y, dZ, db, 0, n)
 
 
 # --------------------------------------------------------------------------
@@ -161,7 +170,7 @@ def momentum_update(w, g, v, lr, beta, bc, l2, n_decay, n_threads):
 
 def rmsprop_update(w, g, s, lr, beta, eps, l2, n_decay, n_threads):
     args = (w, g, s, float(lr), float(beta), float(eps), float(l2), int(n_decay))
-    nt = _chunks(n_threads, w.size, OPTIMISER_SERIAL_THRESHOLD)
+    nt = _chunks(n_threads, w.size, ADAPTIVE_SERIAL_THRESHOLD)
     if nt > 1:
         _flat.rmsprop_parallel(*args, nt)
     else:
@@ -171,7 +180,7 @@ def rmsprop_update(w, g, s, lr, beta, eps, l2, n_decay, n_threads):
 def adam_update(w, g, m, v, lr, beta1, beta2, eps, bc1, bc2, l2, n_decay, n_threads):
     args = (w, g, m, v, float(lr), float(beta1), float(beta2), float(eps),
             float(bc1), float(bc2), float(l2), int(n_decay))
-    nt = _chunks(n_threads, w.size, OPTIMISER_SERIAL_THRESHOLD)
+    nt = _chunks(n_threads, w.size, ADAPTIVE_SERIAL_THRESHOLD)
     if nt > 1:
         _flat.adam_parallel(*args, nt)
     else:
@@ -193,7 +202,7 @@ def ewa_update(v, x, beta, n_threads):
 
 def batchnorm_forward_train(Z, gamma, beta, eps, xhat, out, mean, var, invstd, n_threads):
     n = Z.shape[1]
-    nt = _column_chunks(n_threads, Z.size, n, BATCHNORM_SERIAL_THRESHOLD)
+    nt = _band_chunks(n_threads, Z.size, n)
     if nt > 1:
         _dense.batchnorm_forward_train_parallel(Z, gamma, beta, float(eps), xhat, out,
                                                 mean, var, invstd, nt)
@@ -202,7 +211,7 @@ def batchnorm_forward_train(Z, gamma, beta, eps, xhat, out, mean, var, invstd, n
 
 
 def batchnorm_forward_infer(Z, gamma, beta, running_mean, running_var, eps, out, n_threads):
-    nt = _chunks(n_threads, Z.size, BATCHNORM_SERIAL_THRESHOLD)
+    nt = _chunks(n_threads, Z.size, ELEMENTWISE_SERIAL_THRESHOLD)
     if nt > 1:
         _dense.batchnorm_forward_infer_parallel(Z, gamma, beta, running_mean, running_var,
                                                 float(eps), out, nt)
@@ -214,7 +223,7 @@ def batchnorm_forward_infer(Z, gamma, beta, running_mean, running_var, eps, out,
 
 def batchnorm_backward(dout, xhat, gamma, invstd, dZ, dgamma, dbeta, n_threads):
     n = dout.shape[1]
-    nt = _column_chunks(n_threads, dout.size, n, BATCHNORM_SERIAL_THRESHOLD)
+    nt = _band_chunks(n_threads, dout.size, n)
     if nt > 1:
         _dense.batchnorm_backward_parallel(dout, xhat, gamma, invstd, dZ, dgamma, dbeta, nt)
     else:
@@ -242,9 +251,9 @@ def warmup(dtypes=(np.float32, np.float64)):
         part = np.empty(m)
         # the serial kernels, as the functions above call them ...
         _dense.forward_block(Z, b, LINEAR, 0.01, A, 0, m, 0, n)
-        _dense.act_backward_serial(Y, A, LINEAR, 0.01, dZ, b)
+        _dense.backward_band(Y, A, LINEAR, 0.01, dZ, b, 0, n)
         _dense.loss_blocks(Z, b, Y, 2, A, part, 0, m)
-        _dense.loss_backward_serial(A, Y, dZ, b)
+        _dense.loss_backward_band(A, Y, dZ, b, 0, n)
         _dense.batchnorm_train_cols(Z, g, b, 1e-5, A, dZ, v1, v2, g, 0, n)
         _dense.batchnorm_infer_block(Z, g, b, v1, v2, 1e-5, dZ, 0, m, 0, n)
         _dense.batchnorm_backward_cols(Y, A, g, v2, dZ, v1, b, 0, n)

@@ -7,8 +7,8 @@ columns ``[c0, c1)`` (the serial kernel is one block over everything) and a
 
 Sums over rows (``db``, batch-norm statistics) never race and never depend on
 the thread count: a column's sum is always accumulated by one thread walking
-all rows in order, in float64 tiles of :data:`TILE` columns, so a parallel
-kernel splits those reductions by columns only.  The loss's float64 cost is
+all rows in a fixed order, into float64 tiles of :data:`TILE` columns, so a
+parallel kernel splits those reductions by columns only.  The loss's float64 cost is
 summed over a fixed partition of the rows (at most :data:`LOSS_BLOCKS`
 blocks, a function of m only) and the block sums are added in order, so it
 too has the same bits for any thread count.
@@ -30,12 +30,12 @@ import numpy as np
 from numba import prange
 
 from ._codes import BCE, CCE, LEAKY_RELU, LINEAR, MSE, RELU, SIGMOID, SOFTMAX, TANH
-from ._numba_flat import ALIGN, bound, kernel, loop, parallel_kernel, same_buffer
+from ._numba_flat import bound, kernel, loop, parallel_kernel, same_buffer
 from ._numba_math import exp, leaky_relu, like, log1p_unit, point, relu, row_point, sigmoid, tanh
 
 #: columns per float64 accumulator tile of a row-walking reduction
-TILE = 256
-#: elements per row group of the two-pass sigmoid/tanh forward (stays in L2)
+TILE = 1024
+#: elements per row group of the two-pass kernels (stays in L2)
 GROUP = 16384
 #: the loss cost is summed over at most this many fixed row blocks
 LOSS_BLOCKS = 64
@@ -170,17 +170,40 @@ def bias_act_forward_parallel(Z, b, act, slope, A, n_chunks):
 
 
 # --------------------------------------------------------------------------
-# activation backward, from the cached output A: an elementwise pass over
-# flat spans (any partition), then column sums by column bands
+# activation backward, from the cached output A.  One thread owns a band of
+# columns: per group of rows (small enough to stay in cache) it writes dZ,
+# then adds those rows into the band's float64 column sums.
 # --------------------------------------------------------------------------
+
+
+@loop
+def _add_rows(xf, n, g0, g1, t0, acc):
+    """``acc += X[g0:g1, t0:t0 + acc.size]``; g0 is a multiple of 4.
+
+    Rows go four at a time while four remain, ``acc += (x0 + x1) + (x2 + x3)``
+    with the inner sums in the array's dtype and the running sum in float64,
+    so the order of additions is fixed by the row index alone.
+    """
+    uw = np.uint64(acc.size)
+    g4 = g0 + (g1 - g0) // 4 * 4
+    for i in range(g0, g4, 4):
+        b0 = np.uint64(i * n + t0)
+        b1 = b0 + np.uint64(n)
+        b2 = b1 + np.uint64(n)
+        b3 = b2 + np.uint64(n)
+        for j in range(uw):
+            acc[j] += np.float64((xf[b0 + j] + xf[b1 + j]) + (xf[b2 + j] + xf[b3 + j]))
+    for i in range(g4, g1):
+        base = np.uint64(i * n + t0)
+        for j in range(uw):
+            acc[j] += xf[base + j]
 
 
 @kernel
 def column_sums(X, out, c0, c1):
-    """``out = sum_rows(X)`` on columns [c0, c1): float64 sums, rows in order.
+    """``out = sum_rows(X)`` on columns [c0, c1), in float64, rows in a fixed order.
 
-    X (m, n) IN, out (n,) OUT.  Each column is summed by one caller walking
-    all rows, so the result does not depend on how columns were shared out.
+    X (m, n) IN, out (n,) OUT.
     """
     m, n = X.shape
     xf = X.reshape(X.size)
@@ -189,14 +212,32 @@ def column_sums(X, out, c0, c1):
         t1 = min(t0 + TILE, c1)
         acc = tile[:t1 - t0]
         acc[:] = 0.0
-        uw = np.uint64(t1 - t0)
-        for i in range(m):
-            base = np.uint64(i * n + t0)
-            for j in range(uw):
-                acc[j] += xf[base + j]
+        _add_rows(xf, n, 0, m, t0, acc)
         o = out[t0:t1]
         for j in range(acc.size):
             o[j] = acc[j]
+
+
+@loop
+def _backward_span(x, a, d, base, w, act, s, zero, one):
+    """``d = x * g'(a)`` on ``w`` (unsigned) elements from flat ``base``, g' read from the output."""
+    if act == LINEAR:
+        for k in range(w):
+            d[base + k] = x[base + k]
+    elif act == SIGMOID:
+        for k in range(w):
+            ak = a[base + k]
+            d[base + k] = x[base + k] * (ak * (one - ak))
+    elif act == TANH:
+        for k in range(w):
+            ak = a[base + k]
+            d[base + k] = x[base + k] * (one - ak * ak)
+    elif act == RELU:
+        for k in range(w):
+            d[base + k] = x[base + k] * (one if a[base + k] > zero else zero)
+    elif act == LEAKY_RELU:
+        for k in range(w):
+            d[base + k] = x[base + k] * (one if a[base + k] > zero else s)
 
 
 @loop
@@ -210,82 +251,66 @@ def _softmax_backward_row(x, a, d):
 
 
 @row_point
-def _softmax_backward_rows(dA, A, dZ, r0, r1):
-    """``dZ = A * (dA - sum_cols(dA * A))`` on rows [r0, r1).  dZ may alias dA."""
+def _softmax_backward_rows(dA, A, dZ):
+    """``dZ = A * (dA - sum_cols(dA * A))`` on every row.  dZ may alias dA."""
     if same_buffer(dA, dZ):
-        for i in range(r0, r1):
+        for i in range(dZ.shape[0]):
             d = dZ[i]
             _softmax_backward_row(d, A[i], d)
     else:
-        for i in range(r0, r1):
+        for i in range(dZ.shape[0]):
             _softmax_backward_row(dA[i], A[i], dZ[i])
 
 
-@loop
-def _backward_span(x, a, d, act, s, zero, one):
-    """``d = x * g'(a)`` over contiguous spans, g' read from the output."""
-    if act == LINEAR:
-        for k in range(d.size):
-            d[k] = x[k]
-    elif act == SIGMOID:
-        for k in range(d.size):
-            d[k] = x[k] * (a[k] * (one - a[k]))
-    elif act == TANH:
-        for k in range(d.size):
-            d[k] = x[k] * (one - a[k] * a[k])
-    elif act == RELU:
-        for k in range(d.size):
-            d[k] = x[k] * (one if a[k] > zero else zero)
-    elif act == LEAKY_RELU:
-        for k in range(d.size):
-            d[k] = x[k] * (one if a[k] > zero else s)
-
-
 @kernel
-def backward_chunk(dA, A, act, slope, dZ, k, n_chunks):
-    """``dZ = dA * g'(A)`` on chunk ``k`` of ``n_chunks`` (softmax: rows; else a flat span).
+def backward_band(dA, A, act, slope, dZ, db, c0, c1):
+    """``dZ = dA * g'(A)`` and ``db = sum_rows(dZ)`` on columns [c0, c1), all rows.
 
-    dA, A (m, n) IN; dZ (m, n) OUT (may alias dA).  No sums: see :func:`column_sums`.
+    dA, A (m, n) IN; dZ (m, n) OUT (may alias dA); db (n,) OUT.  Each
+    derivative is read from the output, as in the reference.  Softmax couples
+    a row's columns: it needs all of them (c0 = 0, c1 = n), so it runs serially.
     """
+    m, n = dA.shape
     if act == SOFTMAX:
-        m = dA.shape[0]
-        _softmax_backward_rows(dA, A, dZ, _rows(m, n_chunks, k), _rows(m, n_chunks, k + 1))
+        _softmax_backward_rows(dA, A, dZ)
+        column_sums(dZ, db, c0, c1)
         return
     zero = like(A, 0.0)
     one = like(A, 1.0)
     s = like(A, slope)
-    size = dA.size
-    start = bound(size, n_chunks, k)
-    stop = bound(size, n_chunks, k + 1)
-    a = A.reshape(size)[start:stop]
-    d = dZ.reshape(size)[start:stop]
-    if same_buffer(dA, dZ):
-        _backward_span(d, a, d, act, s, zero, one)
-    else:
-        _backward_span(dA.reshape(size)[start:stop], a, d, act, s, zero, one)
-
-
-@kernel
-def act_backward_serial(dA, A, act, slope, dZ, db):
-    """``dZ = dA * g'(A)``, ``db = sum_rows(dZ)``.  dA, A IN; dZ OUT (may alias dA); db OUT."""
-    backward_chunk(dA, A, act, slope, dZ, 0, 1)
-    column_sums(dZ, db, 0, dZ.shape[1])
-
-
-@point
-def _bands(n, n_chunks):
-    """Column bands for a parallel column sum: at most one per ALIGN columns."""
-    return max(1, min(n_chunks, n // ALIGN))
+    xf = dA.reshape(dA.size)
+    af = A.reshape(A.size)
+    df = dZ.reshape(dZ.size)
+    same = same_buffer(dA, dZ)
+    tile = np.empty(TILE, np.float64)
+    for t0 in range(c0, c1, TILE):
+        t1 = min(t0 + TILE, c1)
+        w = t1 - t0
+        acc = tile[:w]
+        acc[:] = 0.0
+        group = max(4, GROUP // w // 4 * 4)
+        for g0 in range(0, m, group):
+            g1 = min(g0 + group, m)
+            # whole rows are one contiguous span; a band of columns, one span per row
+            first, last, span = (g0, g0 + 1, (g1 - g0) * n) if w == n else (g0, g1, w)
+            for i in range(first, last):
+                base = np.uint64(i * n + t0)
+                if same:
+                    _backward_span(df, af, df, base, np.uint64(span), act, s, zero, one)
+                else:
+                    _backward_span(xf, af, df, base, np.uint64(span), act, s, zero, one)
+            _add_rows(df, n, g0, g1, t0, acc)
+        o = db[t0:t1]
+        for j in range(w):
+            o[j] = acc[j]
 
 
 @parallel_kernel
 def act_backward_parallel(dA, A, act, slope, dZ, db, n_chunks):
+    """Column bands, at least 64 bytes wide; not for softmax (see :func:`backward_band`)."""
+    n = dA.shape[1]
     for k in prange(n_chunks):
-        backward_chunk(dA, A, act, slope, dZ, k, n_chunks)
-    n = dZ.shape[1]
-    bands = _bands(n, n_chunks)
-    for k in prange(bands):
-        column_sums(dZ, db, bound(n, bands, k), bound(n, bands, k + 1))
+        backward_band(dA, A, act, slope, dZ, db, bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
 
 
 # --------------------------------------------------------------------------
@@ -361,34 +386,41 @@ def loss_blocks_parallel(Z, b, Y, loss, A, part, n_chunks):
 
 
 @kernel
-def loss_backward_chunk(A, Y, dZ, k, n_chunks):
-    """``dZ = (A - Y) / m`` on flat chunk ``k`` of ``n_chunks``.  A, Y (m, k) IN; dZ (m, k) OUT."""
-    size = A.size
-    start = bound(size, n_chunks, k)
-    stop = bound(size, n_chunks, k + 1)
-    a = A.reshape(size)[start:stop]
-    y = Y.reshape(size)[start:stop]
-    d = dZ.reshape(size)[start:stop]
-    cm = like(A, A.shape[0])
-    for j in range(d.size):
-        d[j] = (a[j] - y[j]) / cm
+def loss_backward_band(A, Y, dZ, db, c0, c1):
+    """``dZ = (A - Y) / m`` and ``db = sum_rows(dZ)`` on columns [c0, c1).
 
-
-@kernel
-def loss_backward_serial(A, Y, dZ, db):
-    """``dZ = (A - Y) / m``, ``db = sum_rows(dZ)``.  A, Y IN; dZ, db OUT."""
-    loss_backward_chunk(A, Y, dZ, 0, 1)
-    column_sums(dZ, db, 0, dZ.shape[1])
+    A, Y (m, k) IN; dZ (m, k) OUT; db (k,) OUT.
+    """
+    m, n = A.shape
+    cm = like(A, m)
+    af = A.reshape(A.size)
+    yf = Y.reshape(Y.size)
+    df = dZ.reshape(dZ.size)
+    tile = np.empty(TILE, np.float64)
+    for t0 in range(c0, c1, TILE):
+        t1 = min(t0 + TILE, c1)
+        w = t1 - t0
+        acc = tile[:w]
+        acc[:] = 0.0
+        group = max(4, GROUP // w // 4 * 4)
+        for g0 in range(0, m, group):
+            g1 = min(g0 + group, m)
+            first, last, span = (g0, g0 + 1, (g1 - g0) * n) if w == n else (g0, g1, w)
+            for i in range(first, last):
+                base = np.uint64(i * n + t0)
+                for j in range(np.uint64(span)):
+                    df[base + j] = (af[base + j] - yf[base + j]) / cm
+            _add_rows(df, n, g0, g1, t0, acc)
+        o = db[t0:t1]
+        for j in range(w):
+            o[j] = acc[j]
 
 
 @parallel_kernel
 def loss_backward_parallel(A, Y, dZ, db, n_chunks):
+    n = A.shape[1]
     for k in prange(n_chunks):
-        loss_backward_chunk(A, Y, dZ, k, n_chunks)
-    n = dZ.shape[1]
-    bands = _bands(n, n_chunks)
-    for k in prange(bands):
-        column_sums(dZ, db, bound(n, bands, k), bound(n, bands, k + 1))
+        loss_backward_band(A, Y, dZ, db, bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
 
 
 # --------------------------------------------------------------------------

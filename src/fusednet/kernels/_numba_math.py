@@ -27,6 +27,11 @@ through every function.
 The generic names (``exp``, ``tanh``, ``sigmoid``) pick the float32 or float64
 version from the argument's type at compile time, so one kernel body serves
 both dtypes without promoting float32 arithmetic to float64.
+
+These functions are compiled into the cached kernels of ``_numba_flat`` and
+``_numba_dense``, and Numba checks only the kernel's own file to decide whether
+its cache is stale: after editing this module, delete the ``_numba_*`` entries
+of ``fusednet/kernels/__pycache__``.
 """
 
 import numpy as np
