@@ -17,6 +17,7 @@ from .trainer import Trainer
 from .history import History
 from .errors import TrainingDiverged
 from .io import load_model as load
+from .gradcheck import GradCheck, gradcheck
 from .info import info
 
 __all__ = [
@@ -40,4 +41,6 @@ __all__ = [
     "History",
     "TrainingDiverged",
     "load",
+    "gradcheck",
+    "GradCheck",
 ]

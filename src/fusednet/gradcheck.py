@@ -195,35 +195,6 @@ class _Net:
             J = J + self.l2 / (2 * self.m) * (self.l2_sum + dl2)
         return J
 
-    def costs(self, i, role, flat_index, shape, deltas):
-        """Costs with parameter ``role`` of op ``i`` perturbed at ``flat_index`` by ``deltas`` (arrays of K)."""
-        op = self.ops[i]
-        K = deltas.size
-        rows = np.arange(K)
-        dl2 = np.zeros(K)
-        if op[0] == "dense":
-            W = op[2]
-            Z = np.broadcast_to(self.cache[i], (K,) + self.cache[i].shape).copy()
-            if role == "W":
-                r, col = np.unravel_index(flat_index, W.shape)
-                Z[rows, :, col] += deltas[:, None] * self.inputs[i][:, r].T
-                w = W[r, col]
-                dl2 = (w + deltas) ** 2 - w ** 2
-            else:
-                Z[rows, :, flat_index] += deltas[:, None]
-            A = Z if self._is_last(i) else _activate(Z, op[4], op[5])
-        else:  # batch norm gamma / beta
-            xhat = self.cache[i]
-            gamma, beta = op[2], op[3]
-            A = np.broadcast_to(gamma * xhat + beta, (K,) + xhat.shape).copy()
-            if role == "gamma":
-                A[rows, :, flat_index] += deltas[:, None] * xhat[:, flat_index].T
-            else:
-                A[rows, :, flat_index] += deltas[:, None]
-        for j in range(i + 1, len(self.ops)):
-            A, _ = self._op(j, A, stacked=True)
-        return self._cost(A, dl2)
-
 
 def _parameter_roles(net):
     """``[(name, op index, role, array)]`` in the order of model.parameters()."""
@@ -254,8 +225,6 @@ def _numeric_batched(twin, X, Y, eps, coords, block_bytes=64 << 20):
             end += 1
         i, role, arr = roles[name]
         idx = np.array([c[1] for c in coords[pos:end]])
-        for k, flat in enumerate(idx):
-            pass
         plus = _costs_many(net, i, role, arr, idx, eps)
         minus = _costs_many(net, i, role, arr, idx, -eps)
         numeric[pos:end] = (plus - minus) / (2 * eps)
