@@ -260,7 +260,9 @@ def test_steady_state_steps_allocate_nothing(backend, dtype):
         tracemalloc.stop()
     assert current - base < 4096, current - base
     if backend != "numpy":  # the numpy reference kernels allocate temporaries by design
-        assert peak - base < 16384, peak - base  # one 64x64 float32 array would be 16 KiB
+        # the compiled column reductions (db, batch-norm statistics) accumulate into
+        # fixed 8 KiB float64 tiles; nothing allocated scales with the batch or width
+        assert peak - base < 65536, peak - base  # batch-norm backward holds five 8 KiB tiles
 
 
 # ---- divergence ------------------------------------------------------------------------------------------------

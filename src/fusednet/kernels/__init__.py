@@ -32,6 +32,7 @@ __all__ = [
     "resolve",
     "get_num_threads",
     "set_num_threads",
+    "limit_threads",
     "dropout_key",
     "dropout_threshold",
 ]
@@ -67,7 +68,7 @@ AUTO = {name: ("numba", "cython", "numpy") for name in KERNELS}
 _lock = threading.Lock()
 _modules = {}
 _import_errors = {}
-_state = {"backend": None, "n_threads": None}
+_state = {"backend": None, "n_threads": None, "limit": None}
 
 
 def _load(backend):
@@ -182,7 +183,32 @@ def get_num_threads():
     """The thread count every kernel call receives (default: the usable cores)."""
     if _state["n_threads"] is None:
         _state["n_threads"] = _affinity_count()
-    return _state["n_threads"]
+    limit = _state["limit"]
+    return _state["n_threads"] if limit is None else min(limit, _state["n_threads"])
+
+
+class limit_threads:
+    """Context manager: kernels get at most ``n`` threads inside the block.
+
+    The trainer uses it so its per-step kernels run on the calling thread while
+    BLAS owns the cores: on 2 cores, a parallel kernel launched between two
+    multi-threaded matrix products competes with BLAS's still-spinning worker
+    threads, and one training epoch measured 4x slower (see README, Speed).
+    """
+
+    def __init__(self, n):
+        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
+            raise ValueError(f"n must be a positive int or None, got {n!r}")
+        self.n = None if n is None else int(n)
+
+    def __enter__(self):
+        self._saved = _state["limit"]
+        _state["limit"] = self.n
+        return self
+
+    def __exit__(self, *exc):
+        _state["limit"] = self._saved
+        return False
 
 
 def set_num_threads(n):
