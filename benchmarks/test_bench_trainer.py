@@ -142,7 +142,7 @@ def _textbook_planar_step(X, Y, p, lr=1.2):
 
 @pytest.mark.parametrize("impl", ["textbook", *fn.kernels.available()])
 def test_planar_step(benchmark, record, impl):
-    benchmark.group = "planar 2-4-1 full batch, 10 steps"
+    benchmark.group = "planar 2-4-1 full batch, 100 steps"
     benchmark.extra_info["impl"] = impl
     X, y = fn.datasets.planar_flower(m=400, seed=1)
     X = X.astype(np.float64)
@@ -151,14 +151,14 @@ def test_planar_step(benchmark, record, impl):
         p = {"W1": rng.standard_normal((4, 2)) * 0.01, "b1": np.zeros((4, 1)),
              "W2": rng.standard_normal((1, 4)) * 0.01, "b2": np.zeros((1, 1))}
         XT, Y = X.T.copy(), y.reshape(1, -1).astype(np.float64)
-        record(lambda: [_textbook_planar_step(XT, Y, p) for _ in range(10)])
+        record(lambda: [_textbook_planar_step(XT, Y, p) for _ in range(100)])
         return
     model = fn.Sequential([fn.layers.Dense(4, activation="tanh", init="random"),
                            fn.layers.Dense(1, activation="sigmoid", init="random")],
                           input_dim=2, dtype="float64", seed=2)
     fn.set_backend(impl)
     try:
-        trainer = fn.Trainer(model, optimizer=fn.optim.GD(lr=1.2, backend=impl), batch_size=None, epochs=10,
+        trainer = fn.Trainer(model, optimizer=fn.optim.GD(lr=1.2, backend=impl), batch_size=None, epochs=100,
                              progress=False)
         trainer.fit(X, y)
         record(lambda: trainer.fit(X, y))
@@ -176,7 +176,7 @@ net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linea
 opt = torch.optim.SGD(net.parameters(), lr=1.2)
 loss_fn = torch.nn.BCEWithLogitsLoss()
 def steps():
-    for _ in range(10):
+    for _ in range(100):
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(net(X), y)
         loss.backward()
@@ -192,7 +192,7 @@ print(statistics.median(ts))
 def test_torch_planar_step(benchmark):
     if not _torch_available():
         pytest.skip("PyTorch is not installed (install the 'bench' extra)")
-    benchmark.group = "planar 2-4-1 full batch, 10 steps"
-    reps = 3 if benchmark.disabled else 200
+    benchmark.group = "planar 2-4-1 full batch, 100 steps"
+    reps = 3 if benchmark.disabled else 50
     add_external(benchmark.group, "torch", float(run_isolated(_TORCH_PLANAR.format(threads=fn.get_num_threads(), reps=reps))))
     benchmark.pedantic(lambda: None, rounds=1)
