@@ -13,7 +13,7 @@ from cython.parallel cimport prange
 from libc.math cimport log, log1p, exp, fabs, sqrt, INFINITY
 
 from _point cimport (real, sigmoid, sigmoid_grad, tanh_, tanh_grad, relu, relu_grad,
-                     leaky_relu, leaky_relu_grad, dropout_hash, exp_)
+                     leaky_relu, leaky_relu_grad, dropout_hash, exp_, sqrt_, fabs_)
 
 cdef extern from *:
     """
@@ -381,7 +381,7 @@ cdef inline real _tiny(real x) noexcept nogil:
 
 cdef inline real _flush(real x, real tiny) noexcept nogil:
     """Zero below the smallest normal number: subnormal state never slows the update."""
-    return 0 if fabs(x) < tiny else x
+    return 0 if fabs_(x) < tiny else x
 
 
 cdef void _gd(real* w, const real* g, real lr, real l2, Py_ssize_t s0, Py_ssize_t s1) noexcept nogil:
@@ -408,7 +408,7 @@ cdef void _rmsprop(real* w, const real* g, real* s, real lr, real beta, real eps
         gp = g[i] + l2 * w[i]
         si = _flush(beta * s[i] + (1 - beta) * gp * gp, tiny)
         s[i] = si
-        w[i] = w[i] - lr * gp / (sqrt(si) + eps)
+        w[i] = w[i] - lr * gp / (sqrt_(si) + eps)
 
 
 cdef void _adam(real* w, const real* g, real* mm, real* v, real lr, real b1, real b2, real eps,
@@ -421,7 +421,7 @@ cdef void _adam(real* w, const real* g, real* mm, real* v, real lr, real b1, rea
         vi = _flush(b2 * v[i] + (1 - b2) * gp * gp, tiny)
         mm[i] = mi
         v[i] = vi
-        w[i] = w[i] - lr * (mi * ibc1) / (sqrt(vi * ibc2) + eps)
+        w[i] = w[i] - lr * (mi * ibc1) / (sqrt_(vi * ibc2) + eps)
 
 
 cdef enum:

@@ -2,7 +2,7 @@
 # Every function mirrors the NumPy reference of the same name in
 # fusednet.kernels.reference; tests/kernels/test_cython_specific.py pins them together.
 
-from libc.math cimport exp, expf, tanh, tanhf, fabs, fabsf
+from libc.math cimport exp, expf, tanh, tanhf, fabs, fabsf, sqrt, sqrtf
 
 ctypedef fused real:
     float
@@ -76,3 +76,18 @@ cdef inline real exp_(real x) noexcept nogil:
         return expf(x)
     else:
         return exp(x)
+
+
+# sqrt and |x| in the arithmetic of the type (no round trip through double)
+cdef inline real sqrt_(real x) noexcept nogil:
+    if real is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)
+
+
+cdef inline real fabs_(real x) noexcept nogil:
+    if real is float:
+        return fabsf(x)
+    else:
+        return fabs(x)
