@@ -1,19 +1,38 @@
 # The Cython backend's compiled kernels.
 #
-# Contract: fusednet.kernels.reference (same positional signatures and meaning).
-# Each public kernel takes typed memoryviews of one floating type, marks its data
-# flow (# IN / # OUT), takes n_threads last, allocates nothing and returns None
-# (loss_forward returns the cost).  Work is split into contiguous chunks, one per
-# thread, with OpenMP; below a size threshold it runs serially, because an
-# OpenMP launch costs a few microseconds.  Column reductions (db, batch-norm
-# statistics) give each thread whole columns and walk rows in order, so results
-# are bit-identical for any thread count.
+# Contract: the module docstring of fusednet.kernels.reference (same positional
+# signatures, same meaning); fusednet.kernels._cython picks the float32 or
+# float64 specialisation of each fused-type function here.
+#
+# Every kernel takes typed memoryviews of one floating type, marks its data
+# flow (# IN / # OUT), allocates nothing, takes n_threads last and returns None
+# (loss_forward returns the cost).
+#
+# Threads.  Below a size threshold a kernel runs on the calling thread and
+# opens no OpenMP region (a launch costs a few microseconds); above it the work
+# is cut into contiguous pieces whose boundaries depend on the shape only, never
+# on the thread count, and each piece is computed by the same code whichever
+# thread runs it.  So every result, reductions included, has the same bits for
+# any thread count:
+#   * element-wise kernels go through spans of whole rows (or fixed groups of
+#     rows / fixed row segments), so vector and scalar code paths always meet
+#     the same elements;
+#   * column sums (db, batch-norm statistics) either give each thread whole
+#     columns, walked top to bottom, or (narrow matrices) add fixed row chunks
+#     into partial sums that are combined in chunk order;
+#   * the cost of loss_forward is summed in fixed row chunks, combined in order.
+# Sums are accumulated in float64 whatever the data type.
+#
+# The same source is compiled once per instruction-set level (baseline x86-64,
+# x86-64-v3 with AVX2, x86-64-v4 with AVX-512); the Python adapter imports the
+# best one the CPU runs.
 
 from cython.parallel cimport prange
-from libc.math cimport log, log1p, exp, fabs, sqrt, INFINITY
+from libc.stdint cimport uint32_t, uint64_t
+from libc.math cimport exp, log, log1p, fabs, sqrt, INFINITY, NAN
 
-from _point cimport (real, sigmoid, sigmoid_grad, tanh_, tanh_grad, relu, relu_grad,
-                     leaky_relu, leaky_relu_grad, dropout_hash, exp_, sqrt_, fabs_)
+from _point cimport (floating, sigmoid, sigmoid_grad, tanh, tanh_grad, relu, relu_grad,
+                     leaky_relu, leaky_relu_grad, fmix32, dropout_hash, exp_, sqrt_, flush)
 
 cdef extern from *:
     """
@@ -25,16 +44,57 @@ cdef extern from *:
     #define FN_OPENMP 0
     static int fn_max_threads(void) { return 1; }
     #endif
-    #include <float.h>
+
+    #ifndef FUSEDNET_ISA
+    #define FUSEDNET_ISA "baseline"
+    #endif
+
+    /* 0: baseline, 3: x86-64-v3 (AVX2, FMA, BMI2, ...), 4: x86-64-v4 (AVX-512 F/BW/CD/DQ/VL) */
+    static int fn_cpu_level(void) {
+    #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__)
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("x86-64-v4")) return 4;
+        if (__builtin_cpu_supports("x86-64-v3")) return 3;
+        return 0;
+    #elif (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+        __builtin_cpu_init();
+        int v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+                 && __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2")
+                 && __builtin_cpu_supports("f16c");
+        int v4 = v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+                 && __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq")
+                 && __builtin_cpu_supports("avx512vl");
+        return v4 ? 4 : (v3 ? 3 : 0);
+    #else
+        return 0;
+    #endif
+    }
+
+    /* Flush-to-zero and denormals-are-zero for the duration of an optimiser
+       piece, per thread (each OpenMP thread has its own MXCSR): subnormal
+       gradients or state never trigger the slow microcode path. */
+    #if defined(__x86_64__) || defined(_M_X64)
+    #include <xmmintrin.h>
+    static inline unsigned int fn_ftz_enter(void) {
+        unsigned int old = _mm_getcsr();
+        _mm_setcsr(old | 0x8040u);
+        return old;
+    }
+    static inline void fn_ftz_exit(unsigned int old) { _mm_setcsr(old); }
+    #else
+    static inline unsigned int fn_ftz_enter(void) { return 0; }
+    static inline void fn_ftz_exit(unsigned int old) { (void)old; }
+    #endif
     """
     int FN_OPENMP
+    const char* FUSEDNET_ISA
     int fn_max_threads() noexcept nogil
-    float FLT_MIN
-    double DBL_MIN
+    int fn_cpu_level() noexcept nogil
+    unsigned int fn_ftz_enter() noexcept nogil
+    void fn_ftz_exit(unsigned int old) noexcept nogil
 
-#: True when the extension was compiled with OpenMP
-OPENMP = bool(FN_OPENMP)
 
+# activation and loss codes: must equal fusednet.kernels._codes (a test checks)
 cdef enum:
     LINEAR = 0
     SIGMOID = 1
@@ -42,13 +102,56 @@ cdef enum:
     RELU = 3
     LEAKY_RELU = 4
     SOFTMAX = 5
+
+cdef enum:
     MSE = 0
     BCE = 1
     CCE = 2
 
-#: below this many elements a kernel runs on the calling thread only
-SERIAL_THRESHOLD = 65536
-cdef Py_ssize_t _SERIAL = SERIAL_THRESHOLD
+# element-wise op of a column-sum pass beyond the activation codes: (x1 - x2) / p
+cdef enum:
+    OP_LOSS = 16
+
+cdef enum:
+    TILE = 1024   # elements of a span: a group of short rows or a segment of a long one
+    CB = 256      # widest column block of a column reduction
+    NSMALL = 64   # matrices narrower than this reduce columns by row chunks
+    KMAX = 64     # most row chunks of a reduction
+
+# Sizes (elements) from which a kernel uses more than one thread.  Measured on
+# 2 cores with OpenMP launches of 2.4-4.5 us: below these the launch costs more
+# than the second core saves.  Never below 32k elements.
+cdef Py_ssize_t T_TRANSCENDENTAL = 40000   # sigmoid, tanh, softmax, BCE/CCE
+cdef Py_ssize_t T_ELEMENTWISE = 200000     # linear, relu, backward, loss backward, batch norm, ewa, gd
+cdef Py_ssize_t T_OPTIMISER = 100000       # momentum, rmsprop, adam
+cdef Py_ssize_t T_DROPOUT = 100000
+
+#: name of the instruction-set level this copy of the module was compiled for
+ISA = FUSEDNET_ISA.decode()
+#: True when the extension was compiled with OpenMP
+OPENMP = bool(FN_OPENMP)
+#: the activation and loss codes compiled in (tests compare them with _codes)
+CODES = {"linear": LINEAR, "sigmoid": SIGMOID, "tanh": TANH, "relu": RELU,
+         "leaky_relu": LEAKY_RELU, "softmax": SOFTMAX, "mse": MSE, "bce": BCE, "cce": CCE}
+
+
+def parallel_thresholds():
+    """Element counts from which each kernel family runs on more than one thread."""
+    return {"transcendental": T_TRANSCENDENTAL, "elementwise": T_ELEMENTWISE,
+            "optimiser": T_OPTIMISER, "dropout": T_DROPOUT}
+
+
+def set_parallel_thresholds(transcendental=None, elementwise=None, optimiser=None, dropout=None):
+    """Change the thresholds of :func:`parallel_thresholds` (for measuring them)."""
+    global T_TRANSCENDENTAL, T_ELEMENTWISE, T_OPTIMISER, T_DROPOUT
+    if transcendental is not None:
+        T_TRANSCENDENTAL = transcendental
+    if elementwise is not None:
+        T_ELEMENTWISE = elementwise
+    if optimiser is not None:
+        T_OPTIMISER = optimiser
+    if dropout is not None:
+        T_DROPOUT = dropout
 
 
 def max_threads():
@@ -56,636 +159,1008 @@ def max_threads():
     return fn_max_threads()
 
 
-cdef inline int _threads(Py_ssize_t work, int n_threads) noexcept nogil:
-    if n_threads <= 1 or work < _SERIAL:
+def cpu_level():
+    """The highest instruction-set level this CPU runs: 0 (baseline), 3 (x86-64-v3) or 4 (x86-64-v4)."""
+    return fn_cpu_level()
+
+
+cdef inline int _workers(Py_ssize_t work, int n_threads, Py_ssize_t threshold,
+                         Py_ssize_t pieces) noexcept nogil:
+    """Threads for `work` elements cut into `pieces`: 1 below the threshold."""
+    if not FN_OPENMP or n_threads <= 1 or work < threshold or pieces < 2:
         return 1
-    return n_threads
+    return <int>(n_threads if n_threads < pieces else pieces)
 
 
-cdef inline Py_ssize_t _per(Py_ssize_t n, int chunks, Py_ssize_t align) noexcept nogil:
-    """Chunk length: n split in `chunks`, rounded up to a multiple of `align`."""
-    cdef Py_ssize_t per = (n + chunks - 1) // chunks
-    return ((per + align - 1) // align) * align
+cdef inline Py_ssize_t _cut(Py_ssize_t total, Py_ssize_t parts, Py_ssize_t c) noexcept nogil:
+    """Start of part c of `total` split in `parts` nearly equal contiguous parts."""
+    return total * c // parts
 
 
-# --------------------------------------------------------------------------------
+cdef inline Py_ssize_t _cut64(Py_ssize_t total, Py_ssize_t parts, Py_ssize_t c) noexcept nogil:
+    """As _cut, on a 64-element grid (whole cache lines per thread)."""
+    if c >= parts:
+        return total
+    return (total * c // parts) & ~(<Py_ssize_t>63)
+
+
+cdef inline Py_ssize_t _spans(Py_ssize_t m, Py_ssize_t n) noexcept nogil:
+    """Spans of an (m, n) matrix: groups of TILE // n rows, or TILE-long row segments."""
+    cdef Py_ssize_t r
+    if n > TILE:
+        return m * ((n + TILE - 1) // TILE)
+    r = TILE // n
+    return (m + r - 1) // r
+
+
+cdef inline Py_ssize_t _span(Py_ssize_t it, Py_ssize_t m, Py_ssize_t n,
+                             Py_ssize_t* length, Py_ssize_t* boff) noexcept nogil:
+    """Offset of span `it`; its length and the offset of its bias slice in *length, *boff.
+
+    For short rows (n <= TILE) the bias slice is a tile of the bias repeated
+    TILE // n times, starting at 0.
+    """
+    cdef Py_ssize_t r, nseg, i, s
+    if n > TILE:
+        nseg = (n + TILE - 1) // TILE
+        i = it // nseg
+        s = (it - i * nseg) * TILE
+        length[0] = TILE if n - s > TILE else n - s
+        boff[0] = s
+        return i * n + s
+    r = TILE // n
+    length[0] = (r if m - it * r > r else m - it * r) * n
+    boff[0] = 0
+    return it * r * n
+
+
+cdef inline void _tile(const floating* b, floating* bt, Py_ssize_t n) noexcept nogil:
+    """bt = b repeated over TILE // n rows (b itself is used when n > TILE)."""
+    cdef Py_ssize_t q, j
+    if n > TILE:
+        return
+    for q in range(TILE // n):
+        for j in range(n):
+            bt[q * n + j] = b[j]
+
+
+cdef inline double _sum(const double* t, Py_ssize_t L) noexcept nogil:
+    """Sum in a fixed order with four accumulators (the order depends on L only)."""
+    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0
+    cdef Py_ssize_t k = 0
+    while k + 4 <= L:
+        s0 += t[k]
+        s1 += t[k + 1]
+        s2 += t[k + 2]
+        s3 += t[k + 3]
+        k += 4
+    while k < L:
+        s0 += t[k]
+        k += 1
+    return (s0 + s1) + (s2 + s3)
+
+
+# ==================================================================================
 # bias + activation forward
-# --------------------------------------------------------------------------------
+# ==================================================================================
 
-cdef void _fwd_rows(const real* Z, const real* b, int act, real slope, real* A,
-                    Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i, j
-    cdef const real* z
-    cdef real* a
-    cdef real mx, v, s, inv
-    for i in range(r0, r1):
-        z = Z + i * n
-        a = A + i * n
-        if act == SIGMOID:
-            for j in range(n):
-                a[j] = sigmoid(z[j] + b[j])
-        elif act == TANH:
-            for j in range(n):
-                a[j] = tanh_(z[j] + b[j])
-        elif act == RELU:
-            for j in range(n):
-                a[j] = relu(z[j] + b[j])
-        elif act == LEAKY_RELU:
-            for j in range(n):
-                a[j] = leaky_relu(z[j] + b[j], slope)
-        elif act == SOFTMAX:
-            mx = -INFINITY
-            for j in range(n):
-                v = z[j] + b[j]
-                a[j] = v
-                mx = v if v > mx else mx
-            s = 0
-            for j in range(n):
-                v = exp_(a[j] - mx)
-                a[j] = v
-                s = s + v
-            inv = 1 / s
-            for j in range(n):
-                a[j] = a[j] * inv
-        else:
-            for j in range(n):
-                a[j] = z[j] + b[j]
+cdef void _fwd_span(const floating* z, const floating* b, floating* a, Py_ssize_t L,
+                    int act, floating slope) noexcept nogil:
+    cdef Py_ssize_t k
+    if act == SIGMOID:
+        for k in range(L):
+            a[k] = sigmoid(z[k] + b[k])
+    elif act == TANH:
+        for k in range(L):
+            a[k] = tanh(z[k] + b[k])
+    elif act == RELU:
+        for k in range(L):
+            a[k] = relu(z[k] + b[k])
+    elif act == LEAKY_RELU:
+        for k in range(L):
+            a[k] = leaky_relu(z[k] + b[k], slope)
+    else:
+        for k in range(L):
+            a[k] = z[k] + b[k]
 
 
-def bias_act_forward(const real[:, ::1] Z,  # IN  (m, n)
-                     const real[::1] b,      # IN  (n,)
-                     int act, double slope,
-                     real[:, ::1] A,         # OUT (m, n), may alias Z
+cdef void _softmax_row(const floating* z, const floating* b, floating* a,
+                       Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t k
+    cdef floating v, mx = -INFINITY, s
+    cdef double acc = 0
+    for k in range(n):
+        v = z[k] + b[k]
+        a[k] = v
+        mx = v if v > mx else mx
+    for k in range(n):
+        a[k] = exp_(a[k] - mx)
+    for k in range(n):
+        acc += a[k]
+    s = <floating>acc
+    for k in range(n):
+        a[k] = a[k] / s
+
+
+cdef void _fwd_piece(const floating* Z, const floating* b, floating* A, Py_ssize_t m,
+                     Py_ssize_t n, int act, floating slope, Py_ssize_t i0,
+                     Py_ssize_t i1) noexcept nogil:
+    cdef floating bt[TILE]
+    cdef const floating* bb = b if n > TILE else bt
+    cdef Py_ssize_t it, off, L, boff
+    if act == SOFTMAX:
+        for it in range(i0, i1):
+            _softmax_row(Z + it * n, b, A + it * n, n)
+        return
+    _tile(b, bt, n)
+    for it in range(i0, i1):
+        off = _span(it, m, n, &L, &boff)
+        _fwd_span(Z + off, bb + boff, A + off, L, act, slope)
+
+
+def bias_act_forward(const floating[:, ::1] Z,  # IN  (m, n)
+                     const floating[::1] b,     # IN  (n,)
+                     int act,
+                     double slope,
+                     floating[:, ::1] A,        # OUT (m, n), may alias Z
                      int n_threads):
-    cdef Py_ssize_t m = Z.shape[0], n = Z.shape[1], per, c, r0, r1
+    """A = g(Z + b); softmax row-wise and max-subtracted."""
+    if act < LINEAR or act > SOFTMAX:
+        raise ValueError(f"unknown activation code {act}")
+    cdef Py_ssize_t m = Z.shape[0], n = Z.shape[1], pieces, c
     if m == 0 or n == 0:
         return
-    cdef const real* zp = &Z[0, 0]
-    cdef const real* bp = &b[0]
-    cdef real* ap = &A[0, 0]
-    cdef real sl = <real>slope
-    cdef int nt = _threads(m * n, n_threads)
-    if nt == 1 or m < 2:
-        with nogil:
-            _fwd_rows(zp, bp, act, sl, ap, 0, m, n)
-        return
-    per = _per(m, nt, 1)
-    for c in prange(nt, nogil=True, num_threads=nt, schedule="static"):
-        r0 = c * per
-        r1 = min(m, r0 + per)
-        if r0 < r1:
-            _fwd_rows(zp, bp, act, sl, ap, r0, r1, n)
-
-
-# --------------------------------------------------------------------------------
-# activation backward + bias gradient
-# --------------------------------------------------------------------------------
-
-cdef void _bwd_cols(const real* dA, const real* A, int act, real slope, real* dZ, real* db,
-                    Py_ssize_t m, Py_ssize_t n, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
-    cdef Py_ssize_t i, j
-    cdef const real* da
-    cdef const real* a
-    cdef real* dz
-    cdef real d
-    for j in range(c0, c1):
-        db[j] = 0
-    for i in range(m):
-        da = dA + i * n
-        a = A + i * n
-        dz = dZ + i * n
-        if act == SIGMOID:
-            for j in range(c0, c1):
-                d = da[j] * sigmoid_grad(a[j])
-                dz[j] = d
-                db[j] += d
-        elif act == TANH:
-            for j in range(c0, c1):
-                d = da[j] * tanh_grad(a[j])
-                dz[j] = d
-                db[j] += d
-        elif act == RELU:
-            for j in range(c0, c1):
-                d = da[j] * relu_grad(a[j])
-                dz[j] = d
-                db[j] += d
-        elif act == LEAKY_RELU:
-            for j in range(c0, c1):
-                d = da[j] * leaky_relu_grad(a[j], slope)
-                dz[j] = d
-                db[j] += d
+    cdef const floating* zp = &Z[0, 0]
+    cdef const floating* bp = &b[0]
+    cdef floating* ap = &A[0, 0]
+    cdef floating sl = <floating>slope
+    pieces = m if act == SOFTMAX else _spans(m, n)
+    cdef int nw = _workers(m * n, n_threads,
+                           T_TRANSCENDENTAL if act in (SIGMOID, TANH, SOFTMAX) else T_ELEMENTWISE,
+                           pieces)
+    with nogil:
+        if nw == 1:
+            _fwd_piece(zp, bp, ap, m, n, act, sl, 0, pieces)
         else:
-            for j in range(c0, c1):
-                d = da[j]
-                dz[j] = d
-                db[j] += d
+            for c in prange(nw, num_threads=nw, schedule="static"):
+                _fwd_piece(zp, bp, ap, m, n, act, sl, _cut(pieces, nw, c), _cut(pieces, nw, c + 1))
 
 
-cdef void _softmax_bwd(const real* dA, const real* A, real* dZ, real* db, Py_ssize_t m, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i, j
-    cdef real s, d
-    for j in range(n):
-        db[j] = 0
+# ==================================================================================
+# element-wise op + column sums: act_backward, loss_backward
+# ==================================================================================
+
+cdef void _ew_span(const floating* x1, const floating* x2, floating* out, double* acc,
+                   Py_ssize_t L, int op, floating p) noexcept nogil:
+    """out = op(x1, x2); acc += out, element by element."""
+    cdef Py_ssize_t k
+    cdef floating d
+    if op == SIGMOID:
+        for k in range(L):
+            d = x1[k] * sigmoid_grad(x2[k])
+            out[k] = d
+            acc[k] += d
+    elif op == TANH:
+        for k in range(L):
+            d = x1[k] * tanh_grad(x2[k])
+            out[k] = d
+            acc[k] += d
+    elif op == RELU:
+        for k in range(L):
+            d = x1[k] * relu_grad(x2[k])
+            out[k] = d
+            acc[k] += d
+    elif op == LEAKY_RELU:
+        for k in range(L):
+            d = x1[k] * leaky_relu_grad(x2[k], p)
+            out[k] = d
+            acc[k] += d
+    elif op == OP_LOSS:
+        for k in range(L):
+            d = (x1[k] - x2[k]) / p
+            out[k] = d
+            acc[k] += d
+    else:
+        for k in range(L):
+            d = x1[k]
+            out[k] = d
+            acc[k] += d
+
+
+cdef void _colsum_block(const floating* x1, const floating* x2, floating* out, floating* db,
+                        Py_ssize_t m, Py_ssize_t n, Py_ssize_t j0, Py_ssize_t j1, int op,
+                        floating p) noexcept nogil:
+    """Columns j0:j1 (at most CB), walked top to bottom."""
+    cdef double acc[CB]
+    cdef Py_ssize_t i, j, w = j1 - j0, o
+    for j in range(w):
+        acc[j] = 0
     for i in range(m):
+        o = i * n + j0
+        _ew_span(x1 + o, x2 + o, out + o, acc, w, op, p)
+    for j in range(w):
+        db[j0 + j] = <floating>acc[j]
+
+
+cdef void _colsum_chunk(const floating* x1, const floating* x2, floating* out, double* part,
+                        Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n, int op,
+                        floating p) noexcept nogil:
+    """Rows r0:r1 of a narrow matrix (n < NSMALL) in groups of TILE // n rows; part[j] = column sums."""
+    cdef double acc[TILE]
+    cdef Py_ssize_t r = TILE // n, i, j, q, rows
+    cdef double s
+    for j in range(r * n):
+        acc[j] = 0
+    i = r0
+    while i < r1:
+        rows = r if r1 - i > r else r1 - i
+        _ew_span(x1 + i * n, x2 + i * n, out + i * n, acc, rows * n, op, p)
+        i += r
+    for j in range(n):
         s = 0
-        for j in range(n):
-            s = s + dA[i * n + j] * A[i * n + j]
-        for j in range(n):
-            d = A[i * n + j] * (dA[i * n + j] - s)
-            dZ[i * n + j] = d
-            db[j] += d
+        for q in range(r):
+            s += acc[q * n + j]
+        part[j] = s
 
 
-def act_backward(const real[:, ::1] dA,  # IN  (m, n)
-                 const real[:, ::1] A,   # IN  (m, n), the cached output g(Z)
-                 int act, double slope,
-                 real[:, ::1] dZ,        # OUT (m, n), may alias dA
-                 real[::1] db,           # OUT (n,)
+cdef void _colsum(const floating* x1, const floating* x2, floating* out, floating* db,
+                  Py_ssize_t m, Py_ssize_t n, int op, floating p, int n_threads,
+                  Py_ssize_t threshold) noexcept nogil:
+    """out = op(x1, x2) element-wise and db = column sums of out; m, n >= 1."""
+    cdef double part[KMAX * NSMALL]
+    cdef Py_ssize_t r, groups, K, c, j, width, blocks
+    cdef double s
+    cdef int nw
+    if n < NSMALL:
+        r = TILE // n
+        groups = (m + r - 1) // r
+        K = KMAX if groups > KMAX else groups
+        nw = _workers(m * n, n_threads, threshold, K)
+        if nw == 1:
+            for c in range(K):
+                _colsum_chunk(x1, x2, out, part + c * n, _cut(groups, K, c) * r,
+                              min(_cut(groups, K, c + 1) * r, m), n, op, p)
+        else:
+            for c in prange(K, num_threads=nw, schedule="static"):
+                _colsum_chunk(x1, x2, out, part + c * n, _cut(groups, K, c) * r,
+                              min(_cut(groups, K, c + 1) * r, m), n, op, p)
+        for j in range(n):
+            s = 0
+            for c in range(K):
+                s += part[c * n + j]
+            db[j] = <floating>s
+        return
+    nw = _workers(m * n, n_threads, threshold, (n + 15) // 16)
+    width = CB
+    if nw > 1:
+        width = ((n + nw - 1) // nw + 15) // 16 * 16
+        width = CB if width > CB else width
+    blocks = (n + width - 1) // width
+    if nw == 1:
+        for c in range(blocks):
+            _colsum_block(x1, x2, out, db, m, n, c * width, min(n, c * width + width), op, p)
+    else:
+        for c in prange(blocks, num_threads=nw, schedule="static"):
+            _colsum_block(x1, x2, out, db, m, n, c * width, min(n, c * width + width), op, p)
+
+
+cdef void _softmax_bwd_rows(const floating* dA, const floating* A, floating* dZ, Py_ssize_t n,
+                            Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    cdef Py_ssize_t i, k, o
+    cdef double s
+    cdef floating sr
+    for i in range(r0, r1):
+        o = i * n
+        s = 0
+        for k in range(n):
+            s += dA[o + k] * A[o + k]
+        sr = <floating>s
+        for k in range(n):
+            dZ[o + k] = A[o + k] * (dA[o + k] - sr)
+
+
+def act_backward(const floating[:, ::1] dA,  # IN  (m, n)
+                 const floating[:, ::1] A,   # IN  (m, n), the cached output g(Z)
+                 int act,
+                 double slope,
+                 floating[:, ::1] dZ,        # OUT (m, n), may alias dA
+                 floating[::1] db,           # OUT (n,)
                  int n_threads):
-    cdef Py_ssize_t m = dA.shape[0], n = dA.shape[1], per, c, c0, c1, j
+    """dZ = dA * g'(.) read from A; db = sum_rows(dZ)."""
+    if act < LINEAR or act > SOFTMAX:
+        raise ValueError(f"unknown activation code {act}")
+    cdef Py_ssize_t m = dA.shape[0], n = dA.shape[1], j, c
     if n == 0:
         return
     if m == 0:
         for j in range(n):
             db[j] = 0
         return
-    cdef const real* dap = &dA[0, 0]
-    cdef const real* ap = &A[0, 0]
-    cdef real* dzp = &dZ[0, 0]
-    cdef real* dbp = &db[0]
-    cdef real sl = <real>slope
-    if act == SOFTMAX:
-        with nogil:
-            _softmax_bwd(dap, ap, dzp, dbp, m, n)
-        return
-    cdef int nt = _threads(m * n, n_threads)
-    if nt == 1 or n < 32:
-        with nogil:
-            _bwd_cols(dap, ap, act, sl, dzp, dbp, m, n, 0, n)
-        return
-    per = _per(n, nt, 16)
-    for c in prange(nt, nogil=True, num_threads=nt, schedule="static"):
-        c0 = c * per
-        c1 = min(n, c0 + per)
-        if c0 < c1:
-            _bwd_cols(dap, ap, act, sl, dzp, dbp, m, n, c0, c1)
-
-
-# --------------------------------------------------------------------------------
-# output activation + cost, and dZ = (A - Y) / m
-# --------------------------------------------------------------------------------
-
-def loss_forward(const real[:, ::1] Z,  # IN  (m, k) logits without bias
-                 const real[::1] b,     # IN  (k,)
-                 const real[:, ::1] Y,  # IN  (m, k) targets
-                 int loss,
-                 real[:, ::1] A,        # OUT (m, k)
-                 int n_threads):
-    cdef Py_ssize_t m = Z.shape[0], k = Z.shape[1], i, j
-    cdef double total = 0, v, mx, s, lse, d
-    if m == 0:
-        return 0.0
-    if k == 0:
-        return 0.0
+    cdef const floating* dap = &dA[0, 0]
+    cdef const floating* ap = &A[0, 0]
+    cdef floating* dzp = &dZ[0, 0]
+    cdef floating* dbp = &db[0]
+    cdef floating sl = <floating>slope
+    cdef int nw
     with nogil:
-        for i in range(m):
-            if loss == MSE:
-                for j in range(k):
-                    v = <double>(Z[i, j] + b[j])
-                    A[i, j] = <real>v
-                    d = v - Y[i, j]
-                    total += d * d
-            elif loss == BCE:
-                for j in range(k):
-                    v = <double>(Z[i, j] + b[j])
-                    A[i, j] = sigmoid(<real>v)
-                    # -(y log a + (1-y) log(1-a)) written on the logit: never overflows
-                    total += (v if v > 0 else 0) - v * Y[i, j] + log1p(exp(-fabs(v)))
+        if act == SOFTMAX:
+            nw = _workers(m * n, n_threads, T_ELEMENTWISE, m)
+            if nw == 1:
+                _softmax_bwd_rows(dap, ap, dzp, n, 0, m)
             else:
-                mx = -INFINITY
-                for j in range(k):
-                    v = <double>(Z[i, j] + b[j])
-                    mx = v if v > mx else mx
-                s = 0
-                for j in range(k):
-                    s += exp(<double>(Z[i, j] + b[j]) - mx)
-                lse = mx + log(s)
-                for j in range(k):
-                    v = <double>(Z[i, j] + b[j])
-                    A[i, j] = <real>exp(v - lse)
-                    total += Y[i, j] * (lse - v)
+                for c in prange(nw, num_threads=nw, schedule="static"):
+                    _softmax_bwd_rows(dap, ap, dzp, n, _cut(m, nw, c), _cut(m, nw, c + 1))
+            _colsum(dzp, dzp, dzp, dbp, m, n, LINEAR, sl, n_threads, T_ELEMENTWISE)
+        else:
+            _colsum(dap, ap, dzp, dbp, m, n, act, sl, n_threads, T_ELEMENTWISE)
+
+
+def loss_backward(const floating[:, ::1] A,  # IN  (m, k)
+                  const floating[:, ::1] Y,  # IN  (m, k)
+                  floating[:, ::1] dZ,       # OUT (m, k), may alias A
+                  floating[::1] db,          # OUT (k,)
+                  int n_threads):
+    """dZ = (A - Y) / m; db = sum_rows(dZ)."""
+    cdef Py_ssize_t m = A.shape[0], n = A.shape[1], j
+    if n == 0:
+        return
+    if m == 0:
+        for j in range(n):
+            db[j] = 0
+        return
+    with nogil:
+        _colsum(&A[0, 0], &Y[0, 0], &dZ[0, 0], &db[0], m, n, OP_LOSS, <floating>m,
+                n_threads, T_ELEMENTWISE)
+
+
+# ==================================================================================
+# output activation + cost
+# ==================================================================================
+
+cdef double _loss_span(const floating* z, const floating* b, const floating* y, floating* a,
+                       Py_ssize_t L, int loss, double* t) noexcept nogil:
+    """A and the summed per-element cost of one span (MSE or BCE); t: TILE scratch."""
+    cdef Py_ssize_t k
+    cdef floating v
+    cdef double d
+    if loss == MSE:
+        for k in range(L):
+            v = z[k] + b[k]
+            a[k] = v
+            d = <double>v - <double>y[k]
+            t[k] = d * d
+    else:
+        for k in range(L):
+            d = <double>(z[k] + b[k])
+            a[k] = <floating>(1.0 / (1.0 + exp(-d)))
+            # -(y log a + (1-y) log(1-a)), written on the logit so it never overflows
+            t[k] = (d if d > 0 else 0.0) - d * <double>y[k] + log1p(exp(-fabs(d)))
+    return _sum(t, L)
+
+
+cdef double _cce_row(const floating* z, const floating* b, const floating* y, floating* a,
+                     Py_ssize_t n, double* t) noexcept nogil:
+    """Softmax of one row into a and its cross-entropy, via log-sum-exp in float64."""
+    cdef Py_ssize_t k, k0, L
+    cdef double v, mx = -INFINITY, s = 0, lse, total = 0
+    for k in range(n):
+        v = <double>(z[k] + b[k])
+        mx = v if v > mx else mx
+    k0 = 0
+    while k0 < n:
+        L = TILE if n - k0 > TILE else n - k0
+        for k in range(L):
+            t[k] = exp(<double>(z[k0 + k] + b[k0 + k]) - mx)
+        s += _sum(t, L)
+        k0 += L
+    lse = mx + log(s)
+    for k in range(n):
+        v = <double>(z[k] + b[k])
+        total += <double>y[k] * (lse - v)
+    for k in range(n):
+        a[k] = <floating>exp(<double>(z[k] + b[k]) - lse)
+    return total
+
+
+cdef double _loss_piece(const floating* Z, const floating* b, const floating* Y, floating* A,
+                        Py_ssize_t m, Py_ssize_t n, int loss, Py_ssize_t i0,
+                        Py_ssize_t i1) noexcept nogil:
+    cdef double t[TILE]
+    cdef floating bt[TILE]
+    cdef const floating* bb = b if n > TILE else bt
+    cdef Py_ssize_t it, off, L, boff
+    cdef double total = 0
+    if loss == CCE:
+        for it in range(i0, i1):
+            total += _cce_row(Z + it * n, b, Y + it * n, A + it * n, n, t)
+        return total
+    _tile(b, bt, n)
+    for it in range(i0, i1):
+        off = _span(it, m, n, &L, &boff)
+        total += _loss_span(Z + off, bb + boff, Y + off, A + off, L, loss, t)
+    return total
+
+
+def loss_forward(const floating[:, ::1] Z,  # IN  (m, k) logits without bias
+                 const floating[::1] b,     # IN  (k,)
+                 const floating[:, ::1] Y,  # IN  (m, k) targets
+                 int loss,
+                 floating[:, ::1] A,        # OUT (m, k)
+                 int n_threads):
+    """A = g(Z + b); returns the mean cost over the m rows (float64)."""
+    if loss < MSE or loss > CCE:
+        raise ValueError(f"unknown loss code {loss}")
+    cdef Py_ssize_t m = Z.shape[0], n = Z.shape[1], pieces, K, c
+    if m == 0 or n == 0:
+        return 0.0
+    cdef const floating* zp = &Z[0, 0]
+    cdef const floating* bp = &b[0]
+    cdef const floating* yp = &Y[0, 0]
+    cdef floating* ap = &A[0, 0]
+    cdef double part[KMAX]
+    cdef double total = 0
+    pieces = m if loss == CCE else _spans(m, n)
+    K = KMAX if pieces > KMAX else pieces
+    cdef int nw = _workers(m * n, n_threads,
+                           T_ELEMENTWISE if loss == MSE else T_TRANSCENDENTAL, K)
+    with nogil:
+        if nw == 1:
+            for c in range(K):
+                part[c] = _loss_piece(zp, bp, yp, ap, m, n, loss,
+                                      _cut(pieces, K, c), _cut(pieces, K, c + 1))
+        else:
+            for c in prange(K, num_threads=nw, schedule="static"):
+                part[c] = _loss_piece(zp, bp, yp, ap, m, n, loss,
+                                      _cut(pieces, K, c), _cut(pieces, K, c + 1))
+        for c in range(K):
+            total += part[c]
     if loss == MSE:
         total = 0.5 * total
     return total / m
 
 
-cdef void _lossb_cols(const real* A, const real* Y, real* dZ, real* db, real inv_m,
-                      Py_ssize_t m, Py_ssize_t n, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
-    cdef Py_ssize_t i, j
-    cdef real d
-    for j in range(c0, c1):
-        db[j] = 0
-    for i in range(m):
-        for j in range(c0, c1):
-            d = (A[i * n + j] - Y[i * n + j]) * inv_m
-            dZ[i * n + j] = d
-            db[j] += d
-
-
-def loss_backward(const real[:, ::1] A,  # IN  (m, k)
-                  const real[:, ::1] Y,  # IN  (m, k)
-                  real[:, ::1] dZ,       # OUT (m, k)
-                  real[::1] db,          # OUT (k,)
-                  int n_threads):
-    cdef Py_ssize_t m = A.shape[0], n = A.shape[1], per, c, c0, c1, j
-    if n == 0:
-        return
-    if m == 0:
-        for j in range(n):
-            db[j] = 0
-        return
-    cdef const real* ap = &A[0, 0]
-    cdef const real* yp = &Y[0, 0]
-    cdef real* dzp = &dZ[0, 0]
-    cdef real* dbp = &db[0]
-    cdef real inv_m = <real>(1.0 / m)
-    cdef int nt = _threads(m * n, n_threads)
-    if nt == 1 or n < 32:
-        with nogil:
-            _lossb_cols(ap, yp, dzp, dbp, inv_m, m, n, 0, n)
-        return
-    per = _per(n, nt, 16)
-    for c in prange(nt, nogil=True, num_threads=nt, schedule="static"):
-        c0 = c * per
-        c1 = min(n, c0 + per)
-        if c0 < c1:
-            _lossb_cols(ap, yp, dzp, dbp, inv_m, m, n, c0, c1)
-
-
-# --------------------------------------------------------------------------------
+# ==================================================================================
 # inverted dropout from a counter-based hash
-# --------------------------------------------------------------------------------
+# ==================================================================================
 
-cdef void _dropout(const real* X, unsigned int k1, unsigned int k2, unsigned int thr, int keep_all,
-                   real scale, real* out, Py_ssize_t s0, Py_ssize_t s1) noexcept nogil:
+cdef void _dropout_piece(const floating* X, floating* out, Py_ssize_t i0, Py_ssize_t i1,
+                         uint32_t k1, uint32_t k2, uint32_t thr, bint keep_all,
+                         floating scale) noexcept nogil:
     cdef Py_ssize_t i
-    cdef unsigned int h
     if keep_all:
-        for i in range(s0, s1):
+        for i in range(i0, i1):
             out[i] = X[i] * scale
         return
-    for i in range(s0, s1):
-        h = dropout_hash(<unsigned long long>i, k1, k2)
-        out[i] = X[i] * scale if h < thr else 0
+    for i in range(i0, i1):
+        out[i] = X[i] * scale if dropout_hash(<uint64_t>i, k1, k2) < thr else 0
 
 
-def dropout_apply(const real[::1] X,              # IN  flat
-                  unsigned long long key,
-                  unsigned long long threshold,
+def dropout_apply(const floating[::1] X,  # IN  flat (C order)
+                  uint64_t key,
+                  uint64_t threshold,
                   double scale,
-                  real[::1] out,                  # OUT flat, may alias X
+                  floating[::1] out,      # OUT flat, may alias X
                   int n_threads):
-    cdef Py_ssize_t n = X.shape[0], per, c, s0, s1
+    """out = X * scale where hash(i, key) < threshold, else 0; i the flat index."""
+    cdef Py_ssize_t n = X.shape[0], c
     if n == 0:
         return
-    cdef const real* xp = &X[0]
-    cdef real* op = &out[0]
-    cdef unsigned int k1 = <unsigned int>(key & 0xFFFFFFFFULL)
-    cdef unsigned int k2 = <unsigned int>(key >> 32)
-    cdef int keep_all = threshold >= 4294967296ULL
-    cdef unsigned int thr = <unsigned int>(threshold if not keep_all else 0)
-    cdef real sc = <real>scale
-    cdef int nt = _threads(n, n_threads)
-    if nt == 1:
-        with nogil:
-            _dropout(xp, k1, k2, thr, keep_all, sc, op, 0, n)
-        return
-    per = _per(n, nt, 64)
-    for c in prange(nt, nogil=True, num_threads=nt, schedule="static"):
-        s0 = c * per
-        s1 = min(n, s0 + per)
-        if s0 < s1:
-            _dropout(xp, k1, k2, thr, keep_all, sc, op, s0, s1)
+    cdef const floating* xp = &X[0]
+    cdef floating* op = &out[0]
+    cdef uint32_t k1 = <uint32_t>(key & 0xFFFFFFFFULL)
+    cdef uint32_t k2 = <uint32_t>(key >> 32)
+    cdef bint keep_all = threshold >= 4294967296ULL
+    cdef uint32_t thr = 0 if keep_all else <uint32_t>threshold
+    cdef floating sc = <floating>scale
+    cdef int nw = _workers(n, n_threads, T_DROPOUT, n // 64)
+    with nogil:
+        if nw == 1:
+            _dropout_piece(xp, op, 0, n, k1, k2, thr, keep_all, sc)
+        else:
+            for c in prange(nw, num_threads=nw, schedule="static"):
+                _dropout_piece(xp, op, _cut64(n, nw, c), _cut64(n, nw, c + 1),
+                               k1, k2, thr, keep_all, sc)
 
 
-# --------------------------------------------------------------------------------
-# optimiser updates over one flat buffer; L2 folded into the first n_decay elements
-# --------------------------------------------------------------------------------
-
-cdef inline real _tiny(real x) noexcept nogil:
-    if real is float:
-        return FLT_MIN
-    else:
-        return DBL_MIN
-
-
-cdef inline real _flush(real x, real tiny) noexcept nogil:
-    """Zero below the smallest normal number: subnormal state never slows the update."""
-    return 0 if fabs_(x) < tiny else x
-
-
-cdef void _gd(real* w, const real* g, real lr, real l2, Py_ssize_t s0, Py_ssize_t s1) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(s0, s1):
-        w[i] = w[i] - lr * (g[i] + l2 * w[i])
-
-
-cdef void _momentum(real* w, const real* g, real* v, real lr, real beta, real ibc, real l2,
-                    Py_ssize_t s0, Py_ssize_t s1) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef real vi, tiny = _tiny(lr)
-    for i in range(s0, s1):
-        vi = _flush(beta * v[i] + (1 - beta) * (g[i] + l2 * w[i]), tiny)
-        v[i] = vi
-        w[i] = w[i] - lr * (vi * ibc)
-
-
-cdef void _rmsprop(real* w, const real* g, real* s, real lr, real beta, real eps, real l2,
-                   Py_ssize_t s0, Py_ssize_t s1) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef real gp, si, tiny = _tiny(lr)
-    for i in range(s0, s1):
-        gp = g[i] + l2 * w[i]
-        si = _flush(beta * s[i] + (1 - beta) * gp * gp, tiny)
-        s[i] = si
-        w[i] = w[i] - lr * gp / (sqrt_(si) + eps)
-
-
-cdef void _adam(real* w, const real* g, real* mm, real* v, real lr, real b1, real b2, real eps,
-                real ibc1, real ibc2, real l2, Py_ssize_t s0, Py_ssize_t s1) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef real gp, mi, vi, tiny = _tiny(lr)
-    for i in range(s0, s1):
-        gp = g[i] + l2 * w[i]
-        mi = _flush(b1 * mm[i] + (1 - b1) * gp, tiny)
-        vi = _flush(b2 * v[i] + (1 - b2) * gp * gp, tiny)
-        mm[i] = mi
-        v[i] = vi
-        w[i] = w[i] - lr * (mi * ibc1) / (sqrt_(vi * ibc2) + eps)
-
+# ==================================================================================
+# optimiser updates over one flat buffer; L2 on the first n_decay elements
+# ==================================================================================
 
 cdef enum:
     OPT_GD = 0
     OPT_MOMENTUM = 1
     OPT_RMSPROP = 2
     OPT_ADAM = 3
+    OPT_EWA = 4
+
+cdef struct Hyper:
+    int kind
+    double lr, beta1, beta2, eps, bc1, bc2, l2
+    Py_ssize_t n_decay
 
 
-cdef void _opt_range(int kind, real* w, const real* g, real* s1_, real* s2_, real* hp, real l2,
-                     Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    """hp: lr, beta1, beta2, eps, 1/bc1, 1/bc2."""
-    if a >= b:
+cdef void _gd_span(floating* w, const floating* g, Py_ssize_t L, const Hyper* h,
+                   bint decay) noexcept nogil:
+    cdef floating lr = <floating>h.lr, l2 = <floating>h.l2, gp
+    cdef Py_ssize_t k
+    for k in range(L):
+        gp = g[k]
+        if decay:
+            gp = gp + l2 * w[k]
+        w[k] = w[k] - lr * gp
+
+
+cdef void _momentum_span(floating* w, const floating* g, floating* v, Py_ssize_t L,
+                         const Hyper* h, bint decay) noexcept nogil:
+    cdef floating lr = <floating>h.lr, l2 = <floating>h.l2
+    cdef floating b1 = <floating>h.beta1, c1 = <floating>(1.0 - h.beta1), bc = <floating>h.bc1
+    cdef floating gp, vk
+    cdef Py_ssize_t k
+    for k in range(L):
+        gp = g[k]
+        if decay:
+            gp = gp + l2 * w[k]
+        vk = flush(b1 * v[k] + c1 * gp)
+        v[k] = vk
+        w[k] = w[k] - lr * (vk / bc)
+
+
+cdef void _rmsprop_span(floating* w, const floating* g, floating* s, Py_ssize_t L,
+                        const Hyper* h, bint decay) noexcept nogil:
+    cdef floating lr = <floating>h.lr, l2 = <floating>h.l2, eps = <floating>h.eps
+    cdef floating b2 = <floating>h.beta2, c2 = <floating>(1.0 - h.beta2)
+    cdef floating gp, sk
+    cdef Py_ssize_t k
+    for k in range(L):
+        gp = g[k]
+        if decay:
+            gp = gp + l2 * w[k]
+        sk = flush(b2 * s[k] + c2 * gp * gp)
+        s[k] = sk
+        w[k] = w[k] - lr * gp / (sqrt_(sk) + eps)
+
+
+cdef void _adam_span(floating* w, const floating* g, floating* m, floating* v, Py_ssize_t L,
+                     const Hyper* h, bint decay) noexcept nogil:
+    cdef floating lr = <floating>h.lr, l2 = <floating>h.l2, eps = <floating>h.eps
+    cdef floating b1 = <floating>h.beta1, c1 = <floating>(1.0 - h.beta1), bc1 = <floating>h.bc1
+    cdef floating b2 = <floating>h.beta2, c2 = <floating>(1.0 - h.beta2), bc2 = <floating>h.bc2
+    cdef floating gp, mk, vk
+    cdef Py_ssize_t k
+    for k in range(L):
+        gp = g[k]
+        if decay:
+            gp = gp + l2 * w[k]
+        mk = flush(b1 * m[k] + c1 * gp)
+        vk = flush(b2 * v[k] + c2 * gp * gp)
+        m[k] = mk
+        v[k] = vk
+        w[k] = w[k] - lr * (mk / bc1) / (sqrt_(vk / bc2) + eps)
+
+
+cdef void _ewa_span(floating* v, const floating* x, Py_ssize_t L, const Hyper* h) noexcept nogil:
+    cdef floating b = <floating>h.beta1, c = <floating>(1.0 - h.beta1)
+    cdef Py_ssize_t k
+    for k in range(L):
+        v[k] = b * v[k] + c * x[k]
+
+
+cdef void _opt_span(floating* w, const floating* g, floating* s1, floating* s2,
+                    Py_ssize_t i0, Py_ssize_t i1, const Hyper* h, bint decay) noexcept nogil:
+    if i0 >= i1:
         return
-    if kind == OPT_GD:
-        _gd(w, g, hp[0], l2, a, b)
-    elif kind == OPT_MOMENTUM:
-        _momentum(w, g, s1_, hp[0], hp[1], hp[4], l2, a, b)
-    elif kind == OPT_RMSPROP:
-        _rmsprop(w, g, s1_, hp[0], hp[1], hp[3], l2, a, b)
+    cdef Py_ssize_t L = i1 - i0
+    if h.kind == OPT_GD:
+        _gd_span(w + i0, g + i0, L, h, decay)
+    elif h.kind == OPT_MOMENTUM:
+        _momentum_span(w + i0, g + i0, s1 + i0, L, h, decay)
+    elif h.kind == OPT_RMSPROP:
+        _rmsprop_span(w + i0, g + i0, s1 + i0, L, h, decay)
+    elif h.kind == OPT_ADAM:
+        _adam_span(w + i0, g + i0, s1 + i0, s2 + i0, L, h, decay)
     else:
-        _adam(w, g, s1_, s2_, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5], l2, a, b)
+        _ewa_span(w + i0, g + i0, L, h)
 
 
-cdef void _opt_chunk(int kind, real* w, const real* g, real* s1_, real* s2_, real* hp, real l2,
-                     Py_ssize_t n_decay, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    _opt_range(kind, w, g, s1_, s2_, hp, l2, a, min(b, n_decay))
-    _opt_range(kind, w, g, s1_, s2_, hp, 0, max(a, n_decay), b)
+cdef void _opt_piece(floating* w, const floating* g, floating* s1, floating* s2,
+                     Py_ssize_t i0, Py_ssize_t i1, const Hyper* h) noexcept nogil:
+    # optimiser state never turns subnormal; plain GD and the EWA keep IEEE semantics
+    cdef bint ftz = h.kind == OPT_MOMENTUM or h.kind == OPT_RMSPROP or h.kind == OPT_ADAM
+    cdef unsigned int csr = fn_ftz_enter() if ftz else 0
+    cdef Py_ssize_t nd = h.n_decay if h.l2 != 0.0 else 0
+    _opt_span(w, g, s1, s2, i0, min(i1, nd), h, True)
+    _opt_span(w, g, s1, s2, max(i0, nd), i1, h, False)
+    if ftz:
+        fn_ftz_exit(csr)
 
 
-cdef void _opt(int kind, real* w, const real* g, real* s1_, real* s2_, real* hp, real l2,
-               Py_ssize_t n_decay, Py_ssize_t n, int n_threads) noexcept nogil:
-    cdef int nt = _threads(n, n_threads)
-    cdef Py_ssize_t per, c, a, b
-    if nt == 1:
-        _opt_chunk(kind, w, g, s1_, s2_, hp, l2, n_decay, 0, n)
-        return
-    per = _per(n, nt, 64)
-    for c in prange(nt, num_threads=nt, schedule="static"):
-        a = c * per
-        b = min(n, a + per)
-        if a < b:
-            _opt_chunk(kind, w, g, s1_, s2_, hp, l2, n_decay, a, b)
+cdef void _opt(floating* w, const floating* g, floating* s1, floating* s2, Py_ssize_t n,
+               const Hyper* h, int n_threads, Py_ssize_t threshold) noexcept nogil:
+    cdef int nw = _workers(n, n_threads, threshold, n // 64)
+    cdef Py_ssize_t c
+    if nw == 1:
+        _opt_piece(w, g, s1, s2, 0, n, h)
+    else:
+        for c in prange(nw, num_threads=nw, schedule="static"):
+            _opt_piece(w, g, s1, s2, _cut64(n, nw, c), _cut64(n, nw, c + 1), h)
 
 
-def gd_update(real[::1] w, const real[::1] g, double lr, double l2, Py_ssize_t n_decay, int n_threads):
-    """w -= lr * (g + l2 w[:n_decay]); w IN/OUT, g IN."""
+cdef inline Py_ssize_t _clip(Py_ssize_t n_decay, Py_ssize_t n) noexcept nogil:
+    return 0 if n_decay < 0 else (n if n_decay > n else n_decay)
+
+
+def gd_update(floating[::1] w,        # IN/OUT (P,)
+              const floating[::1] g,  # IN     (P,)
+              double lr, double l2, Py_ssize_t n_decay,
+              int n_threads):
+    """w -= lr * g', g' = g + l2 * w on w[:n_decay]."""
     cdef Py_ssize_t n = w.shape[0]
-    cdef real hp[6]
     if n == 0:
         return
-    hp[0] = <real>lr
+    cdef Hyper h
+    h.kind = OPT_GD
+    h.lr = lr
+    h.l2 = l2
+    h.n_decay = _clip(n_decay, n)
     with nogil:
-        _opt(OPT_GD, &w[0], &g[0], NULL, NULL, hp, <real>l2, n_decay, n, n_threads)
+        _opt(&w[0], &g[0], <floating*>NULL, <floating*>NULL, n, &h, n_threads, T_ELEMENTWISE)
 
 
-def momentum_update(real[::1] w, const real[::1] g, real[::1] v, double lr, double beta, double bc,
-                    double l2, Py_ssize_t n_decay, int n_threads):
-    """v = beta v + (1-beta) g'; w -= lr v / bc; w, v IN/OUT, g IN."""
+def momentum_update(floating[::1] w,        # IN/OUT (P,)
+                    const floating[::1] g,  # IN     (P,)
+                    floating[::1] v,        # IN/OUT (P,)
+                    double lr, double beta, double bc, double l2, Py_ssize_t n_decay,
+                    int n_threads):
+    """v = beta v + (1 - beta) g'; w -= lr v / bc."""
     cdef Py_ssize_t n = w.shape[0]
-    cdef real hp[6]
     if n == 0:
         return
-    hp[0] = <real>lr
-    hp[1] = <real>beta
-    hp[4] = <real>(1.0 / bc)
+    cdef Hyper h
+    h.kind = OPT_MOMENTUM
+    h.lr = lr
+    h.beta1 = beta
+    h.bc1 = bc
+    h.l2 = l2
+    h.n_decay = _clip(n_decay, n)
     with nogil:
-        _opt(OPT_MOMENTUM, &w[0], &g[0], &v[0], NULL, hp, <real>l2, n_decay, n, n_threads)
+        _opt(&w[0], &g[0], &v[0], <floating*>NULL, n, &h, n_threads, T_OPTIMISER)
 
 
-def rmsprop_update(real[::1] w, const real[::1] g, real[::1] s, double lr, double beta, double eps,
-                   double l2, Py_ssize_t n_decay, int n_threads):
-    """s = beta s + (1-beta) g'^2; w -= lr g' / (sqrt(s) + eps); w, s IN/OUT, g IN."""
+def rmsprop_update(floating[::1] w,        # IN/OUT (P,)
+                   const floating[::1] g,  # IN     (P,)
+                   floating[::1] s,        # IN/OUT (P,)
+                   double lr, double beta, double eps, double l2, Py_ssize_t n_decay,
+                   int n_threads):
+    """s = beta s + (1 - beta) g'^2; w -= lr g' / (sqrt(s) + eps)."""
     cdef Py_ssize_t n = w.shape[0]
-    cdef real hp[6]
     if n == 0:
         return
-    hp[0] = <real>lr
-    hp[1] = <real>beta
-    hp[3] = <real>eps
+    cdef Hyper h
+    h.kind = OPT_RMSPROP
+    h.lr = lr
+    h.beta2 = beta
+    h.eps = eps
+    h.l2 = l2
+    h.n_decay = _clip(n_decay, n)
     with nogil:
-        _opt(OPT_RMSPROP, &w[0], &g[0], &s[0], NULL, hp, <real>l2, n_decay, n, n_threads)
+        _opt(&w[0], &g[0], &s[0], <floating*>NULL, n, &h, n_threads, T_OPTIMISER)
 
 
-def adam_update(real[::1] w, const real[::1] g, real[::1] m, real[::1] v, double lr, double beta1,
-                double beta2, double eps, double bc1, double bc2, double l2, Py_ssize_t n_decay,
+def adam_update(floating[::1] w,        # IN/OUT (P,)
+                const floating[::1] g,  # IN     (P,)
+                floating[::1] m,        # IN/OUT (P,)
+                floating[::1] v,        # IN/OUT (P,)
+                double lr, double beta1, double beta2, double eps, double bc1, double bc2,
+                double l2, Py_ssize_t n_decay,
                 int n_threads):
-    """Bias-corrected Adam, eps outside the sqrt; w, m, v IN/OUT, g IN."""
+    """Bias-corrected Adam, eps outside the square root."""
     cdef Py_ssize_t n = w.shape[0]
-    cdef real hp[6]
     if n == 0:
         return
-    hp[0] = <real>lr
-    hp[1] = <real>beta1
-    hp[2] = <real>beta2
-    hp[3] = <real>eps
-    hp[4] = <real>(1.0 / bc1)
-    hp[5] = <real>(1.0 / bc2)
+    cdef Hyper h
+    h.kind = OPT_ADAM
+    h.lr = lr
+    h.beta1 = beta1
+    h.beta2 = beta2
+    h.eps = eps
+    h.bc1 = bc1
+    h.bc2 = bc2
+    h.l2 = l2
+    h.n_decay = _clip(n_decay, n)
     with nogil:
-        _opt(OPT_ADAM, &w[0], &g[0], &m[0], &v[0], hp, <real>l2, n_decay, n, n_threads)
+        _opt(&w[0], &g[0], &m[0], &v[0], n, &h, n_threads, T_OPTIMISER)
 
 
-# --------------------------------------------------------------------------------
-# exponentially weighted average
-# --------------------------------------------------------------------------------
-
-def ewa_update(real[::1] v, const real[::1] x, double beta, int n_threads):
-    """v = beta v + (1 - beta) x; v IN/OUT, x IN."""
-    cdef Py_ssize_t n = v.shape[0], i
-    cdef real bt = <real>beta, om = <real>(1.0 - beta)
+def ewa_update(floating[::1] v,        # IN/OUT flat
+               const floating[::1] x,  # IN     flat
+               double beta,
+               int n_threads):
+    """v = beta v + (1 - beta) x."""
+    cdef Py_ssize_t n = v.shape[0]
+    if n == 0:
+        return
+    cdef Hyper h
+    h.kind = OPT_EWA
+    h.beta1 = beta
+    h.l2 = 0.0
+    h.n_decay = 0
     with nogil:
-        for i in range(n):
-            v[i] = bt * v[i] + om * x[i]
+        _opt(&v[0], &x[0], <floating*>NULL, <floating*>NULL, n, &h, n_threads, T_ELEMENTWISE)
 
 
-# --------------------------------------------------------------------------------
+# ==================================================================================
 # batch norm
-# --------------------------------------------------------------------------------
+# ==================================================================================
 
-cdef void _bn_stats(const real* Z, double eps, real* mean, real* var, real* invstd,
-                    Py_ssize_t m, Py_ssize_t n, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
-    cdef Py_ssize_t i, j
-    cdef double s, q, mu, d
-    for j in range(c0, c1):
-        s = 0
-        for i in range(m):
-            s += Z[i * n + j]
-        mu = s / m
-        q = 0
-        for i in range(m):
-            d = Z[i * n + j] - mu
-            q += d * d
-        mean[j] = <real>mu
-        var[j] = <real>(q / m)
-        invstd[j] = <real>(1.0 / sqrt(q / m + eps))
+cdef int _column_blocks(Py_ssize_t m, Py_ssize_t n, int n_threads, Py_ssize_t* width,
+                        Py_ssize_t* blocks) noexcept nogil:
+    """Threads and column blocks (at most CB wide, 16-aligned) of a column-wise kernel."""
+    cdef int nw = _workers(m * n, n_threads, T_ELEMENTWISE, (n + 15) // 16)
+    cdef Py_ssize_t w = CB
+    if nw > 1:
+        w = ((n + nw - 1) // nw + 15) // 16 * 16
+        w = CB if w > CB else w
+    width[0] = w
+    blocks[0] = (n + w - 1) // w
+    return nw
 
 
-cdef void _bn_apply(const real* Z, const real* gamma, const real* beta, const real* mean,
-                    const real* invstd, real* xhat, real* out, Py_ssize_t r0, Py_ssize_t r1,
-                    Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i, j
-    cdef real xh
-    for i in range(r0, r1):
+cdef void _bn_train_block(const floating* Z, const floating* gamma, const floating* beta,
+                          double eps, floating* xhat, floating* out, floating* mean,
+                          floating* var, floating* invstd, Py_ssize_t m, Py_ssize_t n,
+                          Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    cdef double acc[CB]
+    cdef double mu[CB]
+    cdef Py_ssize_t i, j, w = j1 - j0
+    cdef const floating* z
+    cdef const floating* ga = gamma + j0
+    cdef const floating* be = beta + j0
+    cdef floating* me = mean + j0
+    cdef floating* iv = invstd + j0
+    cdef floating* xh
+    cdef floating* ou
+    cdef floating vr, x
+    cdef double d
+    for j in range(w):
+        acc[j] = 0
+    for i in range(m):
+        z = Z + i * n + j0
+        for j in range(w):
+            acc[j] += z[j]
+    for j in range(w):
+        mu[j] = acc[j] / m
+        acc[j] = 0
+    for i in range(m):
+        z = Z + i * n + j0
+        for j in range(w):
+            d = <double>z[j] - mu[j]
+            acc[j] += d * d
+    for j in range(w):
+        me[j] = <floating>mu[j]
+        vr = <floating>(acc[j] / m)
+        var[j0 + j] = vr
+        iv[j] = <floating>(1.0 / sqrt(<double>vr + eps))
+    for i in range(m):
+        z = Z + i * n + j0
+        xh = xhat + i * n + j0
+        ou = out + i * n + j0
+        for j in range(w):
+            x = (z[j] - me[j]) * iv[j]
+            xh[j] = x
+            ou[j] = ga[j] * x + be[j]
+
+
+def batchnorm_forward_train(const floating[:, ::1] Z,   # IN  (m, n), m >= 1
+                            const floating[::1] gamma,  # IN  (n,)
+                            const floating[::1] beta,   # IN  (n,)
+                            double eps,
+                            floating[:, ::1] xhat,      # OUT (m, n)
+                            floating[:, ::1] out,       # OUT (m, n)
+                            floating[::1] mean,         # OUT (n,)
+                            floating[::1] var,          # OUT (n,) biased
+                            floating[::1] invstd,       # OUT (n,)
+                            int n_threads):
+    """Batch statistics per column; xhat = (Z - mean) * invstd; out = gamma * xhat + beta."""
+    cdef Py_ssize_t m = Z.shape[0], n = Z.shape[1], width, blocks, c, j
+    if n == 0:
+        return
+    if m == 0:  # the mean of nothing, as numpy says
         for j in range(n):
-            xh = (Z[i * n + j] - mean[j]) * invstd[j]
-            xhat[i * n + j] = xh
-            out[i * n + j] = gamma[j] * xh + beta[j]
-
-
-def batchnorm_forward_train(const real[:, ::1] Z,      # IN  (m, n), m >= 1
-                            const real[::1] gamma,     # IN  (n,)
-                            const real[::1] beta,      # IN  (n,)
-                            double eps,
-                            real[:, ::1] xhat,         # OUT (m, n)
-                            real[:, ::1] out,          # OUT (m, n)
-                            real[::1] mean,            # OUT (n,)
-                            real[::1] var,             # OUT (n,) biased
-                            real[::1] invstd,          # OUT (n,)
-                            int n_threads):
-    cdef Py_ssize_t m = Z.shape[0], n = Z.shape[1], per, c, a, b
-    if m == 0 or n == 0:
+            mean[j] = NAN
+            var[j] = NAN
+            invstd[j] = NAN
         return
-    cdef const real* zp = &Z[0, 0]
-    cdef real* mp = &mean[0]
-    cdef real* vp = &var[0]
-    cdef real* ip = &invstd[0]
-    cdef int nt = _threads(m * n, n_threads)
-    if nt == 1 or n < 32:
-        with nogil:
-            _bn_stats(zp, eps, mp, vp, ip, m, n, 0, n)
-    else:
-        per = _per(n, nt, 16)
-        for c in prange(nt, nogil=True, num_threads=nt, schedule="static"):
-            a = c * per
-            b = min(n, a + per)
-            if a < b:
-                _bn_stats(zp, eps, mp, vp, ip, m, n, a, b)
-    if nt == 1 or m < 2:
-        with nogil:
-            _bn_apply(zp, &gamma[0], &beta[0], mp, ip, &xhat[0, 0], &out[0, 0], 0, m, n)
-        return
-    per = _per(m, nt, 1)
-    for c in prange(nt, nogil=True, num_threads=nt, schedule="static"):
-        a = c * per
-        b = min(m, a + per)
-        if a < b:
-            _bn_apply(zp, &gamma[0], &beta[0], mp, ip, &xhat[0, 0], &out[0, 0], a, b, n)
-
-
-def batchnorm_forward_infer(const real[:, ::1] Z,            # IN  (m, n)
-                            const real[::1] gamma,           # IN
-                            const real[::1] beta,            # IN
-                            const real[::1] running_mean,    # IN
-                            const real[::1] running_var,     # IN
-                            double eps,
-                            real[:, ::1] out,                # OUT (m, n), may alias Z
-                            int n_threads):
-    cdef Py_ssize_t m = Z.shape[0], n = Z.shape[1], i, j
-    cdef real inv
+    cdef const floating* zp = &Z[0, 0]
+    cdef const floating* gp = &gamma[0]
+    cdef const floating* bp = &beta[0]
+    cdef floating* xp = &xhat[0, 0]
+    cdef floating* op = &out[0, 0]
+    cdef floating* mp = &mean[0]
+    cdef floating* vp = &var[0]
+    cdef floating* ip = &invstd[0]
+    cdef int nw = _column_blocks(m, n, n_threads, &width, &blocks)
     with nogil:
-        for i in range(m):
-            for j in range(n):
-                inv = <real>(1.0 / sqrt(<double>running_var[j] + eps))
-                out[i, j] = gamma[j] * ((Z[i, j] - running_mean[j]) * inv) + beta[j]
+        if nw == 1:
+            for c in range(blocks):
+                _bn_train_block(zp, gp, bp, eps, xp, op, mp, vp, ip, m, n,
+                                c * width, min(n, c * width + width))
+        else:
+            for c in prange(blocks, num_threads=nw, schedule="static"):
+                _bn_train_block(zp, gp, bp, eps, xp, op, mp, vp, ip, m, n,
+                                c * width, min(n, c * width + width))
 
 
-cdef void _bn_grad_cols(const real* dout, const real* xhat, real* dgamma, real* dbeta,
-                        Py_ssize_t m, Py_ssize_t n, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
-    cdef Py_ssize_t i, j
-    cdef double sb, sg
-    for j in range(c0, c1):
-        sb = 0
-        sg = 0
-        for i in range(m):
-            sb += dout[i * n + j]
-            sg += dout[i * n + j] * xhat[i * n + j]
-        dbeta[j] = <real>sb
-        dgamma[j] = <real>sg
+cdef void _bn_infer_rows(const floating* Z, const floating* gamma, const floating* beta,
+                         const floating* rmean, const floating* rvar, double eps, floating* out,
+                         Py_ssize_t n, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    cdef floating inv[CB]
+    cdef Py_ssize_t i, j, j0, w
+    cdef const floating* z
+    cdef floating* o
+    j0 = 0
+    while j0 < n:
+        w = CB if n - j0 > CB else n - j0
+        for j in range(w):
+            inv[j] = <floating>(1.0 / sqrt(<double>rvar[j0 + j] + eps))
+        for i in range(r0, r1):
+            z = Z + i * n + j0
+            o = out + i * n + j0
+            for j in range(w):
+                o[j] = gamma[j0 + j] * ((z[j] - rmean[j0 + j]) * inv[j]) + beta[j0 + j]
+        j0 += w
 
 
-cdef void _bn_dz_rows(const real* dout, const real* xhat, const real* gamma, const real* invstd,
-                      const real* dgamma, const real* dbeta, real* dZ, real inv_m,
-                      Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i, j
-    for i in range(r0, r1):
-        for j in range(n):
-            dZ[i * n + j] = (gamma[j] * invstd[j]) * (
-                dout[i * n + j] - dbeta[j] * inv_m - xhat[i * n + j] * (dgamma[j] * inv_m))
-
-
-def batchnorm_backward(const real[:, ::1] dout,    # IN  (m, n)
-                       const real[:, ::1] xhat,    # IN  (m, n)
-                       const real[::1] gamma,      # IN  (n,)
-                       const real[::1] invstd,     # IN  (n,)
-                       real[:, ::1] dZ,            # OUT (m, n), may alias dout
-                       real[::1] dgamma,           # OUT (n,)
-                       real[::1] dbeta,            # OUT (n,)
-                       int n_threads):
-    cdef Py_ssize_t m = dout.shape[0], n = dout.shape[1], per, c, a, b
+def batchnorm_forward_infer(const floating[:, ::1] Z,          # IN  (m, n)
+                            const floating[::1] gamma,         # IN  (n,)
+                            const floating[::1] beta,          # IN  (n,)
+                            const floating[::1] running_mean,  # IN  (n,)
+                            const floating[::1] running_var,   # IN  (n,)
+                            double eps,
+                            floating[:, ::1] out,              # OUT (m, n), may alias Z
+                            int n_threads):
+    """out = gamma * (Z - running_mean) / sqrt(running_var + eps) + beta."""
+    cdef Py_ssize_t m = Z.shape[0], n = Z.shape[1], c
     if m == 0 or n == 0:
         return
-    cdef const real* dp = &dout[0, 0]
-    cdef const real* xp = &xhat[0, 0]
-    cdef real* dgp = &dgamma[0]
-    cdef real* dbp = &dbeta[0]
-    cdef real inv_m = <real>(1.0 / m)
-    cdef int nt = _threads(m * n, n_threads)
-    if nt == 1 or n < 32:
-        with nogil:
-            _bn_grad_cols(dp, xp, dgp, dbp, m, n, 0, n)
-    else:
-        per = _per(n, nt, 16)
-        for c in prange(nt, nogil=True, num_threads=nt, schedule="static"):
-            a = c * per
-            b = min(n, a + per)
-            if a < b:
-                _bn_grad_cols(dp, xp, dgp, dbp, m, n, a, b)
-    if nt == 1 or m < 2:
-        with nogil:
-            _bn_dz_rows(dp, xp, &gamma[0], &invstd[0], dgp, dbp, &dZ[0, 0], inv_m, 0, m, n)
+    cdef const floating* zp = &Z[0, 0]
+    cdef const floating* gp = &gamma[0]
+    cdef const floating* bp = &beta[0]
+    cdef const floating* rm = &running_mean[0]
+    cdef const floating* rv = &running_var[0]
+    cdef floating* op = &out[0, 0]
+    cdef int nw = _workers(m * n, n_threads, T_ELEMENTWISE, m)
+    with nogil:
+        if nw == 1:
+            _bn_infer_rows(zp, gp, bp, rm, rv, eps, op, n, 0, m)
+        else:
+            for c in prange(nw, num_threads=nw, schedule="static"):
+                _bn_infer_rows(zp, gp, bp, rm, rv, eps, op, n, _cut(m, nw, c), _cut(m, nw, c + 1))
+
+
+cdef void _bn_backward_block(const floating* dout, const floating* xhat, const floating* gamma,
+                             const floating* invstd, floating* dZ, floating* dgamma,
+                             floating* dbeta, Py_ssize_t m, Py_ssize_t n, Py_ssize_t j0,
+                             Py_ssize_t j1) noexcept nogil:
+    cdef double sb[CB]
+    cdef double sg[CB]
+    cdef floating c1[CB]
+    cdef floating mb[CB]
+    cdef floating mg[CB]
+    cdef Py_ssize_t i, j, w = j1 - j0
+    cdef const floating* d
+    cdef const floating* x
+    cdef floating* dz
+    cdef floating mf = <floating>m, db, dg
+    for j in range(w):
+        sb[j] = 0
+        sg[j] = 0
+    for i in range(m):
+        d = dout + i * n + j0
+        x = xhat + i * n + j0
+        for j in range(w):
+            sb[j] += d[j]
+            sg[j] += d[j] * x[j]
+    for j in range(w):
+        db = <floating>sb[j]
+        dg = <floating>sg[j]
+        dbeta[j0 + j] = db
+        dgamma[j0 + j] = dg
+        c1[j] = gamma[j0 + j] * invstd[j0 + j]
+        mb[j] = db / mf
+        mg[j] = dg / mf
+    for i in range(m):
+        d = dout + i * n + j0
+        x = xhat + i * n + j0
+        dz = dZ + i * n + j0
+        for j in range(w):
+            dz[j] = c1[j] * ((d[j] - mb[j]) - x[j] * mg[j])
+
+
+def batchnorm_backward(const floating[:, ::1] dout,  # IN  (m, n)
+                       const floating[:, ::1] xhat,  # IN  (m, n)
+                       const floating[::1] gamma,    # IN  (n,)
+                       const floating[::1] invstd,   # IN  (n,)
+                       floating[:, ::1] dZ,          # OUT (m, n), may alias dout
+                       floating[::1] dgamma,         # OUT (n,)
+                       floating[::1] dbeta,          # OUT (n,)
+                       int n_threads):
+    """dbeta = sum(dout); dgamma = sum(dout xhat); dZ = gamma invstd (dout - dbeta/m - xhat dgamma/m)."""
+    cdef Py_ssize_t m = dout.shape[0], n = dout.shape[1], width, blocks, c, j
+    if n == 0:
         return
-    per = _per(m, nt, 1)
-    for c in prange(nt, nogil=True, num_threads=nt, schedule="static"):
-        a = c * per
-        b = min(m, a + per)
-        if a < b:
-            _bn_dz_rows(dp, xp, &gamma[0], &invstd[0], dgp, dbp, &dZ[0, 0], inv_m, a, b, n)
+    if m == 0:
+        for j in range(n):
+            dgamma[j] = 0
+            dbeta[j] = 0
+        return
+    cdef const floating* dp = &dout[0, 0]
+    cdef const floating* xp = &xhat[0, 0]
+    cdef const floating* gp = &gamma[0]
+    cdef const floating* ip = &invstd[0]
+    cdef floating* dzp = &dZ[0, 0]
+    cdef floating* dgp = &dgamma[0]
+    cdef floating* dbp = &dbeta[0]
+    cdef int nw = _column_blocks(m, n, n_threads, &width, &blocks)
+    with nogil:
+        if nw == 1:
+            for c in range(blocks):
+                _bn_backward_block(dp, xp, gp, ip, dzp, dgp, dbp, m, n,
+                                   c * width, min(n, c * width + width))
+        else:
+            for c in prange(blocks, num_threads=nw, schedule="static"):
+                _bn_backward_block(dp, xp, gp, ip, dzp, dgp, dbp, m, n,
+                                   c * width, min(n, c * width + width))
+
+
+# ==================================================================================
+# the point functions, applied element-wise: for the parity tests only
+# ==================================================================================
+
+def point(str name, const floating[::1] x, double slope, floating[::1] out):
+    """out[i] = <name>(x[i]) with the compiled point function of that name."""
+    cdef Py_ssize_t i, n = x.shape[0]
+    cdef floating s = <floating>slope
+    if name == "sigmoid":
+        for i in range(n):
+            out[i] = sigmoid(x[i])
+    elif name == "sigmoid_grad":
+        for i in range(n):
+            out[i] = sigmoid_grad(x[i])
+    elif name == "tanh":
+        for i in range(n):
+            out[i] = tanh(x[i])
+    elif name == "tanh_grad":
+        for i in range(n):
+            out[i] = tanh_grad(x[i])
+    elif name == "relu":
+        for i in range(n):
+            out[i] = relu(x[i])
+    elif name == "relu_grad":
+        for i in range(n):
+            out[i] = relu_grad(x[i])
+    elif name == "leaky_relu":
+        for i in range(n):
+            out[i] = leaky_relu(x[i], s)
+    elif name == "leaky_relu_grad":
+        for i in range(n):
+            out[i] = leaky_relu_grad(x[i], s)
+    elif name == "flush":
+        for i in range(n):
+            out[i] = flush(x[i])
+    else:
+        raise ValueError(f"no point function {name!r}")
+
+
+def point_hash(const uint64_t[::1] i, uint64_t key, uint32_t[::1] out):
+    """out = dropout_hash(i, key), the compiled point function."""
+    cdef Py_ssize_t k
+    cdef uint32_t k1 = <uint32_t>(key & 0xFFFFFFFFULL), k2 = <uint32_t>(key >> 32)
+    for k in range(i.shape[0]):
+        out[k] = dropout_hash(i[k], k1, k2)
+
+
+def point_fmix32(const uint32_t[::1] h, uint32_t[::1] out):
+    """out = fmix32(h), the compiled point function."""
+    cdef Py_ssize_t k
+    for k in range(h.shape[0]):
+        out[k] = fmix32(h[k])

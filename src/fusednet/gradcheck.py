@@ -13,30 +13,46 @@ statistics), always in float64, and the check reports
 .. math::
 
     \text{difference} = \frac{\lVert d\theta_{approx} - d\theta \rVert_2}
-                             {\lVert d\theta_{approx} \rVert_2 + \lVert d\theta \rVert_2}.
+                             {\lVert d\theta_{approx} \rVert_2 + \lVert d\theta \rVert_2}
 
-**Batched.**  The 2P perturbed costs are not 2P forward passes.  A
-perturbation of one weight leaves every layer below it unchanged, and changes
-the perturbed layer's pre-activation in one column only (a rank-one update:
-``Z[:, j] += eps * A_prev[:, i]``).  So the layers below are computed once, and
-the perturbed layer and everything above it are evaluated for a whole block of
-perturbations at once, stacked along a leading axis, with one BLAS matrix
-product per layer for the block.  The numeric side is thus an independent
-forward evaluation of the cost: a wrong backward pass cannot hide behind it.
+read as the course reads it: below 1e-7 "great", below 1e-5 "ok", below 1e-3
+"worry", else "wrong".  When it looks wrong, :attr:`GradCheck.worst` names the
+coordinates where the two gradients differ most, so the bug can be found.
+
+**Batched.**  The 2P perturbed costs are not 2P forward passes.  By default
+they are evaluated by one compiled kernel, in parallel over the coordinates
+(:mod:`fusednet.kernels._gradcheck_numba`): it walks the model's plain-data
+layer plan (:meth:`fusednet.Sequential.plan`) over the flat parameter arena,
+reuses the unperturbed values of every layer below the perturbed one (one
+reference forward pass, the *tape*), updates rather than recomputes the layers
+just above it, and recomputes the rest (batch norm with the perturbed batch's
+statistics).  It shares no code with the model's backward pass, so a wrong
+backward cannot hide behind it.  ``backend="numpy"`` runs the course's own
+loop instead: set one coordinate to ``theta + eps``, then ``theta - eps``,
+evaluating the model's cost each time.
 """
+
+import numbers
 
 import numpy as np
 
-from .kernels import _codes
-from .kernels import reference as _ref
+from . import kernels as _kernels
+from .model import as_2d
 
+__all__ = ["gradcheck", "GradCheck", "verdict_of", "VERDICTS"]
+
+#: (upper bound, verdict) in increasing order; anything else is "wrong"
 VERDICTS = ((1e-7, "great"), (1e-5, "ok"), (1e-3, "worry"))
 
-__all__ = ["gradcheck", "GradCheck", "verdict_of"]
+#: the evaluators of the numeric side
+EVALUATORS = ("numba", "numpy")
 
 
 def verdict_of(difference):
-    """The course's reading of a difference: "great" < 1e-7, "ok" < 1e-5, "worry" < 1e-3, else "wrong"."""
+    """The course's reading of a difference: "great" < 1e-7, "ok" < 1e-5, "worry" < 1e-3, else "wrong".
+
+    NaN or inf reads "wrong".
+    """
     if not np.isfinite(difference):
         return "wrong"
     for bound, word in VERDICTS:
@@ -51,11 +67,14 @@ class GradCheck:
     Attributes
     ----------
     difference : float
-        ``||approx - grad||_2 / (||approx||_2 + ||grad||_2)`` over the checked coordinates.
+        ``||numeric - analytic||_2 / (||numeric||_2 + ||analytic||_2)`` over the
+        checked coordinates (0 when both are zero; NaN when either holds NaN).
     verdict : str
-        "great" | "ok" | "worry" | "wrong".
+        "great" (< 1e-7) | "ok" (< 1e-5) | "worry" (< 1e-3) | "wrong".
     worst : list of (name, index, numeric, analytic)
-        The coordinates with the largest ``|numeric - analytic|``, largest first.
+        The coordinates with the largest ``|numeric - analytic|``, largest
+        first (NaN first of all); ``index`` is a tuple index into that
+        parameter's array, e.g. ``("dense_1.W", (3, 0), 0.0123, 0.0246)``.
     numeric, analytic : numpy.ndarray
         float64, one entry per checked coordinate, in parameter order.
     names : list of str
@@ -65,22 +84,30 @@ class GradCheck:
     n_checked : int
     eps : float
     cost : float
-        ``J`` at the unperturbed parameters (float64).
+        ``J`` at the unperturbed parameters (float64, L2 term included).
+    backend : str
+        The evaluator of the numeric side, "numba" or "numpy".
     """
 
-    def __init__(self, numeric, analytic, names, indices, eps, cost, top=10):
+    def __init__(self, numeric, analytic, names, indices, eps, cost, backend, top=10):
         self.numeric = numeric
         self.analytic = analytic
         self.names = names
         self.indices = indices
         self.eps = eps
         self.cost = cost
+        self.backend = backend
         self.n_checked = int(numeric.size)
-        num = np.linalg.norm(numeric - analytic)
-        den = np.linalg.norm(numeric) + np.linalg.norm(analytic)
-        self.difference = float(num / den) if den > 0 else 0.0
+        num = float(np.linalg.norm(numeric - analytic))
+        den = float(np.linalg.norm(numeric) + np.linalg.norm(analytic))
+        if not (np.isfinite(num) and np.isfinite(den)):
+            self.difference = float("nan")
+        else:
+            self.difference = num / den if den > 0 else 0.0
         self.verdict = verdict_of(self.difference)
-        order = np.argsort(-np.abs(numeric - analytic), kind="stable")[:top]
+        gap = np.abs(numeric - analytic)
+        gap[~np.isfinite(gap)] = np.inf
+        order = np.argsort(-gap, kind="stable")[:top]
         self.worst = [(names[i], indices[i], float(numeric[i]), float(analytic[i])) for i in order]
 
     def __repr__(self):
@@ -88,251 +115,306 @@ class GradCheck:
                 f"n_checked={self.n_checked}, eps={self.eps:g})")
 
     def __str__(self):
-        lines = [repr(self), "worst coordinates (name, index, numeric, analytic):"]
+        lines = [f"gradient check of {self.n_checked} coordinates, eps={self.eps:g}: "
+                 f"difference {self.difference:.3e} ({self.verdict})"]
+        if self.worst:
+            lines.append(f"  {'parameter':<24}{'numeric':>15}{'analytic':>15}{'|diff|':>11}")
         for name, index, num, ana in self.worst[:5]:
-            lines.append(f"  {name}{list(index)}  {num:+.6e}  {ana:+.6e}")
+            where = f"{name}[{', '.join(str(i) for i in index)}]"
+            lines.append(f"  {where:<24}{num:>+15.6e}{ana:>+15.6e}{abs(num - ana):>11.2e}")
         return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------
-# the cost of a float64 network, for a stack of perturbed copies at once
+# arguments and the analytic side
 # --------------------------------------------------------------------------
 
 
-def _activate(Z, act, slope):
-    """Hidden activation on any-shaped arrays (the reference point functions)."""
-    if act == _codes.LINEAR:
-        return Z
-    if act == _codes.SIGMOID:
-        return _ref.sigmoid(Z)
-    if act == _codes.TANH:
-        return _ref.tanh(Z)
-    if act == _codes.RELU:
-        return _ref.relu(Z)
-    if act == _codes.LEAKY_RELU:
-        return _ref.leaky_relu(Z, slope)
-    e = np.exp(Z - Z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+def _check_args(eps, sample, backend, top):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (np.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+    if sample is not None and (isinstance(sample, bool) or not isinstance(sample, numbers.Integral) or sample < 1):
+        raise ValueError(f"sample must be a positive int or None, got {sample!r}")
+    if isinstance(top, bool) or not isinstance(top, numbers.Integral) or top < 0:
+        raise ValueError(f"top must be an int >= 0, got {top!r}")
+    choices = (None, "auto") + EVALUATORS
+    if backend not in choices:
+        raise ValueError(f"backend must be one of {choices}, got {backend!r}")
 
 
-def _loss_sum(L, Y, loss):
-    """Sum over rows and units of the loss on logits ``L`` (..., m, k); reduced over the last two axes."""
-    if loss == _codes.MSE:
-        return 0.5 * np.sum((L - Y) ** 2, axis=(-2, -1))
-    if loss == _codes.BCE:
-        return np.sum(np.maximum(L, 0.0) - L * Y + np.log1p(np.exp(-np.abs(L))), axis=(-2, -1))
-    mx = L.max(axis=-1, keepdims=True)
-    lse = mx + np.log(np.exp(L - mx).sum(axis=-1, keepdims=True))
-    return np.sum(Y * (lse - L), axis=(-2, -1))
+def _evaluator(backend):
+    """The numeric side's evaluator: an explicit choice, else the process's backend, else the fastest."""
+    if backend is None:
+        backend = _kernels.get_backend()
+        if backend not in EVALUATORS:  # "auto", or "cython", which has no gradient-check kernel
+            backend = "auto"
+    if backend == "auto":
+        return "numba" if "numba" in _kernels.available() else "numpy"
+    if backend == "numba" and "numba" not in _kernels.available():
+        raise ValueError("backend='numba' is not available here (Numba is not installed); use 'numpy'")
+    return backend
 
 
-class _Net:
-    """A float64 network as a list of plain ops, with the base pass cached."""
+def _analytic(model, X64, y):
+    """``(float64 model, [(name, gradient)])``: the analytic side.
 
-    def __init__(self, model, X, Y):
-        params = dict(model.parameters())
-        self.l2 = float(model.l2)
-        self.m = X.shape[0]
-        self.Y = Y
-        ops = []
-        counts = {}
-        for layer in model.layers:
-            kind = type(layer).__name__
-            k = counts.get(kind, 0)
-            counts[kind] = k + 1
-            if kind == "Dense":
-                b = params.get(f"dense_{k}.b")
-                ops.append(["dense", f"dense_{k}", params[f"dense_{k}.W"], b, layer.act, layer.leaky_slope])
-            elif kind == "Activation":
-                ops.append(["act", None, layer.act, layer.leaky_slope])
-            elif kind == "BatchNorm":
-                ops.append(["bn", f"batchnorm_{k}", params[f"batchnorm_{k}.gamma"], params[f"batchnorm_{k}.beta"],
-                            layer.eps])
-            # Dropout is the identity here: gradient checking runs with dropout off
-        # the last op's activation is the output activation, taken by the loss on the logits
-        last = ops[-1]
-        self.loss = _codes.LOSS_OF_ACTIVATION[last[4] if last[0] == "dense" else last[2]]
-        self.ops = ops
-        self.W = [op[2] for op in ops if op[0] == "dense"]
-        # base pass: inputs of every op, and the pre-activation / normalised values
-        self.inputs, self.cache = [], []
-        A = X
-        for i, op in enumerate(ops):
-            self.inputs.append(A)
-            A, cache = self._op(i, A, stacked=False)
-            self.cache.append(cache)
-        self.logits = A
-        self.l2_sum = sum(float(np.sum(W * W)) for W in self.W)
-        self.base = self._cost(A[None], np.zeros(1))[0]
-
-    def _is_last(self, i):
-        return i == len(self.ops) - 1
-
-    def _op(self, i, A, stacked):
-        """Apply op ``i`` to ``A`` ((m, n) or a stack (K, m, n)); returns (out, cache)."""
-        op = self.ops[i]
-        if op[0] == "dense":
-            _, _, W, b, act, slope = op
-            shape = A.shape
-            Z = (A.reshape(-1, shape[-1]) @ W).reshape(shape[:-1] + (W.shape[1],))
-            if b is not None:
-                Z += b
-            out = Z if self._is_last(i) else _activate(Z, act, slope)
-            return out, Z
-        if op[0] == "act":
-            _, _, act, slope = op
-            return (A if self._is_last(i) else _activate(A, act, slope)), None
-        _, _, gamma, beta, eps = op
-        mean = A.mean(axis=-2, keepdims=True)
-        var = A.var(axis=-2, keepdims=True)
-        xhat = (A - mean) / np.sqrt(var + eps)
-        return gamma * xhat + beta, xhat
-
-    def _cost(self, logits, dl2):
-        """Mean loss of each stacked logits block plus the L2 term (with ``dl2`` added to ``sum W^2``)."""
-        J = _loss_sum(logits, self.Y, self.loss) / self.m
-        if self.l2:
-            J = J + self.l2 / (2 * self.m) * (self.l2_sum + dl2)
-        return J
+    A float64 model answers itself.  A float32 model is checked through a
+    float64 copy; if ``loss_and_grads`` was replaced on the model instance (a
+    wrapper, a planted bug), the change it makes to the model's own float32
+    gradients is carried onto the copy's, so the check still sees it.
+    """
+    if model.dtype == np.float64:
+        return model, list(model.loss_and_grads(X64, y)[1])
+    twin = model.copy(dtype="float64")
+    grads = list(twin.loss_and_grads(X64, y)[1])
+    if "loss_and_grads" in vars(model):
+        X32 = X64.astype(model.dtype)
+        patched = dict(model.loss_and_grads(X32, y)[1])
+        clean = dict(type(model).loss_and_grads(model, X32, y)[1])
+        grads = [(name, np.asarray(g, np.float64)
+                  + (np.asarray(patched[name], np.float64) - np.asarray(clean[name], np.float64)))
+                 for name, g in grads]
+    return twin, grads
 
 
-def _parameter_roles(net):
-    """``[(name, op index, role, array)]`` in the order of model.parameters()."""
+def _flat_gradients(subject, grads):
+    """``[(name, shape, flat float64 gradient)]`` in the order of ``subject.parameters()``."""
+    by_name = dict(grads)
     out = []
-    for i, op in enumerate(net.ops):
-        if op[0] == "dense":
-            out.append((f"{op[1]}.W", i, "W", op[2]))
-            if op[3] is not None:
-                out.append((f"{op[1]}.b", i, "b", op[3]))
-        elif op[0] == "bn":
-            out.append((f"{op[1]}.gamma", i, "gamma", op[2]))
-            out.append((f"{op[1]}.beta", i, "beta", op[3]))
+    for name, param in subject.parameters():
+        if name not in by_name:
+            raise ValueError(f"loss_and_grads returned no gradient for {name!r}")
+        g = np.asarray(by_name[name], dtype=np.float64)
+        if g.shape != param.shape:
+            raise ValueError(f"the gradient of {name!r} has shape {g.shape}, its parameter {param.shape}")
+        out.append((name, param.shape, g.reshape(-1)))
     return out
 
 
-def _numeric_batched(twin, X, Y, eps, coords, block_bytes=64 << 20):
-    net = _Net(twin, X, Y)
-    roles = {name: (i, role, arr) for name, i, role, arr in _parameter_roles(net)}
-    numeric = np.empty(len(coords))
-    width = max([X.shape[1]] + [op[2].shape[-1] for op in net.ops if op[0] != "act"])
-    per = max(1, block_bytes // (8 * 3 * X.shape[0] * width))
-    # group the coordinates by parameter, then evaluate in blocks of +eps/-eps pairs
-    pos = 0
-    while pos < len(coords):
-        name = coords[pos][0]
-        end = pos
-        while end < len(coords) and coords[end][0] == name and end - pos < per:
-            end += 1
-        i, role, arr = roles[name]
-        idx = np.array([c[1] for c in coords[pos:end]])
-        plus = _costs_many(net, i, role, arr, idx, eps)
-        minus = _costs_many(net, i, role, arr, idx, -eps)
-        numeric[pos:end] = (plus - minus) / (2 * eps)
-        pos = end
-    return numeric, net.base
+# --------------------------------------------------------------------------
+# the numeric side: compiled and batched, or the course's loop
+# --------------------------------------------------------------------------
 
 
-def _costs_many(net, i, role, arr, flat_indices, delta):
-    """Costs for each flat index of one parameter, perturbed by ``delta`` (vectorised over indices)."""
-    op = net.ops[i]
-    K = flat_indices.size
-    rows = np.arange(K)
-    dl2 = np.zeros(K)
-    if op[0] == "dense":
-        Z = np.broadcast_to(net.cache[i], (K,) + net.cache[i].shape).copy()
-        if role == "W":
-            r, col = np.unravel_index(flat_indices, arr.shape)
-            Z[rows, :, col] += delta * net.inputs[i][:, r].T
-            w = arr[r, col]
-            dl2 = (w + delta) ** 2 - w ** 2
-        else:
-            Z[rows, :, flat_indices] += delta
-        A = Z if net._is_last(i) else _activate(Z, op[4], op[5])
-    else:
-        xhat = net.cache[i]
-        A = np.broadcast_to(op[2] * xhat + op[3], (K,) + xhat.shape).copy()
-        if role == "gamma":
-            A[rows, :, flat_indices] += delta * xhat[:, flat_indices].T
-        else:
-            A[rows, :, flat_indices] += delta
-    for j in range(i + 1, len(net.ops)):
-        A, _ = net._op(j, A, stacked=True)
-    return net._cost(A, dl2)
+def _param_layout(plan, params):
+    """``[(layer, role, arena offset)]`` of each parameter of ``params``, from the plan.
+
+    Parameters are numbered in layer order (Dense: W then b; BatchNorm: gamma
+    then beta), the order of :meth:`Sequential.parameters`.
+    """
+    from .kernels import _gradcheck_numba as K
+
+    wanted = []
+    for i, row in enumerate(plan["ops"]):
+        op, n_in, n_out = int(row[0]), int(row[1]), int(row[2])
+        if op == K.DENSE:
+            wanted.append(("W", (n_in, n_out), i, K.ROLE_W, int(row[4])))
+            if row[5] >= 0:
+                wanted.append(("b", (n_out,), i, K.ROLE_B, int(row[5])))
+        elif op == K.BATCHNORM:
+            wanted.append(("gamma", (n_out,), i, K.ROLE_GAMMA, int(row[6])))
+            wanted.append(("beta", (n_out,), i, K.ROLE_BETA, int(row[7])))
+    if len(wanted) != len(params) or any(
+        not name.endswith("." + w[0]) or tuple(shape) != w[1] for (name, shape, _), w in zip(params, wanted)
+    ):
+        raise RuntimeError("the model's parameters do not follow its layer plan")
+    return [w[2:] for w in wanted]
 
 
-def _numeric_naive(twin, X, y, eps, coords):
-    """The course's loop: one perturbation, two full cost evaluations, per coordinate."""
-    params = dict(twin.parameters())
-    numeric = np.empty(len(coords))
-    for k, (name, flat) in enumerate(coords):
-        view = params[name].reshape(-1)
+def _tape(plan, P, X, Y):
+    """The unperturbed forward pass laid out for the compiled evaluator: ``(net, netf, tape, cost)``.
+
+    Run by the reference kernels (:mod:`fusednet.kernels.reference`) on rows
+    of examples, then stored by unit: ``tape`` is one float64 buffer holding
+    X and each layer's input, output and pre-activation as ``(n_units, m)``
+    blocks, ``net`` and ``netf`` the evaluator's tables (see its module
+    docstring), ``cost`` the mean loss (no L2 term).  The evaluator's costs
+    are differences from this pass, so it need not share its rounding.
+    """
+    from .kernels import _gradcheck_numba as K
+    from .kernels import reference as R
+
+    ops, fp = plan["ops"], plan["fparams"]
+    L = ops.shape[0]
+    net = np.full((L, 11), -1, np.int64)
+    net[:, :8] = ops[:, :8]
+    blocks = [X]  # (m, n) arrays, in tape order
+    size = X.size
+
+    def put(values):
+        nonlocal size
+        blocks.append(values)
+        size += values.size
+        return size - values.size
+
+    A, a_off = X, 0
+    for i in range(L):
+        op, n_in, n_out, act = (int(v) for v in ops[i, :4])
+        slope, eps = float(fp[i, 0]), float(fp[i, 3])
+        last = i == L - 1
+        net[i, K.T_IN] = a_off
+        if op == K.DENSE:
+            w, b = int(ops[i, 4]), int(ops[i, 5])
+            bias = P[b:b + n_out] if b >= 0 else np.zeros(n_out)
+            Z = np.dot(A, P[w:w + n_in * n_out].reshape(n_in, n_out)) + bias
+            net[i, K.T_PRE] = put(Z)
+            if last:
+                A, a_off = Z, net[i, K.T_PRE]
+            else:
+                A = np.empty_like(Z)
+                R.bias_act_forward(Z, np.zeros(n_out), act, slope, A, 1)
+                a_off = put(A)
+        elif op == K.BATCHNORM:
+            g, b = int(ops[i, 6]), int(ops[i, 7])
+            xhat, out = np.empty_like(A), np.empty_like(A)
+            stats = [np.empty(n_out) for _ in range(3)]
+            R.batchnorm_forward_train(A, P[g:g + n_out], P[b:b + n_out], eps, xhat, out, *stats, 1)
+            net[i, K.T_PRE] = put(xhat)
+            A, a_off = out, put(out)
+        elif op == K.ACTIVATION and not last:
+            out = np.empty_like(A)
+            R.bias_act_forward(A, np.zeros(n_out), act, slope, out, 1)
+            A, a_off = out, put(out)
+        net[i, K.T_OUT] = a_off  # a Dropout's, or the output Activation's, is its input
+    tape = np.concatenate([block.T.reshape(-1) for block in blocks])
+    cost = R.loss_forward(A, np.zeros(A.shape[1]), Y, int(plan["loss"]), np.empty_like(A), 1)
+    netf = np.ascontiguousarray(fp[:, [0, 3]])
+    return net, netf, tape, cost
+
+
+def _numeric_compiled(subject, X, y, eps, owner, flats, params):
+    """Numeric gradient and base cost by the compiled batched evaluator."""
+    import numba
+
+    from .kernels import _gradcheck_numba as K
+
+    plan = subject.plan()
+    P = np.ascontiguousarray(subject.state_dict()["params"], dtype=np.float64)
+    m = X.shape[0]
+    Y = np.ascontiguousarray(subject._targets(y, m, "y")[0], dtype=np.float64)
+    net, netf, tape, base = _tape(plan, P, X, Y)
+
+    layout = np.array(_param_layout(plan, params), np.int64).reshape(-1, 3)[owner]  # layer, role, offset
+    n_cols = np.array([shape[-1] for _, shape, _ in params], np.int64)[owner]
+    coords = np.ascontiguousarray(np.stack([layout[:, 0], layout[:, 1], flats // n_cols, flats % n_cols], axis=1))
+    w = P[layout[:, 2] + flats]
+    theta = np.stack([w + eps, w - eps], axis=1)  # the values the course's loop sets
+    deltas = theta - w[:, None]
+
+    n = flats.size
+    nt = max(1, min(_kernels.get_num_threads(), numba.get_num_threads(), n))
+    wmax = int(plan["ops"][:, 2].max())
+    scratch = np.zeros((nt, 2 * wmax * m + K.N_VECTORS * m))  # per thread, once per check
+    dloss = np.zeros(n)  # per coordinate: sum over the examples of loss(theta+) - loss(theta-)
+    if n:
+        K.perturbed_losses(net, netf, P, tape, np.ascontiguousarray(Y.T).reshape(-1), int(plan["loss"]), m,
+                           coords, deltas, dloss, scratch, nt)
+
+    # J = mean loss + lambd/(2m) sum ||W||^2, so J+ - J- = dloss/m + lambd/(2m) (w+^2 - w-^2) for a weight
+    l2 = float(subject.l2)
+    dreg = np.where(coords[:, 1] == K.ROLE_W, theta[:, 0] ** 2 - theta[:, 1] ** 2, 0.0)
+    numeric = (dloss / m + l2 / (2.0 * m) * dreg) / (2.0 * eps)
+    wseg = P[: plan["n_decay"]]
+    return numeric, base + l2 / (2.0 * m) * float(np.dot(wseg, wseg))
+
+
+def _numeric_loop(subject, X, y, eps, names, flats):
+    """The course's loop: per coordinate, set it to theta + eps, then theta - eps, evaluating J each time."""
+    twin = subject.copy()  # the numeric side never touches the model's own arrays
+    params = {name: arr.reshape(-1) for name, arr in twin.parameters()}
+    cost = twin._cost_of(X, y)  # forward only: the J(theta) of loss_and_grads, without its backward pass
+    numeric = np.empty(len(names))
+    for k, (name, flat) in enumerate(zip(names, flats)):
+        view = params[name]
         old = view[flat]
         view[flat] = old + eps
-        j_plus = twin.loss_and_grads(X, y)[0]
+        j_plus = cost()
         view[flat] = old - eps
-        j_minus = twin.loss_and_grads(X, y)[0]
+        j_minus = cost()
         view[flat] = old
-        numeric[k] = (j_plus - j_minus) / (2 * eps)
-    return numeric
+        numeric[k] = (j_plus - j_minus) / (2.0 * eps)
+    return numeric, float(cost())
 
 
-def gradcheck(model, X, y, eps=1e-7, *, sample=None, seed=0, method="batched", top=10):
-    """Check ``model``'s backpropagation against two-sided differences of its cost.
+def gradcheck(model, X, y, eps=1e-7, *, sample=None, seed=0, backend=None, top=10):
+    r"""Check ``model``'s backpropagation against two-sided differences of its cost.
+
+    .. math::
+
+        d\theta_{approx}[i] = \frac{J(\theta + \varepsilon e_i) - J(\theta - \varepsilon e_i)}{2\varepsilon},
+        \qquad
+        \text{difference} = \frac{\lVert d\theta_{approx} - d\theta\rVert_2}
+                                 {\lVert d\theta_{approx}\rVert_2 + \lVert d\theta\rVert_2}
+
+    ``J`` is the cost of a training step on all of ``X`` with dropout off: the
+    mean loss plus :math:`\frac{\lambda}{2m}\sum_l \|W^{[l]}\|_F^2`
+    (``m = len(X)``), batch norm on the batch's statistics.  ``dtheta`` is
+    ``model.loss_and_grads(X, y)``.  Everything is float64.
 
     Parameters
     ----------
     model : fusednet.Sequential
-        Its parameters are left unchanged.  A float32 model is checked through
-        a float64 copy (both sides).
+        Its parameters are left unchanged (an unbuilt model is built for X).
+        A float32 model is checked through a float64 copy.
     X : array (m, n_features)
-    y : labels, as for ``model.fit``
+    y : labels, as for :meth:`~fusednet.Sequential.loss_and_grads`
     eps : float, default 1e-7
-        The perturbation.
+        The perturbation :math:`\varepsilon`.
     sample : int, optional
-        Check only this many coordinates, drawn at random (large networks).
+        Check only this many coordinates, drawn at random without replacement
+        (for large networks); None checks every parameter.
     seed : int or numpy.random.Generator
         For ``sample``.
-    method : {"batched", "naive"}
-        "batched" (default) evaluates the perturbed costs in blocks, sharing the
-        layers below each perturbation; "naive" is the course's per-coordinate
-        loop of full cost evaluations (the reference).
+    backend : {None, "auto", "numba", "numpy"}
+        The numeric side's evaluator.  "numba": the compiled batched kernel;
+        "numpy": the course's per-coordinate loop over the model's own cost
+        (the reference).  None follows :func:`fusednet.set_backend` where it
+        names one of them, else "auto": "numba" when Numba is installed.
     top : int
         How many coordinates :attr:`GradCheck.worst` lists.
 
     Returns
     -------
     GradCheck
-    """
-    from .data import as_generator
+        ``difference``, ``verdict``, ``worst``, ``numeric``, ``analytic``, ...
 
-    if not (isinstance(eps, (int, float, np.floating)) and np.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
-    if method not in ("batched", "naive"):
-        raise ValueError(f"method must be 'batched' or 'naive', got {method!r}")
-    if sample is not None and (isinstance(sample, bool) or not isinstance(sample, (int, np.integer)) or sample < 1):
-        raise ValueError(f"sample must be a positive int or None, got {sample!r}")
-    subject = model if model.dtype == np.float64 else model.copy(dtype="float64")
-    X64 = np.ascontiguousarray(np.asarray(X, dtype=np.float64))
-    _, grads = subject.loss_and_grads(X64, y)  # analytic side; checks X and y, builds the model
-    twin = subject.copy()  # the numeric side never touches the model's own arrays
-    coords, analytic, names, indices = [], [], [], []
-    for name, g in grads:
-        for flat in range(g.size):
-            coords.append((name, flat))
-    if sample is not None and sample < len(coords):
-        rng = as_generator(seed)
-        keep = np.sort(rng.choice(len(coords), size=int(sample), replace=False))
-        coords = [coords[k] for k in keep]
-    gdict = dict(grads)
-    for name, flat in coords:
-        g = gdict[name]
-        analytic.append(float(g.reshape(-1)[flat]))
-        names.append(name)
-        indices.append(tuple(int(v) for v in np.unravel_index(flat, g.shape)))
-    Y, _ = twin._targets(y, X64.shape[0], "y")
-    if method == "naive":
-        numeric = _numeric_naive(twin, X64, y, float(eps), coords)
-        cost = twin.loss_and_grads(X64, y)[0]
+    .. warning::
+       The two-sided difference is exact to :math:`O(\varepsilon^2)` only where
+       the cost is smooth: a ReLU unit whose input crosses 0 within
+       :math:`\pm\varepsilon` gives a wrong numeric derivative, whatever the
+       backpropagation.  Libraries disagree on the normalisation of the
+       difference; this is the course's.
+    """
+    _check_args(eps, sample, backend, top)
+    evaluator = _evaluator(backend)
+    eps = float(eps)
+    X = as_2d(X)
+    if not model.built:
+        model.build(X.shape[1])
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    subject, grads = _analytic(model, X, y)  # checks X and y first
+    params = _flat_gradients(subject, grads)
+
+    # the coordinates to check, in parameter order: owner parameter and flat index in it
+    sizes = np.array([g.size for _, _, g in params], np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    which = np.arange(starts[-1])
+    if sample is not None and sample < which.size:
+        from .data import as_generator
+
+        which = np.sort(as_generator(seed).choice(which.size, size=int(sample), replace=False))
+    owner = np.searchsorted(starts, which, side="right") - 1
+    flats = which - starts[owner]
+    analytic = np.concatenate([g for _, _, g in params])[which]
+    names = [params[p][0] for p in owner]
+    indices = [None] * which.size
+    for p, (_, shape, _) in enumerate(params):
+        at = np.flatnonzero(owner == p)
+        for k, index in zip(at, zip(*(v.tolist() for v in np.unravel_index(flats[at], shape)))):
+            indices[k] = index
+
+    if evaluator == "numpy":
+        numeric, cost = _numeric_loop(subject, X, y, eps, names, flats.tolist())
     else:
-        numeric, cost = _numeric_batched(twin, X64, Y, float(eps), coords)
-    return GradCheck(numeric, np.array(analytic), names, indices, float(eps), float(cost), top=top)
+        numeric, cost = _numeric_compiled(subject, X, y, eps, owner, flats, params)
+    return GradCheck(numeric, analytic, names, indices, eps, float(cost), evaluator, top=int(top))

@@ -1047,6 +1047,27 @@ class Sequential:
             G[: self._n_decay] += (self._l2 / m) * self._wseg
         return float(J), [(name, G[o : o + int(np.prod(shape))].reshape(shape)) for name, o, shape in self._names]
 
+    def _cost_of(self, X, y):
+        """A function of no arguments giving the cost of :meth:`loss_and_grads` on ``X``, forward only.
+
+        ``X`` and ``y`` are checked and converted once; each call reads the
+        parameters as they are then (gradient checking's course loop).
+        """
+        X = self._check_X(X)
+        m = X.shape[0]
+        Y, _ = self._targets(y, m, "y", n_in=X.shape[1])
+        if self._has_bn() and m < 2:
+            raise ValueError("X has one row: BatchNorm needs at least 2 examples in a training batch")
+        self.build(X.shape[1])
+        Xb = np.ascontiguousarray(X, self.dtype)
+
+        def cost():
+            K = self._kernels()
+            v = self._workspace(m, train=True).views(m)
+            return float(self._forward_train(v, K, Xb, Y, None))
+
+        return cost
+
     def _has_bn(self):
         return any(isinstance(layer, BatchNorm) for layer in self.layers)
 
