@@ -91,6 +91,21 @@ def test_softmax_ce(benchmark, record, m, impl):
         record(K.resolve("loss_forward", impl), Z, b, Y, _codes.CCE, A, T())
 
 
+@pytest.mark.parametrize("m", [128, 10_000, 1_000_000])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_softmax_ce_backward(benchmark, record, m, impl):
+    _setup(benchmark, f"softmax+CE backward ({m}, 10)", impl)
+    rng = np.random.default_rng(0)
+    Z = rng.standard_normal((m, 10), dtype=np.float32)
+    A = np.exp(Z) / np.exp(Z).sum(axis=1, keepdims=True)
+    Y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, m)]
+    dZ, db = np.empty_like(A), np.empty(10, np.float32)
+    if impl == "textbook":
+        record(tb.softmax_cross_entropy_backward, A, Y)
+    else:
+        record(K.resolve("loss_backward", impl), A, Y, dZ, db, T())
+
+
 # ---------------------------------------------------------------- dropout
 
 
@@ -174,6 +189,78 @@ def test_momentum(benchmark, record, n, impl):
         record(K.resolve("momentum_update", impl), w, g, v, 1e-2, 0.9, 1.0, 0.0, 0, T())
 
 
+@pytest.mark.parametrize("n", [1_000, 100_000, 10_000_000])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gd(benchmark, record, n, impl):
+    _setup(benchmark, f"gd {n:.0e}", impl)
+    w, g, _, _ = _opt_arrays(n)
+    if impl == "textbook":
+        record(tb.gd_update, w, g)
+    else:
+        record(K.resolve("gd_update", impl), w, g, 1e-2, 0.0, 0, T())
+
+
+@pytest.mark.parametrize("n", [1_000, 100_000, 10_000_000])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_ewa(benchmark, record, n, impl):
+    _setup(benchmark, f"ewa {n:.0e}", impl)
+    _, x, v, _ = _opt_arrays(n)
+    if impl == "textbook":
+        record(tb.ewa_update, v, x)
+    else:
+        record(K.resolve("ewa_update", impl), v, x, 0.9, T())
+
+
+# ---------------------------------------------------------------- the machine's in-place update bandwidth
+#
+# The optimiser kernels at 10M elements are limited by memory traffic.  The
+# "bandwidth" entry of each group is the same traffic with no arithmetic to
+# speak of: a parallel loop that reads the same arrays and writes back the same
+# ones (``x += g * c`` with ``c = 0`` given at run time, so nothing folds away).
+# A kernel's median over this floor's median is its fraction of the in-place
+# update bandwidth; bytes per element: Adam 28 (w, m, v read and written, g
+# read), RMSProp and momentum 20.
+
+_FLOOR = {"adam": 3, "rmsprop": 2, "momentum": 2}  # arrays updated in place beside the read-only g
+
+
+def _floor_kernels():
+    from numba import njit, prange
+
+    @njit(parallel=True, cache=True)
+    def three(w, m, v, g, c):
+        for i in prange(w.size):
+            gi = g[i] * c
+            w[i] += gi
+            m[i] += gi
+            v[i] += gi
+
+    @njit(parallel=True, cache=True)
+    def two(w, v, g, c):
+        for i in prange(w.size):
+            gi = g[i] * c
+            w[i] += gi
+            v[i] += gi
+
+    return {3: three, 2: two}
+
+
+@pytest.mark.parametrize("opt", list(_FLOOR))
+def test_update_bandwidth(benchmark, record, opt):
+    n = 10_000_000
+    group = f"adam {n:.1e}" if opt == "adam" else f"{opt} {n:.0e}"
+    _setup(benchmark, group, "bandwidth")
+    w, g, m, v = _opt_arrays(n)
+    arrays = (w, m, v)[: _FLOOR[opt]]
+    before = [a.copy() for a in arrays]
+    record(_floor_kernels()[_FLOOR[opt]], *arrays, g, np.float32(0.0))
+    for a, b in zip(arrays, before):  # the floor really moved the bytes and changed nothing
+        np.testing.assert_array_equal(a, b)
+    if not benchmark.disabled:
+        nbytes = (2 * _FLOOR[opt] + 1) * 4 * n
+        benchmark.extra_info["GB/s"] = nbytes / benchmark.stats.stats.median / 1e9
+
+
 # ---------------------------------------------------------------- batch norm
 
 
@@ -189,6 +276,43 @@ def test_batchnorm_forward(benchmark, record, shape, impl):
     else:
         bufs = [np.empty_like(Z), np.empty_like(Z)] + [np.empty(shape[1], np.float32) for _ in range(3)]
         record(K.resolve("batchnorm_forward_train", impl), Z, gamma, beta, 1e-5, *bufs, T())
+
+
+def _bn_arrays(shape):
+    rng = np.random.default_rng(0)
+    Z = rng.standard_normal(shape, dtype=np.float32)
+    n = shape[1]
+    gamma = rng.uniform(0.5, 1.5, n).astype(np.float32)
+    beta = rng.standard_normal(n, dtype=np.float32)
+    return Z, gamma, beta
+
+
+@pytest.mark.parametrize("shape", [(128, 64), (128, 256), (4096, 512)])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_batchnorm_forward_infer(benchmark, record, shape, impl):
+    _setup(benchmark, f"batchnorm fwd infer {shape}", impl)
+    Z, gamma, beta = _bn_arrays(shape)
+    mu, var = Z.mean(axis=0), Z.var(axis=0)
+    if impl == "textbook":
+        record(tb.batchnorm_forward_infer, Z, gamma, beta, mu, var)
+    else:
+        out = np.empty_like(Z)
+        record(K.resolve("batchnorm_forward_infer", impl), Z, gamma, beta, mu, var, 1e-5, out, T())
+
+
+@pytest.mark.parametrize("shape", [(128, 64), (128, 256), (4096, 512)])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_batchnorm_backward(benchmark, record, shape, impl):
+    _setup(benchmark, f"batchnorm bwd {shape}", impl)
+    Z, gamma, _ = _bn_arrays(shape)
+    invstd = (1 / np.sqrt(Z.var(axis=0) + 1e-5)).astype(np.float32)
+    xhat = ((Z - Z.mean(axis=0)) * invstd).astype(np.float32)
+    dout = np.random.default_rng(1).standard_normal(shape, dtype=np.float32)
+    if impl == "textbook":
+        record(tb.batchnorm_backward, dout, xhat, gamma, invstd)
+    else:
+        dZ, dgamma, dbeta = np.empty_like(dout), np.empty(shape[1], np.float32), np.empty(shape[1], np.float32)
+        record(K.resolve("batchnorm_backward", impl), dout, xhat, gamma, invstd, dZ, dgamma, dbeta, T())
 
 
 # ---------------------------------------------------------------- PyTorch, each in its own process

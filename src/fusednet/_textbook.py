@@ -166,3 +166,30 @@ def batchnorm_forward(Z, gamma, beta, eps=1e-5):
     var = Z.var(axis=0)
     Znorm = (Z - mu) / np.sqrt(var + eps)
     return gamma * Znorm + beta
+
+
+def batchnorm_forward_infer(Z, gamma, beta, running_mean, running_var, eps=1e-5):
+    return gamma * (Z - running_mean) / np.sqrt(running_var + eps) + beta
+
+
+def batchnorm_backward(dout, xhat, gamma, invstd):
+    m = dout.shape[0]
+    dbeta = np.sum(dout, axis=0)
+    dgamma = np.sum(dout * xhat, axis=0)
+    dxhat = dout * gamma
+    dZ = invstd / m * (m * dxhat - np.sum(dxhat, axis=0) - xhat * np.sum(dxhat * xhat, axis=0))
+    return dZ, dgamma, dbeta
+
+
+def softmax_cross_entropy_backward(A, Y):
+    m = A.shape[0]
+    dZ = (A - Y) / m
+    return dZ, np.sum(dZ, axis=0)
+
+
+def gd_update(w, g, lr=1e-2):
+    w[:] = w - lr * g
+
+
+def ewa_update(v, x, beta=0.9):
+    v[:] = beta * v + (1 - beta) * x

@@ -49,6 +49,7 @@ def info():
         from .kernels import _cython
 
         out["openmp"] = getattr(_cython, "OPENMP", None)
+        out["cython_isa"] = getattr(_cython, "ISA", None)  # the instruction-set build imported
         out["cython_threads"] = getattr(_cython, "max_threads", lambda: None)()
     try:
         from threadpoolctl import threadpool_info
