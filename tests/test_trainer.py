@@ -260,9 +260,10 @@ def test_steady_state_steps_allocate_nothing(backend, dtype):
         tracemalloc.stop()
     assert current - base < 4096, current - base
     if backend != "numpy":  # the numpy reference kernels allocate temporaries by design
-        # the compiled column reductions (db, batch-norm statistics) accumulate into
-        # fixed 8 KiB float64 tiles; nothing allocated scales with the batch or width
-        assert peak - base < 65536, peak - base  # batch-norm backward holds five 8 KiB tiles
+        # the compiled kernels reuse their scratch (column-sum tiles, loss block sums)
+        # from call to call; what remains is the step's small Python objects, about
+        # 3-4 KiB at peak, below a single 8 KiB float64 tile
+        assert peak - base < 8192, peak - base
 
 
 # ---- divergence ------------------------------------------------------------------------------------------------

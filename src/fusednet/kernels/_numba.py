@@ -13,6 +13,10 @@ not depend on the partition, each column's sum is accumulated by one thread
 over all rows in order, and the loss's float64 cost is summed over a
 partition of the rows fixed by m alone.
 
+No kernel allocates per call.  The working memory of the compiled kernels
+(float64 column-sum tiles, the loss's block sums) is owned here, allocated
+once per Python thread and reused: see :class:`_Scratch`.
+
 The compiled kernels live in :mod:`._numba_flat` (flat buffers),
 :mod:`._numba_dense` ((m, n) activations) and :mod:`._numba_math` (the
 vectorisable point functions); they are compiled on first call and cached on
@@ -20,6 +24,7 @@ disk.  :func:`warmup` compiles them all for float32 and float64.
 """
 
 import math
+import threading
 
 import numba
 import numpy as np
@@ -76,6 +81,47 @@ def _band_chunks(n_threads, size, n_columns):
     return min(nt, n_columns // REDUCTION_MIN_BAND) if nt > 1 else 1
 
 
+def _empty_aligned(shape, align=64):
+    """An uninitialised float64 array of ``shape`` whose data starts on an ``align``-byte boundary.
+
+    NumPy only promises 16 bytes.  The tiles' vector loops read and write whole
+    64-byte lines when aligned; from an unaligned start every vector access
+    straddles two lines, and the batch-norm kernels ran 15-30% slower.
+    """
+    size = math.prod(shape)
+    buf = np.empty(size + align // 8, np.float64)
+    start = (-buf.ctypes.data % align) // 8
+    return buf[start:start + size].reshape(shape)
+
+
+class _Scratch(threading.local):
+    """Working memory of the compiled kernels, one set per Python thread.
+
+    A training step calls the kernels hundreds of times per second; allocating
+    their fixed tiles on each call would cost a ``malloc``/``free`` pair (and,
+    for the larger ones, page faults) every time, and break the contract that a
+    raw kernel allocates nothing.  So the memory lives here and is handed down.
+    It is per Python thread because the compiled kernels release the GIL: two
+    threads may run kernels at the same time, but one thread runs one at a time.
+
+    ``tiles`` has one row of :data:`._numba_dense.SCRATCH` float64 per parallel
+    chunk; :func:`_chunks` never runs more chunks than Numba's thread pool has
+    threads (at most ``NUMBA_NUM_THREADS``), so every chunk gets a row of its
+    own.  Rows start on cache-line boundaries 40 KiB apart, so threads do not
+    share cache lines, and the pages of rows that are never used are never
+    touched.  ``row`` is row 0, the serial kernels' share, kept as a view so
+    that a call does not make one.  ``loss`` holds the loss's float64 block sums.
+    """
+
+    def __init__(self):
+        self.tiles = _empty_aligned((numba.config.NUMBA_NUM_THREADS, _dense.SCRATCH))
+        self.row = self.tiles[0]
+        self.loss = np.empty(_dense.LOSS_BLOCKS, np.float64)
+
+
+_scratch = _Scratch()
+
+
 # --------------------------------------------------------------------------
 # activations and losses
 # --------------------------------------------------------------------------
@@ -95,11 +141,12 @@ def bias_act_forward(Z, b, act, slope, A, n_threads):
 def act_backward(dA, A, act, slope, dZ, db, n_threads):
     act = int(act)
     n = dA.shape[1]
-    nt = 1 if act == SOFTMAX else _band_chunks(n_threads, dA.size, n)
-    if nt > 1:
-        _dense.act_backward_parallel(dA, A, act, float(slope), dZ, db, nt)
-    else:
-        _dense.backward_band(dA, A, act, float(slope), dZ, db, 0, n)
+    if dA.size > REDUCTION_SERIAL_THRESHOLD and act != SOFTMAX:  # the small-batch path stays short
+        nt = _band_chunks(n_threads, dA.size, n)
+        if nt > 1:
+            _dense.act_backward_parallel(dA, A, act, float(slope), dZ, db, nt, _scratch.tiles)
+            return
+    _dense.backward_band(dA, A, act, float(slope), dZ, db, 0, n, _scratch.row)
 
 
 def loss_forward(Z, b, Y, loss, A, n_threads):
@@ -108,7 +155,7 @@ def loss_forward(Z, b, Y, loss, A, n_threads):
         return 0.0
     # float64 sums of row blocks fixed by m alone, added in order: the same
     # cost for any thread count
-    part = np.empty(min(_dense.LOSS_BLOCKS, m), np.float64)
+    part = _scratch.loss[:min(_dense.LOSS_BLOCKS, m)]
     nt = _chunks(n_threads, Z.size, LOSS_SERIAL_THRESHOLD)
     if nt > 1:
         _dense.loss_blocks_parallel(Z, b, Y, int(loss), A, part, nt)
@@ -119,11 +166,12 @@ def loss_forward(Z, b, Y, loss, A, n_threads):
 
 def loss_backward(A, Y, dZ, db, n_threads):
     n = A.shape[1]
-    nt = _band_chunks(n_threads, A.size, n)
-    if nt > 1:
-        _dense.loss_backward_parallel(A, Y, dZ, db, nt)
-    else:
-        _dense.loss_backward_band(A, Y, dZ, db, 0, n)
+    if A.size > REDUCTION_SERIAL_THRESHOLD:
+        nt = _band_chunks(n_threads, A.size, n)
+        if nt > 1:
+            _dense.loss_backward_parallel(A, Y, dZ, db, nt, _scratch.tiles)
+            return
+    _dense.loss_backward_band(A, Y, dZ, db, 0, n, _scratch.row)
 
 
 # --------------------------------------------------------------------------
@@ -202,32 +250,37 @@ def ewa_update(v, x, beta, n_threads):
 
 def batchnorm_forward_train(Z, gamma, beta, eps, xhat, out, mean, var, invstd, n_threads):
     n = Z.shape[1]
-    nt = _band_chunks(n_threads, Z.size, n)
-    if nt > 1:
-        _dense.batchnorm_forward_train_parallel(Z, gamma, beta, float(eps), xhat, out,
-                                                mean, var, invstd, nt)
-    else:
-        _dense.batchnorm_train_cols(Z, gamma, beta, float(eps), xhat, out, mean, var, invstd, 0, n)
+    if Z.size > REDUCTION_SERIAL_THRESHOLD:
+        nt = _band_chunks(n_threads, Z.size, n)
+        if nt > 1:
+            _dense.batchnorm_forward_train_parallel(Z, gamma, beta, float(eps), xhat, out,
+                                                    mean, var, invstd, nt, _scratch.tiles)
+            return
+    _dense.batchnorm_train_cols(Z, gamma, beta, float(eps), xhat, out, mean, var, invstd, 0, n,
+                                _scratch.row)
 
 
 def batchnorm_forward_infer(Z, gamma, beta, running_mean, running_var, eps, out, n_threads):
-    nt = _chunks(n_threads, Z.size, ELEMENTWISE_SERIAL_THRESHOLD)
-    if nt > 1:
-        _dense.batchnorm_forward_infer_parallel(Z, gamma, beta, running_mean, running_var,
-                                                float(eps), out, nt)
-    else:
-        m, n = Z.shape
-        _dense.batchnorm_infer_block(Z, gamma, beta, running_mean, running_var, float(eps), out,
-                                     0, m, 0, n)
+    if Z.size > ELEMENTWISE_SERIAL_THRESHOLD:
+        nt = _chunks(n_threads, Z.size, ELEMENTWISE_SERIAL_THRESHOLD)
+        if nt > 1:
+            _dense.batchnorm_forward_infer_parallel(Z, gamma, beta, running_mean, running_var,
+                                                    float(eps), out, nt, _scratch.tiles)
+            return
+    m, n = Z.shape
+    _dense.batchnorm_infer_block(Z, gamma, beta, running_mean, running_var, float(eps), out,
+                                 0, m, 0, n, _scratch.row)
 
 
 def batchnorm_backward(dout, xhat, gamma, invstd, dZ, dgamma, dbeta, n_threads):
     n = dout.shape[1]
-    nt = _band_chunks(n_threads, dout.size, n)
-    if nt > 1:
-        _dense.batchnorm_backward_parallel(dout, xhat, gamma, invstd, dZ, dgamma, dbeta, nt)
-    else:
-        _dense.batchnorm_backward_cols(dout, xhat, gamma, invstd, dZ, dgamma, dbeta, 0, n)
+    if dout.size > REDUCTION_SERIAL_THRESHOLD:
+        nt = _band_chunks(n_threads, dout.size, n)
+        if nt > 1:
+            _dense.batchnorm_backward_parallel(dout, xhat, gamma, invstd, dZ, dgamma, dbeta, nt,
+                                               _scratch.tiles)
+            return
+    _dense.batchnorm_backward_cols(dout, xhat, gamma, invstd, dZ, dgamma, dbeta, 0, n, _scratch.row)
 
 
 # --------------------------------------------------------------------------
@@ -249,14 +302,16 @@ def warmup(dtypes=(np.float32, np.float64)):
         A, dZ, Y = np.empty_like(Z), np.empty_like(Z), np.full_like(Z, 0.125)
         m, n = Z.shape
         part = np.empty(m)
+        tiles = np.empty((2, _dense.SCRATCH))
+        row = tiles[0]
         # the serial kernels, as the functions above call them ...
         _dense.forward_block(Z, b, LINEAR, 0.01, A, 0, m, 0, n)
-        _dense.backward_band(Y, A, LINEAR, 0.01, dZ, b, 0, n)
+        _dense.backward_band(Y, A, LINEAR, 0.01, dZ, b, 0, n, row)
         _dense.loss_blocks(Z, b, Y, 2, A, part, 0, m)
-        _dense.loss_backward_band(A, Y, dZ, b, 0, n)
-        _dense.batchnorm_train_cols(Z, g, b, 1e-5, A, dZ, v1, v2, g, 0, n)
-        _dense.batchnorm_infer_block(Z, g, b, v1, v2, 1e-5, dZ, 0, m, 0, n)
-        _dense.batchnorm_backward_cols(Y, A, g, v2, dZ, v1, b, 0, n)
+        _dense.loss_backward_band(A, Y, dZ, b, 0, n, row)
+        _dense.batchnorm_train_cols(Z, g, b, 1e-5, A, dZ, v1, v2, g, 0, n, row)
+        _dense.batchnorm_infer_block(Z, g, b, v1, v2, 1e-5, dZ, 0, m, 0, n, row)
+        _dense.batchnorm_backward_cols(Y, A, g, v2, dZ, v1, b, 0, n, row)
         _flat.gd_span(g, b, 0.1, 0.0, 0, 0, n)
         _flat.momentum_span(g, b, v1, 0.1, 0.9, 1.0, 0.0, 0, 0, n)
         _flat.rmsprop_span(g, b, v1, 0.1, 0.9, 1e-8, 0.0, 0, 0, n)
@@ -264,12 +319,12 @@ def warmup(dtypes=(np.float32, np.float64)):
         _flat.ewa_span(g, b, 0.9, 0, n)
         # ... and the parallel ones
         _dense.bias_act_forward_parallel(Z, b, LINEAR, 0.01, A, 2)
-        _dense.act_backward_parallel(Y, A, LINEAR, 0.01, dZ, b, 2)
+        _dense.act_backward_parallel(Y, A, LINEAR, 0.01, dZ, b, 2, tiles)
         _dense.loss_blocks_parallel(Z, b, Y, 2, A, part, 2)
-        _dense.loss_backward_parallel(A, Y, dZ, b, 2)
-        _dense.batchnorm_forward_train_parallel(Z, g, b, 1e-5, A, dZ, v1, v2, g, 2)
-        _dense.batchnorm_forward_infer_parallel(Z, g, b, v1, v2, 1e-5, dZ, 2)
-        _dense.batchnorm_backward_parallel(Y, A, g, v2, dZ, v1, b, 2)
+        _dense.loss_backward_parallel(A, Y, dZ, b, 2, tiles)
+        _dense.batchnorm_forward_train_parallel(Z, g, b, 1e-5, A, dZ, v1, v2, g, 2, tiles)
+        _dense.batchnorm_forward_infer_parallel(Z, g, b, v1, v2, 1e-5, dZ, 2, tiles)
+        _dense.batchnorm_backward_parallel(Y, A, g, v2, dZ, v1, b, 2, tiles)
         _flat.gd_parallel(g, b, 0.1, 0.0, 0, 2)
         _flat.momentum_parallel(g, b, v1, 0.1, 0.9, 1.0, 0.0, 0, 2)
         _flat.rmsprop_parallel(g, b, v1, 0.1, 0.9, 1e-8, 0.0, 0, 2)

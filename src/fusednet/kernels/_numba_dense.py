@@ -20,8 +20,19 @@ same slice when it does, so in-place calls vectorise too (see
 :mod:`._numba_flat`).
 
 Data flow is marked on each kernel: ``IN`` arguments are only read, ``OUT``
-only written.  Only fixed-size tiles are allocated; everything returns None
-except the loss, which returns its cost.
+only written.  Everything returns None except the loss, which returns its cost.
+
+Nothing is allocated per call.  The kernels that need working memory (the
+float64 column-sum tiles, batch norm's per-column factors) take it as a
+``scratch`` argument: one float64 row of :data:`SCRATCH` elements for a
+``*_band``/``*_cols``/``*_block`` kernel, an ``(n_chunks or more, SCRATCH)``
+array for a ``*_parallel`` one, which hands row ``k`` to chunk ``k``.  The
+raw kernels of :mod:`._numba` own that memory and reuse it from call to call
+(an allocation is a lock-taking ``malloc`` and, above a few hundred KiB, fresh
+pages to fault in, on every training step).  ``scratch`` may be omitted when a
+kernel is called directly (tests, benchmarks): it then allocates its own.
+What is stored in the tiles, and the order of every addition, do not depend on
+where the tiles live, so the results are the same bits either way.
 """
 
 import math
@@ -39,6 +50,26 @@ TILE = 1024
 GROUP = 16384
 #: the loss cost is summed over at most this many fixed row blocks
 LOSS_BLOCKS = 64
+#: float64 elements in one scratch row: the most tiles a kernel uses at once
+#: (batch-norm backward: two float64 column sums and three per-column factors)
+SCRATCH = 5 * TILE
+
+
+@point
+def tile(scratch, i):
+    """Float64 tile ``i`` (``TILE`` elements) of a scratch row."""
+    return scratch[i * TILE:(i + 1) * TILE]
+
+
+@point
+def tile_like(scratch, i, a):
+    """Tile ``i`` of a scratch row as ``TILE`` elements of ``a``'s dtype.
+
+    A float32 tile reuses the first half of the float64 one's bytes: values
+    stored there are rounded to the dtype, as the arithmetic that reads them
+    expects.
+    """
+    return tile(scratch, i).view(a.dtype)[:TILE]
 
 
 @point
@@ -200,17 +231,16 @@ def _add_rows(xf, n, g0, g1, t0, acc):
 
 
 @kernel
-def column_sums(X, out, c0, c1):
+def column_sums(X, out, c0, c1, sums):
     """``out = sum_rows(X)`` on columns [c0, c1), in float64, rows in a fixed order.
 
-    X (m, n) IN, out (n,) OUT.
+    X (m, n) IN, out (n,) OUT; sums: a float64 tile of scratch.
     """
     m, n = X.shape
     xf = X.reshape(X.size)
-    tile = np.empty(TILE, np.float64)
     for t0 in range(c0, c1, TILE):
         t1 = min(t0 + TILE, c1)
-        acc = tile[:t1 - t0]
+        acc = sums[:t1 - t0]
         acc[:] = 0.0
         _add_rows(xf, n, 0, m, t0, acc)
         o = out[t0:t1]
@@ -263,17 +293,21 @@ def _softmax_backward_rows(dA, A, dZ):
 
 
 @kernel
-def backward_band(dA, A, act, slope, dZ, db, c0, c1):
+def backward_band(dA, A, act, slope, dZ, db, c0, c1, scratch=None):
     """``dZ = dA * g'(A)`` and ``db = sum_rows(dZ)`` on columns [c0, c1), all rows.
 
-    dA, A (m, n) IN; dZ (m, n) OUT (may alias dA); db (n,) OUT.  Each
-    derivative is read from the output, as in the reference.  Softmax couples
-    a row's columns: it needs all of them (c0 = 0, c1 = n), so it runs serially.
+    dA, A (m, n) IN; dZ (m, n) OUT (may alias dA); db (n,) OUT; scratch
+    (SCRATCH,) float64.  Each derivative is read from the output, as in the
+    reference.  Softmax couples a row's columns: it needs all of them (c0 = 0,
+    c1 = n), so it runs serially.
     """
+    if scratch is None:
+        scratch = np.empty(SCRATCH)
+    sums = tile(scratch, 0)
     m, n = dA.shape
     if act == SOFTMAX:
         _softmax_backward_rows(dA, A, dZ)
-        column_sums(dZ, db, c0, c1)
+        column_sums(dZ, db, c0, c1, sums)
         return
     zero = like(A, 0.0)
     one = like(A, 1.0)
@@ -282,11 +316,10 @@ def backward_band(dA, A, act, slope, dZ, db, c0, c1):
     af = A.reshape(A.size)
     df = dZ.reshape(dZ.size)
     same = same_buffer(dA, dZ)
-    tile = np.empty(TILE, np.float64)
     for t0 in range(c0, c1, TILE):
         t1 = min(t0 + TILE, c1)
         w = t1 - t0
-        acc = tile[:w]
+        acc = sums[:w]
         acc[:] = 0.0
         group = max(4, GROUP // w // 4 * 4)
         for g0 in range(0, m, group):
@@ -306,11 +339,14 @@ def backward_band(dA, A, act, slope, dZ, db, c0, c1):
 
 
 @parallel_kernel
-def act_backward_parallel(dA, A, act, slope, dZ, db, n_chunks):
+def act_backward_parallel(dA, A, act, slope, dZ, db, n_chunks, scratch=None):
     """Column bands, at least 64 bytes wide; not for softmax (see :func:`backward_band`)."""
+    if scratch is None:
+        scratch = np.empty((n_chunks, SCRATCH))
     n = dA.shape[1]
     for k in prange(n_chunks):
-        backward_band(dA, A, act, slope, dZ, db, bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
+        backward_band(dA, A, act, slope, dZ, db, bound(n, n_chunks, k), bound(n, n_chunks, k + 1),
+                      scratch[k])
 
 
 # --------------------------------------------------------------------------
@@ -386,21 +422,23 @@ def loss_blocks_parallel(Z, b, Y, loss, A, part, n_chunks):
 
 
 @kernel
-def loss_backward_band(A, Y, dZ, db, c0, c1):
+def loss_backward_band(A, Y, dZ, db, c0, c1, scratch=None):
     """``dZ = (A - Y) / m`` and ``db = sum_rows(dZ)`` on columns [c0, c1).
 
-    A, Y (m, k) IN; dZ (m, k) OUT; db (k,) OUT.
+    A, Y (m, k) IN; dZ (m, k) OUT; db (k,) OUT; scratch (SCRATCH,) float64.
     """
+    if scratch is None:
+        scratch = np.empty(SCRATCH)
+    sums = tile(scratch, 0)
     m, n = A.shape
     cm = like(A, m)
     af = A.reshape(A.size)
     yf = Y.reshape(Y.size)
     df = dZ.reshape(dZ.size)
-    tile = np.empty(TILE, np.float64)
     for t0 in range(c0, c1, TILE):
         t1 = min(t0 + TILE, c1)
         w = t1 - t0
-        acc = tile[:w]
+        acc = sums[:w]
         acc[:] = 0.0
         group = max(4, GROUP // w // 4 * 4)
         for g0 in range(0, m, group):
@@ -417,10 +455,12 @@ def loss_backward_band(A, Y, dZ, db, c0, c1):
 
 
 @parallel_kernel
-def loss_backward_parallel(A, Y, dZ, db, n_chunks):
+def loss_backward_parallel(A, Y, dZ, db, n_chunks, scratch=None):
+    if scratch is None:
+        scratch = np.empty((n_chunks, SCRATCH))
     n = A.shape[1]
     for k in prange(n_chunks):
-        loss_backward_band(A, Y, dZ, db, bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
+        loss_backward_band(A, Y, dZ, db, bound(n, n_chunks, k), bound(n, n_chunks, k + 1), scratch[k])
 
 
 # --------------------------------------------------------------------------
@@ -429,17 +469,20 @@ def loss_backward_parallel(A, Y, dZ, db, n_chunks):
 
 
 @kernel
-def batchnorm_train_cols(Z, gamma, beta, eps, xhat, out, mean, var, invstd, c0, c1):
+def batchnorm_train_cols(Z, gamma, beta, eps, xhat, out, mean, var, invstd, c0, c1, scratch=None):
     """Batch statistics and normalisation of columns [c0, c1), all rows.
 
     Z (m, n) IN, gamma, beta (n,) IN; xhat, out (m, n) OUT; mean, var, invstd
-    (n,) OUT.  Mean and biased variance are two-pass float64 sums, as
-    ``numpy.mean``/``numpy.var`` with ``dtype=float64``; ``invstd`` is taken
-    from the variance rounded to the dtype, as in the reference.
+    (n,) OUT; scratch (SCRATCH,) float64.  Mean and biased variance are
+    two-pass float64 sums, as ``numpy.mean``/``numpy.var`` with
+    ``dtype=float64``; ``invstd`` is taken from the variance rounded to the
+    dtype, as in the reference.
     """
+    if scratch is None:
+        scratch = np.empty(SCRATCH)
+    tile1 = tile(scratch, 0)
+    tile2 = tile(scratch, 1)
     m = Z.shape[0]
-    tile1 = np.empty(TILE, np.float64)
-    tile2 = np.empty(TILE, np.float64)
     for t0 in range(c0, c1, TILE):
         t1 = min(t0 + TILE, c1)
         s1 = tile1[:t1 - t0]
@@ -472,11 +515,14 @@ def batchnorm_train_cols(Z, gamma, beta, eps, xhat, out, mean, var, invstd, c0, 
 
 
 @parallel_kernel
-def batchnorm_forward_train_parallel(Z, gamma, beta, eps, xhat, out, mean, var, invstd, n_chunks):
+def batchnorm_forward_train_parallel(Z, gamma, beta, eps, xhat, out, mean, var, invstd, n_chunks,
+                                     scratch=None):
+    if scratch is None:
+        scratch = np.empty((n_chunks, SCRATCH))
     n = Z.shape[1]
     for k in prange(n_chunks):
         batchnorm_train_cols(Z, gamma, beta, eps, xhat, out, mean, var, invstd,
-                             bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
+                             bound(n, n_chunks, k), bound(n, n_chunks, k + 1), scratch[k])
 
 
 @loop
@@ -486,17 +532,21 @@ def _infer_row(z, o, ga, be, mu, inv):
 
 
 @kernel
-def batchnorm_infer_block(Z, gamma, beta, running_mean, running_var, eps, out, r0, r1, c0, c1):
+def batchnorm_infer_block(Z, gamma, beta, running_mean, running_var, eps, out, r0, r1, c0, c1,
+                          scratch=None):
     """``out = gamma * ((Z - running_mean) * inv) + beta`` on a block, inv = 1/sqrt(running_var + eps).
 
     Z (m, n) IN; gamma, beta, running_mean, running_var (n,) IN; out (m, n) OUT
-    (may alias Z).  ``inv`` is computed in float64 and rounded to the dtype.
+    (may alias Z); scratch (SCRATCH,) float64.  ``inv`` is computed in float64
+    and rounded to the dtype.
     """
-    tile = np.empty(TILE, Z.dtype)
+    if scratch is None:
+        scratch = np.empty(SCRATCH)
+    inv_tile = tile_like(scratch, 0, Z)
     same = same_buffer(Z, out)
     for t0 in range(c0, c1, TILE):
         t1 = min(t0 + TILE, c1)
-        inv = tile[:t1 - t0]
+        inv = inv_tile[:t1 - t0]
         rv = running_var[t0:t1]
         for j in range(inv.size):
             inv[j] = 1.0 / np.sqrt(np.float64(rv[j]) + eps)
@@ -510,12 +560,16 @@ def batchnorm_infer_block(Z, gamma, beta, running_mean, running_var, eps, out, r
 
 
 @parallel_kernel
-def batchnorm_forward_infer_parallel(Z, gamma, beta, running_mean, running_var, eps, out, n_chunks):
+def batchnorm_forward_infer_parallel(Z, gamma, beta, running_mean, running_var, eps, out, n_chunks,
+                                     scratch=None):
+    if scratch is None:
+        scratch = np.empty((n_chunks, SCRATCH))
     m, n = Z.shape
     by_rows = m >= n_chunks
     for k in prange(n_chunks):
         r0, r1, c0, c1 = block(m, n, n_chunks, k, by_rows)
-        batchnorm_infer_block(Z, gamma, beta, running_mean, running_var, eps, out, r0, r1, c0, c1)
+        batchnorm_infer_block(Z, gamma, beta, running_mean, running_var, eps, out, r0, r1, c0, c1,
+                              scratch[k])
 
 
 @loop
@@ -525,19 +579,20 @@ def _bn_backward_row(x, xh, d, k, mb, mg):
 
 
 @kernel
-def batchnorm_backward_cols(dout, xhat, gamma, invstd, dZ, dgamma, dbeta, c0, c1):
+def batchnorm_backward_cols(dout, xhat, gamma, invstd, dZ, dgamma, dbeta, c0, c1, scratch=None):
     """Batch-norm gradients of columns [c0, c1), all rows.
 
     dout, xhat (m, n) IN; gamma, invstd (n,) IN; dZ (m, n) OUT (may alias
-    dout); dgamma, dbeta (n,) OUT.  ``dbeta = sum(dout)``, ``dgamma =
-    sum(dout * xhat)`` (products in the dtype, sums in float64), then
-    ``dZ = gamma * invstd * (dout - dbeta/m - xhat * dgamma/m)``.
+    dout); dgamma, dbeta (n,) OUT; scratch (SCRATCH,) float64.  ``dbeta =
+    sum(dout)``, ``dgamma = sum(dout * xhat)`` (products in the dtype, sums in
+    float64), then ``dZ = gamma * invstd * (dout - dbeta/m - xhat * dgamma/m)``.
     """
+    if scratch is None:
+        scratch = np.empty(SCRATCH)
+    tb, tg = tile(scratch, 0), tile(scratch, 1)
+    tk0, tk1, tk2 = tile_like(scratch, 2, dout), tile_like(scratch, 3, dout), tile_like(scratch, 4, dout)
     m = dout.shape[0]
     cm = like(dout, m)
-    tb = np.empty(TILE, np.float64)
-    tg = np.empty(TILE, np.float64)
-    tk = np.empty((3, TILE), dout.dtype)
     same = same_buffer(dout, dZ)
     for t0 in range(c0, c1, TILE):
         t1 = min(t0 + TILE, c1)
@@ -551,7 +606,7 @@ def batchnorm_backward_cols(dout, xhat, gamma, invstd, dZ, dgamma, dbeta, c0, c1
                 d = dr[j]
                 sb[j] += d
                 sg[j] += d * xr[j]
-        k, mb, mg = tk[0, :w], tk[1, :w], tk[2, :w]
+        k, mb, mg = tk0[:w], tk1[:w], tk2[:w]
         dbt, dgt, ga, iv = dbeta[t0:t1], dgamma[t0:t1], gamma[t0:t1], invstd[t0:t1]
         for j in range(w):
             dbt[j] = sb[j]
@@ -568,8 +623,10 @@ def batchnorm_backward_cols(dout, xhat, gamma, invstd, dZ, dgamma, dbeta, c0, c1
 
 
 @parallel_kernel
-def batchnorm_backward_parallel(dout, xhat, gamma, invstd, dZ, dgamma, dbeta, n_chunks):
+def batchnorm_backward_parallel(dout, xhat, gamma, invstd, dZ, dgamma, dbeta, n_chunks, scratch=None):
+    if scratch is None:
+        scratch = np.empty((n_chunks, SCRATCH))
     n = dout.shape[1]
     for k in prange(n_chunks):
         batchnorm_backward_cols(dout, xhat, gamma, invstd, dZ, dgamma, dbeta,
-                                bound(n, n_chunks, k), bound(n, n_chunks, k + 1))
+                                bound(n, n_chunks, k), bound(n, n_chunks, k + 1), scratch[k])
