@@ -1,4 +1,4 @@
-"""The Numba raw kernels allocate nothing per call, on the serial and the parallel path.
+"""The compiled raw kernels allocate nothing per call, on the serial and the parallel path (Numba; Cython below).
 
 Two witnesses, after a warm-up call (compilation, the per-thread scratch):
 
@@ -36,6 +36,8 @@ SHAPES = [(64, 5), (1024, 2 * N.REDUCTION_MIN_BAND + 8)]
 #: (Numba's 48-byte record per array argument, argument tuples, array views);
 #: a float64 tile is 8 KiB, the loss's block sums 512 bytes plus a header
 PYTHON_BYTES = 640
+#: a typed memoryview's Python object, per array argument of a Cython kernel
+MEMORYVIEW_BYTES = 192
 
 
 def _cases(dtype, shape):
@@ -142,4 +144,29 @@ def test_no_allocation_per_call(monkeypatch, nrt_stats, dtype, shape):
         if allocated != unboxed or peak >= PYTHON_BYTES:
             failures.append(f"{name}: {allocated} NRT allocations for {unboxed} array arguments "
                             f"({', '.join(compiled)}), Python peak {peak} bytes")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.skipif("cython" not in K.available(), reason="the Cython extension is not built")
+@pytest.mark.parametrize("shape", SHAPES, ids=["serial", "parallel"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_cython_kernels_allocate_no_arrays(dtype, shape):
+    """The Cython kernels take typed memoryviews of the caller's arrays: no buffer per call.
+
+    Acquiring a typed memoryview makes one small Python object per array
+    argument (measured 150-170 bytes); the bound allows
+    :data:`MEMORYVIEW_BYTES` per array plus :data:`PYTHON_BYTES`, far below
+    the smallest column buffer of the parallel shape (528 float32 = 2 KiB) or
+    any buffer of the data's size.
+    """
+    from fusednet.kernels import _cython as C
+
+    failures = []
+    for name, (kernel, args) in _cases(dtype, shape).items():
+        ckernel = getattr(C, kernel.__name__)
+        ckernel(*args)
+        peak = _python_peak(ckernel, args)
+        bound = PYTHON_BYTES + MEMORYVIEW_BYTES * sum(isinstance(a, np.ndarray) for a in args)
+        if peak >= bound:
+            failures.append(f"{name}: Python peak {peak} bytes (bound {bound})")
     assert not failures, "\n".join(failures)
