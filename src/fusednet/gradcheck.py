@@ -26,9 +26,12 @@ layer plan (:meth:`fusednet.Sequential.plan`) over the flat parameter arena,
 reuses the unperturbed values of every layer below the perturbed one (one
 reference forward pass, the *tape*), updates rather than recomputes the layers
 just above it, and recomputes the rest (batch norm with the perturbed batch's
-statistics).  It shares no code with the model's backward pass, so a wrong
-backward cannot hide behind it.  ``backend="numpy"`` runs the course's own
-loop instead: set one coordinate to ``theta + eps``, then ``theta - eps``,
+statistics), both perturbations of a coordinate in the same loops; tanh,
+sigmoid and the softmax loss are taken from the tape's values by exact short
+series in the small change a perturbation makes (the functions themselves
+when it is not small).  It shares no code with the model's backward pass, so
+a wrong backward cannot hide behind it.  ``backend="numpy"`` runs the course's
+own loop instead: set one coordinate to ``theta + eps``, then ``theta - eps``,
 evaluating the model's cost each time.
 """
 
@@ -227,16 +230,18 @@ def _tape(plan, P, X, Y):
     Run by the reference kernels (:mod:`fusednet.kernels.reference`) on rows
     of examples, then stored by unit: ``tape`` is one float64 buffer holding
     X and each layer's input, output and pre-activation as ``(n_units, m)``
-    blocks, ``net`` and ``netf`` the evaluator's tables (see its module
-    docstring), ``cost`` the mean loss (no L2 term).  The evaluator's costs
-    are differences from this pass, so it need not share its rounding.
+    blocks (and a batch norm's input minus its batch mean, and under the
+    softmax loss the softmax of the logits), ``net`` and ``netf`` the
+    evaluator's tables (see its module docstring), ``cost`` the mean loss (no
+    L2 term).  The evaluator's costs are differences from this pass, so it
+    need not share its rounding.
     """
     from .kernels import _gradcheck_numba as K
     from .kernels import reference as R
 
     ops, fp = plan["ops"], plan["fparams"]
     L = ops.shape[0]
-    net = np.full((L, 11), -1, np.int64)
+    net = np.full((L, 13), -1, np.int64)
     net[:, :8] = ops[:, :8]
     blocks = [X]  # (m, n) arrays, in tape order
     size = X.size
@@ -270,14 +275,18 @@ def _tape(plan, P, X, Y):
             stats = [np.empty(n_out) for _ in range(3)]
             R.batchnorm_forward_train(A, P[g:g + n_out], P[b:b + n_out], eps, xhat, out, *stats, 1)
             net[i, K.T_PRE] = put(xhat)
+            net[i, K.T_CEN] = put(A - A.mean(axis=0))  # for a rank-one update of its input
             A, a_off = out, put(out)
         elif op == K.ACTIVATION and not last:
             out = np.empty_like(A)
             R.bias_act_forward(A, np.zeros(n_out), act, slope, out, 1)
             A, a_off = out, put(out)
         net[i, K.T_OUT] = a_off  # a Dropout's, or the output Activation's, is its input
+    probs = np.empty_like(A)
+    cost = R.loss_forward(A, np.zeros(A.shape[1]), Y, int(plan["loss"]), probs, 1)
+    if int(plan["loss"]) == K.CCE:  # the softmax of the logits, for the loss near the tape
+        net[L - 1, K.T_PROB] = put(probs)
     tape = np.concatenate([block.T.reshape(-1) for block in blocks])
-    cost = R.loss_forward(A, np.zeros(A.shape[1]), Y, int(plan["loss"]), np.empty_like(A), 1)
     netf = np.ascontiguousarray(fp[:, [0, 3]])
     return net, netf, tape, cost
 
@@ -304,11 +313,11 @@ def _numeric_compiled(subject, X, y, eps, owner, flats, params):
     n = flats.size
     nt = max(1, min(_kernels.get_num_threads(), numba.get_num_threads(), n))
     wmax = int(plan["ops"][:, 2].max())
-    scratch = np.zeros((nt, 2 * wmax * m + K.N_VECTORS * m))  # per thread, once per check
+    scratch = K.scratch(nt, wmax, m)  # per thread, once per check
     dloss = np.zeros(n)  # per coordinate: sum over the examples of loss(theta+) - loss(theta-)
     if n:
         K.perturbed_losses(net, netf, P, tape, np.ascontiguousarray(Y.T).reshape(-1), int(plan["loss"]), m,
-                           coords, deltas, dloss, scratch, nt)
+                           coords, deltas, dloss, *scratch, nt)
 
     # J = mean loss + lambd/(2m) sum ||W||^2, so J+ - J- = dloss/m + lambd/(2m) (w+^2 - w-^2) for a weight
     l2 = float(subject.l2)
@@ -406,12 +415,11 @@ def gradcheck(model, X, y, eps=1e-7, *, sample=None, seed=0, backend=None, top=1
     owner = np.searchsorted(starts, which, side="right") - 1
     flats = which - starts[owner]
     analytic = np.concatenate([g for _, _, g in params])[which]
-    names = [params[p][0] for p in owner]
-    indices = [None] * which.size
-    for p, (_, shape, _) in enumerate(params):
-        at = np.flatnonzero(owner == p)
-        for k, index in zip(at, zip(*(v.tolist() for v in np.unravel_index(flats[at], shape)))):
-            indices[k] = index
+    names, indices = [], []
+    for p, (name, shape, _) in enumerate(params):  # owner is sorted: each parameter's coordinates are a run
+        at = flats[owner == p]
+        names += [name] * at.size
+        indices += zip(*(v.tolist() for v in np.unravel_index(at, shape)))
 
     if evaluator == "numpy":
         numeric, cost = _numeric_loop(subject, X, y, eps, names, flats.tolist())

@@ -13,15 +13,26 @@ ever recomputed and the layers at and just above it are updated, not redone:
   dropout (the identity while checking) and batch norm (its statistics are per
   unit, so only that unit's batch mean and variance are recomputed);
 * the next Dense turns it into a rank-one update of all its units,
-  ``Z' = Z + W[j, :] (A'_in[j] - A_in[j])``; from there on every layer is
-  recomputed in full (batch norm with the perturbed batch's statistics);
+  ``Z' = Z + W[j, :] (A'_in[j] - A_in[j])``.  The unit-wise layers right above
+  it (activations, dropout, batch norm) are applied to each unit's row as soon
+  as it is formed, while it is in L1; a batch norm directly on a linear Dense
+  takes its input centred, ``Z'_c - mean = (Z_c - mean Z_c) + W[j, c] (d -
+  mean d)`` with ``d = A'_in[j] - A_in[j]`` and ``Z_c - mean Z_c`` from the
+  tape, so its mean costs nothing, its variance is one pass and the
+  normalisation shares its pass with the activation on it;
+* from the next Dense on every layer is recomputed in full (batch norm with the
+  perturbed batch's statistics);
 * the loss is taken on the logits: the tape's, with the one changed unit
   replaced when no Dense came between the perturbation and the output.
 
-Values are stored by unit, ``(n_units, m)`` (the course's layout), so every
-inner loop runs over the m examples of one unit, contiguous.  Each coordinate
-returns ``sum_r (loss_r(theta + d+) - loss_r(theta + d-))``: the two costs go
-through the same instructions with only the perturbation changed, and they are
+The two perturbations of a coordinate go through the same loops together.
+Values are stored by unit, and a unit's *row* holds ``2 m`` values: its m
+examples under ``theta + d+``, then its m examples under ``theta + d-``.  Every
+inner loop runs over contiguous examples, shares its loads (tape values,
+weights, targets) between the two halves and keeps one accumulator per half;
+batch norm takes each half's own statistics.  Each coordinate returns
+``sum_r (loss_r(theta + d+) - loss_r(theta + d-))``: the two costs go through
+the same instructions with only the perturbation changed, and they are
 differenced example by example, before the sum over the examples, so that sum
 adds no rounding of its own to a difference of two nearly equal totals.  The
 perturbations are those the course's loop applies, ``fl(theta_i +- eps) -
@@ -30,44 +41,71 @@ theta_i``, computed by the caller.
 Tables (plain data built by :mod:`fusednet.gradcheck` from
 :meth:`fusednet.Sequential.plan`):
 
-``net`` int64 (L, 11)
+``net`` int64 (L, 13)
     per layer: ``op`` (0 Dense, 1 Activation, 2 Dropout, 3 BatchNorm),
     ``n_in, n_out, act``, arena offsets ``w_off, b_off, gamma_off, beta_off``
-    (-1 when absent) and tape offsets ``t_in, t_out, t_pre`` of the layer's
-    input, output and pre-activation (Dense: ``Z``; BatchNorm: ``xhat``).  The
-    output layer's ``t_out`` holds the logits (its input when it is an
-    Activation, ``Z`` when a Dense); a Dropout's ``t_out`` is its ``t_in``.
+    (-1 when absent) and tape offsets ``t_in, t_out, t_pre, t_cen, t_prob`` of
+    the layer's input, output, pre-activation (Dense: ``Z``; BatchNorm:
+    ``xhat``), for a BatchNorm its input minus its batch mean, and for the
+    output layer under the softmax loss the softmax of the logits (-1 where
+    absent).  The output layer's ``t_out`` holds the logits (its input when it
+    is an Activation, ``Z`` when a Dense); a Dropout's ``t_out`` is its
+    ``t_in``.
 ``netf`` float64 (L, 2)
     per layer: leaky-ReLU ``slope``, batch-norm ``eps``.
 ``coords`` int64 (n, 4)
     per checked coordinate: layer, role (:data:`ROLE_W`, :data:`ROLE_B`,
     :data:`ROLE_GAMMA`, :data:`ROLE_BETA`), row ``r`` (W only) and unit ``c``.
 
+Transcendental functions near the tape.  A perturbation of size eps moves
+every value above it by a tiny ``d``, and the tape holds each activation's
+unperturbed input ``y0`` and output ``g(y0)``.  So ``tanh``, ``sigmoid`` and
+the softmax loss are evaluated from there, by exact identities and short
+series in ``d`` (:func:`tanh_near`, :func:`sigmoid_near`,
+:func:`_pair_cce_near`): a few multiply-adds and at most one division per
+value instead of an exponential.  This is not a linearisation: the series
+are exact to float64 for |d| <= :data:`NEAR`, the change from the tape's
+value is formed to full relative precision, and the result differs from the
+function's own value by a rounding of the final addition (the tape's own
+error is common to both perturbations and cancels in their difference).  A
+row, or the logits, with any larger deviation (a large eps, NaN, inf) takes
+the functions themselves, so the finite difference stays that of the
+course's loop, kinks and all.
+
+The functions themselves (:func:`exp_poly`, :func:`tanh_1div`,
+:func:`sigmoid_1div`, :func:`log_pos`) are float64 and within a few ulp of
+NumPy (pinned by the tests), like those of :mod:`._numba_math`, but with at
+most one division each (division is the one vector instruction that is not
+pipelined) and always inlined, so the loops that call them vectorise: left
+to itself LLVM declines to inline ``tanh`` with its ``exp`` into a loop, and
+the loop then runs one call per element.
+
 Precision: float64 throughout.  The fast-math flags are :data:`FASTMATH`:
 ``reassoc`` lets the sums over examples vectorise and ``contract`` fuses
 multiply-adds; neither approximates a function or a reciprocal, and each
 coordinate runs on one thread through a fixed instruction sequence, so the
-results are the same for any thread count.  The transcendental functions are
-the float64 point functions of :mod:`._numba_math` (within 4 ulp of libm),
-the ones the model's own Numba forward pass uses.
+results are the same for any thread count.
 """
 
-import math
-
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-from ._codes import BCE, LEAKY_RELU, LINEAR, MSE, RELU, SIGMOID, SOFTMAX, TANH
-from ._numba_math import exp, leaky_relu, log1p_unit, relu, sigmoid, tanh
+from ._codes import BCE, CCE, LEAKY_RELU, LINEAR, MSE, RELU, SIGMOID, SOFTMAX, TANH
+from ._numba_math import _f64_from_bits, fma, leaky_relu, log1p_unit, relu
 
 #: layer ops (the codes of :meth:`fusednet.Sequential.plan`)
 DENSE, ACTIVATION, DROPOUT, BATCHNORM = 0, 1, 2, 3
 #: columns of ``net``
-OP, N_IN, N_OUT, ACT, W_OFF, B_OFF, G_OFF, BETA_OFF, T_IN, T_OUT, T_PRE = range(11)
+OP, N_IN, N_OUT, ACT, W_OFF, B_OFF, G_OFF, BETA_OFF, T_IN, T_OUT, T_PRE, T_CEN, T_PROB = range(13)
 #: the parameter a coordinate belongs to
 ROLE_W, ROLE_B, ROLE_GAMMA, ROLE_BETA = 0, 1, 2, 3
-#: float64 vectors of length m per thread, beside its two (wmax, m) buffers
-N_VECTORS = 5
+#: float64 vectors of length 2 m per thread, beside its two (wmax, 2 m) buffers
+N_VECTORS = 4
+#: coordinates a thread takes at a time from the shared counter
+CHUNK = 8
 
 #: No ``nnan``/``ninf`` (NaN propagates into the difference and reads "wrong"),
 #: no ``afn``/``arcp`` (no approximate functions or reciprocals).
@@ -76,31 +114,246 @@ FASTMATH = frozenset({"nsz", "contract", "reassoc"})
 _OPTIONS = dict(nogil=True, fastmath=set(FASTMATH), error_model="numpy", boundscheck=False)
 #: helpers, compiled into the kernel that calls them
 _helper = njit(cache=False, **_OPTIONS)
+#: point functions, always inlined (LLVM ``alwaysinline``): a loop vectorises
+#: only if no call is left in its body, and LLVM's own size threshold declines
+#: to inline ``tanh`` (with its exp) into the loop
+_point = njit(cache=False, forceinline=True, **_OPTIONS)
 #: the kernel
 parallel_kernel = njit(cache=True, parallel=True, **_OPTIONS)
 
 
+def scratch(n_threads, wmax, m):
+    """:func:`perturbed_losses`'s scratch, a row per thread in each: two layer buffers and the vectors.
+
+    The two buffers a Dense reads and writes are separate arrays, not parts
+    of one: LLVM then vectorises the Dense's loops behind one runtime alias
+    check, where within one array it cannot tell the rows apart.
+    """
+    w = 2 * m
+    return np.zeros((n_threads, wmax * w)), np.zeros((n_threads, wmax * w)), np.zeros((n_threads, N_VECTORS * w))
+
+
 # --------------------------------------------------------------------------
-# layers on (n_units, m) buffers: every span below is one unit's m examples
+# float64 point functions with at most one division, for vectorised rows
 # --------------------------------------------------------------------------
 
 
-@_helper
-def _copy(src, dst):
-    """``dst[:] = src`` (an explicit loop compiles far faster than a slice assignment)."""
-    for r in range(dst.size):
-        dst[r] = src[r]
+@intrinsic
+def _bits_of(typingctx, x):
+    """The bit pattern of a float64 as an int64."""
+    if x != types.float64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(x), codegen
+
+
+@intrinsic
+def _fetch_add(typingctx, counter, inc):
+    """``old = counter[0]; counter[0] += inc; return old`` as one atomic operation (int64 array)."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and inc == types.int64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [context.get_constant(types.intp, 0)])
+        return builder.atomic_rmw("add", ptr, args[1], "monotonic")
+
+    return types.int64(counter, inc), codegen
+
+
+#: ln 2 in two parts: the first has few enough bits that ``n * _LN2_HI`` is exact
+_LN2_HI = 6.93145751953125e-1
+_LN2_LO = 1.42860682030941723212e-6
+
+
+@_point
+def exp_poly(x):
+    """``exp(x)`` of a float64, |rel. error| <= 2 ulp, without a division; NaN in, NaN out.
+
+    The Cody-Waite reduction of ``_numba_math.exp_f64``, ``x = n ln2 + r``
+    with |r| <= ln2 / 2, then the Taylor polynomial of degree 13 of
+    ``exp(r)`` (its truncation error is below 1e-17, relative) instead of a
+    Pade quotient, and the scaling by ``2**n`` from its bits.  inf above the
+    overflow point, subnormals then 0 below the underflow point, as NumPy.
+    """
+    hi = 709.782712893384
+    lo = -745.1332191019412
+    xc = x if x < hi else hi  # NaN goes to hi here and is restored below
+    xc = xc if xc > lo else lo
+    n = np.floor(xc * 1.4426950408889634073599 + 0.5)
+    r = fma(n, -_LN2_HI, xc)
+    r = fma(n, -_LN2_LO, r)
+    p = 1.6059043836821613e-10
+    p = p * r + 2.08767569878681e-09
+    p = p * r + 2.505210838544172e-08
+    p = p * r + 2.755731922398589e-07
+    p = p * r + 2.7557319223985893e-06
+    p = p * r + 2.48015873015873e-05
+    p = p * r + 0.0001984126984126984
+    p = p * r + 0.001388888888888889
+    p = p * r + 0.008333333333333333
+    p = p * r + 0.041666666666666664
+    p = p * r + 0.16666666666666666
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    # times 2**n in two steps for n in [-1075, 1024]: p * 2**n1 by adding n1 to p's
+    # exponent field (p is near 1, so it stays a normal number), then one
+    # product with the normal number 2**n2 (one rounding, also to a subnormal).
+    # Two products would do, but ``reassoc`` may pair the two powers of 2 first.
+    ni = np.int64(n)
+    n1 = ni >> 1
+    n2 = ni - n1
+    y = _f64_from_bits(_bits_of(p) + (n1 << 52)) * _f64_from_bits((n2 + 1023) << 52)
+    y = y if x < hi else np.inf
+    y = y if x > lo else 0.0
+    return y if x == x else x
+
+
+@_point
+def tanh_1div(x):
+    """``tanh(x)`` of a float64, |rel. error| <= 4 ulp, with one division; NaN in, NaN out.
+
+    Cephes tanh, as ``_numba_math.tanh``: ``x + x s P(s) / Q(s)`` (s = x**2)
+    up to |x| = 0.625, ``sign(x) (1 - 2 / (exp(2|x|) + 1))`` above, written
+    as ``a + num / den`` with the branch chosen before the division.  The
+    argument of exp is capped at 40, where ``1 - 2 / (e + 1)`` is already
+    exactly 1.
+    """
+    ax = abs(x)
+    s = x * x
+    ps = (-9.64399179425052238628e-1 * s - 9.92877231001918586564e1) * s - 1.61468768441708447952e3
+    qs = ((s + 1.12811678491632931402e2) * s + 2.23548839060100448583e3) * s + 4.84406305325125486048e3
+    e = exp_poly(2.0 * (ax if ax < 20.0 else 20.0))  # NaN takes the small branch below
+    one = 1.0 if x >= 0.0 else -1.0
+    small = not (ax > 0.625)
+    a = x if small else one
+    num = x * s * ps if small else -2.0 * one
+    den = qs if small else e + 1.0
+    return a + num / den
+
+
+@_point
+def sigmoid_1div(z):
+    """``1 / (1 + exp(-z))`` of a float64, |rel. error| <= 4 ulp, the formula of ``reference.sigmoid``."""
+    return 1.0 / (1.0 + exp_poly(-z))
+
+
+@_point
+def log_pos(x):
+    """``log(x)`` of a float64, |rel. error| <= 2 ulp for x >= 2**-1022 (normal numbers).
+
+    ``x = 2**k f`` with f in [sqrt(1/2), sqrt(2)) from the bits, then
+    ``log f = 2 atanh(s)``, ``s = (f - 1) / (f + 1)``, |s| <= 0.1716, by its odd
+    series to s**25 (the next term is below 1e-19), and ``k ln2`` in two
+    parts.  inf gives inf, 0 gives -inf, a negative number or NaN gives NaN;
+    subnormal inputs are outside its domain (the loss takes the log of a sum
+    of exponentials that is at least 1).
+    """
+    b = _bits_of(x)
+    k = (b >> 52) - 1023
+    f = _f64_from_bits((b & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000)
+    up = f > 1.4142135623730951
+    f = 0.5 * f if up else f
+    k = k + 1 if up else k
+    t = f - 1.0  # exact
+    s = t / (2.0 + t)
+    s2 = s * s
+    p = 0.04
+    p = p * s2 + 0.043478260869565216
+    p = p * s2 + 0.047619047619047616
+    p = p * s2 + 0.05263157894736842
+    p = p * s2 + 0.058823529411764705
+    p = p * s2 + 0.06666666666666667
+    p = p * s2 + 0.07692307692307693
+    p = p * s2 + 0.09090909090909091
+    p = p * s2 + 0.1111111111111111
+    p = p * s2 + 0.14285714285714285
+    p = p * s2 + 0.2
+    p = p * s2 + 0.3333333333333333
+    two_s = s + s
+    kf = np.float64(k)
+    y = kf * _LN2_HI + (kf * _LN2_LO + (two_s + two_s * (s2 * p)))
+    y = y if x < np.inf else x
+    y = y if x > 0.0 else (-np.inf if x == 0.0 else np.nan)
+    return y if x == x else x
+
+
+# --------------------------------------------------------------------------
+# near the tape: f(y0 + d) from the tape's f(y0), for |d| <= NEAR (no exp)
+# --------------------------------------------------------------------------
+
+#: The largest deviation ``|d|`` from the tape for which the series below are
+#: exact to float64 (their first omitted term is below 1e-19 of the result).
+#: A row takes them when the sum of its squared deviations is at most
+#: ``NEAR ** 2``, which bounds every one of them; NaN or inf fails that test.
+NEAR = 1e-3
+
+
+@_point
+def expm1_near(d):
+    """``exp(d) - 1`` for |d| <= :data:`NEAR`: its Taylor series to d**5 (next term < 2e-19 relative)."""
+    p = 1.0 / 120.0
+    p = p * d + 1.0 / 24.0
+    p = p * d + 1.0 / 6.0
+    p = p * d + 0.5
+    return d + d * (d * p)
+
+
+@_point
+def log1p_near(x):
+    """``log(1 + x)`` for |x| <= :data:`NEAR`: its series to x**6 (next term < 2e-19 relative)."""
+    p = -1.0 / 6.0
+    p = p * x + 0.2
+    p = p * x - 0.25
+    p = p * x + 1.0 / 3.0
+    p = p * x - 0.5
+    return x + x * (x * p)
+
+
+@_point
+def tanh_near(t0, d):
+    """``tanh(y0 + d)`` from ``t0 = tanh(y0)``, for |d| <= :data:`NEAR`.
+
+    ``tanh(a + b) = tanh a + (1 - tanh**2 a) tanh b / (1 + tanh a tanh b)``
+    with ``tanh d = d - d**3/3 + 2 d**5/15`` (next term < 6e-20 relative):
+    the change from the tape's value is formed to full relative precision,
+    so the result's only new rounding is the final addition.
+    """
+    d2 = d * d
+    td = d + d * (d2 * (-1.0 / 3.0 + d2 * (2.0 / 15.0)))
+    return t0 + ((1.0 - t0 * t0) * td) / (1.0 + t0 * td)
+
+
+@_point
+def sigmoid_near(s0, d):
+    """``sigmoid(y0 + d)`` from ``s0 = sigmoid(y0)``, for |d| <= :data:`NEAR`.
+
+    ``sigmoid(a + b) = s + s (1 - s) u / (1 + s u)``, ``s = sigmoid a``,
+    ``u = exp(b) - 1``.
+    """
+    u = expm1_near(d)
+    return s0 + (s0 * (1.0 - s0) * u) / (1.0 + s0 * u)
+
+
+# --------------------------------------------------------------------------
+# layers on rows of 2m values (the m examples under d+, then under d-)
+# --------------------------------------------------------------------------
 
 
 @_helper
 def _activate(a, act, slope):
-    """``a = g(a)`` in place, element-wise (not softmax)."""
+    """``a = g(a)`` in place, element-wise (not softmax; LINEAR leaves it)."""
     if act == SIGMOID:
         for r in range(a.size):
-            a[r] = sigmoid(a[r])
+            a[r] = sigmoid_1div(a[r])
     elif act == TANH:
         for r in range(a.size):
-            a[r] = tanh(a[r])
+            a[r] = tanh_1div(a[r])
     elif act == RELU:
         for r in range(a.size):
             a[r] = relu(a[r], 0.0)
@@ -110,259 +363,562 @@ def _activate(a, act, slope):
 
 
 @_helper
-def _softmax_units(buf, n, m, mx, s):
-    """Softmax over the ``n`` units of each example, in place on ``buf`` (n * m,); mx, s (m,) scratch."""
-    for r in range(m):
+def _activate_near(a, y0, a0, act, slope, m):
+    """``a = g(a)`` in place on a row (2m) of one unit, given the tape's input ``y0`` and output ``a0`` (m,).
+
+    tanh and sigmoid take :func:`tanh_near` / :func:`sigmoid_near` when the
+    whole row is within :data:`NEAR` of the tape (the usual case: a
+    gradient-check perturbation moves every value by about eps), else the
+    functions themselves; the other activations are exact and cheap anyway.
+    """
+    if act == TANH or act == SIGMOID:
+        dd = 0.0
+        for r in range(m):
+            d0 = a[r] - y0[r]
+            d1 = a[m + r] - y0[r]
+            dd += d0 * d0 + d1 * d1
+        if dd <= NEAR * NEAR:
+            if act == TANH:
+                for r in range(m):
+                    a[r] = tanh_near(a0[r], a[r] - y0[r])
+                    a[m + r] = tanh_near(a0[r], a[m + r] - y0[r])
+            else:
+                for r in range(m):
+                    a[r] = sigmoid_near(a0[r], a[r] - y0[r])
+                    a[m + r] = sigmoid_near(a0[r], a[m + r] - y0[r])
+            return
+    _activate(a, act, slope)
+
+
+@_helper
+def _softmax_units(buf, n, w, mx, s):
+    """Softmax over the ``n`` units of each column, in place on ``buf`` (n * w,); mx, s (w,) scratch."""
+    for r in range(w):
         mx[r] = -np.inf
         s[r] = 0.0
     for c in range(n):
-        a = buf[c * m:(c + 1) * m]
-        for r in range(m):
+        a = buf[c * w:(c + 1) * w]
+        for r in range(w):
             mx[r] = a[r] if a[r] > mx[r] else mx[r]
     for c in range(n):
-        a = buf[c * m:(c + 1) * m]
-        for r in range(m):
-            e = exp(a[r] - mx[r])
+        a = buf[c * w:(c + 1) * w]
+        for r in range(w):
+            e = exp_poly(a[r] - mx[r])
             a[r] = e
             s[r] += e
     for c in range(n):
-        a = buf[c * m:(c + 1) * m]
-        for r in range(m):
+        a = buf[c * w:(c + 1) * w]
+        for r in range(w):
             a[r] = a[r] / s[r]
 
 
 @_helper
-def _layer_activation(buf, n, m, act, slope, mx, s):
-    """A layer's activation on ``n`` units of ``m`` examples, in place."""
-    if act == SOFTMAX:
-        _softmax_units(buf, n, m, mx, s)
-    elif act != LINEAR:
-        _activate(buf[:n * m], act, slope)
-
-
-@_helper
-def _bn_unit(x, out, gamma, beta, eps):
-    """``out = gamma * xhat + beta`` of one unit with its batch statistics; out may be x.
+def _bn_pair(x, gamma, beta, eps, m):
+    """Batch norm of one unit's row in place, ``gamma * xhat + beta``, each half with its own statistics.
 
     Mean and biased variance in two passes, ``xhat = (x - mean) / sqrt(var + eps)``,
-    as the batch-norm kernels.
+    as the batch-norm kernels.  The scale ``gamma / sqrt(var + eps)`` is one
+    scalar per half and the row is ``fma(x - mean, scale, beta)``: written as
+    a product with ``1 / sqrt(..)``, ``reassoc`` would turn it back into a
+    division per element (LLVM sinks ``x * (1 / y)`` into ``x / y``), and an
+    explicit fused multiply-add is out of reach of that rewrite.
     """
-    m = x.size
-    t = 0.0
+    t0 = 0.0
+    t1 = 0.0
     for r in range(m):
-        t += x[r]
-    mean = t / m
-    v = 0.0
+        t0 += x[r]
+        t1 += x[m + r]
+    mean0 = t0 / m
+    mean1 = t1 / m
+    v0 = 0.0
+    v1 = 0.0
     for r in range(m):
-        d = x[r] - mean
-        v += d * d
-    inv = 1.0 / np.sqrt(v / m + eps)
+        d0 = x[r] - mean0
+        d1 = x[m + r] - mean1
+        v0 += d0 * d0
+        v1 += d1 * d1
+    g0 = gamma * (1.0 / np.sqrt(v0 / m + eps))
+    g1 = gamma * (1.0 / np.sqrt(v1 / m + eps))
     for r in range(m):
-        out[r] = gamma * ((x[r] - mean) * inv) + beta
+        x[r] = fma(x[r] - mean0, g0, beta)
+        x[m + r] = fma(x[m + r] - mean1, g1, beta)
 
 
 @_helper
-def _dense(P, w_off, b_off, n_in, n_out, src, out, m):
-    """``out[c] = b[c] + sum_k W[k, c] src[k]`` for every unit c; src (n_in * m,), out (n_out * m,).
+def _bn_centered_pair(out, cen, w, dc, gamma, beta, eps, m):
+    """Batch norm of ``Z_c + w d`` from its centred parts: ``out = gamma * xhat + beta``, each half apart.
 
-    Four input units per pass over an output unit, so each output element
-    is loaded and stored once per four multiply-adds.
+    cen (m,) is ``Z_c - mean Z_c`` (tape), dc (2m,) is ``d - mean d`` (one
+    mean per half), so ``cen + w dc`` is the centred input: one pass forms it
+    and its sum of squares, one normalises.
     """
-    k4 = n_in - n_in % 4
-    for c in range(n_out):
-        o = out[c * m:(c + 1) * m]
-        bc = P[b_off + c] if b_off >= 0 else 0.0
+    v0 = 0.0
+    v1 = 0.0
+    for r in range(m):
+        x0 = cen[r] + w * dc[r]
+        x1 = cen[r] + w * dc[m + r]
+        out[r] = x0
+        out[m + r] = x1
+        v0 += x0 * x0
+        v1 += x1 * x1
+    g0 = gamma * (1.0 / np.sqrt(v0 / m + eps))
+    g1 = gamma * (1.0 / np.sqrt(v1 / m + eps))
+    for r in range(m):
+        out[r] = fma(out[r], g0, beta)
+        out[m + r] = fma(out[m + r], g1, beta)
+
+
+@_helper
+def _bn_centered_act_pair(out, stash, cen, w, dc, gamma, beta, eps, m, y0, a0, act, slope):
+    """:func:`_bn_centered_pair` then the activation ``act`` (tanh or sigmoid) near the tape, in one pass.
+
+    y0, a0 (m,) are the tape's batch-norm output and activation of the unit.
+    The centred input is formed twice, in the variance pass and in the
+    normalising pass, rather than stored and loaded back.  The normalising
+    pass keeps the batch-norm output in ``stash`` (2m) and
+    writes the activation near the tape while it sums the squared
+    deviations; should they exceed :data:`NEAR` (see :func:`_activate_near`)
+    the row is redone from ``stash`` by the functions themselves.
+    """
+    v0 = 0.0
+    v1 = 0.0
+    for r in range(m):
+        x0 = cen[r] + w * dc[r]
+        x1 = cen[r] + w * dc[m + r]
+        v0 += x0 * x0
+        v1 += x1 * x1
+    g0 = gamma * (1.0 / np.sqrt(v0 / m + eps))
+    g1 = gamma * (1.0 / np.sqrt(v1 / m + eps))
+    dd = 0.0
+    if act == TANH:
         for r in range(m):
-            o[r] = bc
-        for k in range(0, k4, 4):
-            w = w_off + k * n_out + c
-            w0, w1, w2, w3 = P[w], P[w + n_out], P[w + 2 * n_out], P[w + 3 * n_out]
-            x0 = src[k * m:(k + 1) * m]
-            x1 = src[(k + 1) * m:(k + 2) * m]
-            x2 = src[(k + 2) * m:(k + 3) * m]
-            x3 = src[(k + 3) * m:(k + 4) * m]
-            for r in range(m):
-                o[r] += (w0 * x0[r] + w1 * x1[r]) + (w2 * x2[r] + w3 * x3[r])
-        for k in range(k4, n_in):
-            w = P[w_off + k * n_out + c]
-            x = src[k * m:(k + 1) * m]
-            for r in range(m):
-                o[r] += w * x[r]
+            y0r = fma(cen[r] + w * dc[r], g0, beta)
+            y1r = fma(cen[r] + w * dc[m + r], g1, beta)
+            stash[r] = y0r
+            stash[m + r] = y1r
+            d0 = y0r - y0[r]
+            d1 = y1r - y0[r]
+            dd += d0 * d0 + d1 * d1
+            out[r] = tanh_near(a0[r], d0)
+            out[m + r] = tanh_near(a0[r], d1)
+    else:
+        for r in range(m):
+            y0r = fma(cen[r] + w * dc[r], g0, beta)
+            y1r = fma(cen[r] + w * dc[m + r], g1, beta)
+            stash[r] = y0r
+            stash[m + r] = y1r
+            d0 = y0r - y0[r]
+            d1 = y1r - y0[r]
+            dd += d0 * d0 + d1 * d1
+            out[r] = sigmoid_near(a0[r], d0)
+            out[m + r] = sigmoid_near(a0[r], d1)
+    if not dd <= NEAR * NEAR:
+        for r in range(2 * m):
+            out[r] = stash[r]
+        _activate(out, act, slope)
 
 
 @_helper
-def _example_losses(L, Y, k, m, loss, ell, mx, s):
-    """``ell[r]`` = the loss of example r, from the logits.
+def _dense(P, w_off, b_off, n_in, n_out, src, out, w):
+    """``out[c] = b[c] + sum_k W[k, c] src[k]`` for every unit c; src (n_in * w,), out (n_out * w,).
 
-    L, Y (k * m,) logits and targets by unit; ell OUT, mx, s scratch (m,).
-    MSE ``sum_c (a - y)**2 / 2``; BCE on the logits, ``sum_c max(z, 0) - z y +
-    log1p(exp(-|z|))``; CCE ``sum_c y (lse - z)`` with the max-subtracted
-    log-sum-exp over the k classes: the formulas of the loss kernels.
+    Eight input rows at a time (then one), and for them a pass over every
+    output row: an output element is loaded and stored once per eight
+    multiply-adds, and the eight input rows (16 KB for m = 128) and the
+    outputs of a narrow layer stay in L1 while they are used, where with
+    the output row outermost each output row streams all the input from L2.
+    One output row per pass: each further output row would cost LLVM more
+    runtime alias checks (rows of one array at a run-time stride cannot be
+    told apart), and past eight checks it does not vectorise the loop.
     """
-    for r in range(m):
+    k8 = n_in - n_in % 8
+    for c in range(n_out):
+        o = out[c * w:(c + 1) * w]
+        bc = P[b_off + c] if b_off >= 0 else 0.0
+        for r in range(w):
+            o[r] = bc
+    for k in range(0, k8, 8):
+        x0 = src[k * w:(k + 1) * w]
+        x1 = src[(k + 1) * w:(k + 2) * w]
+        x2 = src[(k + 2) * w:(k + 3) * w]
+        x3 = src[(k + 3) * w:(k + 4) * w]
+        x4 = src[(k + 4) * w:(k + 5) * w]
+        x5 = src[(k + 5) * w:(k + 6) * w]
+        x6 = src[(k + 6) * w:(k + 7) * w]
+        x7 = src[(k + 7) * w:(k + 8) * w]
+        for c in range(n_out):
+            o = out[c * w:(c + 1) * w]
+            a = w_off + k * n_out + c
+            w0, w1, w2, w3 = P[a], P[a + n_out], P[a + 2 * n_out], P[a + 3 * n_out]
+            w4, w5, w6, w7 = P[a + 4 * n_out], P[a + 5 * n_out], P[a + 6 * n_out], P[a + 7 * n_out]
+            for r in range(w):
+                o[r] += ((w0 * x0[r] + w1 * x1[r]) + (w2 * x2[r] + w3 * x3[r])) + (
+                    (w4 * x4[r] + w5 * x5[r]) + (w6 * x6[r] + w7 * x7[r]))
+    for k in range(k8, n_in):
+        x = src[k * w:(k + 1) * w]
+        for c in range(n_out):
+            o = out[c * w:(c + 1) * w]
+            wk = P[w_off + k * n_out + c]
+            for r in range(w):
+                o[r] += wk * x[r]
+
+
+@_helper
+def _pair_loss(L, Y, k, m, loss, ell, mx, s):
+    """``sum_r (loss_r under d+ - loss_r under d-)`` from the logits.
+
+    L (k * 2m,) logits by unit in rows of 2m, Y (k * m,) targets by unit;
+    ell, mx, s (2m,) scratch.  MSE ``sum_c (a - y)**2 / 2``; BCE on the
+    logits, ``sum_c max(z, 0) - z y + log1p(exp(-|z|))``; CCE ``sum_c y (lse
+    - z)`` with the max-subtracted log-sum-exp over the k classes: the
+    formulas of the loss kernels.  Each example's two losses are formed
+    apart and differenced before the sum over the examples.  The softmax
+    loss comes here only when :func:`_pair_cce_near` does not apply.
+    """
+    w = 2 * m
+    for r in range(w):
         ell[r] = 0.0
     if loss == MSE:
         for c in range(k):
-            z = L[c * m:(c + 1) * m]
+            z = L[c * w:(c + 1) * w]
             y = Y[c * m:(c + 1) * m]
             for r in range(m):
-                d = z[r] - y[r]
-                ell[r] += 0.5 * (d * d)
+                d0 = z[r] - y[r]
+                d1 = z[m + r] - y[r]
+                ell[r] += 0.5 * (d0 * d0)
+                ell[m + r] += 0.5 * (d1 * d1)
     elif loss == BCE:
         for c in range(k):
-            z = L[c * m:(c + 1) * m]
+            z = L[c * w:(c + 1) * w]
             y = Y[c * m:(c + 1) * m]
             for r in range(m):
-                zr = z[r]
-                ell[r] += (zr if zr > 0.0 else 0.0) - zr * y[r] + log1p_unit(exp(-abs(zr)))
+                z0 = z[r]
+                z1 = z[m + r]
+                ell[r] += (z0 if z0 > 0.0 else 0.0) - z0 * y[r] + log1p_unit(exp_poly(-abs(z0)))
+                ell[m + r] += (z1 if z1 > 0.0 else 0.0) - z1 * y[r] + log1p_unit(exp_poly(-abs(z1)))
     else:
-        for r in range(m):
+        for r in range(w):
             mx[r] = -np.inf
             s[r] = 0.0
         for c in range(k):
-            z = L[c * m:(c + 1) * m]
-            for r in range(m):
+            z = L[c * w:(c + 1) * w]
+            for r in range(w):
                 mx[r] = z[r] if z[r] > mx[r] else mx[r]
         for c in range(k):
-            z = L[c * m:(c + 1) * m]
-            for r in range(m):
-                s[r] += exp(z[r] - mx[r])
-        for r in range(m):
-            mx[r] = mx[r] + math.log(s[r])  # log-sum-exp of example r
+            z = L[c * w:(c + 1) * w]
+            for r in range(w):
+                s[r] += exp_poly(z[r] - mx[r])
+        for r in range(w):
+            mx[r] = mx[r] + log_pos(s[r])  # log-sum-exp of the column
         for c in range(k):
-            z = L[c * m:(c + 1) * m]
+            z = L[c * w:(c + 1) * w]
             y = Y[c * m:(c + 1) * m]
             for r in range(m):
                 ell[r] += y[r] * (mx[r] - z[r])
+                ell[m + r] += y[r] * (mx[m + r] - z[m + r])
+    total = 0.0
+    for r in range(m):
+        total += ell[r] - ell[m + r]
+    return total
+
+
+@_helper
+def _pair_cce_near(L, Z0, P0, Y, k, m, s):
+    """``(ok, sum_r (loss_r under d+ - loss_r under d-))`` of the softmax loss, from the tape's softmax.
+
+    L (k * 2m,) logits in rows of 2m; Z0, P0, Y (k * m,) the tape's logits,
+    its softmax probabilities and the targets; s (2m,) scratch.  With
+    ``delta_c = z_c - Z0_c`` the log-sum-exp is ``lse0 + log1p(S)``, ``S =
+    sum_c P0_c expm1(delta_c)``, so an example's two losses differ by ``sum_c
+    y_c ((log1p S+ - log1p S-) - (z+_c - z-_c))``: no exp or log, and every
+    term a small number to full relative precision.  ``ok`` is False (and
+    the sum is not taken) unless every ``|delta_c|`` is within :data:`NEAR`.
+    """
+    w = 2 * m
+    for r in range(w):
+        s[r] = 0.0
+    dd = 0.0
+    for c in range(k):
+        z = L[c * w:(c + 1) * w]
+        z0 = Z0[c * m:(c + 1) * m]
+        p0 = P0[c * m:(c + 1) * m]
+        for r in range(m):
+            d0 = z[r] - z0[r]
+            d1 = z[m + r] - z0[r]
+            dd += d0 * d0 + d1 * d1
+            s[r] += p0[r] * expm1_near(d0)
+            s[m + r] += p0[r] * expm1_near(d1)
+    if not dd <= NEAR * NEAR:
+        return False, 0.0
+    for r in range(w):
+        s[r] = log1p_near(s[r])
+    total = 0.0
+    for c in range(k):
+        z = L[c * w:(c + 1) * w]
+        y = Y[c * m:(c + 1) * m]
+        for r in range(m):
+            total += y[r] * ((s[r] - s[m + r]) - (z[r] - z[m + r]))
+    return True, total
 
 
 # --------------------------------------------------------------------------
-# one perturbed cost, and all of them
+# one coordinate's two perturbed costs, and all of them
 # --------------------------------------------------------------------------
 
 
 @_helper
-def _perturbed_losses(net, netf, P, tape, Y, loss, m, p, role, rr, j, delta, ell, buf0, buf1, col, mx, s):
-    """``ell[r]``: example r's loss with parameter (layer p, role, row rr, unit j) moved by ``delta``.
+def _unitwise(net, q, last):
+    """Whether layer q acts on each unit apart (Dropout, BatchNorm, an element-wise hidden Activation)."""
+    op = net[q, OP]
+    if q == last:  # the output layer's activation belongs to the loss
+        return False
+    return op == DROPOUT or op == BATCHNORM or (op == ACTIVATION and net[q, ACT] != SOFTMAX)
 
-    ell (m,) OUT; buf0, buf1 (wmax * m,) and col, mx, s (m,) are this
-    thread's scratch.  While ``full`` is False only unit j of the current
-    layer's output differs from the tape, and ``col`` holds it; after that
-    the current output is ``cur`` (n_out * m).  Each layer routine has one
-    call site, which keeps the compiled code (and its compile time) small.
+
+@_helper
+def _rank_one(net, netf, P, tape, m, q, j, col, cur, mx, s):
+    """Dense layer q with only unit j of its input changed (``col``, 2m): all its units, and the layers above.
+
+    ``Z'_c = Z_c + W[j, c] d``, ``d = col - A_in[j]``, for every unit c
+    (``col`` becomes d); each row is at once carried through the unit-wise
+    layers above q (its activation, then Dropout, BatchNorm and element-wise
+    Activations up to the next Dense), while it is in L1.  A BatchNorm
+    directly on a linear Dense takes the centred form of the module
+    docstring, in one pass with a tanh or sigmoid Activation on it
+    (:func:`_bn_centered_act_pair`).  Leaves the result in ``cur`` (n_units *
+    2m) and returns the index of the next layer to walk.
     """
     L = net.shape[0]
     last = L - 1
+    w = 2 * m
+    n_out, act, slope = net[q, N_OUT], net[q, ACT], netf[q, 0]
+    base = tape[net[q, T_IN] + j * m:net[q, T_IN] + (j + 1) * m]
+    for r in range(m):
+        col[r] = col[r] - base[r]
+        col[m + r] = col[m + r] - base[r]
+    w0 = net[q, W_OFF] + j * n_out
+    zt = net[q, T_PRE]
+    if q == last or act == SOFTMAX:  # no unit-wise layers: the rows, then (hidden softmax) the activation
+        for c in range(n_out):
+            z = tape[zt + c * m:zt + (c + 1) * m]
+            o = cur[c * w:(c + 1) * w]
+            wc = P[w0 + c]
+            for r in range(m):
+                o[r] = z[r] + wc * col[r]
+                o[m + r] = z[r] + wc * col[m + r]
+        if q == last:
+            return L
+        _softmax_units(cur[:n_out * w], n_out, w, mx, s)
+        return q + 1
+    qe = q + 1  # the unit-wise layers above q are q + 1 .. qe - 1
+    while qe < L and _unitwise(net, qe, last):
+        qe += 1
+    qb = q + 1  # the first of them that is not a Dropout
+    while qb < qe and net[qb, OP] == DROPOUT:
+        qb += 1
+    centred = act == LINEAR and qb < qe and net[qb, OP] == BATCHNORM and net[qb, T_CEN] >= 0
+    qa = qb + 1  # an activation on that batch norm, done in the same pass
+    while qa < qe and net[qa, OP] == DROPOUT:
+        qa += 1
+    fused = centred and qa < qe and net[qa, OP] == ACTIVATION and (net[qa, ACT] == TANH or net[qa, ACT] == SIGMOID)
+    start = q  # the Dense's own activation first
+    if centred:  # d - mean d, per half
+        t0 = 0.0
+        t1 = 0.0
+        for r in range(m):
+            t0 += col[r]
+            t1 += col[m + r]
+        t0 = t0 / m
+        t1 = t1 / m
+        for r in range(m):
+            col[r] = col[r] - t0
+            col[m + r] = col[m + r] - t1
+        start = qa + 1 if fused else qb + 1
+    for c in range(n_out):
+        o = cur[c * w:(c + 1) * w]
+        wc = P[w0 + c]
+        if fused:
+            ct = net[qb, T_CEN] + c * m
+            ti, ta = net[qa, T_IN] + c * m, net[qa, T_OUT] + c * m
+            _bn_centered_act_pair(o, mx, tape[ct:ct + m], wc, col, P[net[qb, G_OFF] + c], P[net[qb, BETA_OFF] + c],
+                                  netf[qb, 1], m, tape[ti:ti + m], tape[ta:ta + m], net[qa, ACT], netf[qa, 0])
+        elif centred:
+            ct = net[qb, T_CEN] + c * m
+            _bn_centered_pair(o, tape[ct:ct + m], wc, col, P[net[qb, G_OFF] + c], P[net[qb, BETA_OFF] + c],
+                              netf[qb, 1], m)
+        else:
+            z = tape[zt + c * m:zt + (c + 1) * m]
+            for r in range(m):
+                o[r] = z[r] + wc * col[r]
+                o[m + r] = z[r] + wc * col[m + r]
+        for q2 in range(start, qe):  # (one call site per layer routine keeps the compiled code small)
+            op2 = net[q2, OP]
+            if op2 == BATCHNORM:
+                _bn_pair(o, P[net[q2, G_OFF] + c], P[net[q2, BETA_OFF] + c], netf[q2, 1], m)
+            elif op2 != DROPOUT and net[q2, ACT] != LINEAR:  # the Dense's activation, or an Activation's
+                ti = (net[q2, T_PRE] if op2 == DENSE else net[q2, T_IN]) + c * m
+                ta = net[q2, T_OUT] + c * m
+                _activate_near(o, tape[ti:ti + m], tape[ta:ta + m], net[q2, ACT], netf[q2, 0], m)
+    return qe
+
+
+@_helper
+def _perturbed_pair(net, netf, P, tape, Y, loss, m, p, role, rr, j, dp, dm, buf0, buf1, col, mx, s, ell):
+    """``sum_r (loss_r(theta + dp e) - loss_r(theta + dm e))`` for parameter (layer p, role, row rr, unit j).
+
+    buf0, buf1 (wmax * 2m,) and col, mx, s, ell (2m,) are this thread's
+    scratch.  While ``full`` is False only unit j of the current layer's
+    output differs from the tape, and ``col`` holds its row; after that the
+    current output is ``cur`` (n_out rows).
+    """
+    L = net.shape[0]
+    last = L - 1
+    w = 2 * m
     full = False
     cur = buf0
     nxt = buf1
-    for q in range(p, L):
+    q = p
+    while q < L:
         op, n_in, n_out, act = net[q, OP], net[q, N_IN], net[q, N_OUT], net[q, ACT]
         if op == DROPOUT:
+            q += 1
             continue
         if op == BATCHNORM:
             g0, b0, eps = net[q, G_OFF], net[q, BETA_OFF], netf[q, 1]
             if q == p:  # gamma[j] or beta[j] moved: unit j is gamma xhat + beta
                 xh = tape[net[q, T_PRE] + j * m:net[q, T_PRE] + (j + 1) * m]
-                g = P[g0 + j] + (delta if role == ROLE_GAMMA else 0.0)
-                b = P[b0 + j] + (delta if role == ROLE_BETA else 0.0)
+                g, b = P[g0 + j], P[b0 + j]
+                gp = g + (dp if role == ROLE_GAMMA else 0.0)
+                gm = g + (dm if role == ROLE_GAMMA else 0.0)
+                bp = b + (dp if role == ROLE_BETA else 0.0)
+                bm = b + (dm if role == ROLE_BETA else 0.0)
                 for r in range(m):
-                    col[r] = g * xh[r] + b
+                    col[r] = gp * xh[r] + bp
+                    col[m + r] = gm * xh[r] + bm
             else:  # the batch statistics of the changed units
                 c0 = 0 if full else j
                 c1 = n_out if full else j + 1
                 for c in range(c0, c1):
-                    u = cur[c * m:(c + 1) * m] if full else col
-                    _bn_unit(u, u, P[g0 + c], P[b0 + c], eps)
+                    u = cur[c * w:(c + 1) * w] if full else col
+                    _bn_pair(u, P[g0 + c], P[b0 + c], eps, m)
+            q += 1
             continue
         if op == DENSE:
             if q == p:  # W[rr, j] or b[j] moved: unit j of Z moves by delta * A_in[rr], or by delta
                 z = tape[net[q, T_PRE] + j * m:net[q, T_PRE] + (j + 1) * m]
-                x = tape[net[q, T_IN] + rr * m:net[q, T_IN] + (rr + 1) * m]
                 if role == ROLE_W:
+                    x = tape[net[q, T_IN] + rr * m:net[q, T_IN] + (rr + 1) * m]
                     for r in range(m):
-                        col[r] = z[r] + delta * x[r]
+                        col[r] = z[r] + dp * x[r]
+                        col[m + r] = z[r] + dm * x[r]
                 else:
                     for r in range(m):
-                        col[r] = z[r] + delta
+                        col[r] = z[r] + dp
+                        col[m + r] = z[r] + dm
             elif full:
-                _dense(P, net[q, W_OFF], net[q, B_OFF], n_in, n_out, cur, nxt, m)
+                _dense(P, net[q, W_OFF], net[q, B_OFF], n_in, n_out, cur, nxt, w)
                 cur, nxt = nxt, cur
-            else:  # rank one: Z' = Z + W[j, :] (A'_in[j] - A_in[j])
-                base = tape[net[q, T_IN] + j * m:net[q, T_IN] + (j + 1) * m]
-                for r in range(m):
-                    col[r] = col[r] - base[r]
-                w0 = net[q, W_OFF] + j * n_out
-                for c in range(n_out):
-                    z = tape[net[q, T_PRE] + c * m:net[q, T_PRE] + (c + 1) * m]
-                    o = cur[c * m:(c + 1) * m]
-                    w = P[w0 + c]
-                    for r in range(m):
-                        o[r] = z[r] + w * col[r]
+            else:
+                q = _rank_one(net, netf, P, tape, m, q, j, col, cur, mx, s)
                 full = True
+                continue
         # the activation of a Dense or Activation layer (the output layer's belongs to the loss)
         if q == last or act == LINEAR:
+            q += 1
             continue
         if act == SOFTMAX and not full:  # couples the units: unit j's change reaches them all
             t = net[q, T_PRE] if op == DENSE else net[q, T_IN]
-            _copy(tape[t:t + n_out * m], cur[:n_out * m])
-            _copy(col, cur[j * m:(j + 1) * m])
+            for c in range(n_out):
+                a = tape[t + c * m:t + (c + 1) * m]
+                o = cur[c * w:(c + 1) * w]
+                for r in range(m):
+                    o[r] = a[r]
+                    o[m + r] = a[r]
+            o = cur[j * w:(j + 1) * w]
+            for r in range(w):
+                o[r] = col[r]
             full = True
-        target = cur[:n_out * m] if full else col
-        _layer_activation(target, n_out if full else 1, m, act, netf[q, 0], mx, s)
+        ti = net[q, T_PRE] if op == DENSE else net[q, T_IN]  # the tape's input and output of g
+        ta = net[q, T_OUT]
+        if act == SOFTMAX:
+            _softmax_units(cur[:n_out * w], n_out, w, mx, s)
+        else:
+            c0 = 0 if full else j
+            c1 = n_out if full else j + 1
+            for c in range(c0, c1):
+                u = cur[c * w:(c + 1) * w] if full else col
+                _activate_near(u, tape[ti + c * m:ti + (c + 1) * m], tape[ta + c * m:ta + (c + 1) * m], act,
+                               netf[q, 0], m)
+        q += 1
     k = net[last, N_OUT]
-    if not full:
-        _copy(tape[net[last, T_OUT]:net[last, T_OUT] + k * m], cur[:k * m])
-        _copy(col, cur[j * m:(j + 1) * m])
-    _example_losses(cur[:k * m], Y, k, m, loss, ell, mx, s)
+    if not full:  # the tape's logits in both halves, unit j replaced
+        t = net[last, T_OUT]
+        for c in range(k):
+            a = tape[t + c * m:t + (c + 1) * m]
+            o = cur[c * w:(c + 1) * w]
+            if c == j:
+                for r in range(w):
+                    o[r] = col[r]
+            else:
+                for r in range(m):
+                    o[r] = a[r]
+                    o[m + r] = a[r]
+    if loss == CCE and net[last, T_PROB] >= 0:
+        t, tp = net[last, T_OUT], net[last, T_PROB]
+        ok, total = _pair_cce_near(cur[:k * w], tape[t:t + k * m], tape[tp:tp + k * m], Y, k, m, s)
+        if ok:
+            return total
+    return _pair_loss(cur[:k * w], Y, k, m, loss, ell, mx, s)
 
 
 @parallel_kernel
-def perturbed_losses(net, netf, P, tape, Y, loss, m, coords, deltas, out, scratch, n_threads):
+def perturbed_losses(net, netf, P, tape, Y, loss, m, coords, deltas, out, bufs0, bufs1, vectors, n_threads):
     """``out[i] = sum_r (loss_r(theta + d+) - loss_r(theta + d-))`` for every coordinate i.
 
-    net (L, 11), netf (L, 2), P (n_params,), tape, Y (k * m,) by unit, IN;
+    net (L, 13), netf (L, 2), P (n_params,), tape, Y (k * m,) by unit, IN;
     coords (n, 4), deltas (n, 2) IN (``d+, d-``: the perturbations of the
-    coordinate); out (n,) OUT; scratch (n_threads, 2 * wmax * m + N_VECTORS *
-    m) OUT, one row per thread, allocated once per check.
+    coordinate); out (n,) OUT; bufs0, bufs1, vectors (:func:`scratch`)
+    OUT, one row per thread, allocated once per check.
 
-    Thread t takes coordinates t, t + n_threads, ...: interleaving spreads
-    the expensive ones (low layers) evenly, and each coordinate is computed
-    whole by one thread, so the result does not depend on n_threads.
+    The threads take :data:`CHUNK` coordinates at a time from a shared
+    atomic counter until none is left.  Coordinates cost very different
+    amounts (one of the first layer is recomputed through every layer above
+    it, one of the output layer is little more than the loss), and they
+    come in parameter order, the expensive first: taken on demand, the
+    cheap ones at the end even out the threads' shares, also when a thread
+    loses its core for a while.  Each coordinate is computed whole by one
+    thread through the same instructions, so the result does not depend on
+    the thread count or on which thread took it.
     """
     n = coords.shape[0]
-    wm = (scratch.shape[1] - N_VECTORS * m) // 2
+    w = 2 * m
+    counter = np.zeros(1, np.int64)
     for t in prange(n_threads):
-        sc = scratch[t]
-        buf0 = sc[:wm]
-        buf1 = sc[wm:2 * wm]
-        v = sc[2 * wm:]
-        col, mx, s, lp, lm = v[:m], v[m:2 * m], v[2 * m:3 * m], v[3 * m:4 * m], v[4 * m:5 * m]
-        for i in range(np.int64(t), n, n_threads):
-            p, role, rr, j = coords[i, 0], coords[i, 1], coords[i, 2], coords[i, 3]
-            for h in range(2):  # one call site: the walk is compiled once
-                ell = lp if h == 0 else lm
-                _perturbed_losses(net, netf, P, tape, Y, loss, m, p, role, rr, j, deltas[i, h], ell,
-                                  buf0, buf1, col, mx, s)
-            total = 0.0
-            for r in range(m):
-                total += lp[r] - lm[r]
-            out[i] = total
+        buf0 = bufs0[t]
+        buf1 = bufs1[t]
+        v = vectors[t]
+        col, mx, s, ell = v[:w], v[w:2 * w], v[2 * w:3 * w], v[3 * w:4 * w]
+        while True:
+            i0 = _fetch_add(counter, np.int64(CHUNK))
+            if i0 >= n:
+                break
+            for i in range(i0, min(i0 + CHUNK, n)):
+                out[i] = _perturbed_pair(net, netf, P, tape, Y, loss, m, coords[i, 0], coords[i, 1], coords[i, 2],
+                                         coords[i, 3], deltas[i, 0], deltas[i, 1], buf0, buf1, col, mx, s, ell)
 
 
 def warmup():
     """Compile (or load from the on-disk cache) the kernel for the types gradcheck passes."""
     m = 4
-    # Dense(2, tanh) -> BatchNorm -> Dense(2, softmax) on 3 features, and a tape for it
-    net = np.array([[DENSE, 3, 2, TANH, 0, 10, -1, -1, 0, 20, 12],
-                    [BATCHNORM, 2, 2, LINEAR, -1, -1, 12, 14, 20, 36, 28],
-                    [DENSE, 2, 2, SOFTMAX, 6, 16, -1, -1, 36, 44, 44]], np.int64)
+    # Dense(2, linear) -> BatchNorm -> Dense(2, softmax) on 3 features, and a tape for it
+    net = np.array([[DENSE, 3, 2, LINEAR, 0, 10, -1, -1, 0, 20, 12, -1, -1],
+                    [BATCHNORM, 2, 2, LINEAR, -1, -1, 12, 14, 20, 36, 28, 44, -1],
+                    [DENSE, 2, 2, SOFTMAX, 6, 16, -1, -1, 36, 52, 52, -1, 60]], np.int64)
     netf = np.array([[0.01, 0.0], [0.01, 1e-5], [0.01, 0.0]])
     P = np.linspace(-0.5, 0.5, 18)
-    tape = np.linspace(-1.0, 1.0, 52)
+    tape = np.linspace(-1.0, 1.0, 68)
     Y = np.array([1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0])
-    scratch = np.zeros((2, 2 * 2 * m + N_VECTORS * m))
     coords = np.array([[0, ROLE_W, 1, 1], [2, ROLE_B, 0, 0]], np.int64)
     deltas = np.array([[1e-7, -1e-7], [1e-7, -1e-7]])
     out = np.zeros(2)
-    perturbed_losses(net, netf, P, tape, Y, 2, m, coords, deltas, out, scratch, 2)
+    perturbed_losses(net, netf, P, tape, Y, 2, m, coords, deltas, out, *scratch(2, 2, m), 2)
