@@ -61,9 +61,19 @@ BACKENDS = {
     "cython": "fusednet.kernels._cython",
 }
 
+#: Kernels whose Cython build measured clearly faster than Numba: geometric mean
+#: over the benchmark groups of time / fastest backend, numba against cython
+#: (``benchmarks/auto_table.py`` on a ``test_bench_kernels.py`` run, float32, 2
+#: threads): batchnorm_backward 1.54 / 1.00, batchnorm_forward_infer 1.63 / 1.00,
+#: dropout_apply 1.18 / 1.00, rmsprop_update 1.15 / 1.00.  Everywhere else Numba
+#: was faster or within 3 % (a tie keeps Numba).  Both backends run their
+#: parallel loops on the same OpenMP runtime (libgomp), so mixing them per
+#: kernel adds no second thread pool.
+CYTHON_FIRST = frozenset({"batchnorm_backward", "batchnorm_forward_infer", "dropout_apply", "rmsprop_update"})
+
 #: "auto": per kernel, the backends in order of measured speed (first available wins).
-#: Justified by ``benchmarks/test_bench_kernels.py`` (float32, 2 threads); see README.
-AUTO = {name: ("numba", "cython", "numpy") for name in KERNELS}
+AUTO = {name: ("cython", "numba", "numpy") if name in CYTHON_FIRST else ("numba", "cython", "numpy")
+        for name in KERNELS}
 
 _lock = threading.Lock()
 _modules = {}
