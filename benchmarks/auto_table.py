@@ -26,7 +26,7 @@ KERNEL_OF = {
     "test_momentum": "momentum_update",
     "test_rmsprop": "rmsprop_update",
     "test_adam": "adam_update",
-    "test_adam_subnormal_state": "adam_update",
+    "test_adam_subnormal_state": "adam_update",  # both states
     "test_ewa": "ewa_update",
     "test_batchnorm_forward": "batchnorm_forward_train",
     "test_batchnorm_forward_infer": "batchnorm_forward_infer",
