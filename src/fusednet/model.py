@@ -1030,12 +1030,8 @@ class Sequential:
             of :meth:`parameters`; the weight gradients include
             ``lambd/m * W``.  The arrays are copies.
         """
-        X = self._check_X(X)
+        X, Y = self._whole_batch(X, y)
         m = X.shape[0]
-        Y, _ = self._targets(y, m, "y", n_in=X.shape[1])
-        if self._has_bn() and m < 2:
-            raise ValueError("X has one row: BatchNorm needs at least 2 examples in a training batch")
-        self.build(X.shape[1])
         K = self._kernels()
         ws = self._workspace(m, train=True)
         v = ws.views(m)
@@ -1047,18 +1043,24 @@ class Sequential:
             G[: self._n_decay] += (self._l2 / m) * self._wseg
         return float(J), [(name, G[o : o + int(np.prod(shape))].reshape(shape)) for name, o, shape in self._names]
 
-    def _cost_of(self, X, y):
-        """A function of no arguments giving the cost of :meth:`loss_and_grads` on ``X``, forward only.
-
-        ``X`` and ``y`` are checked and converted once; each call reads the
-        parameters as they are then (gradient checking's course loop).
-        """
+    def _whole_batch(self, X, y):
+        """``X`` and ``y`` checked as one training batch (dropout off); builds the model for ``X``."""
         X = self._check_X(X)
         m = X.shape[0]
         Y, _ = self._targets(y, m, "y", n_in=X.shape[1])
         if self._has_bn() and m < 2:
             raise ValueError("X has one row: BatchNorm needs at least 2 examples in a training batch")
         self.build(X.shape[1])
+        return X, Y
+
+    def _cost_of(self, X, y):
+        """A function of no arguments giving the cost of :meth:`loss_and_grads` on ``X``, forward only.
+
+        ``X`` and ``y`` are checked and converted once; each call reads the
+        parameters as they are then (gradient checking's course loop).
+        """
+        X, Y = self._whole_batch(X, y)
+        m = X.shape[0]
         Xb = np.ascontiguousarray(X, self.dtype)
 
         def cost():
