@@ -246,6 +246,7 @@ def _floor2(w, v, g, c):
 _FLOOR_KERNELS = {3: _floor3, 2: _floor2}
 
 
+@pytest.mark.parametrize("opt", list(_FLOOR))
 def test_update_bandwidth(benchmark, record, opt):
     n = 10_000_000
     group = f"adam {n:.1e}" if opt == "adam" else f"{opt} {n:.0e}"
