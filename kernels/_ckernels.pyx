@@ -27,7 +27,7 @@
 # x86-64-v3 with AVX2, x86-64-v4 with AVX-512); the Python adapter imports the
 # best one the CPU runs.
 
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.stdint cimport uint32_t, uint64_t
 from libc.math cimport exp, log, log1p, fabs, sqrt, INFINITY, NAN
 
@@ -1164,3 +1164,346 @@ def point_fmix32(const uint32_t[::1] h, uint32_t[::1] out):
     cdef Py_ssize_t k
     for k in range(h.shape[0]):
         out[k] = fmix32(h[k])
+
+
+# ==================================================================================
+# one whole training step of a Dense stack, in one OpenMP team
+# ==================================================================================
+#
+# Between two BLAS calls the per-kernel path runs its element-wise kernels on
+# the calling thread while BLAS's own worker spins on the other core.  Here the
+# team owns every core for the whole step and each thread calls a
+# single-threaded BLAS on its share of each product, then runs the element-wise
+# work on the block it has just written (still in its cache):
+#
+#   gather      rows split                       X[idx] -> Xb, Y[idx] -> Yb
+#   forward     output units split, per layer    Z[:, J] = A_prev @ W[:, J];  A = g(Z + b)
+#   loss        rows split                       A_out, the cost pieces; dZ = (A - Y) / m, db
+#   backward    input units split, per layer     dW[J, :] = A_prev[:, J]^T @ dZ
+#                                                dA[:, J] = dZ @ W[J, :]^T;  dZ_prev = dA * g'(A_prev), db
+#   check       arena split                      sum g^2, sum w^2 (L2 cost)
+#   update      arena split, only when the cost and the gradient are finite
+#
+# Every column sum walks its column top to bottom, every cost piece is summed
+# in a fixed order, and each product element is one BLAS dot product whatever
+# block it falls in, so the step has the same bits for any thread count.  The
+# caller passes BLAS's Fortran ?gemm (scipy.linalg.cython_blas) by address and
+# keeps that BLAS on one thread while steps run.
+
+ctypedef void (*sgemm_t)(char*, char*, int*, int*, int*, float*, float*, int*, float*, int*,
+                         float*, float*, int*) noexcept nogil
+ctypedef void (*dgemm_t)(char*, char*, int*, int*, int*, double*, double*, int*, double*, int*,
+                         double*, double*, int*) noexcept nogil
+
+from libc.string cimport memcpy
+
+cdef enum:
+    MAXL = 64        # most Dense layers of a fused step
+    MAXT = 64        # most threads of a fused step
+
+cdef struct Net:
+    int L, nt, loss
+    Py_ssize_t m
+    Py_ssize_t n[MAXL + 1]       # widths: n[0] inputs, n[l + 1] units of layer l
+    int act[MAXL]
+    double slope[MAXL]
+    void* W[MAXL]
+    void* b[MAXL]                # a zero vector for layers without a bias
+    void* dW[MAXL]
+    void* db[MAXL]               # a scratch vector for layers without a bias
+    void* Z[MAXL]                # (m, n[l + 1]); hidden layers hold A = g(Z + b) in place
+    void* A                      # (m, n[L]) the output activation
+    void* D[2]                   # delta ping-pong, (m, widest)
+    void* X                      # the batch (m, n[0])
+    void* Y                      # its targets (m, n[L])
+    size_t gemm
+
+
+cdef inline void _mm(size_t fp, bint ta, bint tb, int m, int n, int k,
+                     const floating* A, int lda, const floating* B, int ldb,
+                     floating* C, int ldc) noexcept nogil:
+    """Row-major C (m, n) = op(A) @ op(B) through the column-major ?gemm (C^T = op(B)^T op(A)^T)."""
+    cdef char ca = b'T' if ta else b'N'
+    cdef char cb = b'T' if tb else b'N'
+    cdef floating one = 1, zero = 0
+    cdef Py_ssize_t i, j
+    if m <= 0 or n <= 0:
+        return
+    if k <= 0:
+        for i in range(m):
+            for j in range(n):
+                C[i * ldc + j] = 0
+        return
+    if floating is float:
+        (<sgemm_t>fp)(&cb, &ca, &n, &m, &k, &one, <float*>B, &ldb, <float*>A, &lda, &zero, C, &ldc)
+    else:
+        (<dgemm_t>fp)(&cb, &ca, &n, &m, &k, &one, <double*>B, &ldb, <double*>A, &lda, &zero, C, &ldc)
+
+
+cdef inline Py_ssize_t _cut16(Py_ssize_t total, Py_ssize_t parts, Py_ssize_t c) noexcept nogil:
+    """As _cut, on a 16-element grid (whole vectors per thread)."""
+    if c >= parts:
+        return total
+    return (total * c // parts) & ~(<Py_ssize_t>15)
+
+
+cdef void _step_gather(const floating* X, const floating* Y, const Py_ssize_t* idx, Net* net,
+                       int t) noexcept nogil:
+    cdef Py_ssize_t m = net.m, nx = net.n[0], ny = net.n[net.L], i
+    cdef floating* xb = <floating*>net.X
+    cdef floating* yb = <floating*>net.Y
+    for i in range(_cut(m, net.nt, t), _cut(m, net.nt, t + 1)):
+        memcpy(xb + i * nx, X + idx[i] * nx, nx * sizeof(floating))
+        memcpy(yb + i * ny, Y + idx[i] * ny, ny * sizeof(floating))
+
+
+cdef void _step_forward(const floating* dummy, Net* net, int l, int t) noexcept nogil:
+    """Units J_t of layer l: Z[:, J] = A_prev @ W[:, J], then g(Z + b) in place (hidden layers)."""
+    cdef Py_ssize_t m = net.m, k = net.n[l], n = net.n[l + 1], i
+    cdef Py_ssize_t j0 = _cut16(n, net.nt, t), j1 = _cut16(n, net.nt, t + 1)
+    cdef const floating* Ap = <floating*>net.X if l == 0 else <floating*>net.Z[l - 1]
+    cdef floating* Z = <floating*>net.Z[l]
+    cdef const floating* b = <floating*>net.b[l]
+    if j1 <= j0:
+        return
+    _mm(net.gemm, False, False, <int>m, <int>(j1 - j0), <int>k, Ap, <int>k,
+        <floating*>net.W[l] + j0, <int>n, Z + j0, <int>n)
+    if l < net.L - 1:
+        for i in range(m):
+            _fwd_span(Z + i * n + j0, b + j0, Z + i * n + j0, j1 - j0, net.act[l],
+                      <floating>net.slope[l])
+
+
+cdef void _step_loss(const floating* dummy, Net* net, int t, double* part) noexcept nogil:
+    """Cost pieces of the rows of thread t (as loss_forward cuts them); A_out."""
+    cdef int l = net.L - 1
+    cdef Py_ssize_t m = net.m, n = net.n[net.L], pieces, K, c
+    pieces = m if net.loss == CCE else _spans(m, n)
+    K = KMAX if pieces > KMAX else pieces
+    for c in range(_cut(K, net.nt, t), _cut(K, net.nt, t + 1)):
+        part[c] = _loss_piece(<floating*>net.Z[l], <floating*>net.b[l], <floating*>net.Y,
+                              <floating*>net.A, m, n, net.loss, _cut(pieces, K, c),
+                              _cut(pieces, K, c + 1))
+
+
+cdef void _step_loss_backward(const floating* dummy, Net* net, int t, double* part) noexcept nogil:
+    """dZ = (A - Y) / m into D[0] and the output bias gradient (as loss_backward cuts it)."""
+    cdef int l = net.L - 1
+    cdef Py_ssize_t m = net.m, n = net.n[net.L], r, groups, K, c, blocks
+    cdef const floating* A = <floating*>net.A
+    cdef const floating* Y = <floating*>net.Y
+    cdef floating* D = <floating*>net.D[0]
+    if n < NSMALL:
+        r = TILE // n
+        groups = (m + r - 1) // r
+        K = KMAX if groups > KMAX else groups
+        for c in range(_cut(K, net.nt, t), _cut(K, net.nt, t + 1)):
+            _colsum_chunk(A, Y, D, part + c * n, _cut(groups, K, c) * r,
+                          min(_cut(groups, K, c + 1) * r, m), n, OP_LOSS, <floating>m)
+        return
+    blocks = (n + CB - 1) // CB
+    for c in range(_cut(blocks, net.nt, t), _cut(blocks, net.nt, t + 1)):
+        _colsum_block(A, Y, D, <floating*>net.db[l], m, n, c * CB, min(n, c * CB + CB), OP_LOSS,
+                      <floating>m)
+
+
+cdef void _step_loss_db(const floating* dummy, Net* net, const double* part) noexcept nogil:
+    """Combine the output bias gradient's row chunks in order (narrow outputs)."""
+    cdef Py_ssize_t m = net.m, n = net.n[net.L], r, groups, K, c, j
+    cdef floating* db = <floating*>net.db[net.L - 1]
+    cdef double s
+    if n >= NSMALL:
+        return
+    r = TILE // n
+    groups = (m + r - 1) // r
+    K = KMAX if groups > KMAX else groups
+    for j in range(n):
+        s = 0
+        for c in range(K):
+            s += part[c * n + j]
+        db[j] = <floating>s
+
+
+cdef void _step_backward(const floating* dummy, Net* net, int l, int t) noexcept nogil:
+    """Inputs J_t of layer l: dW[J, :], and below the first layer dZ_prev[:, J] and db_prev[J]."""
+    cdef Py_ssize_t m = net.m, k = net.n[l], n = net.n[l + 1], j, w
+    cdef Py_ssize_t j0 = _cut16(k, net.nt, t), j1 = _cut16(k, net.nt, t + 1)
+    cdef int cur = (net.L - 1 - l) & 1
+    cdef const floating* dZ = <floating*>net.D[cur]
+    cdef floating* dA = <floating*>net.D[1 - cur]
+    cdef const floating* Ap = <floating*>net.X if l == 0 else <floating*>net.Z[l - 1]
+    if j1 <= j0:
+        return
+    _mm(net.gemm, True, False, <int>(j1 - j0), <int>n, <int>m, Ap + j0, <int>k, dZ, <int>n,
+        <floating*>net.dW[l] + j0 * n, <int>n)
+    if l == 0:
+        return
+    _mm(net.gemm, False, True, <int>m, <int>(j1 - j0), <int>n, dZ, <int>n,
+        <floating*>net.W[l] + j0 * n, <int>n, dA + j0, <int>k)
+    j = j0
+    while j < j1:
+        w = CB if j1 - j > CB else j1 - j
+        _colsum_block(dA, Ap, dA, <floating*>net.db[l - 1], m, k, j, j + w, net.act[l - 1],
+                      <floating>net.slope[l - 1])
+        j += w
+
+
+cdef double _sumsq(const floating* x, Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
+    """Sum of x^2 over x[i0:i1] in float64, in 32 lanes (vectorised; the order depends on i0, i1 only)."""
+    cdef double acc[32]
+    cdef double s = 0
+    cdef Py_ssize_t i = i0, j
+    for j in range(32):
+        acc[j] = 0
+    while i + 32 <= i1:
+        for j in range(32):
+            acc[j] += <double>x[i + j] * <double>x[i + j]
+        i += 32
+    while i < i1:
+        s += <double>x[i] * <double>x[i]
+        i += 1
+    for j in range(32):
+        s += acc[j]
+    return s
+
+
+cdef void _step_sums(const floating* P, const floating* G, Py_ssize_t n, Py_ssize_t n_decay,
+                     int nt, int t, double* gpart, double* wpart) noexcept nogil:
+    """Sum of g^2 over the arena piece of thread t, and of w^2 over its share of the weights
+    (n_decay = 0 when there is no L2 term)."""
+    cdef Py_ssize_t i0 = _cut64(n, nt, t), i1 = _cut64(n, nt, t + 1)
+    gpart[t] = _sumsq(G, i0, i1)
+    wpart[t] = _sumsq(P, i0, n_decay if n_decay < i1 else i1) if n_decay > i0 else 0.0
+
+
+def dense_step(floating[::1] P,                 # IN/OUT (n_params,) the parameter arena
+               const floating[::1] G,           # OUT    (n_params,) the gradient arena (written)
+               floating[::1] S1,                # IN/OUT optimiser state 1 (or length 0)
+               floating[::1] S2,                # IN/OUT optimiser state 2 (or length 0)
+               const Py_ssize_t[:, ::1] layers, # IN (L, 5): n_in, n_out, act, W offset, b offset (-1: none)
+               const double[::1] slopes,        # IN (L,) leaky-ReLU slopes
+               const size_t[::1] bufs,          # IN addresses: Z_0..Z_{L-1}, A, D0, D1, zeros, scratch
+               const floating[:, ::1] Xb,       # IN (m, n_in) the batch; OUT when idx is given
+               const floating[:, ::1] Yb,       # IN (m, n_out) its targets; OUT when idx is given
+               const floating[:, ::1] X,        # IN the data to gather rows from (ignored when idx is empty)
+               const floating[:, ::1] Y,        # IN its targets
+               const Py_ssize_t[::1] idx,       # IN (m,) rows to gather, or length 0
+               int loss, double lam,
+               int kind, double lr, double beta1, double beta2, double eps, double bc1, double bc2,
+               Py_ssize_t n_decay, size_t gemm,
+               double[::1] out,                 # OUT (2,): the cost (L2 included), sum of g^2
+               int n_threads):
+    """One training step of a Dense stack; returns 0 (updated), 1 (cost not finite) or 2 (gradient)."""
+    cdef Net net
+    cdef Py_ssize_t L = layers.shape[0], l, n_params = P.shape[0], pieces, K, c
+    cdef double part[KMAX]
+    cdef double part2[KMAX * NSMALL]
+    cdef double gpart[MAXT]
+    cdef double wpart[MAXT]
+    cdef double cost, gsq, wsq
+    cdef Hyper h
+    cdef int nt, t, i, status = 0
+    cdef bint gather = idx.shape[0] > 0
+    cdef Py_ssize_t m = Xb.shape[0]
+    if L < 1 or L > MAXL:
+        raise ValueError(f"a fused step takes 1 to {MAXL} Dense layers, got {L}")
+    if m < 1 or Yb.shape[0] != m or (gather and idx.shape[0] != m):
+        raise ValueError("a fused step needs m >= 1 rows in Xb, Yb (and idx)")
+    nt = n_threads if FN_OPENMP else 1
+    nt = 1 if nt < 1 else (MAXT if nt > MAXT else nt)
+    net.L = <int>L
+    net.nt = nt
+    net.loss = loss
+    net.m = m
+    net.gemm = gemm
+    for l in range(L):
+        net.n[l] = layers[l, 0]
+        net.n[l + 1] = layers[l, 1]
+        net.act[l] = <int>layers[l, 2]
+        net.slope[l] = slopes[l]
+        net.W[l] = <void*>(&P[0] + layers[l, 3])
+        net.dW[l] = <void*>(&G[0] + layers[l, 3])
+        if layers[l, 4] >= 0:
+            net.b[l] = <void*>(&P[0] + layers[l, 4])
+            net.db[l] = <void*>(&G[0] + layers[l, 4])
+        else:
+            net.b[l] = <void*>bufs[L + 3]
+            net.db[l] = <void*>bufs[L + 4]
+        net.Z[l] = <void*>bufs[l]
+    net.A = <void*>bufs[L]
+    net.D[0] = <void*>bufs[L + 1]
+    net.D[1] = <void*>bufs[L + 2]
+    net.X = <void*>&Xb[0, 0]
+    net.Y = <void*>&Yb[0, 0]
+    h.kind = kind
+    h.lr = lr
+    h.beta1 = beta1
+    h.beta2 = beta2
+    h.eps = eps
+    h.bc1 = bc1
+    h.bc2 = bc2
+    h.l2 = lam / m
+    h.n_decay = _clip(n_decay, n_params)
+    cdef Py_ssize_t nd_cost = h.n_decay if lam != 0.0 else 0
+    pieces = m if loss == CCE else _spans(m, net.n[L])
+    K = KMAX if pieces > KMAX else pieces
+    cdef const floating* xp = &X[0, 0] if gather else NULL
+    cdef const floating* yp = &Y[0, 0] if gather else NULL
+    cdef const Py_ssize_t* ip = &idx[0] if gather else NULL
+    cdef floating* pp = &P[0]
+    cdef const floating* gp = &G[0]
+    cdef floating* s1 = &S1[0] if S1.shape[0] > 0 else NULL
+    cdef floating* s2 = &S2[0] if S2.shape[0] > 0 else NULL
+    with nogil:
+        if nt == 1:
+            if gather:
+                _step_gather(xp, yp, ip, &net, 0)
+            for l in range(L):
+                _step_forward(pp, &net, <int>l, 0)
+            _step_loss(pp, &net, 0, part)
+            _step_loss_backward(pp, &net, 0, part2)
+            _step_loss_db(pp, &net, part2)
+            for l in range(L - 1, -1, -1):
+                _step_backward(pp, &net, <int>l, 0)
+            _step_sums(pp, gp, n_params, nd_cost, 1, 0, gpart, wpart)
+        else:
+            with parallel(num_threads=nt):
+                if gather:
+                    for t in prange(nt, schedule="static", chunksize=1):
+                        _step_gather(xp, yp, ip, &net, t)
+                for l in range(L):
+                    for t in prange(nt, schedule="static", chunksize=1):
+                        _step_forward(pp, &net, <int>l, t)
+                for t in prange(nt, schedule="static", chunksize=1):
+                    _step_loss(pp, &net, t, part)
+                for t in prange(nt, schedule="static", chunksize=1):
+                    _step_loss_backward(pp, &net, t, part2)
+                for l in range(L - 1, -1, -1):
+                    for t in prange(nt, schedule="static", chunksize=1):
+                        if t == 0 and l == L - 1:
+                            _step_loss_db(pp, &net, part2)
+                        _step_backward(pp, &net, <int>l, t)
+                for t in prange(nt, schedule="static", chunksize=1):
+                    _step_sums(pp, gp, n_params, nd_cost, nt, t, gpart, wpart)
+        cost = 0
+        for c in range(K):
+            cost += part[c]
+        if loss == MSE:
+            cost = 0.5 * cost
+        cost = cost / m
+        gsq = 0
+        wsq = 0
+        for i in range(nt):
+            gsq += gpart[i]
+            wsq += wpart[i]
+        if lam != 0.0:
+            cost = cost + lam / (2.0 * m) * wsq
+        if not (fabs(cost) < INFINITY):
+            status = 1
+        elif not (fabs(gsq) < INFINITY):
+            status = 2
+        else:
+            _opt(pp, gp, s1, s2, n_params, &h, nt, 0)
+    out[0] = cost
+    out[1] = gsq
+    return status

@@ -51,6 +51,15 @@ def info():
         out["openmp"] = getattr(_cython, "OPENMP", None)
         out["cython_isa"] = getattr(_cython, "ISA", None)  # the instruction-set build imported
         out["cython_threads"] = getattr(_cython, "max_threads", lambda: None)()
+    from .kernels import _blas
+
+    # the trainer's one-call step for Dense-only models (see fusednet._fused)
+    if "cython" not in out["backends"]:
+        out["fused_step"] = "unavailable: the Cython extension is not built"
+    elif _blas.AVAILABLE:
+        out["fused_step"] = f"available, on {_blas.STATUS}"
+    else:
+        out["fused_step"] = f"unavailable: {_blas.STATUS}"
     try:
         from threadpoolctl import threadpool_info
 

@@ -24,6 +24,8 @@ from . import kernels as _k
 __all__ = ["Optimizer", "GD", "Momentum", "RMSProp", "Adam", "ewa"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+#: an empty state buffer per dtype, for the fused step of optimisers with fewer slots
+_EMPTY = {dt: np.empty(0, dt) for dt in _FLOATS}
 
 
 # --------------------------------------------------------------------------
@@ -429,6 +431,19 @@ class Optimizer:
     def _apply(self, kernel, lr, l2, n_decay, n_threads):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _fused(self, params, grads):
+        """For the trainer's one-call step: bind like :meth:`step` (without moving ``t``) and return
+        ``(kind, beta1, beta2, eps, bc1, bc2, state1, state2)`` of step ``t + 1``, or None when this
+        optimiser has no fused form.  The caller adds 1 to ``_t`` once the update is applied."""
+        if not self._bound(params, grads):
+            self._bind(params, grads)
+        if len(self._bufs) != 1:
+            return None
+        return self._fused_hypers(self._t + 1, self._bufs[0][3:])
+
+    def _fused_hypers(self, t, state):
+        return None
+
 
 class GD(Optimizer):
     r"""Plain (mini-batch) gradient descent.
@@ -454,6 +469,9 @@ class GD(Optimizer):
     def _apply(self, kernel, lr, l2, n_decay, n_threads):
         for w, g, n in self._bufs:
             kernel(w, g, lr, l2, n if n_decay is None else min(n_decay, n), n_threads)
+
+    def _fused_hypers(self, t, state):
+        return (0, 0.0, 0.0, 0.0, 1.0, 1.0, _EMPTY[self._ws[0].dtype], _EMPTY[self._ws[0].dtype])
 
 
 class Momentum(Optimizer):
@@ -512,6 +530,10 @@ class Momentum(Optimizer):
             nd = n if n_decay is None else min(n_decay, n)
             kernel(w, g, v, lr, beta, bc, l2, nd, n_threads)
 
+    def _fused_hypers(self, t, state):
+        bc = 1.0 - self._beta**t if self._bias_correction else 1.0
+        return (1, self._beta, 0.0, 0.0, bc, 1.0, state[0], _EMPTY[state[0].dtype])
+
 
 class RMSProp(Optimizer):
     r"""RMSProp (C2W2): divide the gradient by a running root mean square.
@@ -560,6 +582,9 @@ class RMSProp(Optimizer):
         for w, g, n, s in self._bufs:
             nd = n if n_decay is None else min(n_decay, n)
             kernel(w, g, s, lr, beta, eps, l2, nd, n_threads)
+
+    def _fused_hypers(self, t, state):
+        return (2, 0.0, self._beta, self._eps, 1.0, 1.0, state[0], _EMPTY[state[0].dtype])
 
 
 class Adam(Optimizer):
@@ -621,6 +646,10 @@ class Adam(Optimizer):
         for w, g, n, m, v in self._bufs:
             nd = n if n_decay is None else min(n_decay, n)
             kernel(w, g, m, v, lr, b1, b2, eps, bc1, bc2, l2, nd, n_threads)
+
+    def _fused_hypers(self, t, state):
+        b1, b2 = self._beta1, self._beta2
+        return (3, b1, b2, self._eps, 1.0 - b1**t, 1.0 - b2**t, state[0], state[1])
 
 
 # --------------------------------------------------------------------------

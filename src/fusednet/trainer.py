@@ -23,12 +23,13 @@ import time
 
 import numpy as np
 
+from . import _fused
 from . import kernels as _kernels
 from . import optim as _optim
 from .callbacks import Callback
 from .errors import TrainingDiverged
 from .history import History
-from .kernels import _codes
+from .kernels import _blas, _codes
 from .model import Sequential, _DropoutNode, as_2d, check_finite
 from .schedules import as_schedule
 
@@ -79,6 +80,13 @@ class Trainer:
         core through BLAS either way; on a 2-core machine, parallel kernels
         launched between them compete with BLAS's spinning worker threads and
         one MNIST-sized epoch took 4.1 s instead of 0.99 s, hence the default.
+    fused_step : bool, default True
+        For a model of Dense layers only, trained with GD, Momentum, RMSProp
+        or Adam on the Cython backend, run each mini-batch step -- gather,
+        forward, loss, backward, checks and update -- as one compiled call in
+        one thread team, with SciPy's BLAS on each thread's share of every
+        matrix product (see ``fusednet._fused``; :func:`fusednet.info` says
+        whether it is available).  False: always the per-kernel path.
 
     Attributes
     ----------
@@ -100,6 +108,7 @@ class Trainer:
         callbacks=(),
         progress=True,
         kernel_threads=1,
+        fused_step=True,
     ):
         if not isinstance(model, Sequential):
             raise TypeError(f"model must be a fusednet.Sequential, got {type(model).__name__}")
@@ -128,6 +137,9 @@ class Trainer:
         ):
             raise ValueError(f"kernel_threads must be an int >= 1 or None, got {kernel_threads!r}")
         self.kernel_threads = None if kernel_threads is None else int(kernel_threads)
+        if not isinstance(fused_step, (bool, np.bool_)):
+            raise TypeError(f"fused_step must be a bool, got {fused_step!r}")
+        self.fused_step = bool(fused_step)
         self.model = model
         self.optimizer = optimizer
         self.schedule = as_schedule(schedule)
@@ -162,9 +174,13 @@ class Trainer:
         """
         # BLAS owns the cores during the step loop: the per-step kernels are
         # small, and parallel ones fight BLAS's spinning threads (see kernels.limit_threads)
+        n_threads = _kernels.get_num_threads()  # the fused step's team owns every core
         with _kernels.limit_threads(self.kernel_threads):
-            run = _Run(self, X, y, dev)
-            return run.fit()
+            run = _Run(self, X, y, dev, n_threads)
+            if run.fused is None:
+                return run.fit()
+            with _blas.single_threaded():
+                return run.fit()
 
     def __repr__(self):
         return (
@@ -177,7 +193,7 @@ class Trainer:
 class _Run:
     """One fit: validated data, buffers and counters; :meth:`step` is the hot path."""
 
-    def __init__(self, trainer, X, y, dev):
+    def __init__(self, trainer, X, y, dev, n_threads=1):
         model = trainer.model
         # ---- validation (nothing changes before it all passes) ----
         X = model._check_X(X, "X")
@@ -269,6 +285,9 @@ class _Run:
         self.loss_sum = 0.0
         self.correct = 0
         self.lr0 = None
+        self.fused = None
+        if trainer.fused_step and _fused.why_not(model, self.opt) is None:
+            self.fused = _fused.FusedStep(model, self.opt, ws, n_threads)
 
     # ---- the hot path ------------------------------------------------------------
 
@@ -277,6 +296,9 @@ class _Run:
         n = e - s
         v = self.v_full if n == self.B else self.v_last
         mode = self.mode
+        if self.fused is not None and mode == _GATHER and self.stage is None:
+            self._fused_step(epoch, step, s, e, v, v.X, v.Y, self.perm[s:e])
+            return
         if mode == _FULL:
             Xb, Yb = self.X, self.Y
         elif mode == _GATHER:
@@ -296,6 +318,9 @@ class _Run:
                 np.copyto(v.X, self.X[s:e], casting="unsafe")
                 Xb = v.X
             Yb = self.Y[s:e]
+        if self.fused is not None:
+            self._fused_step(epoch, step, s, e, v, Xb, Yb, None)
+            return
         sched = self.schedule
         lr = self.opt.lr if sched is None else sched(epoch, step)
         if step == 0:
@@ -311,7 +336,22 @@ class _Run:
             raise TrainingDiverged(epoch, step, cost, "gradient", self.history)
         model._update_running(K)
         self.opt.step(self.P, G, lr, l2=model._l2 / n, n_decay=self.n_decay)
-        self.loss_sum += cost * n
+        self._record(s, e, v, Yb, cost)
+
+    def _fused_step(self, epoch, step, s, e, v, Xb, Yb, idx):
+        """:meth:`step` as one compiled call (gathering ``X[idx]`` into ``Xb`` when ``idx`` is given)."""
+        sched = self.schedule
+        lr = self.opt.lr if sched is None else sched(epoch, step)
+        if step == 0:
+            self.lr0 = lr
+        status, cost = self.fused(v, Xb, Yb, self.X, self.Y, idx, lr)
+        if status:
+            raise TrainingDiverged(epoch, step, cost, "cost" if status == 1 else "gradient", self.history)
+        self._record(s, e, v, Yb, cost)
+
+    def _record(self, s, e, v, Yb, cost):
+        """Add the batch's cost and predictions to the epoch's totals."""
+        self.loss_sum += cost * (e - s)
         pred = self.pred
         if pred is not None:
             if self.loss == _codes.CCE:

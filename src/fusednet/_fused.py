@@ -1,0 +1,125 @@
+"""The trainer's one-call step: a whole mini-batch step of a Dense stack in compiled code.
+
+For a model made of :class:`~fusednet.layers.Dense` layers only, trained with
+:class:`~fusednet.optim.GD`, ``Momentum``, ``RMSProp`` or ``Adam`` on the
+Cython backend, every step -- the row gather, forward, loss, backward, the
+finiteness checks and the optimiser update -- is one call of the extension's
+``dense_step``.  It runs in one OpenMP team that owns the cores for the whole
+step; each thread calls SciPy's BLAS (kept on one thread, see
+:mod:`fusednet.kernels._blas`) on its share of every matrix product and then
+runs the element-wise work on the block it has just written.
+
+The per-kernel path (``model._forward_train`` / ``_backward`` and
+``optimizer.step``) stays the reference: both compute the same formulas from
+the same kernels' point functions, and the tests hold them equal.  The step
+walks plain data -- layer widths, activation codes, arena offsets, buffer
+addresses -- that :meth:`Sequential.plan` also describes.
+
+:func:`why_not` names the first reason a model and optimiser do not take the
+fused step (dropout, batch norm, an explicit non-Cython backend, ...).
+"""
+
+import numpy as np
+
+from . import kernels as _kernels
+from .kernels import _blas, _codes
+
+_MAX_LAYERS = 64
+
+
+def _cython():
+    return _kernels._load("cython")
+
+
+def why_not(model, optimizer):
+    """None when ``model`` and ``optimizer`` take the fused step, else the reason (a string)."""
+    from .model import _DenseNode
+    from .optim import Optimizer
+
+    if not _blas.AVAILABLE:
+        return _blas.STATUS
+    if _cython() is None:
+        return "the Cython extension is not built"
+    backend = _kernels.get_backend()
+    if backend not in ("auto", "cython"):
+        return f"the kernel backend is {backend!r}"
+    if optimizer.backend not in (None, "cython"):
+        return f"the optimiser's backend is {optimizer.backend!r}"
+    if type(optimizer)._fused_hypers is Optimizer._fused_hypers:
+        return f"{type(optimizer).__name__} has no fused update"
+    nodes = model._nodes
+    if len(nodes) > _MAX_LAYERS:
+        return f"more than {_MAX_LAYERS} layers"
+    for node in nodes:
+        if not isinstance(node, _DenseNode):
+            return f"layer {node.name} is not Dense"
+        if not node.is_output and node.act == _codes.SOFTMAX:
+            return f"hidden layer {node.name} has a softmax activation"
+    return None
+
+
+class FusedStep:
+    """One compiled step per mini-batch for a built Dense-only ``model``."""
+
+    def __init__(self, model, optimizer, workspace, n_threads):
+        P = model._params
+        nodes = model._nodes
+        isz = P.itemsize
+        base = P.ctypes.data
+
+        def off(view):
+            return (view.ctypes.data - base) // isz
+
+        rows = []
+        for node in nodes:
+            rows.append(
+                (node.n_in, node.n_out, node.act, off(node.W), off(node.b) if node.use_bias else -1)
+            )
+        self.layers = np.array(rows, dtype=np.intp)
+        self.slopes = np.array([node.slope for node in nodes], dtype=np.float64)
+        self.model = model
+        self.opt = optimizer
+        self.ws = workspace
+        self.loss = model._loss
+        self.gemm = _blas.gemm_address(model.dtype)
+        self.n_threads = int(n_threads)
+        self.out = np.zeros(2, np.float64)
+        self.no_rows = np.empty(0, np.intp)
+        dummy = np.zeros((1, 1), model.dtype)
+        self.dummy = dummy
+        self._bufs = {}
+        dt = "float" if model.dtype == np.float32 else "double"
+        self.kernel = _cython()._ck.dense_step[dt]
+
+    def bufs(self, v):
+        """The address table of the workspace views ``v`` (cached by row count)."""
+        b = self._bufs.get(v.n)
+        if b is None:
+            nv = v.nodes
+            ws = self.ws
+            addr = [x.Z.ctypes.data for x in nv]
+            addr += [nv[-1].A.ctypes.data, ws.delta[0].ctypes.data, ws.delta[1].ctypes.data,
+                     self.model._zeros.ctypes.data, self.model._scratch.ctypes.data]
+            b = self._bufs[v.n] = np.array(addr, dtype=np.uintp)
+        return b
+
+    def __call__(self, v, Xb, Yb, X, Y, idx, lr):
+        """One step on the batch ``Xb``, ``Yb``; with ``idx``, gathered first from ``X[idx]``, ``Y[idx]``.
+
+        Returns ``(status, cost)``: status 0 when the update was applied, 1 when
+        the cost and 2 when the gradient was not finite (nothing updated then).
+        """
+        model, opt = self.model, self.opt
+        P, G = model._params, model._grads
+        kind, b1, b2, eps, bc1, bc2, s1, s2 = opt._fused(P, G)
+        if idx is None:
+            X = Y = self.dummy
+            idx = self.no_rows
+        status = self.kernel(
+            P, G, s1, s2, self.layers, self.slopes, self.bufs(v), Xb, Yb, X, Y, idx, self.loss,
+            model._l2, kind, lr, b1, b2, eps, bc1, bc2, model._n_decay, self.gemm, self.out,
+            self.n_threads,
+        )
+        if status == 0:
+            opt._t += 1
+        return status, self.out[0]

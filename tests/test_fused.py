@@ -1,0 +1,238 @@
+"""The trainer's one-call step (fusednet._fused) against the per-kernel path it replaces."""
+
+import gc
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fusednet as fn
+from fusednet import _fused, kernels, optim
+from fusednet.callbacks import Callback
+from fusednet.errors import TrainingDiverged
+from fusednet.kernels import _blas
+from fusednet.layers import Activation, BatchNorm, Dense, Dropout
+from fusednet.model import Sequential
+from fusednet.trainer import Trainer, _Run
+
+pytestmark = pytest.mark.skipif(
+    not _blas.AVAILABLE or "cython" not in kernels.available(),
+    reason=f"the fused step is unavailable here: {_blas.STATUS}",
+)
+
+
+def blobs(m=120, nf=6, k=3, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, m)
+    X = rng.standard_normal((m, nf)) + 1.5 * np.eye(k, nf)[y]
+    return X.astype(dtype), y
+
+
+OPTIMISERS = {
+    "gd": lambda: optim.GD(0.1),
+    "momentum": lambda: optim.Momentum(0.05, beta=0.9, bias_correction=True),
+    "rmsprop": lambda: optim.RMSProp(0.01, beta=0.9),
+    "adam": lambda: optim.Adam(0.01),
+}
+
+NETS = {
+    # hidden activations of every kind, a layer without bias, a softmax output
+    "softmax": (lambda: [Dense(33, "relu"), Dense(17, "tanh", use_bias=False), Dense(9, "leaky_relu"),
+                         Dense(5, "sigmoid"), Dense(3, "softmax")], "labels"),
+    # a wide hidden layer (column blocks beyond 256) and a sigmoid output (binary cross-entropy)
+    "sigmoid": (lambda: [Dense(300, "tanh"), Dense(1, "sigmoid")], "binary"),
+    # a linear output (mean squared error), several targets, narrow hidden layer
+    "linear": (lambda: [Dense(4, "tanh"), Dense(2, None)], "regression"),
+    # one layer: logistic regression
+    "single": (lambda: [Dense(1, "sigmoid")], "binary"),
+}
+
+
+def _targets(kind, X, y):
+    if kind == "labels":
+        return y
+    if kind == "binary":
+        return (y == 1).astype(np.float64)
+    return np.stack([X[:, 0] - X[:, 1], X[:, 2] * 0.5], axis=1)
+
+
+def _train(net, opt, dtype, fused, batch_size=32, shuffle=True, l2=0.0, x_dtype=None, epochs=3):
+    make, kind = NETS[net]
+    X, y = blobs(m=130, dtype=x_dtype or dtype)
+    model = Sequential(make(), input_dim=X.shape[1], dtype=dtype, l2=l2, seed=4)
+    o = OPTIMISERS[opt]()
+    trainer = Trainer(model, o, batch_size=batch_size, epochs=epochs, shuffle=shuffle, seed=3, progress=False,
+                      fused_step=fused)
+    h = trainer.fit(X, _targets(kind, X, y), dev=(X[:20], _targets(kind, X[:20], y[:20])))
+    return model, o, h, trainer
+
+
+@pytest.mark.parametrize("opt", sorted(OPTIMISERS))
+@pytest.mark.parametrize("net", sorted(NETS))
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_fused_step_equals_the_per_kernel_path(net, opt, dtype):
+    ref_model, ref_opt, ref_h, _ = _train(net, opt, dtype, fused=False, l2=0.3)
+    model, o, h, trainer = _train(net, opt, dtype, fused=True, l2=0.3)
+    rtol = 1e-10 if dtype == "float64" else 2e-4
+    atol = 1e-12 if dtype == "float64" else 1e-5
+    for key in ref_h.keys():
+        if key != "time":
+            np.testing.assert_allclose(h[key], ref_h[key], rtol=rtol, atol=atol, err_msg=key)
+    np.testing.assert_allclose(model._params, ref_model._params, rtol=rtol, atol=atol)
+    assert o.t == ref_opt.t == 3 * 5
+    for key, value in ref_opt.state_dict().items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_allclose(o.state_dict()[key], value, rtol=rtol * 10, atol=atol)
+
+
+@pytest.mark.parametrize(
+    "batch_size, shuffle, x_dtype",
+    [
+        (None, True, None),  # batch gradient descent: the whole set, no gather
+        (32, False, None),  # slices of X
+        (32, True, None),  # rows gathered inside the step
+        (32, True, "float32"),  # a float64 model on float32 data: converted in Python, then the step
+        (1, True, None),  # stochastic: one example per step
+    ],
+)
+def test_every_batching_mode_takes_the_fused_step_and_equals_the_per_kernel_path(batch_size, shuffle, x_dtype):
+    ref = _train("softmax", "adam", "float64", False, batch_size=batch_size, shuffle=shuffle, x_dtype=x_dtype, epochs=2)
+    got = _train("softmax", "adam", "float64", True, batch_size=batch_size, shuffle=shuffle, x_dtype=x_dtype, epochs=2)
+    np.testing.assert_allclose(got[2]["train_loss"], ref[2]["train_loss"], rtol=1e-10)
+    np.testing.assert_allclose(got[2]["train_accuracy"], ref[2]["train_accuracy"])
+    np.testing.assert_allclose(got[0]._params, ref[0]._params, rtol=1e-10, atol=1e-12)
+
+
+def test_the_result_does_not_depend_on_the_thread_count():
+    before = kernels.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2, 3):
+            kernels.set_num_threads(n)
+            model, o, h, _ = _train("softmax", "adam", "float32", True, l2=0.1)
+            runs.append((model._params.copy(), h["train_loss"]))
+    finally:
+        kernels.set_num_threads(before)
+    for params, loss in runs[1:]:
+        np.testing.assert_array_equal(params, runs[0][0])
+        np.testing.assert_array_equal(loss, runs[0][1])
+
+
+def test_fused_run_uses_the_fused_step():
+    X, y = blobs()
+    model = Sequential([Dense(8, "relu"), Dense(3, "softmax")], input_dim=6)
+    run = _Run(Trainer(model, optim.Adam(), batch_size=16, progress=False), X, y, None, 2)
+    assert isinstance(run.fused, _fused.FusedStep)
+    run = _Run(Trainer(model, optim.Adam(), batch_size=16, progress=False, fused_step=False), X, y, None, 2)
+    assert run.fused is None
+
+
+@pytest.mark.parametrize(
+    "layers, opt_backend, backend, reason",
+    [
+        ([Dense(8, "relu"), Dropout(0.5), Dense(3, "softmax")], None, "auto", "is not Dense"),
+        ([Dense(8), BatchNorm(), Activation("relu"), Dense(3, "softmax")], None, "auto", "is not Dense"),
+        ([Dense(8, "softmax"), Dense(3, "softmax")], None, "auto", "softmax"),
+        ([Dense(8, "relu"), Dense(3, "softmax")], "numpy", "auto", "optimiser's backend"),
+        ([Dense(8, "relu"), Dense(3, "softmax")], None, "numpy", "kernel backend"),
+        ([Dense(8, "relu"), Dense(3, "softmax")], None, "cython", None),
+        ([Dense(8, "relu"), Dense(3, "softmax")], "cython", "auto", None),
+    ],
+)
+def test_why_not_names_the_reason(layers, opt_backend, backend, reason):
+    model = Sequential(layers, input_dim=6).build(6)
+    before = kernels.get_backend()
+    kernels.set_backend(backend)
+    try:
+        got = _fused.why_not(model, optim.Adam(backend=opt_backend))
+    finally:
+        kernels.set_backend(before)
+    if reason is None:
+        assert got is None
+    else:
+        assert reason in got
+
+
+class _BlasThreads(Callback):
+    def on_epoch_end(self, trainer, epoch, logs):
+        self.seen = _blas._GET()
+
+
+def test_scipy_blas_runs_single_threaded_during_the_fit_and_is_restored():
+    before = _blas._GET()
+    _blas._SET(2)
+    try:
+        cb = _BlasThreads()
+        X, y = blobs()
+        Trainer(Sequential([Dense(3, "softmax")], input_dim=6), batch_size=16, epochs=1, callbacks=[cb],
+                progress=False).fit(X, y)
+        assert cb.seen == 1
+        assert _blas._GET() == 2
+        # restored after a divergence too
+        with pytest.raises(TrainingDiverged):
+            Trainer(Sequential([Dense(1)], input_dim=6, dtype="float64"), optim.GD(10.0), batch_size=None,
+                    epochs=50, progress=False).fit(X * 1e150, X[:, 0] * 1e150)
+        assert _blas._GET() == 2
+    finally:
+        _blas._SET(before)
+
+
+def test_a_non_finite_cost_leaves_parameters_and_step_count_alone():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 3)) * 100
+    y = X @ [1.0, 2.0, 3.0]
+    model = Sequential([Dense(4, "relu"), Dense(1)], input_dim=3, dtype="float64")
+    opt = optim.GD(0.5)
+    trainer = Trainer(model, opt, batch_size=None, epochs=1, progress=False)
+    assert trainer.fit(X, y) is not None
+    diverged = None
+    for _ in range(200):
+        before, t = model._params.copy(), opt.t
+        try:
+            trainer.fit(X, y)
+        except TrainingDiverged as exc:
+            diverged = exc
+            break
+    assert diverged is not None and diverged.what in ("cost", "gradient")
+    np.testing.assert_array_equal(model._params, before)
+    assert opt.t == t
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_steady_state_fused_steps_allocate_nothing(dtype):
+    X, y = blobs(m=300, nf=20, dtype=dtype)
+    model = Sequential([Dense(64, "relu"), Dense(64, "tanh", use_bias=False), Dense(3, "softmax")], input_dim=20,
+                       l2=0.01, dtype=dtype)
+    run = _Run(Trainer(model, optim.Adam(0.001), batch_size=64, epochs=3, progress=False), X, y, None, 2)
+    assert run.fused is not None
+    with _blas.single_threaded():
+        run.run_epoch(0)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            base, _ = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            for epoch in (1, 2):
+                for step, (s, e) in enumerate(run.bounds):  # includes the partial batch of 44
+                    run.step(epoch, step, s, e)
+            current, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert current - base < 4096, current - base
+    assert peak - base < 8192, peak - base
+
+
+def test_dense_step_rejects_mismatched_rows():
+    from fusednet.kernels import _cython
+
+    X, y = blobs(m=40)
+    model = Sequential([Dense(5, "relu"), Dense(3, "softmax")], input_dim=6)
+    run = _Run(Trainer(model, optim.Adam(), batch_size=16, progress=False), X, y, None, 1)
+    v = run.v_full
+    with pytest.raises(ValueError, match="rows"):
+        run.fused(v, v.X, v.Y[:3], X, run.Y, None, 0.1)
+    assert _cython._ck is not None
+
+
+def test_info_reports_the_fused_step():
+    assert "fused_step" in fn.info()
