@@ -58,7 +58,9 @@ def _targets(kind, X, y):
 
 def _train(net, opt, dtype, fused, batch_size=32, shuffle=True, l2=0.0, x_dtype=None, epochs=3):
     make, kind = NETS[net]
-    X, y = blobs(m=130, dtype=x_dtype or dtype)
+    X, y = blobs(m=130, dtype=dtype if x_dtype in (None, "fortran") else x_dtype)
+    if x_dtype == "fortran":
+        X = np.asfortranarray(X)
     model = Sequential(make(), input_dim=X.shape[1], dtype=dtype, l2=l2, seed=4)
     o = OPTIMISERS[opt]()
     trainer = Trainer(model, o, batch_size=batch_size, epochs=epochs, shuffle=shuffle, seed=3, progress=False,
@@ -92,6 +94,7 @@ def test_fused_step_equals_the_per_kernel_path(net, opt, dtype):
         (32, False, None),  # slices of X
         (32, True, None),  # rows gathered inside the step
         (32, True, "float32"),  # a float64 model on float32 data: converted in Python, then the step
+        (32, True, "fortran"),  # rows of a non-contiguous X: gathered in Python, then the step
         (1, True, None),  # stochastic: one example per step
     ],
 )

@@ -296,7 +296,7 @@ class _Run:
         n = e - s
         v = self.v_full if n == self.B else self.v_last
         mode = self.mode
-        if self.fused is not None and mode == _GATHER and self.stage is None:
+        if self.fused is not None and mode == _GATHER and self.direct:
             self._fused_step(epoch, step, s, e, v, v.X, v.Y, self.perm[s:e])
             return
         if mode == _FULL:
