@@ -125,6 +125,75 @@ def test_torch_mlp_epoch(benchmark, batch):
     benchmark.pedantic(lambda: None, rounds=1)
 
 
+# Epochs timed in turns: a PyTorch process that stays alive between its epochs, and fusednet
+# in this process, one epoch each per round.  This machine's speed drifts by up to 2x over
+# tens of seconds (a neighbour's load on the shared cache), so each round's ratio compares
+# two epochs run seconds apart; the medians of the ratios are the figures to read.
+_TORCH_SERVER = """
+import sys
+epoch()
+print("ready", flush=True)
+for line in sys.stdin:
+    t0 = time.perf_counter(); epoch(); print(time.perf_counter() - t0, flush=True)
+"""
+
+
+def _torch_server(batch, m, fused):
+    import subprocess
+    import sys
+
+    code = _TORCH_MLP.split("epoch()\nts = []")[0].format(
+        threads=fn.get_num_threads(), m=m, batch=batch, fused=fused, flush=fused, reps=1
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code + _TORCH_SERVER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        raise RuntimeError("the PyTorch process did not start")
+    return proc
+
+
+@pytest.mark.parametrize("batch", [128])
+def test_mlp_epoch_in_turns_with_torch(benchmark, batch):
+    if not _torch_available():
+        pytest.skip("PyTorch is not installed (install the 'bench' extra)")
+    import statistics
+    import time
+
+    benchmark.group = f"MLP epoch 784-256-128-10 batch {batch}, in turns with PyTorch"
+    m, rounds = (_m(benchmark), 1) if benchmark.disabled else (M_FULL, 7)
+    X, y = mnist_like(m)
+    trainer = fn.Trainer(_fusednet_mlp(), optimizer=fn.optim.Adam(lr=1e-3), batch_size=batch, epochs=1,
+                         progress=False)
+    trainer.fit(X[:1024], y[:1024])
+    servers = {"torch-adam": _torch_server(batch, m, False), "torch-adam-fused-ftz": _torch_server(batch, m, True)}
+    times = {name: [] for name in (*servers, "fusednet")}
+    try:
+        for _ in range(rounds):
+            for name, proc in servers.items():
+                time.sleep(0.2)  # let the other side's BLAS threads park
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+                times[name].append(float(proc.stdout.readline()))
+            time.sleep(0.2)
+            t0 = time.perf_counter()
+            trainer.fit(X, y)
+            times["fusednet"].append(time.perf_counter() - t0)
+    finally:
+        for proc in servers.values():
+            proc.stdin.close()
+            proc.wait(timeout=60)
+    for name, ts in times.items():
+        add_external(benchmark.group, name, statistics.median(ts))
+        benchmark.extra_info[name] = ts
+    for name in servers:
+        ratios = [t / f for t, f in zip(times[name], times["fusednet"])]
+        benchmark.extra_info[f"ratio {name}"] = ratios
+        print(f"\nfusednet vs {name}, batch {batch}: median ratio {statistics.median(ratios):.2f} "
+              f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
+    benchmark.pedantic(lambda: None, rounds=1)
+
+
 # ---------------------------------------------------------------- the planar net, per step
 
 
