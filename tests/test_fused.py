@@ -90,7 +90,7 @@ def test_fused_step_equals_the_per_kernel_path(net, opt, dtype):
 @pytest.mark.parametrize(
     "batch_size, shuffle, x_dtype",
     [
-        (None, True, None),  # batch gradient descent: the whole set, no gather
+        (None, True, None),  # batch gradient descent: the whole set (130 rows), no gather
         (32, False, None),  # slices of X
         (32, True, None),  # rows gathered inside the step
         (32, True, "float32"),  # a float64 model on float32 data: converted in Python, then the step
@@ -122,11 +122,16 @@ def test_the_result_does_not_depend_on_the_thread_count():
 
 
 def test_fused_run_uses_the_fused_step():
-    X, y = blobs()
+    X, y = blobs(m=_fused.MAX_ROWS + 10)
     model = Sequential([Dense(8, "relu"), Dense(3, "softmax")], input_dim=6)
     run = _Run(Trainer(model, optim.Adam(), batch_size=16, progress=False), X, y, None, 2)
     assert isinstance(run.fused, _fused.FusedStep)
+    run = _Run(Trainer(model, optim.Adam(), batch_size=_fused.MAX_ROWS, progress=False), X, y, None, 2)
+    assert isinstance(run.fused, _fused.FusedStep)
     run = _Run(Trainer(model, optim.Adam(), batch_size=16, progress=False, fused_step=False), X, y, None, 2)
+    assert run.fused is None
+    # larger batches: NumPy's multi-threaded matmul splits the products better
+    run = _Run(Trainer(model, optim.Adam(), batch_size=None, progress=False), X, y, None, 2)
     assert run.fused is None
 
 

@@ -82,7 +82,8 @@ class Trainer:
         one MNIST-sized epoch took 4.1 s instead of 0.99 s, hence the default.
     fused_step : bool, default True
         For a model of Dense layers only, trained with GD, Momentum, RMSProp
-        or Adam on the Cython backend, run each mini-batch step -- gather,
+        or Adam on the Cython backend in mini-batches of at most 256 rows
+        (``fusednet._fused.MAX_ROWS``), run each mini-batch step -- gather,
         forward, loss, backward, checks and update -- as one compiled call in
         one thread team, with SciPy's BLAS on each thread's share of every
         matrix product (see ``fusednet._fused``; :func:`fusednet.info` says
@@ -286,7 +287,7 @@ class _Run:
         self.correct = 0
         self.lr0 = None
         self.fused = None
-        if trainer.fused_step and _fused.why_not(model, self.opt) is None:
+        if trainer.fused_step and B <= _fused.MAX_ROWS and _fused.why_not(model, self.opt) is None:
             self.fused = _fused.FusedStep(model, self.opt, ws, n_threads)
 
     # ---- the hot path ------------------------------------------------------------
