@@ -29,7 +29,7 @@
 
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport uint32_t, uint64_t
-from libc.math cimport exp, log, log1p, fabs, sqrt, INFINITY, NAN
+from libc.math cimport exp, log, log1p, fabs, sqrt, pow, INFINITY, NAN
 
 from _point cimport (floating, sigmoid, sigmoid_grad, tanh, tanh_grad, relu, relu_grad,
                      leaky_relu, leaky_relu_grad, fmix32, dropout_hash, exp_, sqrt_, flush)
@@ -1376,8 +1376,131 @@ cdef void _step_sums(const floating* P, const floating* G, Py_ssize_t n, Py_ssiz
     wpart[t] = _sumsq(P, i0, n_decay if n_decay < i1 else i1) if n_decay > i0 else 0.0
 
 
+cdef int _step_core(floating* pp, const floating* gp, floating* s1, floating* s2, Net* net,
+                    Hyper* h, double lam, Py_ssize_t n_params, const floating* xp,
+                    const floating* yp, const Py_ssize_t* ip, double* out) noexcept nogil:
+    """One step on net.m rows (gathered first from xp, yp by ip when ip is not NULL).
+
+    Writes the cost (L2 included) to out[0] and the sum of g^2 to out[1]; returns 0 when the
+    update was applied, 1 when the cost and 2 when the gradient was not finite (no update).
+    """
+    cdef double part[KMAX]
+    cdef double part2[KMAX * NSMALL]
+    cdef double gpart[MAXT]
+    cdef double wpart[MAXT]
+    cdef double cost = 0, gsq = 0, wsq = 0
+    cdef Py_ssize_t L = net.L, l, m = net.m, pieces, K, c
+    cdef Py_ssize_t nd_cost = h.n_decay if lam != 0.0 else 0
+    cdef int nt = net.nt, t, i
+    h.l2 = lam / m
+    pieces = m if net.loss == CCE else _spans(m, net.n[L])
+    K = KMAX if pieces > KMAX else pieces
+    if nt == 1:
+        if ip != NULL:
+            _step_gather(xp, yp, ip, net, 0)
+        for l in range(L):
+            _step_forward(pp, net, <int>l, 0)
+        _step_loss(pp, net, 0, part)
+        _step_loss_backward(pp, net, 0, part2)
+        _step_loss_db(pp, net, part2)
+        for l in range(L - 1, -1, -1):
+            _step_backward(pp, net, <int>l, 0)
+        _step_sums(pp, gp, n_params, nd_cost, 1, 0, gpart, wpart)
+    else:
+        with parallel(num_threads=nt):
+            if ip != NULL:
+                for t in prange(nt, schedule="static", chunksize=1):
+                    _step_gather(xp, yp, ip, net, t)
+            for l in range(L):
+                for t in prange(nt, schedule="static", chunksize=1):
+                    _step_forward(pp, net, <int>l, t)
+            for t in prange(nt, schedule="static", chunksize=1):
+                _step_loss(pp, net, t, part)
+            for t in prange(nt, schedule="static", chunksize=1):
+                _step_loss_backward(pp, net, t, part2)
+            for l in range(L - 1, -1, -1):
+                for t in prange(nt, schedule="static", chunksize=1):
+                    if t == 0 and l == L - 1:
+                        _step_loss_db(pp, net, part2)
+                    _step_backward(pp, net, <int>l, t)
+            for t in prange(nt, schedule="static", chunksize=1):
+                _step_sums(pp, gp, n_params, nd_cost, nt, t, gpart, wpart)
+    for c in range(K):
+        cost += part[c]
+    if net.loss == MSE:
+        cost = 0.5 * cost
+    cost = cost / m
+    for i in range(nt):
+        gsq += gpart[i]
+        wsq += wpart[i]
+    if lam != 0.0:
+        cost = cost + lam / (2.0 * m) * wsq
+    out[0] = cost
+    out[1] = gsq
+    if not (fabs(cost) < INFINITY):
+        return 1
+    if not (fabs(gsq) < INFINITY):
+        return 2
+    _opt(pp, gp, s1, s2, n_params, h, nt, 0)
+    return 0
+
+
+cdef int _setup(Net* net, Hyper* h, floating* P, floating* G, Py_ssize_t n_params,
+                const Py_ssize_t[:, ::1] layers, const double[::1] slopes, const size_t[::1] bufs,
+                const floating* Xb, const floating* Yb, Py_ssize_t m, int loss, int kind,
+                double beta1, double beta2, double eps, Py_ssize_t n_decay, size_t gemm,
+                int n_threads) except -1:
+    cdef Py_ssize_t L = layers.shape[0], l
+    cdef int nt
+    if L < 1 or L > MAXL:
+        raise ValueError(f"a fused step takes 1 to {MAXL} Dense layers, got {L}")
+    if slopes.shape[0] != L or bufs.shape[0] != L + 5:
+        raise ValueError(f"a fused step of {L} layers needs {L} slopes and {L + 5} buffers")
+    if loss < MSE or loss > CCE or kind < OPT_GD or kind > OPT_ADAM:
+        raise ValueError(f"unknown loss {loss} or optimiser {kind}")
+    nt = n_threads if FN_OPENMP else 1
+    nt = 1 if nt < 1 else (MAXT if nt > MAXT else nt)
+    net.L = <int>L
+    net.nt = nt
+    net.loss = loss
+    net.m = m
+    net.gemm = gemm
+    for l in range(L):
+        if layers[l, 2] < LINEAR or layers[l, 2] > SOFTMAX:
+            raise ValueError(f"unknown activation code {layers[l, 2]}")
+        if (layers[l, 3] < 0 or layers[l, 3] + layers[l, 0] * layers[l, 1] > n_params
+                or layers[l, 4] + layers[l, 1] > n_params or (l > 0 and layers[l, 0] != layers[l - 1, 1])):
+            raise ValueError(f"layer {l} does not fit the arena of {n_params} parameters")
+        net.n[l] = layers[l, 0]
+        net.n[l + 1] = layers[l, 1]
+        net.act[l] = <int>layers[l, 2]
+        net.slope[l] = slopes[l]
+        net.W[l] = <void*>(P + layers[l, 3])
+        net.dW[l] = <void*>(G + layers[l, 3])
+        if layers[l, 4] >= 0:
+            net.b[l] = <void*>(P + layers[l, 4])
+            net.db[l] = <void*>(G + layers[l, 4])
+        else:
+            net.b[l] = <void*>bufs[L + 3]
+            net.db[l] = <void*>bufs[L + 4]
+        net.Z[l] = <void*>bufs[l]
+    net.A = <void*>bufs[L]
+    net.D[0] = <void*>bufs[L + 1]
+    net.D[1] = <void*>bufs[L + 2]
+    net.X = <void*>Xb
+    net.Y = <void*>Yb
+    h.kind = kind
+    h.beta1 = beta1
+    h.beta2 = beta2
+    h.eps = eps
+    h.bc1 = 1.0
+    h.bc2 = 1.0
+    h.n_decay = _clip(n_decay, n_params)
+    return 0
+
+
 def dense_step(floating[::1] P,                 # IN/OUT (n_params,) the parameter arena
-               const floating[::1] G,           # OUT    (n_params,) the gradient arena (written)
+               floating[::1] G,                 # OUT    (n_params,) the gradient arena
                floating[::1] S1,                # IN/OUT optimiser state 1 (or length 0)
                floating[::1] S2,                # IN/OUT optimiser state 2 (or length 0)
                const Py_ssize_t[:, ::1] layers, # IN (L, 5): n_in, n_out, act, W offset, b offset (-1: none)
@@ -1395,115 +1518,103 @@ def dense_step(floating[::1] P,                 # IN/OUT (n_params,) the paramet
                int n_threads):
     """One training step of a Dense stack; returns 0 (updated), 1 (cost not finite) or 2 (gradient)."""
     cdef Net net
-    cdef Py_ssize_t L = layers.shape[0], l, n_params = P.shape[0], pieces, K, c
-    cdef double part[KMAX]
-    cdef double part2[KMAX * NSMALL]
-    cdef double gpart[MAXT]
-    cdef double wpart[MAXT]
-    cdef double cost, gsq, wsq
     cdef Hyper h
-    cdef int nt, t, i, status = 0
+    cdef int status
     cdef bint gather = idx.shape[0] > 0
     cdef Py_ssize_t m = Xb.shape[0]
-    if L < 1 or L > MAXL:
-        raise ValueError(f"a fused step takes 1 to {MAXL} Dense layers, got {L}")
     if m < 1 or Yb.shape[0] != m or (gather and idx.shape[0] != m):
         raise ValueError("a fused step needs m >= 1 rows in Xb, Yb (and idx)")
-    nt = n_threads if FN_OPENMP else 1
-    nt = 1 if nt < 1 else (MAXT if nt > MAXT else nt)
-    net.L = <int>L
-    net.nt = nt
-    net.loss = loss
-    net.m = m
-    net.gemm = gemm
-    for l in range(L):
-        net.n[l] = layers[l, 0]
-        net.n[l + 1] = layers[l, 1]
-        net.act[l] = <int>layers[l, 2]
-        net.slope[l] = slopes[l]
-        net.W[l] = <void*>(&P[0] + layers[l, 3])
-        net.dW[l] = <void*>(&G[0] + layers[l, 3])
-        if layers[l, 4] >= 0:
-            net.b[l] = <void*>(&P[0] + layers[l, 4])
-            net.db[l] = <void*>(&G[0] + layers[l, 4])
-        else:
-            net.b[l] = <void*>bufs[L + 3]
-            net.db[l] = <void*>bufs[L + 4]
-        net.Z[l] = <void*>bufs[l]
-    net.A = <void*>bufs[L]
-    net.D[0] = <void*>bufs[L + 1]
-    net.D[1] = <void*>bufs[L + 2]
-    net.X = <void*>&Xb[0, 0]
-    net.Y = <void*>&Yb[0, 0]
-    h.kind = kind
+    if G.shape[0] != P.shape[0] or out.shape[0] < 2:
+        raise ValueError("G must match P and out must hold 2 values")
+    _setup(&net, &h, &P[0], &G[0], P.shape[0], layers, slopes, bufs, &Xb[0, 0], &Yb[0, 0], m, loss,
+           kind, beta1, beta2, eps, n_decay, gemm, n_threads)
     h.lr = lr
-    h.beta1 = beta1
-    h.beta2 = beta2
-    h.eps = eps
     h.bc1 = bc1
     h.bc2 = bc2
-    h.l2 = lam / m
-    h.n_decay = _clip(n_decay, n_params)
-    cdef Py_ssize_t nd_cost = h.n_decay if lam != 0.0 else 0
-    pieces = m if loss == CCE else _spans(m, net.n[L])
-    K = KMAX if pieces > KMAX else pieces
     cdef const floating* xp = &X[0, 0] if gather else NULL
     cdef const floating* yp = &Y[0, 0] if gather else NULL
     cdef const Py_ssize_t* ip = &idx[0] if gather else NULL
-    cdef floating* pp = &P[0]
-    cdef const floating* gp = &G[0]
     cdef floating* s1 = &S1[0] if S1.shape[0] > 0 else NULL
     cdef floating* s2 = &S2[0] if S2.shape[0] > 0 else NULL
     with nogil:
-        if nt == 1:
-            if gather:
-                _step_gather(xp, yp, ip, &net, 0)
-            for l in range(L):
-                _step_forward(pp, &net, <int>l, 0)
-            _step_loss(pp, &net, 0, part)
-            _step_loss_backward(pp, &net, 0, part2)
-            _step_loss_db(pp, &net, part2)
-            for l in range(L - 1, -1, -1):
-                _step_backward(pp, &net, <int>l, 0)
-            _step_sums(pp, gp, n_params, nd_cost, 1, 0, gpart, wpart)
-        else:
-            with parallel(num_threads=nt):
-                if gather:
-                    for t in prange(nt, schedule="static", chunksize=1):
-                        _step_gather(xp, yp, ip, &net, t)
-                for l in range(L):
-                    for t in prange(nt, schedule="static", chunksize=1):
-                        _step_forward(pp, &net, <int>l, t)
-                for t in prange(nt, schedule="static", chunksize=1):
-                    _step_loss(pp, &net, t, part)
-                for t in prange(nt, schedule="static", chunksize=1):
-                    _step_loss_backward(pp, &net, t, part2)
-                for l in range(L - 1, -1, -1):
-                    for t in prange(nt, schedule="static", chunksize=1):
-                        if t == 0 and l == L - 1:
-                            _step_loss_db(pp, &net, part2)
-                        _step_backward(pp, &net, <int>l, t)
-                for t in prange(nt, schedule="static", chunksize=1):
-                    _step_sums(pp, gp, n_params, nd_cost, nt, t, gpart, wpart)
-        cost = 0
-        for c in range(K):
-            cost += part[c]
-        if loss == MSE:
-            cost = 0.5 * cost
-        cost = cost / m
-        gsq = 0
-        wsq = 0
-        for i in range(nt):
-            gsq += gpart[i]
-            wsq += wpart[i]
-        if lam != 0.0:
-            cost = cost + lam / (2.0 * m) * wsq
-        if not (fabs(cost) < INFINITY):
-            status = 1
-        elif not (fabs(gsq) < INFINITY):
-            status = 2
-        else:
-            _opt(pp, gp, s1, s2, n_params, &h, nt, 0)
-    out[0] = cost
-    out[1] = gsq
+        status = _step_core(&P[0], &G[0], s1, s2, &net, &h, lam, P.shape[0], xp, yp, ip, &out[0])
     return status
+
+
+def dense_epoch(floating[::1] P,                 # IN/OUT (n_params,) the parameter arena
+                floating[::1] G,                 # OUT    (n_params,) the gradient arena
+                floating[::1] S1,                # IN/OUT optimiser state 1 (or length 0)
+                floating[::1] S2,                # IN/OUT optimiser state 2 (or length 0)
+                const Py_ssize_t[:, ::1] layers, # IN (L, 5), as dense_step
+                const double[::1] slopes,        # IN (L,)
+                const size_t[::1] bufs,          # IN as dense_step, for batches of up to B rows
+                floating[:, ::1] Xb,             # OUT (B, n_in) the batch buffer
+                floating[:, ::1] Yb,             # OUT (B, n_out) its targets
+                const floating[:, ::1] X,        # IN (M, n_in) the data
+                const floating[:, ::1] Y,        # IN (M, n_out) its targets
+                const Py_ssize_t[::1] perm,      # IN (M,) the epoch's order of the rows
+                const double[::1] lrs,           # IN (steps,) the learning rate of each step
+                int loss, double lam,
+                int kind, double beta1, double beta2, double eps, int bias_correction,
+                Py_ssize_t t0, Py_ssize_t n_decay, size_t gemm,
+                double[::1] costs,               # OUT (steps,) the cost of each step
+                Py_ssize_t[::1] pred,            # OUT (M,) argmax (softmax) or A > 0.5 (one sigmoid), or length 0
+                int n_threads):
+    """All the mini-batches of one epoch, as dense_step each, with no Python between them.
+
+    Step i takes rows perm[i * B:(i + 1) * B] (the last one may be partial) and the
+    optimiser's step count t0 + i + 1; bias_correction: 0 none, 1 beta1 (momentum),
+    2 both (Adam).  Returns (steps applied, status of the first step that was not, its cost).
+    """
+    cdef Net net
+    cdef Hyper h
+    cdef Py_ssize_t B = Xb.shape[0], M = X.shape[0], n_out, steps, i, s, e, r, j, best
+    cdef int status = 0
+    cdef double tt
+    cdef double res[2]
+    cdef const floating* A
+    if B < 1 or Yb.shape[0] != B or Y.shape[0] != M or perm.shape[0] != M or M < 1:
+        raise ValueError("a fused epoch needs B >= 1 buffer rows, and X, Y, perm of M >= 1 rows")
+    steps = (M + B - 1) // B
+    if lrs.shape[0] != steps or costs.shape[0] != steps or G.shape[0] != P.shape[0]:
+        raise ValueError(f"{M} rows in batches of {B} make {steps} steps: lrs and costs must hold that many")
+    if pred.shape[0] != 0 and pred.shape[0] != M:
+        raise ValueError("pred must have one entry per row, or none")
+    if X.shape[1] != layers[0, 0] or Y.shape[1] != layers[layers.shape[0] - 1, 1]:
+        raise ValueError("X and Y must have the model's input and output widths")
+    for i in range(M):
+        if perm[i] < 0 or perm[i] >= M:
+            raise ValueError(f"perm[{i}] = {perm[i]} is not a row of X")
+    _setup(&net, &h, &P[0], &G[0], P.shape[0], layers, slopes, bufs, &Xb[0, 0], &Yb[0, 0], B, loss,
+           kind, beta1, beta2, eps, n_decay, gemm, n_threads)
+    n_out = net.n[net.L]
+    A = <floating*>net.A
+    cdef floating* s1 = &S1[0] if S1.shape[0] > 0 else NULL
+    cdef floating* s2 = &S2[0] if S2.shape[0] > 0 else NULL
+    i = 0
+    with nogil:
+        while i < steps:
+            s = i * B
+            e = s + B if s + B < M else M
+            net.m = e - s
+            h.lr = lrs[i]
+            tt = <double>(t0 + i + 1)
+            h.bc1 = 1.0 - pow(beta1, tt) if bias_correction >= 1 else 1.0
+            h.bc2 = 1.0 - pow(beta2, tt) if bias_correction >= 2 else 1.0
+            status = _step_core(&P[0], &G[0], s1, s2, &net, &h, lam, P.shape[0], &X[0, 0], &Y[0, 0],
+                                &perm[s], res)
+            costs[i] = res[0]
+            if status != 0:
+                break
+            if pred.shape[0] != 0:
+                for r in range(e - s):
+                    if loss == CCE:
+                        best = 0
+                        for j in range(1, n_out):
+                            if A[r * n_out + j] > A[r * n_out + best]:
+                                best = j
+                        pred[s + r] = best
+                    else:
+                        pred[s + r] = 1 if A[r * n_out] > 0.5 else 0
+            i += 1
+    return i, status, res[0]

@@ -244,3 +244,57 @@ def test_dense_step_rejects_mismatched_rows():
 
 def test_info_reports_the_fused_step():
     assert "fused_step" in fn.info()
+
+
+class _Boom:
+    """A schedule whose learning rate explodes at epoch 1, step 2."""
+
+    def __call__(self, epoch, step):
+        return 1e300 if (epoch, step) == (1, 2) else 0.01
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_divergence_inside_a_fused_epoch_stops_at_that_step(fused):
+    X, y = blobs(m=100)
+    ref_model = Sequential([Dense(7, "relu"), Dense(3, "softmax")], input_dim=6, dtype="float64", seed=1)
+    ref_opt = optim.Momentum(0.1)
+    with pytest.raises(TrainingDiverged):
+        Trainer(ref_model, ref_opt, schedule=_Boom(), batch_size=16, epochs=3, progress=False,
+                fused_step=False).fit(X, y)
+    model = Sequential([Dense(7, "relu"), Dense(3, "softmax")], input_dim=6, dtype="float64", seed=1)
+    opt = optim.Momentum(0.1)
+    with pytest.raises(TrainingDiverged) as err:
+        Trainer(model, opt, schedule=_Boom(), batch_size=16, epochs=3, progress=False, fused_step=fused).fit(X, y)
+    assert (err.value.epoch, err.value.step) == (1, 3)  # the step after the huge update
+    assert err.value.history.epochs == 1
+    assert opt.t == ref_opt.t == 7 + 3  # epoch 0's 7 steps and epoch 1's first 3
+    np.testing.assert_allclose(model._params, ref_model._params, rtol=1e-10, atol=1e-12)
+    assert np.all(np.isfinite(model._params))
+
+
+def test_a_fused_epoch_allocates_only_small_python_objects():
+    X, y = blobs(m=300, nf=20, dtype=np.float32)
+    model = Sequential([Dense(64, "relu"), Dense(3, "softmax")], input_dim=20, dtype="float32")
+    run = _Run(Trainer(model, optim.Adam(0.001), batch_size=64, epochs=3, progress=False), X, y, None, 2)
+    assert run.fused_epoch
+    with _blas.single_threaded():
+        run.run_epoch(0)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            base, _ = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            run.run_epoch(1)
+            current, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    # the epoch's shuffle makes a Generator; no array of the size of a batch or of X
+    assert peak - base < 16384, peak - base
+
+
+@pytest.mark.parametrize("net", ["softmax", "sigmoid"])
+def test_train_accuracy_of_a_fused_epoch_equals_the_per_kernel_path(net):
+    ref = _train(net, "adam", "float32", False)
+    got = _train(net, "adam", "float32", True)
+    np.testing.assert_allclose(got[2]["train_accuracy"], ref[2]["train_accuracy"], atol=1.5 / 130)
+    assert got[3].history is got[2]

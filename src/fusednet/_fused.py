@@ -96,6 +96,7 @@ class FusedStep:
         self._bufs = {}
         dt = "float" if model.dtype == np.float32 else "double"
         self.kernel = _cython()._ck.dense_step[dt]
+        self.epoch_kernel = _cython()._ck.dense_epoch[dt]
 
     def bufs(self, v):
         """The address table of the workspace views ``v`` (cached by row count)."""
@@ -129,3 +130,23 @@ class FusedStep:
         if status == 0:
             opt._t += 1
         return status, self.out[0]
+
+    def epoch(self, v, X, Y, perm, lrs, costs, pred):
+        """Every step of an epoch in one call: batches of ``v.n`` rows of ``X[perm]``, ``Y[perm]``.
+
+        ``lrs`` holds each step's learning rate; ``costs`` receives each step's cost and ``pred``
+        (intp, one per row, or empty) the predicted class (softmax) or ``A > 0.5`` (one sigmoid).
+        Returns ``(steps, status, cost)``: the steps applied (``_t`` has moved by as many), and when
+        that is not all of them, the status (as :meth:`__call__`) and cost of the step that stopped.
+        """
+        model, opt = self.model, self.opt
+        P, G = model._params, model._grads
+        kind, b1, b2, eps, _, _, s1, s2 = opt._fused(P, G)
+        bias_correction = 2 if kind == 3 else (1 if kind == 1 and getattr(opt, "bias_correction", False) else 0)
+        steps, status, cost = self.epoch_kernel(
+            P, G, s1, s2, self.layers, self.slopes, self.bufs(v), v.X, v.Y, X, Y, perm, lrs, self.loss,
+            model._l2, kind, b1, b2, eps, bias_correction, opt._t, model._n_decay, self.gemm, costs, pred,
+            self.n_threads,
+        )
+        opt._t += steps
+        return steps, status, cost

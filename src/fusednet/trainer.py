@@ -287,8 +287,22 @@ class _Run:
         self.correct = 0
         self.lr0 = None
         self.fused = None
+        self.fused_epoch = False
         if trainer.fused_step and B <= _fused.MAX_ROWS and _fused.why_not(model, self.opt) is None:
             self.fused = _fused.FusedStep(model, self.opt, ws, n_threads)
+            # a whole shuffled epoch in one call: rows gathered inside, per-step costs and
+            # predictions written by the kernel (multi-label accuracy stays per step)
+            if self.mode == _GATHER and self.direct and not self.multilabel:
+                self.fused_epoch = True
+                n_steps = len(self.bounds)
+                self.lrs = np.empty(n_steps, np.float64)
+                self.costs = np.empty(n_steps, np.float64)
+                if self.pred is None:
+                    self.pred_i = np.empty(0, np.intp)
+                elif self.pred.dtype == np.intp:
+                    self.pred_i = self.pred
+                else:
+                    self.pred_i = np.empty(m, np.intp)
 
     # ---- the hot path ------------------------------------------------------------
 
@@ -350,6 +364,32 @@ class _Run:
             raise TrainingDiverged(epoch, step, cost, "cost" if status == 1 else "gradient", self.history)
         self._record(s, e, v, Yb, cost)
 
+    def _fused_epoch(self, epoch):
+        """All of :meth:`step`'s work for one epoch as one compiled call (see ``FusedStep.epoch``).
+
+        The schedule is asked for every step's learning rate first, in step order.
+        """
+        lrs = self.lrs
+        sched = self.schedule
+        if sched is None:
+            lr0 = self.opt.lr
+            lrs.fill(lr0)
+        else:
+            lr0 = sched(epoch, 0)
+            lrs[0] = lr0
+            for i in range(1, lrs.shape[0]):
+                lrs[i] = sched(epoch, i)
+        self.lr0 = lr0
+        steps, status, cost = self.fused.epoch(self.v_full, self.X, self.Y, self.perm, lrs, self.costs, self.pred_i)
+        if status:
+            raise TrainingDiverged(epoch, steps, cost, "cost" if status == 1 else "gradient", self.history)
+        total = 0.0
+        for (s, e), c in zip(self.bounds, self.costs.tolist()):
+            total += c * (e - s)
+        self.loss_sum = total
+        if self.pred is not None and self.pred_i is not self.pred:
+            np.not_equal(self.pred_i, 0, out=self.pred)
+
     def _record(self, s, e, v, Yb, cost):
         """Add the batch's cost and predictions to the epoch's totals."""
         self.loss_sum += cost * (e - s)
@@ -373,11 +413,14 @@ class _Run:
             np.random.default_rng([self.base_seed, epoch]).shuffle(perm)
         self.loss_sum = 0.0
         self.correct = 0
-        step = self.step
-        i = 0
-        for s, e in self.bounds:
-            step(epoch, i, s, e)
-            i += 1
+        if self.fused_epoch:
+            self._fused_epoch(epoch)
+        else:
+            step = self.step
+            i = 0
+            for s, e in self.bounds:
+                step(epoch, i, s, e)
+                i += 1
         m = self.m
         logs = {"train_loss": self.loss_sum / m, "lr": self.lr0}
         if self.pred is not None:
