@@ -27,10 +27,11 @@ from .kernels import _blas, _codes
 _MAX_LAYERS = 64
 
 #: the largest mini-batch that takes the fused step.  Each thread packs the whole batch for
-#: its share of a product; measured on 2 cores (784-256-128-10, Adam, float32) the fused
-#: step is 8 % faster than the per-kernel path at batch 64 and 128 and 5-11 % slower at 512,
-#: where NumPy's multi-threaded matmul splits the products better.
-MAX_ROWS = 256
+#: its share of a product; measured on 2 cores (784-256-128-10, Adam, float32, epochs
+#: alternating in one process) the fused epoch is 4-10 % faster than the per-kernel path at
+#: batch 64 and 128, 6 % slower at 256 and 5-11 % slower at 512, where NumPy's multi-threaded
+#: matmul splits the products better.
+MAX_ROWS = 128
 
 
 def _cython():

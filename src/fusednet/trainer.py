@@ -82,7 +82,7 @@ class Trainer:
         one MNIST-sized epoch took 4.1 s instead of 0.99 s, hence the default.
     fused_step : bool, default True
         For a model of Dense layers only, trained with GD, Momentum, RMSProp
-        or Adam on the Cython backend in mini-batches of at most 256 rows
+        or Adam on the Cython backend in mini-batches of at most 128 rows
         (``fusednet._fused.MAX_ROWS``), run each mini-batch step -- gather,
         forward, loss, backward, checks and update -- as one compiled call in
         one thread team, with SciPy's BLAS on each thread's share of every
