@@ -4,7 +4,10 @@ Per fit, the trainer validates the data once, converts the labels once, resolves
 the kernels once and builds one workspace; a steady-state step then only
 gathers its rows into the workspace, runs the model's forward and backward
 passes on preallocated buffers and makes one optimiser call over the flat
-parameter arena -- it allocates no arrays.
+parameter arena -- it allocates no arrays.  For Dense-only models on the Cython
+backend (mini-batches of up to 128 rows) all of that is one compiled call per
+step, or per shuffled epoch (:mod:`fusednet._fused`); ``fused_step=False``
+keeps the per-kernel path.
 
 Mini-batches (C2W2): ``batch_size=None`` is batch gradient descent (the whole
 set, no shuffling), ``1`` is stochastic gradient descent, anything between is
