@@ -1212,6 +1212,14 @@ cdef struct Net:
     void* dW[MAXL]
     void* db[MAXL]               # a scratch vector for layers without a bias
     void* Z[MAXL]                # (m, n[l + 1]); hidden layers hold A = g(Z + b) in place
+    void* Dr[MAXL]               # (m, n[l + 1]) A after inverted dropout, for layers followed by one
+    bint drop[MAXL]
+    Py_ssize_t dindex[MAXL]      # the Dropout layer's index (its dropout_key counter)
+    uint32_t k1[MAXL]
+    uint32_t k2[MAXL]
+    uint32_t thr[MAXL]
+    bint keep_all[MAXL]
+    double scale[MAXL]
     void* A                      # (m, n[L]) the output activation
     void* D[2]                   # delta ping-pong, (m, widest)
     void* X                      # the batch (m, n[0])
@@ -1240,6 +1248,26 @@ cdef inline void _mm(size_t fp, bint ta, bint tb, int m, int n, int k,
         (<dgemm_t>fp)(&cb, &ca, &n, &m, &k, &one, <double*>B, &ldb, <double*>A, &lda, &zero, C, &ldc)
 
 
+cdef inline uint64_t _splitmix64(uint64_t x) noexcept nogil:
+    """One round of SplitMix64 (mirrors fusednet.kernels._codes._splitmix64)."""
+    x = x + 0x9E3779B97F4A7C15ULL
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL
+    return x ^ (x >> 31)
+
+
+cdef inline void _set_key(Net* net, int l, uint64_t key) noexcept nogil:
+    net.k1[l] = <uint32_t>(key & 0xFFFFFFFFULL)
+    net.k2[l] = <uint32_t>(key >> 32)
+
+
+cdef inline const void* _input(Net* net, int l) noexcept nogil:
+    """What layer l reads: the batch, the layer below's activation, or that after dropout."""
+    if l == 0:
+        return net.X
+    return net.Dr[l - 1] if net.drop[l - 1] else net.Z[l - 1]
+
+
 cdef inline Py_ssize_t _cut16(Py_ssize_t total, Py_ssize_t parts, Py_ssize_t c) noexcept nogil:
     """As _cut, on a 16-element grid (whole vectors per thread)."""
     if c >= parts:
@@ -1261,7 +1289,7 @@ cdef void _step_forward(const floating* dummy, Net* net, int l, int t) noexcept 
     """Units J_t of layer l: Z[:, J] = A_prev @ W[:, J], then g(Z + b) in place (hidden layers)."""
     cdef Py_ssize_t m = net.m, k = net.n[l], n = net.n[l + 1], i
     cdef Py_ssize_t j0 = _cut16(n, net.nt, t), j1 = _cut16(n, net.nt, t + 1)
-    cdef const floating* Ap = <floating*>net.X if l == 0 else <floating*>net.Z[l - 1]
+    cdef const floating* Ap = <const floating*>_input(net, l)
     cdef floating* Z = <floating*>net.Z[l]
     cdef const floating* b = <floating*>net.b[l]
     if j1 <= j0:
@@ -1272,6 +1300,9 @@ cdef void _step_forward(const floating* dummy, Net* net, int l, int t) noexcept 
         for i in range(m):
             _fwd_span(Z + i * n + j0, b + j0, Z + i * n + j0, j1 - j0, net.act[l],
                       <floating>net.slope[l])
+            if net.drop[l]:
+                _dropout_piece(Z, <floating*>net.Dr[l], i * n + j0, i * n + j1, net.k1[l], net.k2[l],
+                               net.thr[l], net.keep_all[l], <floating>net.scale[l])
 
 
 cdef void _step_loss(const floating* dummy, Net* net, int t, double* part) noexcept nogil:
@@ -1331,15 +1362,22 @@ cdef void _step_backward(const floating* dummy, Net* net, int l, int t) noexcept
     cdef int cur = (net.L - 1 - l) & 1
     cdef const floating* dZ = <floating*>net.D[cur]
     cdef floating* dA = <floating*>net.D[1 - cur]
-    cdef const floating* Ap = <floating*>net.X if l == 0 else <floating*>net.Z[l - 1]
+    cdef const floating* In = <const floating*>_input(net, l)
+    cdef const floating* Ap
+    cdef Py_ssize_t i
     if j1 <= j0:
         return
-    _mm(net.gemm, True, False, <int>(j1 - j0), <int>n, <int>m, Ap + j0, <int>k, dZ, <int>n,
+    _mm(net.gemm, True, False, <int>(j1 - j0), <int>n, <int>m, In + j0, <int>k, dZ, <int>n,
         <floating*>net.dW[l] + j0 * n, <int>n)
     if l == 0:
         return
+    Ap = <floating*>net.Z[l - 1]
     _mm(net.gemm, False, True, <int>m, <int>(j1 - j0), <int>n, dZ, <int>n,
         <floating*>net.W[l] + j0 * n, <int>n, dA + j0, <int>k)
+    if net.drop[l - 1]:
+        for i in range(m):
+            _dropout_piece(dA, dA, i * k + j0, i * k + j1, net.k1[l - 1], net.k2[l - 1],
+                           net.thr[l - 1], net.keep_all[l - 1], <floating>net.scale[l - 1])
     j = j0
     while j < j1:
         w = CB if j1 - j > CB else j1 - j
@@ -1446,7 +1484,7 @@ cdef int _step_core(floating* pp, const floating* gp, floating* s1, floating* s2
 
 
 cdef int _setup(Net* net, Hyper* h, floating* P, floating* G, Py_ssize_t n_params,
-                const Py_ssize_t[:, ::1] layers, const double[::1] slopes, const size_t[::1] bufs,
+                const Py_ssize_t[:, ::1] layers, const double[:, ::1] slopes, const size_t[::1] bufs,
                 const floating* Xb, const floating* Yb, Py_ssize_t m, int loss, int kind,
                 double beta1, double beta2, double eps, Py_ssize_t n_decay, size_t gemm,
                 int n_threads) except -1:
@@ -1454,8 +1492,9 @@ cdef int _setup(Net* net, Hyper* h, floating* P, floating* G, Py_ssize_t n_param
     cdef int nt
     if L < 1 or L > MAXL:
         raise ValueError(f"a fused step takes 1 to {MAXL} Dense layers, got {L}")
-    if slopes.shape[0] != L or bufs.shape[0] != L + 5:
-        raise ValueError(f"a fused step of {L} layers needs {L} slopes and {L + 5} buffers")
+    if layers.shape[1] != 7 or slopes.shape[0] != L or slopes.shape[1] != 2 or bufs.shape[0] != 2 * L + 5:
+        raise ValueError(f"a fused step of {L} layers needs a ({L}, 7) layer table, ({L}, 2) slopes "
+                         f"and scales, and {2 * L + 5} buffers")
     if loss < MSE or loss > CCE or kind < OPT_GD or kind > OPT_ADAM:
         raise ValueError(f"unknown loss {loss} or optimiser {kind}")
     nt = n_threads if FN_OPENMP else 1
@@ -1474,19 +1513,29 @@ cdef int _setup(Net* net, Hyper* h, floating* P, floating* G, Py_ssize_t n_param
         net.n[l] = layers[l, 0]
         net.n[l + 1] = layers[l, 1]
         net.act[l] = <int>layers[l, 2]
-        net.slope[l] = slopes[l]
+        net.slope[l] = slopes[l, 0]
         net.W[l] = <void*>(P + layers[l, 3])
         net.dW[l] = <void*>(G + layers[l, 3])
         if layers[l, 4] >= 0:
             net.b[l] = <void*>(P + layers[l, 4])
             net.db[l] = <void*>(G + layers[l, 4])
         else:
-            net.b[l] = <void*>bufs[L + 3]
-            net.db[l] = <void*>bufs[L + 4]
+            net.b[l] = <void*>bufs[2 * L + 3]
+            net.db[l] = <void*>bufs[2 * L + 4]
         net.Z[l] = <void*>bufs[l]
-    net.A = <void*>bufs[L]
-    net.D[0] = <void*>bufs[L + 1]
-    net.D[1] = <void*>bufs[L + 2]
+        net.drop[l] = layers[l, 5] >= 0 and l < L - 1 and bufs[L + l] != 0
+        if layers[l, 5] >= 0 and not net.drop[l]:
+            raise ValueError(f"layer {l}: dropout needs a hidden layer and an output buffer")
+        net.dindex[l] = layers[l, 5]
+        net.Dr[l] = <void*>bufs[L + l]
+        net.keep_all[l] = layers[l, 6] >= 4294967296
+        net.thr[l] = 0 if net.keep_all[l] else <uint32_t>layers[l, 6]
+        net.scale[l] = slopes[l, 1]
+        net.k1[l] = 0
+        net.k2[l] = 0
+    net.A = <void*>bufs[2 * L]
+    net.D[0] = <void*>bufs[2 * L + 1]
+    net.D[1] = <void*>bufs[2 * L + 2]
     net.X = <void*>Xb
     net.Y = <void*>Yb
     h.kind = kind
@@ -1503,9 +1552,12 @@ def dense_step(floating[::1] P,                 # IN/OUT (n_params,) the paramet
                floating[::1] G,                 # OUT    (n_params,) the gradient arena
                floating[::1] S1,                # IN/OUT optimiser state 1 (or length 0)
                floating[::1] S2,                # IN/OUT optimiser state 2 (or length 0)
-               const Py_ssize_t[:, ::1] layers, # IN (L, 5): n_in, n_out, act, W offset, b offset (-1: none)
-               const double[::1] slopes,        # IN (L,) leaky-ReLU slopes
-               const size_t[::1] bufs,          # IN addresses: Z_0..Z_{L-1}, A, D0, D1, zeros, scratch
+               const Py_ssize_t[:, ::1] layers, # IN (L, 7): n_in, n_out, act, W offset, b offset (-1: none),
+                                                #   the index of a Dropout after the layer (-1: none), its threshold
+               const double[:, ::1] slopes,     # IN (L, 2): leaky-ReLU slope, dropout scale 1 / keep_prob
+               const size_t[::1] bufs,          # IN addresses: Z_0..Z_{L-1}, Dr_0..Dr_{L-1} (0: no dropout),
+                                                #   A, D0, D1, zeros, scratch
+               const uint64_t[::1] keys,        # IN (L,) the dropout key of each layer followed by one
                const floating[:, ::1] Xb,       # IN (m, n_in) the batch; OUT when idx is given
                const floating[:, ::1] Yb,       # IN (m, n_out) its targets; OUT when idx is given
                const floating[:, ::1] X,        # IN the data to gather rows from (ignored when idx is empty)
@@ -1524,10 +1576,13 @@ def dense_step(floating[::1] P,                 # IN/OUT (n_params,) the paramet
     cdef Py_ssize_t m = Xb.shape[0]
     if m < 1 or Yb.shape[0] != m or (gather and idx.shape[0] != m):
         raise ValueError("a fused step needs m >= 1 rows in Xb, Yb (and idx)")
-    if G.shape[0] != P.shape[0] or out.shape[0] < 2:
-        raise ValueError("G must match P and out must hold 2 values")
+    if G.shape[0] != P.shape[0] or out.shape[0] < 2 or keys.shape[0] != layers.shape[0]:
+        raise ValueError("G must match P, keys must hold one key per layer and out 2 values")
     _setup(&net, &h, &P[0], &G[0], P.shape[0], layers, slopes, bufs, &Xb[0, 0], &Yb[0, 0], m, loss,
            kind, beta1, beta2, eps, n_decay, gemm, n_threads)
+    cdef int l
+    for l in range(net.L):
+        _set_key(&net, l, keys[l])
     h.lr = lr
     h.bc1 = bc1
     h.bc2 = bc2
@@ -1545,8 +1600,8 @@ def dense_epoch(floating[::1] P,                 # IN/OUT (n_params,) the parame
                 floating[::1] G,                 # OUT    (n_params,) the gradient arena
                 floating[::1] S1,                # IN/OUT optimiser state 1 (or length 0)
                 floating[::1] S2,                # IN/OUT optimiser state 2 (or length 0)
-                const Py_ssize_t[:, ::1] layers, # IN (L, 5), as dense_step
-                const double[::1] slopes,        # IN (L,)
+                const Py_ssize_t[:, ::1] layers, # IN (L, 7), as dense_step
+                const double[:, ::1] slopes,     # IN (L, 2), as dense_step
                 const size_t[::1] bufs,          # IN as dense_step, for batches of up to B rows
                 floating[:, ::1] Xb,             # OUT (B, n_in) the batch buffer
                 floating[:, ::1] Yb,             # OUT (B, n_out) its targets
@@ -1557,6 +1612,8 @@ def dense_epoch(floating[::1] P,                 # IN/OUT (n_params,) the parame
                 int loss, double lam,
                 int kind, double beta1, double beta2, double eps, int bias_correction,
                 Py_ssize_t t0, Py_ssize_t n_decay, size_t gemm,
+                uint64_t dseed,                  # IN splitmix64(splitmix64(seed) ^ epoch): step i's dropout
+                                                 #    key of layer index d is splitmix64(splitmix64(dseed ^ i) ^ d)
                 double[::1] costs,               # OUT (steps,) the cost of each step
                 Py_ssize_t[::1] pred,            # OUT (M,) argmax (softmax) or A > 0.5 (one sigmoid), or length 0
                 int n_threads):
@@ -1572,6 +1629,8 @@ def dense_epoch(floating[::1] P,                 # IN/OUT (n_params,) the parame
     cdef int status = 0
     cdef double tt
     cdef double res[2]
+    cdef uint64_t x
+    cdef int l
     cdef const floating* A
     if B < 1 or Yb.shape[0] != B or Y.shape[0] != M or perm.shape[0] != M or M < 1:
         raise ValueError("a fused epoch needs B >= 1 buffer rows, and X, Y, perm of M >= 1 rows")
@@ -1601,6 +1660,10 @@ def dense_epoch(floating[::1] P,                 # IN/OUT (n_params,) the parame
             tt = <double>(t0 + i + 1)
             h.bc1 = 1.0 - pow(beta1, tt) if bias_correction >= 1 else 1.0
             h.bc2 = 1.0 - pow(beta2, tt) if bias_correction >= 2 else 1.0
+            x = _splitmix64(dseed ^ <uint64_t>i)
+            for l in range(net.L):
+                if net.drop[l]:
+                    _set_key(&net, l, _splitmix64(x ^ <uint64_t>net.dindex[l]))
             status = _step_core(&P[0], &G[0], s1, s2, &net, &h, lam, P.shape[0], &X[0, 0], &Y[0, 0],
                                 &perm[s], res)
             costs[i] = res[0]

@@ -45,6 +45,9 @@ NETS = {
     "linear": (lambda: [Dense(4, "tanh"), Dense(2, None)], "regression"),
     # one layer: logistic regression
     "single": (lambda: [Dense(1, "sigmoid")], "binary"),
+    # inverted dropout after hidden layers (keep_prob 1 is the identity), a wide layer after one
+    "dropout": (lambda: [Dense(270, "relu"), Dropout(0.7), Dense(17, "tanh"), Dropout(1.0), Dense(9, "relu"),
+                         Dropout(0.5), Dense(3, "softmax")], "labels"),
 }
 
 
@@ -138,8 +141,11 @@ def test_fused_run_uses_the_fused_step():
 @pytest.mark.parametrize(
     "layers, opt_backend, backend, reason",
     [
-        ([Dense(8, "relu"), Dropout(0.5), Dense(3, "softmax")], None, "auto", "is not Dense"),
+        ([Dense(8, "relu"), Dropout(0.5), Dense(3, "softmax")], None, "auto", None),
+        ([Dropout(0.5), Dense(8, "relu"), Dense(3, "softmax")], None, "auto", "does not follow"),
+        ([Dense(8, "relu"), Dropout(0.5), Dropout(0.5), Dense(3, "softmax")], None, "auto", "does not follow"),
         ([Dense(8), BatchNorm(), Activation("relu"), Dense(3, "softmax")], None, "auto", "is not Dense"),
+        ([Dense(8), Activation("relu"), Dense(3, "softmax")], None, "auto", "is not Dense"),
         ([Dense(8, "softmax"), Dense(3, "softmax")], None, "auto", "softmax"),
         ([Dense(8, "relu"), Dense(3, "softmax")], "numpy", "auto", "optimiser's backend"),
         ([Dense(8, "relu"), Dense(3, "softmax")], None, "numpy", "kernel backend"),
@@ -298,3 +304,13 @@ def test_train_accuracy_of_a_fused_epoch_equals_the_per_kernel_path(net):
     got = _train(net, "adam", "float32", True)
     np.testing.assert_allclose(got[2]["train_accuracy"], ref[2]["train_accuracy"], atol=1.5 / 130)
     assert got[3].history is got[2]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("batch_size, shuffle", [(32, True), (32, False), (None, True)])
+def test_dropout_masks_of_the_fused_step_equal_the_per_kernel_path(dtype, batch_size, shuffle):
+    ref = _train("dropout", "adam", dtype, False, batch_size=batch_size, shuffle=shuffle)
+    got = _train("dropout", "adam", dtype, True, batch_size=batch_size, shuffle=shuffle)
+    rtol, atol = (1e-10, 1e-12) if dtype == "float64" else (2e-4, 1e-5)
+    np.testing.assert_allclose(got[2]["train_loss"], ref[2]["train_loss"], rtol=rtol)
+    np.testing.assert_allclose(got[0]._params, ref[0]._params, rtol=rtol, atol=atol)

@@ -1,6 +1,7 @@
 """The trainer's one-call step: a whole mini-batch step of a Dense stack in compiled code.
 
-For a model made of :class:`~fusednet.layers.Dense` layers only, trained with
+For a model made of :class:`~fusednet.layers.Dense` layers, each hidden one
+optionally followed by a :class:`~fusednet.layers.Dropout`, trained with
 :class:`~fusednet.optim.GD`, ``Momentum``, ``RMSProp`` or ``Adam`` on the
 Cython backend, every step -- the row gather, forward, loss, backward, the
 finiteness checks and the optimiser update -- is one call of the extension's
@@ -16,15 +17,17 @@ walks plain data -- layer widths, activation codes, arena offsets, buffer
 addresses -- that :meth:`Sequential.plan` also describes.
 
 :func:`why_not` names the first reason a model and optimiser do not take the
-fused step (dropout, batch norm, an explicit non-Cython backend, ...).
+fused step (batch norm, an explicit non-Cython backend, ...).
 """
 
 import numpy as np
 
 from . import kernels as _kernels
 from .kernels import _blas, _codes
+from .kernels._codes import _splitmix64, dropout_key, dropout_threshold
 
 _MAX_LAYERS = 64
+_MASK64 = (1 << 64) - 1
 
 #: the largest mini-batch that takes the fused step.  Each thread packs the whole batch for
 #: its share of a product; measured on 2 cores (784-256-128-10, Adam, float32, epochs
@@ -40,7 +43,7 @@ def _cython():
 
 def why_not(model, optimizer):
     """None when ``model`` and ``optimizer`` take the fused step, else the reason (a string)."""
-    from .model import _DenseNode
+    from .model import _DenseNode, _DropoutNode
     from .optim import Optimizer
 
     if not _blas.AVAILABLE:
@@ -55,13 +58,18 @@ def why_not(model, optimizer):
     if type(optimizer)._fused_hypers is Optimizer._fused_hypers:
         return f"{type(optimizer).__name__} has no fused update"
     nodes = model._nodes
-    if len(nodes) > _MAX_LAYERS:
-        return f"more than {_MAX_LAYERS} layers"
+    if len(nodes) > 2 * _MAX_LAYERS:
+        return f"more than {_MAX_LAYERS} Dense layers"
+    prev = None
     for node in nodes:
-        if not isinstance(node, _DenseNode):
-            return f"layer {node.name} is not Dense"
-        if not node.is_output and node.act == _codes.SOFTMAX:
+        if isinstance(node, _DropoutNode):
+            if not isinstance(prev, _DenseNode) or node.is_output:
+                return f"layer {node.name} is a Dropout that does not follow a hidden Dense layer"
+        elif not isinstance(node, _DenseNode):
+            return f"layer {node.name} is not Dense or Dropout"
+        elif not node.is_output and node.act == _codes.SOFTMAX:
             return f"hidden layer {node.name} has a softmax activation"
+        prev = node
     return None
 
 
@@ -69,21 +77,37 @@ class FusedStep:
     """One compiled step per mini-batch for a built Dense-only ``model``."""
 
     def __init__(self, model, optimizer, workspace, n_threads):
+        from .model import _DenseNode
+
         P = model._params
-        nodes = model._nodes
         isz = P.itemsize
         base = P.ctypes.data
 
         def off(view):
             return (view.ctypes.data - base) // isz
 
-        rows = []
-        for node in nodes:
+        # each Dense layer, and the Dropout node (keep_prob < 1) right after it, if any
+        dense, drops = [], []
+        for i, node in enumerate(model._nodes):
+            if isinstance(node, _DenseNode):
+                dense.append(node)
+                drops.append(None)
+            elif node.keep_prob < 1.0:
+                drops[-1] = (i, node)
+        rows, slopes = [], []
+        for node, d in zip(dense, drops):
             rows.append(
-                (node.n_in, node.n_out, node.act, off(node.W), off(node.b) if node.use_bias else -1)
+                (node.n_in, node.n_out, node.act, off(node.W), off(node.b) if node.use_bias else -1,
+                 -1 if d is None else d[1].index, 0 if d is None else dropout_threshold(d[1].keep_prob))
             )
+            slopes.append((node.slope, 1.0 if d is None else 1.0 / d[1].keep_prob))
         self.layers = np.array(rows, dtype=np.intp)
-        self.slopes = np.array([node.slope for node in nodes], dtype=np.float64)
+        self.slopes = np.array(slopes, dtype=np.float64)
+        self.drops = drops
+        self.dropout = any(d is not None for d in drops)
+        self.seed = model.seed
+        self.keys = np.zeros(len(dense), np.uint64)
+        self._dense_pos = [model._nodes.index(node) for node in dense]
         self.model = model
         self.opt = optimizer
         self.ws = workspace
@@ -105,13 +129,14 @@ class FusedStep:
         if b is None:
             nv = v.nodes
             ws = self.ws
-            addr = [x.Z.ctypes.data for x in nv]
+            addr = [nv[i].Z.ctypes.data for i in self._dense_pos]
+            addr += [0 if d is None else nv[d[0]].A.ctypes.data for d in self.drops]
             addr += [nv[-1].A.ctypes.data, ws.delta[0].ctypes.data, ws.delta[1].ctypes.data,
                      self.model._zeros.ctypes.data, self.model._scratch.ctypes.data]
             b = self._bufs[v.n] = np.array(addr, dtype=np.uintp)
         return b
 
-    def __call__(self, v, Xb, Yb, X, Y, idx, lr):
+    def __call__(self, v, Xb, Yb, X, Y, idx, lr, epoch=0, step=0):
         """One step on the batch ``Xb``, ``Yb``; with ``idx``, gathered first from ``X[idx]``, ``Y[idx]``.
 
         Returns ``(status, cost)``: status 0 when the update was applied, 1 when
@@ -123,8 +148,12 @@ class FusedStep:
         if idx is None:
             X = Y = self.dummy
             idx = self.no_rows
+        if self.dropout:
+            for l, d in enumerate(self.drops):
+                if d is not None:
+                    self.keys[l] = dropout_key(self.seed, epoch, step, d[1].index)
         status = self.kernel(
-            P, G, s1, s2, self.layers, self.slopes, self.bufs(v), Xb, Yb, X, Y, idx, self.loss,
+            P, G, s1, s2, self.layers, self.slopes, self.bufs(v), self.keys, Xb, Yb, X, Y, idx, self.loss,
             model._l2, kind, lr, b1, b2, eps, bc1, bc2, model._n_decay, self.gemm, self.out,
             self.n_threads,
         )
@@ -132,7 +161,7 @@ class FusedStep:
             opt._t += 1
         return status, self.out[0]
 
-    def epoch(self, v, X, Y, perm, lrs, costs, pred):
+    def epoch(self, v, X, Y, perm, lrs, costs, pred, epoch=0):
         """Every step of an epoch in one call: batches of ``v.n`` rows of ``X[perm]``, ``Y[perm]``.
 
         ``lrs`` holds each step's learning rate; ``costs`` receives each step's cost and ``pred``
@@ -146,7 +175,8 @@ class FusedStep:
         bias_correction = 2 if kind == 3 else (1 if kind == 1 and getattr(opt, "bias_correction", False) else 0)
         steps, status, cost = self.epoch_kernel(
             P, G, s1, s2, self.layers, self.slopes, self.bufs(v), v.X, v.Y, X, Y, perm, lrs, self.loss,
-            model._l2, kind, b1, b2, eps, bias_correction, opt._t, model._n_decay, self.gemm, costs, pred,
+            model._l2, kind, b1, b2, eps, bias_correction, opt._t, model._n_decay, self.gemm,
+            _splitmix64(_splitmix64(int(self.seed) & _MASK64) ^ epoch), costs, pred,
             self.n_threads,
         )
         opt._t += steps

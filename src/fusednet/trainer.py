@@ -362,7 +362,7 @@ class _Run:
         lr = self.opt.lr if sched is None else sched(epoch, step)
         if step == 0:
             self.lr0 = lr
-        status, cost = self.fused(v, Xb, Yb, self.X, self.Y, idx, lr)
+        status, cost = self.fused(v, Xb, Yb, self.X, self.Y, idx, lr, epoch, step)
         if status:
             raise TrainingDiverged(epoch, step, cost, "cost" if status == 1 else "gradient", self.history)
         self._record(s, e, v, Yb, cost)
@@ -383,7 +383,8 @@ class _Run:
             for i in range(1, lrs.shape[0]):
                 lrs[i] = sched(epoch, i)
         self.lr0 = lr0
-        steps, status, cost = self.fused.epoch(self.v_full, self.X, self.Y, self.perm, lrs, self.costs, self.pred_i)
+        steps, status, cost = self.fused.epoch(self.v_full, self.X, self.Y, self.perm, lrs, self.costs, self.pred_i,
+                                               epoch)
         if status:
             raise TrainingDiverged(epoch, steps, cost, "cost" if status == 1 else "gradient", self.history)
         total = 0.0
