@@ -3,10 +3,13 @@
 For a model made of :class:`~fusednet.layers.Dense` layers, each hidden one
 optionally followed by a :class:`~fusednet.layers.Dropout`, trained with
 :class:`~fusednet.optim.GD`, ``Momentum``, ``RMSProp`` or ``Adam`` on the
-Cython backend, every step -- the row gather, forward, loss, backward, the
+Cython backend, in mini-batches of up to :data:`MAX_ROWS` rows, every step --
+the row gather, forward (dropout masks included), loss, backward, the
 finiteness checks and the optimiser update -- is one call of the extension's
-``dense_step``.  It runs in one OpenMP team that owns the cores for the whole
-step; each thread calls SciPy's BLAS (kept on one thread, see
+``dense_step``; a shuffled epoch over a C-contiguous ``X`` of the model's dtype
+is one call of ``dense_epoch`` (every step's learning rate asked of the
+schedule first).  Each step runs in one OpenMP team that owns the cores; each
+thread calls SciPy's BLAS (kept on one thread, see
 :mod:`fusednet.kernels._blas`) on its share of every matrix product and then
 runs the element-wise work on the block it has just written.
 
@@ -74,7 +77,7 @@ def why_not(model, optimizer):
 
 
 class FusedStep:
-    """One compiled step per mini-batch for a built Dense-only ``model``."""
+    """One compiled step (or epoch) for a built ``model`` of Dense and Dropout layers."""
 
     def __init__(self, model, optimizer, workspace, n_threads):
         from .model import _DenseNode

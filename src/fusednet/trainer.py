@@ -4,7 +4,7 @@ Per fit, the trainer validates the data once, converts the labels once, resolves
 the kernels once and builds one workspace; a steady-state step then only
 gathers its rows into the workspace, runs the model's forward and backward
 passes on preallocated buffers and makes one optimiser call over the flat
-parameter arena -- it allocates no arrays.  For Dense-only models on the Cython
+parameter arena -- it allocates no arrays.  For Dense (and Dropout) models on the Cython
 backend (mini-batches of up to 128 rows) all of that is one compiled call per
 step, or per shuffled epoch (:mod:`fusednet._fused`); ``fused_step=False``
 keeps the per-kernel path.
@@ -84,7 +84,8 @@ class Trainer:
         launched between them compete with BLAS's spinning worker threads and
         one MNIST-sized epoch took 4.1 s instead of 0.99 s, hence the default.
     fused_step : bool, default True
-        For a model of Dense layers only, trained with GD, Momentum, RMSProp
+        For a model of Dense layers (hidden ones optionally followed by
+        Dropout), trained with GD, Momentum, RMSProp
         or Adam on the Cython backend in mini-batches of at most 128 rows
         (``fusednet._fused.MAX_ROWS``), run each mini-batch step -- gather,
         forward, loss, backward, checks and update -- as one compiled call in
