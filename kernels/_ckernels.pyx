@@ -1213,6 +1213,25 @@ cdef struct Net:
     void* db[MAXL]               # a scratch vector for layers without a bias
     void* Z[MAXL]                # (m, n[l + 1]); hidden layers hold A = g(Z + b) in place
     void* Dr[MAXL]               # (m, n[l + 1]) A after inverted dropout, for layers followed by one
+    bint bn[MAXL]                # a BatchNorm between the product and the activation
+    bint actnode[MAXL]           # the activation is an Activation layer of its own (out: Ao)
+    void* xhat[MAXL]
+    void* Bo[MAXL]               # BatchNorm's output gamma * xhat + beta
+    void* Ao[MAXL]               # the Activation layer's output
+    void* mean[MAXL]
+    void* var[MAXL]
+    void* invstd[MAXL]
+    void* rmean[MAXL]
+    void* rvar[MAXL]
+    void* gamma[MAXL]
+    void* beta[MAXL]
+    void* dgamma[MAXL]
+    void* dbeta[MAXL]
+    bint has_bias[MAXL]
+    double eps[MAXL]
+    double momentum[MAXL]
+    void* zeros
+    void* scratch
     bint drop[MAXL]
     Py_ssize_t dindex[MAXL]      # the Dropout layer's index (its dropout_key counter)
     uint32_t k1[MAXL]
@@ -1261,11 +1280,18 @@ cdef inline void _set_key(Net* net, int l, uint64_t key) noexcept nogil:
     net.k2[l] = <uint32_t>(key >> 32)
 
 
+cdef inline void* _out(Net* net, int l) noexcept nogil:
+    """Layer l's activation: g(Z + b) in place in Z, or BatchNorm's or the Activation layer's output."""
+    if net.actnode[l]:
+        return net.Ao[l]
+    return net.Bo[l] if net.bn[l] else net.Z[l]
+
+
 cdef inline const void* _input(Net* net, int l) noexcept nogil:
     """What layer l reads: the batch, the layer below's activation, or that after dropout."""
     if l == 0:
         return net.X
-    return net.Dr[l - 1] if net.drop[l - 1] else net.Z[l - 1]
+    return net.Dr[l - 1] if net.drop[l - 1] else _out(net, l - 1)
 
 
 cdef inline Py_ssize_t _cut16(Py_ssize_t total, Py_ssize_t parts, Py_ssize_t c) noexcept nogil:
@@ -1287,22 +1313,45 @@ cdef void _step_gather(const floating* X, const floating* Y, const Py_ssize_t* i
 
 cdef void _step_forward(const floating* dummy, Net* net, int l, int t) noexcept nogil:
     """Units J_t of layer l: Z[:, J] = A_prev @ W[:, J], then g(Z + b) in place (hidden layers)."""
-    cdef Py_ssize_t m = net.m, k = net.n[l], n = net.n[l + 1], i
+    cdef Py_ssize_t m = net.m, k = net.n[l], n = net.n[l + 1], i, j, w
     cdef Py_ssize_t j0 = _cut16(n, net.nt, t), j1 = _cut16(n, net.nt, t + 1)
     cdef const floating* Ap = <const floating*>_input(net, l)
     cdef floating* Z = <floating*>net.Z[l]
+    cdef const floating* src
+    cdef const floating* A
     cdef const floating* b = <floating*>net.b[l]
     if j1 <= j0:
         return
     _mm(net.gemm, False, False, <int>m, <int>(j1 - j0), <int>k, Ap, <int>k,
         <floating*>net.W[l] + j0, <int>n, Z + j0, <int>n)
-    if l < net.L - 1:
+    if l == net.L - 1:
+        return
+    if not net.bn[l] and not net.actnode[l]:
         for i in range(m):
             _fwd_span(Z + i * n + j0, b + j0, Z + i * n + j0, j1 - j0, net.act[l],
                       <floating>net.slope[l])
-            if net.drop[l]:
-                _dropout_piece(Z, <floating*>net.Dr[l], i * n + j0, i * n + j1, net.k1[l], net.k2[l],
-                               net.thr[l], net.keep_all[l], <floating>net.scale[l])
+    else:
+        for i in range(m):
+            _fwd_span(Z + i * n + j0, b + j0, Z + i * n + j0, j1 - j0, LINEAR, 0)
+        src = Z
+        if net.bn[l]:
+            j = j0
+            while j < j1:
+                w = CB if j1 - j > CB else j1 - j
+                _bn_train_block(Z, <floating*>net.gamma[l], <floating*>net.beta[l], net.eps[l],
+                                <floating*>net.xhat[l], <floating*>net.Bo[l], <floating*>net.mean[l],
+                                <floating*>net.var[l], <floating*>net.invstd[l], m, n, j, j + w)
+                j += w
+            src = <floating*>net.Bo[l]
+        if net.actnode[l]:
+            for i in range(m):
+                _fwd_span(src + i * n + j0, <floating*>net.zeros + j0, <floating*>net.Ao[l] + i * n + j0,
+                          j1 - j0, net.act[l], <floating>net.slope[l])
+    if net.drop[l]:
+        A = <floating*>_out(net, l)
+        for i in range(m):
+            _dropout_piece(A, <floating*>net.Dr[l], i * n + j0, i * n + j1, net.k1[l], net.k2[l],
+                           net.thr[l], net.keep_all[l], <floating>net.scale[l])
 
 
 cdef void _step_loss(const floating* dummy, Net* net, int t, double* part) noexcept nogil:
@@ -1371,7 +1420,7 @@ cdef void _step_backward(const floating* dummy, Net* net, int l, int t) noexcept
         <floating*>net.dW[l] + j0 * n, <int>n)
     if l == 0:
         return
-    Ap = <floating*>net.Z[l - 1]
+    Ap = <const floating*>_out(net, l - 1)
     _mm(net.gemm, False, True, <int>m, <int>(j1 - j0), <int>n, dZ, <int>n,
         <floating*>net.W[l] + j0 * n, <int>n, dA + j0, <int>k)
     if net.drop[l - 1]:
@@ -1381,8 +1430,19 @@ cdef void _step_backward(const floating* dummy, Net* net, int l, int t) noexcept
     j = j0
     while j < j1:
         w = CB if j1 - j > CB else j1 - j
-        _colsum_block(dA, Ap, dA, <floating*>net.db[l - 1], m, k, j, j + w, net.act[l - 1],
-                      <floating>net.slope[l - 1])
+        if not net.bn[l - 1] and not net.actnode[l - 1]:
+            _colsum_block(dA, Ap, dA, <floating*>net.db[l - 1], m, k, j, j + w, net.act[l - 1],
+                          <floating>net.slope[l - 1])
+        else:
+            if net.actnode[l - 1]:  # the Activation layer's column sums are not needed
+                _colsum_block(dA, Ap, dA, <floating*>net.scratch, m, k, j, j + w, net.act[l - 1],
+                              <floating>net.slope[l - 1])
+            if net.bn[l - 1]:
+                _bn_backward_block(dA, <floating*>net.xhat[l - 1], <floating*>net.gamma[l - 1],
+                                   <floating*>net.invstd[l - 1], dA, <floating*>net.dgamma[l - 1],
+                                   <floating*>net.dbeta[l - 1], m, k, j, j + w)
+            if net.has_bias[l - 1]:
+                _colsum_block(dA, dA, dA, <floating*>net.db[l - 1], m, k, j, j + w, LINEAR, 0)
         j += w
 
 
@@ -1430,6 +1490,7 @@ cdef int _step_core(floating* pp, const floating* gp, floating* s1, floating* s2
     cdef Py_ssize_t L = net.L, l, m = net.m, pieces, K, c
     cdef Py_ssize_t nd_cost = h.n_decay if lam != 0.0 else 0
     cdef int nt = net.nt, t, i
+    cdef Hyper hr
     h.l2 = lam / m
     pieces = m if net.loss == CCE else _spans(m, net.n[L])
     K = KMAX if pieces > KMAX else pieces
@@ -1480,6 +1541,11 @@ cdef int _step_core(floating* pp, const floating* gp, floating* s1, floating* s2
     if not (fabs(gsq) < INFINITY):
         return 2
     _opt(pp, gp, s1, s2, n_params, h, nt, 0)
+    for l in range(L):
+        if net.bn[l]:
+            hr.beta1 = net.momentum[l]
+            _ewa_span(<floating*>net.rmean[l], <floating*>net.mean[l], net.n[l + 1], &hr)
+            _ewa_span(<floating*>net.rvar[l], <floating*>net.var[l], net.n[l + 1], &hr)
     return 0
 
 
@@ -1492,9 +1558,9 @@ cdef int _setup(Net* net, Hyper* h, floating* P, floating* G, Py_ssize_t n_param
     cdef int nt
     if L < 1 or L > MAXL:
         raise ValueError(f"a fused step takes 1 to {MAXL} Dense layers, got {L}")
-    if layers.shape[1] != 7 or slopes.shape[0] != L or slopes.shape[1] != 2 or bufs.shape[0] != 2 * L + 5:
-        raise ValueError(f"a fused step of {L} layers needs a ({L}, 7) layer table, ({L}, 2) slopes "
-                         f"and scales, and {2 * L + 5} buffers")
+    if layers.shape[1] != 12 or slopes.shape[0] != L or slopes.shape[1] != 4 or bufs.shape[0] != 10 * L + 5:
+        raise ValueError(f"a fused step of {L} layers needs a ({L}, 12) layer table, a ({L}, 4) table of "
+                         f"slopes, scales, eps and momenta, and {10 * L + 5} buffers")
     if loss < MSE or loss > CCE or kind < OPT_GD or kind > OPT_ADAM:
         raise ValueError(f"unknown loss {loss} or optimiser {kind}")
     nt = n_threads if FN_OPENMP else 1
@@ -1520,8 +1586,9 @@ cdef int _setup(Net* net, Hyper* h, floating* P, floating* G, Py_ssize_t n_param
             net.b[l] = <void*>(P + layers[l, 4])
             net.db[l] = <void*>(G + layers[l, 4])
         else:
-            net.b[l] = <void*>bufs[2 * L + 3]
-            net.db[l] = <void*>bufs[2 * L + 4]
+            net.b[l] = <void*>bufs[10 * L + 3]
+            net.db[l] = <void*>bufs[10 * L + 4]
+        net.has_bias[l] = layers[l, 4] >= 0
         net.Z[l] = <void*>bufs[l]
         net.drop[l] = layers[l, 5] >= 0 and l < L - 1 and bufs[L + l] != 0
         if layers[l, 5] >= 0 and not net.drop[l]:
@@ -1533,9 +1600,36 @@ cdef int _setup(Net* net, Hyper* h, floating* P, floating* G, Py_ssize_t n_param
         net.scale[l] = slopes[l, 1]
         net.k1[l] = 0
         net.k2[l] = 0
-    net.A = <void*>bufs[2 * L]
-    net.D[0] = <void*>bufs[2 * L + 1]
-    net.D[1] = <void*>bufs[2 * L + 2]
+        net.bn[l] = layers[l, 7] != 0
+        net.actnode[l] = layers[l, 10] != 0
+        if (net.bn[l] or net.actnode[l]) and (l == L - 1 or net.act[l] == SOFTMAX):
+            raise ValueError(f"layer {l}: BatchNorm and Activation layers follow hidden layers only")
+        if net.bn[l] and (layers[l, 8] < 0 or layers[l, 9] < 0 or layers[l, 8] + layers[l, 1] > n_params
+                          or layers[l, 9] + layers[l, 1] > n_params):
+            raise ValueError(f"layer {l}: gamma and beta do not fit the arena")
+        net.gamma[l] = <void*>(P + layers[l, 8]) if net.bn[l] else NULL
+        net.beta[l] = <void*>(P + layers[l, 9]) if net.bn[l] else NULL
+        net.dgamma[l] = <void*>(G + layers[l, 8]) if net.bn[l] else NULL
+        net.dbeta[l] = <void*>(G + layers[l, 9]) if net.bn[l] else NULL
+        net.xhat[l] = <void*>bufs[2 * L + l]
+        net.Bo[l] = <void*>bufs[3 * L + l]
+        net.Ao[l] = <void*>bufs[4 * L + l]
+        net.mean[l] = <void*>bufs[5 * L + l]
+        net.var[l] = <void*>bufs[6 * L + l]
+        net.invstd[l] = <void*>bufs[7 * L + l]
+        net.rmean[l] = <void*>bufs[8 * L + l]
+        net.rvar[l] = <void*>bufs[9 * L + l]
+        if (net.bn[l] and (bufs[2 * L + l] == 0 or bufs[3 * L + l] == 0 or bufs[5 * L + l] == 0
+                           or bufs[6 * L + l] == 0 or bufs[7 * L + l] == 0 or bufs[8 * L + l] == 0
+                           or bufs[9 * L + l] == 0)) or (net.actnode[l] and bufs[4 * L + l] == 0):
+            raise ValueError(f"layer {l}: a BatchNorm or Activation buffer is missing")
+        net.eps[l] = slopes[l, 2]
+        net.momentum[l] = slopes[l, 3]
+    net.A = <void*>bufs[10 * L]
+    net.D[0] = <void*>bufs[10 * L + 1]
+    net.D[1] = <void*>bufs[10 * L + 2]
+    net.zeros = <void*>bufs[10 * L + 3]
+    net.scratch = <void*>bufs[10 * L + 4]
     net.X = <void*>Xb
     net.Y = <void*>Yb
     h.kind = kind
@@ -1552,11 +1646,15 @@ def dense_step(floating[::1] P,                 # IN/OUT (n_params,) the paramet
                floating[::1] G,                 # OUT    (n_params,) the gradient arena
                floating[::1] S1,                # IN/OUT optimiser state 1 (or length 0)
                floating[::1] S2,                # IN/OUT optimiser state 2 (or length 0)
-               const Py_ssize_t[:, ::1] layers, # IN (L, 7): n_in, n_out, act, W offset, b offset (-1: none),
-                                                #   the index of a Dropout after the layer (-1: none), its threshold
-               const double[:, ::1] slopes,     # IN (L, 2): leaky-ReLU slope, dropout scale 1 / keep_prob
-               const size_t[::1] bufs,          # IN addresses: Z_0..Z_{L-1}, Dr_0..Dr_{L-1} (0: no dropout),
-                                                #   A, D0, D1, zeros, scratch
+               const Py_ssize_t[:, ::1] layers, # IN (L, 12): n_in, n_out, act, W offset, b offset (-1: none),
+                                                #   the index of a Dropout after the layer (-1: none), its
+                                                #   threshold, BatchNorm (0/1), gamma and beta offsets,
+                                                #   Activation layer (0/1), 0
+               const double[:, ::1] slopes,     # IN (L, 4): leaky-ReLU slope, dropout scale 1 / keep_prob,
+                                                #   BatchNorm eps and momentum
+               const size_t[::1] bufs,          # IN addresses, L each (0: none): Z, Dr, xhat, BatchNorm out,
+                                                #   Activation out, mean, var, invstd, running mean,
+                                                #   running var; then A, D0, D1, zeros, scratch
                const uint64_t[::1] keys,        # IN (L,) the dropout key of each layer followed by one
                const floating[:, ::1] Xb,       # IN (m, n_in) the batch; OUT when idx is given
                const floating[:, ::1] Yb,       # IN (m, n_out) its targets; OUT when idx is given
@@ -1600,8 +1698,8 @@ def dense_epoch(floating[::1] P,                 # IN/OUT (n_params,) the parame
                 floating[::1] G,                 # OUT    (n_params,) the gradient arena
                 floating[::1] S1,                # IN/OUT optimiser state 1 (or length 0)
                 floating[::1] S2,                # IN/OUT optimiser state 2 (or length 0)
-                const Py_ssize_t[:, ::1] layers, # IN (L, 7), as dense_step
-                const double[:, ::1] slopes,     # IN (L, 2), as dense_step
+                const Py_ssize_t[:, ::1] layers, # IN (L, 12), as dense_step
+                const double[:, ::1] slopes,     # IN (L, 4), as dense_step
                 const size_t[::1] bufs,          # IN as dense_step, for batches of up to B rows
                 floating[:, ::1] Xb,             # OUT (B, n_in) the batch buffer
                 floating[:, ::1] Yb,             # OUT (B, n_out) its targets

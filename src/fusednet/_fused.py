@@ -1,7 +1,9 @@
 """The trainer's one-call step: a whole mini-batch step of a Dense stack in compiled code.
 
 For a model made of :class:`~fusednet.layers.Dense` layers, each hidden one
-optionally followed by a :class:`~fusednet.layers.Dropout`, trained with
+optionally followed by :class:`~fusednet.layers.BatchNorm`, an
+:class:`~fusednet.layers.Activation` and :class:`~fusednet.layers.Dropout` (in
+that order; a linear Dense before the first two), trained with
 :class:`~fusednet.optim.GD`, ``Momentum``, ``RMSProp`` or ``Adam`` on the
 Cython backend, in mini-batches of up to :data:`MAX_ROWS` rows, every step --
 the row gather, forward (dropout masks included), loss, backward, the
@@ -20,7 +22,7 @@ walks plain data -- layer widths, activation codes, arena offsets, buffer
 addresses -- that :meth:`Sequential.plan` also describes.
 
 :func:`why_not` names the first reason a model and optimiser do not take the
-fused step (batch norm, an explicit non-Cython backend, ...).
+fused step (an explicit non-Cython backend, layers in another order, ...).
 """
 
 import numpy as np
@@ -46,7 +48,7 @@ def _cython():
 
 def why_not(model, optimizer):
     """None when ``model`` and ``optimizer`` take the fused step, else the reason (a string)."""
-    from .model import _DenseNode, _DropoutNode
+    from .model import _ActivationNode, _BatchNormNode, _DenseNode, _DropoutNode
     from .optim import Optimizer
 
     if not _blas.AVAILABLE:
@@ -63,16 +65,28 @@ def why_not(model, optimizer):
     nodes = model._nodes
     if len(nodes) > 2 * _MAX_LAYERS:
         return f"more than {_MAX_LAYERS} Dense layers"
-    prev = None
+    # after each hidden Dense: [BatchNorm] [Activation] [Dropout], in that order
+    order = {_BatchNormNode: 1, _ActivationNode: 2, _DropoutNode: 3}
+    dense = None
+    stage = 0
     for node in nodes:
-        if isinstance(node, _DropoutNode):
-            if not isinstance(prev, _DenseNode) or node.is_output:
-                return f"layer {node.name} is a Dropout that does not follow a hidden Dense layer"
-        elif not isinstance(node, _DenseNode):
-            return f"layer {node.name} is not Dense or Dropout"
-        elif not node.is_output and node.act == _codes.SOFTMAX:
+        if isinstance(node, _DenseNode):
+            if node.act == _codes.SOFTMAX and not node.is_output:
+                return f"hidden layer {node.name} has a softmax activation"
+            dense, stage = node, 0
+            continue
+        kind = type(node)
+        if kind not in order:
+            return f"layer {node.name} is not Dense, BatchNorm, Activation or Dropout"
+        if dense is None or node.is_output or order[kind] <= stage:
+            return f"layer {node.name} does not follow a hidden Dense layer in the order Dense, BatchNorm, Activation, Dropout"
+        if kind is not _DropoutNode and (dense.act != _codes.LINEAR or stage > 0 and kind is _BatchNormNode):
+            return f"layer {node.name} follows a Dense layer with an activation of its own"
+        if kind is _ActivationNode and node.act == _codes.SOFTMAX:
             return f"hidden layer {node.name} has a softmax activation"
-        prev = node
+        stage = order[kind]
+    if not isinstance(nodes[-1], _DenseNode):
+        return f"the output layer {nodes[-1].name} is not Dense"
     return None
 
 
@@ -80,7 +94,7 @@ class FusedStep:
     """One compiled step (or epoch) for a built ``model`` of Dense and Dropout layers."""
 
     def __init__(self, model, optimizer, workspace, n_threads):
-        from .model import _DenseNode
+        from .model import _ActivationNode, _BatchNormNode, _DenseNode
 
         P = model._params
         isz = P.itemsize
@@ -89,28 +103,38 @@ class FusedStep:
         def off(view):
             return (view.ctypes.data - base) // isz
 
-        # each Dense layer, and the Dropout node (keep_prob < 1) right after it, if any
-        dense, drops = [], []
+        # each Dense layer with the nodes after it: {"bn": (i, node), "act": ..., "drop": ...}
+        dense, blocks = [], []
         for i, node in enumerate(model._nodes):
             if isinstance(node, _DenseNode):
-                dense.append(node)
-                drops.append(None)
+                dense.append((i, node))
+                blocks.append({})
+            elif isinstance(node, _BatchNormNode):
+                blocks[-1]["bn"] = (i, node)
+            elif isinstance(node, _ActivationNode):
+                blocks[-1]["act"] = (i, node)
             elif node.keep_prob < 1.0:
-                drops[-1] = (i, node)
+                blocks[-1]["drop"] = (i, node)
         rows, slopes = [], []
-        for node, d in zip(dense, drops):
+        for (_, node), blk in zip(dense, blocks):
+            d, bn, an = blk.get("drop"), blk.get("bn"), blk.get("act")
+            act, slope = (an[1].act, an[1].slope) if an else (node.act, node.slope)
             rows.append(
-                (node.n_in, node.n_out, node.act, off(node.W), off(node.b) if node.use_bias else -1,
-                 -1 if d is None else d[1].index, 0 if d is None else dropout_threshold(d[1].keep_prob))
+                (node.n_in, node.n_out, act, off(node.W), off(node.b) if node.use_bias else -1,
+                 -1 if d is None else d[1].index, 0 if d is None else dropout_threshold(d[1].keep_prob),
+                 1 if bn else 0, off(bn[1].gamma) if bn else -1, off(bn[1].beta) if bn else -1,
+                 1 if an else 0, 0)
             )
-            slopes.append((node.slope, 1.0 if d is None else 1.0 / d[1].keep_prob))
+            slopes.append((slope, 1.0 if d is None else 1.0 / d[1].keep_prob,
+                           bn[1].eps if bn else 0.0, bn[1].momentum if bn else 0.0))
         self.layers = np.array(rows, dtype=np.intp)
         self.slopes = np.array(slopes, dtype=np.float64)
-        self.drops = drops
-        self.dropout = any(d is not None for d in drops)
+        self.blocks = blocks
+        self.drops = [blk.get("drop") for blk in blocks]
+        self.dropout = any(d is not None for d in self.drops)
         self.seed = model.seed
         self.keys = np.zeros(len(dense), np.uint64)
-        self._dense_pos = [model._nodes.index(node) for node in dense]
+        self._dense_pos = [i for i, _ in dense]
         self.model = model
         self.opt = optimizer
         self.ws = workspace
@@ -132,8 +156,19 @@ class FusedStep:
         if b is None:
             nv = v.nodes
             ws = self.ws
+            def at(x):
+                return 0 if x is None else x.ctypes.data
+
+            blocks = self.blocks
+            bns = [blk.get("bn") for blk in blocks]
+            acts = [blk.get("act") for blk in blocks]
             addr = [nv[i].Z.ctypes.data for i in self._dense_pos]
             addr += [0 if d is None else nv[d[0]].A.ctypes.data for d in self.drops]
+            addr += [0 if b is None else at(nv[b[0]].xhat) for b in bns]
+            addr += [0 if b is None else at(nv[b[0]].A) for b in bns]
+            addr += [0 if a is None else at(nv[a[0]].A) for a in acts]
+            for name in ("mean", "var", "invstd", "running_mean", "running_var"):
+                addr += [0 if b is None else at(getattr(b[1], name)) for b in bns]
             addr += [nv[-1].A.ctypes.data, ws.delta[0].ctypes.data, ws.delta[1].ctypes.data,
                      self.model._zeros.ctypes.data, self.model._scratch.ctypes.data]
             b = self._bufs[v.n] = np.array(addr, dtype=np.uintp)
