@@ -1331,8 +1331,9 @@ cdef void _step_forward(const floating* dummy, Net* net, int l, int t) noexcept 
             _fwd_span(Z + i * n + j0, b + j0, Z + i * n + j0, j1 - j0, net.act[l],
                       <floating>net.slope[l])
     else:
-        for i in range(m):
-            _fwd_span(Z + i * n + j0, b + j0, Z + i * n + j0, j1 - j0, LINEAR, 0)
+        if net.has_bias[l]:
+            for i in range(m):
+                _fwd_span(Z + i * n + j0, b + j0, Z + i * n + j0, j1 - j0, LINEAR, 0)
         src = Z
         if net.bn[l]:
             j = j0
