@@ -91,7 +91,7 @@ def why_not(model, optimizer):
 
 
 class FusedStep:
-    """One compiled step (or epoch) for a built ``model`` of Dense and Dropout layers."""
+    """One compiled step (or epoch) for a built ``model`` that :func:`why_not` accepts."""
 
     def __init__(self, model, optimizer, workspace, n_threads):
         from .model import _ActivationNode, _BatchNormNode, _DenseNode

@@ -53,7 +53,7 @@ def info():
         out["cython_threads"] = getattr(_cython, "max_threads", lambda: None)()
     from .kernels import _blas
 
-    # the trainer's one-call step for Dense (and Dropout) models (see fusednet._fused)
+    # the trainer's one-call step for Dense stacks (see fusednet._fused)
     if "cython" not in out["backends"]:
         out["fused_step"] = "unavailable: the Cython extension is not built"
     elif _blas.AVAILABLE:

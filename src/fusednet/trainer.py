@@ -4,7 +4,8 @@ Per fit, the trainer validates the data once, converts the labels once, resolves
 the kernels once and builds one workspace; a steady-state step then only
 gathers its rows into the workspace, runs the model's forward and backward
 passes on preallocated buffers and makes one optimiser call over the flat
-parameter arena -- it allocates no arrays.  For Dense (and Dropout) models on the Cython
+parameter arena -- it allocates no arrays.  For Dense stacks (with BatchNorm,
+Activation and Dropout layers after hidden Dense ones) on the Cython
 backend (mini-batches of up to 128 rows) all of that is one compiled call per
 step, or per shuffled epoch (:mod:`fusednet._fused`); ``fused_step=False``
 keeps the per-kernel path.
@@ -78,14 +79,18 @@ class Trainer:
     progress : bool
         Show a tqdm progress bar over the epochs.
     kernel_threads : int or None, default 1
-        Threads of the fused kernels inside the training loop (None: all of
-        :func:`fusednet.get_num_threads`).  The matrix products run on every
-        core through BLAS either way; on a 2-core machine, parallel kernels
-        launched between them compete with BLAS's spinning worker threads and
-        one MNIST-sized epoch took 4.1 s instead of 0.99 s, hence the default.
+        On the per-kernel path, the threads of the activation, loss, dropout,
+        batch-norm and optimiser kernels inside the training loop (None: all
+        of :func:`fusednet.get_num_threads`).  The matrix products run on every
+        core through NumPy's BLAS either way; on a 2-core machine, parallel
+        kernels launched between them compete with BLAS's spinning worker
+        threads and one MNIST-sized epoch took 4.1 s instead of 0.99 s, hence
+        the default.  The one-call step (``fused_step``) always runs on
+        :func:`fusednet.get_num_threads` threads: there BLAS runs inside them.
     fused_step : bool, default True
         For a model of Dense layers (hidden ones optionally followed by
-        Dropout), trained with GD, Momentum, RMSProp
+        BatchNorm, an Activation layer and Dropout, in that order), trained
+        with GD, Momentum, RMSProp
         or Adam on the Cython backend in mini-batches of at most 128 rows
         (``fusednet._fused.MAX_ROWS``), run each mini-batch step -- gather,
         forward, loss, backward, checks and update -- as one compiled call in
