@@ -1466,13 +1466,22 @@ cdef double _sumsq(const floating* x, Py_ssize_t i0, Py_ssize_t i1) noexcept nog
     return s
 
 
+cdef inline Py_ssize_t _sum_chunks(Py_ssize_t n) noexcept nogil:
+    """Fixed pieces of the arena sums (their number depends on the arena only)."""
+    cdef Py_ssize_t c = n // 4096
+    return 1 if c < 1 else (KMAX if c > KMAX else c)
+
+
 cdef void _step_sums(const floating* P, const floating* G, Py_ssize_t n, Py_ssize_t n_decay,
                      int nt, int t, double* gpart, double* wpart) noexcept nogil:
-    """Sum of g^2 over the arena piece of thread t, and of w^2 over its share of the weights
-    (n_decay = 0 when there is no L2 term)."""
-    cdef Py_ssize_t i0 = _cut64(n, nt, t), i1 = _cut64(n, nt, t + 1)
-    gpart[t] = _sumsq(G, i0, i1)
-    wpart[t] = _sumsq(P, i0, n_decay if n_decay < i1 else i1) if n_decay > i0 else 0.0
+    """Sums of g^2 and (over the weights, n_decay = 0 without an L2 term) w^2 of the arena
+    pieces of thread t; the pieces and their order do not depend on the thread count."""
+    cdef Py_ssize_t C = _sum_chunks(n), c, i0, i1
+    for c in range(_cut(C, nt, t), _cut(C, nt, t + 1)):
+        i0 = _cut64(n, C, c)
+        i1 = _cut64(n, C, c + 1)
+        gpart[c] = _sumsq(G, i0, i1)
+        wpart[c] = _sumsq(P, i0, n_decay if n_decay < i1 else i1) if n_decay > i0 else 0.0
 
 
 cdef int _step_core(floating* pp, const floating* gp, floating* s1, floating* s2, Net* net,
@@ -1485,8 +1494,8 @@ cdef int _step_core(floating* pp, const floating* gp, floating* s1, floating* s2
     """
     cdef double part[KMAX]
     cdef double part2[KMAX * NSMALL]
-    cdef double gpart[MAXT]
-    cdef double wpart[MAXT]
+    cdef double gpart[KMAX]
+    cdef double wpart[KMAX]
     cdef double cost = 0, gsq = 0, wsq = 0
     cdef Py_ssize_t L = net.L, l, m = net.m, pieces, K, c
     cdef Py_ssize_t nd_cost = h.n_decay if lam != 0.0 else 0
@@ -1530,9 +1539,9 @@ cdef int _step_core(floating* pp, const floating* gp, floating* s1, floating* s2
     if net.loss == MSE:
         cost = 0.5 * cost
     cost = cost / m
-    for i in range(nt):
-        gsq += gpart[i]
-        wsq += wpart[i]
+    for c in range(_sum_chunks(n_params)):
+        gsq += gpart[c]
+        wsq += wpart[c]
     if lam != 0.0:
         cost = cost + lam / (2.0 * m) * wsq
     out[0] = cost

@@ -131,6 +131,24 @@ def test_the_result_does_not_depend_on_the_thread_count():
         np.testing.assert_array_equal(loss, runs[0][1])
 
 
+def test_the_cost_with_l2_does_not_depend_on_the_thread_count():
+    # an arena of 12.6k parameters: its sums of squares run in several fixed pieces
+    X, y = blobs(m=200, nf=60)
+    before = kernels.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2, 3):
+            kernels.set_num_threads(n)
+            model = Sequential([Dense(200, "relu"), Dense(3, "softmax")], input_dim=60, l2=0.7, dtype="float64")
+            h = Trainer(model, optim.Adam(0.01), batch_size=64, epochs=2, progress=False).fit(X, y)
+            runs.append((model._params.copy(), h["train_loss"]))
+    finally:
+        kernels.set_num_threads(before)
+    for params, loss in runs[1:]:
+        np.testing.assert_array_equal(loss, runs[0][1])
+        np.testing.assert_array_equal(params, runs[0][0])
+
+
 def test_fused_run_uses_the_fused_step():
     X, y = blobs(m=_fused.MAX_ROWS + 10)
     model = Sequential([Dense(8, "relu"), Dense(3, "softmax")], input_dim=6)
