@@ -1228,6 +1228,10 @@ cdef struct Net:
     void* dgamma[MAXL]
     void* dbeta[MAXL]
     bint has_bias[MAXL]
+    Py_ssize_t woff[MAXL]        # arena offsets of W, b, gamma and beta (-1: none)
+    Py_ssize_t boff[MAXL]
+    Py_ssize_t goff[MAXL]
+    Py_ssize_t betaoff[MAXL]
     double eps[MAXL]
     double momentum[MAXL]
     void* zeros
@@ -1484,6 +1488,53 @@ cdef void _step_sums(const floating* P, const floating* G, Py_ssize_t n, Py_ssiz
         wpart[c] = _sumsq(P, i0, n_decay if n_decay < i1 else i1) if n_decay > i0 else 0.0
 
 
+cdef void _step_update(floating* pp, const floating* gp, floating* s1, floating* s2, Net* net,
+                       const Hyper* h, int t) noexcept nogil:
+    """The optimiser update of what thread t owns: the rows J_t of every W (the inputs whose
+    gradient rows it wrote), and its columns of every bias, gamma and beta."""
+    cdef int l, nt = net.nt
+    cdef Py_ssize_t k, n, j0, j1, c0, c1
+    for l in range(net.L):
+        k = net.n[l]
+        n = net.n[l + 1]
+        j0 = _cut16(k, nt, t)
+        j1 = _cut16(k, nt, t + 1)
+        if j1 > j0:
+            _opt_piece(pp, gp, s1, s2, net.woff[l] + j0 * n, net.woff[l] + j1 * n, h)
+        c0 = _cut16(n, nt, t)
+        c1 = _cut16(n, nt, t + 1)
+        if c1 > c0:
+            if net.boff[l] >= 0:
+                _opt_piece(pp, gp, s1, s2, net.boff[l] + c0, net.boff[l] + c1, h)
+            if net.goff[l] >= 0:
+                _opt_piece(pp, gp, s1, s2, net.goff[l] + c0, net.goff[l] + c1, h)
+                _opt_piece(pp, gp, s1, s2, net.betaoff[l] + c0, net.betaoff[l] + c1, h)
+
+
+cdef int _step_result(Net* net, const double* part, Py_ssize_t K, const double* gpart,
+                      const double* wpart, Py_ssize_t C, double lam, double* out) noexcept nogil:
+    """The cost (L2 included) and sum of g^2 into out; 0 when both are finite, else 1 or 2."""
+    cdef double cost = 0, gsq = 0, wsq = 0
+    cdef Py_ssize_t c
+    for c in range(K):
+        cost += part[c]
+    if net.loss == MSE:
+        cost = 0.5 * cost
+    cost = cost / net.m
+    for c in range(C):
+        gsq += gpart[c]
+        wsq += wpart[c]
+    if lam != 0.0:
+        cost = cost + lam / (2.0 * net.m) * wsq
+    out[0] = cost
+    out[1] = gsq
+    if not (fabs(cost) < INFINITY):
+        return 1
+    if not (fabs(gsq) < INFINITY):
+        return 2
+    return 0
+
+
 cdef int _step_core(floating* pp, const floating* gp, floating* s1, floating* s2, Net* net,
                     Hyper* h, double lam, Py_ssize_t n_params, const floating* xp,
                     const floating* yp, const Py_ssize_t* ip, double* out) noexcept nogil:
@@ -1496,8 +1547,11 @@ cdef int _step_core(floating* pp, const floating* gp, floating* s1, floating* s2
     cdef double part2[KMAX * NSMALL]
     cdef double gpart[KMAX]
     cdef double wpart[KMAX]
-    cdef double cost = 0, gsq = 0, wsq = 0
+    cdef double res[2]
+    cdef double tres[2 * MAXT]
+    cdef int status
     cdef Py_ssize_t L = net.L, l, m = net.m, pieces, K, c
+    cdef Py_ssize_t C = _sum_chunks(n_params)
     cdef Py_ssize_t nd_cost = h.n_decay if lam != 0.0 else 0
     cdef int nt = net.nt, t, i
     cdef Hyper hr
@@ -1515,6 +1569,8 @@ cdef int _step_core(floating* pp, const floating* gp, floating* s1, floating* s2
         for l in range(L - 1, -1, -1):
             _step_backward(pp, net, <int>l, 0)
         _step_sums(pp, gp, n_params, nd_cost, 1, 0, gpart, wpart)
+        if _step_result(net, part, K, gpart, wpart, C, lam, res) == 0:
+            _step_update(pp, gp, s1, s2, net, h, 0)
     else:
         with parallel(num_threads=nt):
             if ip != NULL:
@@ -1534,23 +1590,13 @@ cdef int _step_core(floating* pp, const floating* gp, floating* s1, floating* s2
                     _step_backward(pp, net, <int>l, t)
             for t in prange(nt, schedule="static", chunksize=1):
                 _step_sums(pp, gp, n_params, nd_cost, nt, t, gpart, wpart)
-    for c in range(K):
-        cost += part[c]
-    if net.loss == MSE:
-        cost = 0.5 * cost
-    cost = cost / m
-    for c in range(_sum_chunks(n_params)):
-        gsq += gpart[c]
-        wsq += wpart[c]
-    if lam != 0.0:
-        cost = cost + lam / (2.0 * m) * wsq
-    out[0] = cost
-    out[1] = gsq
-    if not (fabs(cost) < INFINITY):
-        return 1
-    if not (fabs(gsq) < INFINITY):
-        return 2
-    _opt(pp, gp, s1, s2, n_params, h, nt, 0)
+            # every thread reads the same sums, takes the same decision and updates what it owns
+            for t in prange(nt, schedule="static", chunksize=1):
+                if _step_result(net, part, K, gpart, wpart, C, lam, tres + 2 * t) == 0:
+                    _step_update(pp, gp, s1, s2, net, h, t)
+    status = _step_result(net, part, K, gpart, wpart, C, lam, out)
+    if status != 0:
+        return status
     for l in range(L):
         if net.bn[l]:
             hr.beta1 = net.momentum[l]
@@ -1599,6 +1645,10 @@ cdef int _setup(Net* net, Hyper* h, floating* P, floating* G, Py_ssize_t n_param
             net.b[l] = <void*>bufs[10 * L + 3]
             net.db[l] = <void*>bufs[10 * L + 4]
         net.has_bias[l] = layers[l, 4] >= 0
+        net.woff[l] = layers[l, 3]
+        net.boff[l] = layers[l, 4]
+        net.goff[l] = layers[l, 8] if layers[l, 7] != 0 else -1
+        net.betaoff[l] = layers[l, 9] if layers[l, 7] != 0 else -1
         net.Z[l] = <void*>bufs[l]
         net.drop[l] = layers[l, 5] >= 0 and l < L - 1 and bufs[L + l] != 0
         if layers[l, 5] >= 0 and not net.drop[l]:
