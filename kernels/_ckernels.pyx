@@ -1770,8 +1770,8 @@ def dense_epoch(floating[::1] P,                 # IN/OUT (n_params,) the parame
                 int loss, double lam,
                 int kind, double beta1, double beta2, double eps, int bias_correction,
                 Py_ssize_t t0, Py_ssize_t n_decay, size_t gemm,
-                uint64_t dseed,                  # IN splitmix64(splitmix64(seed) ^ epoch): step i's dropout
-                                                 #    key of layer index d is splitmix64(splitmix64(dseed ^ i) ^ d)
+                uint64_t dseed,                  # IN dropout_key(seed, epoch): step i's dropout key of the
+                                                 #    Dropout layer d is splitmix64(splitmix64(dseed ^ i) ^ d)
                 double[::1] costs,               # OUT (steps,) the cost of each step
                 Py_ssize_t[::1] pred,            # OUT (M,) argmax (softmax) or A > 0.5 (one sigmoid), or length 0
                 int n_threads):

@@ -29,10 +29,9 @@ import numpy as np
 
 from . import kernels as _kernels
 from .kernels import _blas, _codes
-from .kernels._codes import _splitmix64, dropout_key, dropout_threshold
+from .kernels._codes import dropout_key, dropout_threshold
 
 _MAX_LAYERS = 64
-_MASK64 = (1 << 64) - 1
 
 #: the largest mini-batch that takes the fused step.  Each thread packs the whole batch for
 #: its share of a product; measured on 2 cores (784-256-128-10, Adam, float32, epochs
@@ -152,27 +151,27 @@ class FusedStep:
 
     def bufs(self, v):
         """The address table of the workspace views ``v`` (cached by row count)."""
-        b = self._bufs.get(v.n)
-        if b is None:
+        table = self._bufs.get(v.n)
+        if table is None:
             nv = v.nodes
-            ws = self.ws
+
             def at(x):
                 return 0 if x is None else x.ctypes.data
 
-            blocks = self.blocks
-            bns = [blk.get("bn") for blk in blocks]
-            acts = [blk.get("act") for blk in blocks]
-            addr = [nv[i].Z.ctypes.data for i in self._dense_pos]
-            addr += [0 if d is None else nv[d[0]].A.ctypes.data for d in self.drops]
-            addr += [0 if b is None else at(nv[b[0]].xhat) for b in bns]
-            addr += [0 if b is None else at(nv[b[0]].A) for b in bns]
-            addr += [0 if a is None else at(nv[a[0]].A) for a in acts]
+            def views(key, attr):  # a workspace view of the node after each Dense, or none
+                return [at(getattr(nv[blk[key][0]], attr)) if key in blk else 0 for blk in self.blocks]
+
+            def stats(name):  # a batch-norm node's own buffer (statistics), or none
+                return [at(getattr(blk["bn"][1], name)) if "bn" in blk else 0 for blk in self.blocks]
+
+            addr = [at(nv[i].Z) for i in self._dense_pos]
+            addr += views("drop", "A") + views("bn", "xhat") + views("bn", "A") + views("act", "A")
             for name in ("mean", "var", "invstd", "running_mean", "running_var"):
-                addr += [0 if b is None else at(getattr(b[1], name)) for b in bns]
-            addr += [nv[-1].A.ctypes.data, ws.delta[0].ctypes.data, ws.delta[1].ctypes.data,
-                     self.model._zeros.ctypes.data, self.model._scratch.ctypes.data]
-            b = self._bufs[v.n] = np.array(addr, dtype=np.uintp)
-        return b
+                addr += stats(name)
+            addr += [at(nv[-1].A), at(self.ws.delta[0]), at(self.ws.delta[1]),
+                     at(self.model._zeros), at(self.model._scratch)]
+            table = self._bufs[v.n] = np.array(addr, dtype=np.uintp)
+        return table
 
     def __call__(self, v, Xb, Yb, X, Y, idx, lr, epoch=0, step=0):
         """One step on the batch ``Xb``, ``Yb``; with ``idx``, gathered first from ``X[idx]``, ``Y[idx]``.
@@ -214,7 +213,7 @@ class FusedStep:
         steps, status, cost = self.epoch_kernel(
             P, G, s1, s2, self.layers, self.slopes, self.bufs(v), v.X, v.Y, X, Y, perm, lrs, self.loss,
             model._l2, kind, b1, b2, eps, bias_correction, opt._t, model._n_decay, self.gemm,
-            _splitmix64(_splitmix64(int(self.seed) & _MASK64) ^ epoch), costs, pred,
+            dropout_key(self.seed, epoch), costs, pred,  # the kernel folds in step and layer
             self.n_threads,
         )
         opt._t += steps
