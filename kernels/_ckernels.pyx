@@ -130,6 +130,9 @@ cdef Py_ssize_t T_DROPOUT = 100000
 ISA = FUSEDNET_ISA.decode()
 #: True when the extension was compiled with OpenMP
 OPENMP = bool(FN_OPENMP)
+#: True when the fused step's float32 products run on the extension's own AVX-512 kernels
+#: (``_gemm.h``; the x86-64-v4 copy) rather than BLAS's sgemm
+FUSED_GEMM = bool(FG_AVAILABLE)
 #: the activation and loss codes compiled in (tests compare them with _codes)
 CODES = {"linear": LINEAR, "sigmoid": SIGMOID, "tanh": TANH, "relu": RELU,
          "leaky_relu": LEAKY_RELU, "softmax": SOFTMAX, "mse": MSE, "bce": BCE, "cce": CCE}
@@ -1197,6 +1200,14 @@ ctypedef void (*dgemm_t)(char*, char*, int*, int*, int*, double*, double*, int*,
 
 from libc.string cimport memcpy
 
+# single-precision products in AVX-512 where the variant is built for it (else FG_AVAILABLE is 0)
+cdef extern from "_gemm.h" nogil:
+    int FG_AVAILABLE
+    int fg_nn(Py_ssize_t m, Py_ssize_t n, Py_ssize_t K, const float* A, Py_ssize_t lda,
+              const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc)
+    int fg_tn(Py_ssize_t m, Py_ssize_t n, Py_ssize_t K, const float* A, Py_ssize_t lda,
+              const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc)
+
 cdef enum:
     MAXL = 64        # most Dense layers of a fused step
     MAXT = 64        # most threads of a fused step
@@ -1266,6 +1277,12 @@ cdef inline void _mm(size_t fp, bint ta, bint tb, int m, int n, int k,
                 C[i * ldc + j] = 0
         return
     if floating is float:
+        if n >= 16 and not tb:  # narrower products are faster in BLAS
+            if ta:
+                if fg_tn(m, n, k, <const float*>A, lda, <const float*>B, ldb, <float*>C, ldc):
+                    return
+            elif fg_nn(m, n, k, <const float*>A, lda, <const float*>B, ldb, <float*>C, ldc):
+                return
         (<sgemm_t>fp)(&cb, &ca, &n, &m, &k, &one, <float*>B, &ldb, <float*>A, &lda, &zero, C, &ldc)
     else:
         (<dgemm_t>fp)(&cb, &ca, &n, &m, &k, &one, <double*>B, &ldb, <double*>A, &lda, &zero, C, &ldc)
@@ -1839,3 +1856,31 @@ def dense_epoch(floating[::1] P,                 # IN/OUT (n_params,) the parame
                         pred[s + r] = 1 if A[r * n_out] > 0.5 else 0
             i += 1
     return i, status, res[0]
+
+
+def gemm_f32(const float[:, :] A, const float[:, :] B, float[:, :] C, bint trans_a=False):
+    """C = A @ B, or A.T @ B, by the fused step's own float32 kernel (``_gemm.h``).
+
+    Rows may be strided, elements within a row must be contiguous.  Returns False,
+    leaving C untouched, where this copy of the extension has no such kernel or
+    the shape is left to BLAS; tests compare it with NumPy.
+    """
+    cdef Py_ssize_t m = C.shape[0], n = C.shape[1]
+    cdef Py_ssize_t k = A.shape[0] if trans_a else A.shape[1]
+    if (A.shape[1] if trans_a else A.shape[0]) != m or B.shape[0] != k or B.shape[1] != n:
+        raise ValueError(f"gemm_f32: shapes ({A.shape[0]}, {A.shape[1]}), ({B.shape[0]}, {B.shape[1]}) -> "
+                         f"({m}, {n}) do not match (trans_a={bool(trans_a)})")
+    for name, view in (("A", A), ("B", B), ("C", C)):
+        if view.shape[1] > 1 and view.strides[1] != sizeof(float):
+            raise ValueError(f"gemm_f32: the rows of {name} must be contiguous")
+    if m == 0 or n == 0 or k == 0:
+        return False
+    cdef int done
+    with nogil:
+        if trans_a:
+            done = fg_tn(m, n, k, &A[0, 0], A.strides[0] // sizeof(float), &B[0, 0],
+                         B.strides[0] // sizeof(float), &C[0, 0], C.strides[0] // sizeof(float))
+        else:
+            done = fg_nn(m, n, k, &A[0, 0], A.strides[0] // sizeof(float), &B[0, 0],
+                         B.strides[0] // sizeof(float), &C[0, 0], C.strides[0] // sizeof(float))
+    return bool(done)
