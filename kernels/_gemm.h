@@ -2,6 +2,7 @@
  *
  *   fg_nn:  C (m, n) = A (m, K) @ B (K, n)      forward:  Z[:, J] = A_prev @ W[:, J]
  *   fg_tn:  C (m, n) = A (K, m)^T @ B (K, n)    backward: dW[J, :] = A_prev[:, J]^T @ dZ
+ *   fg_nt:  C (m, n) = A (m, K) @ B (n, K)^T    backward: dA[:, J] = dZ @ W[J, :]^T
  *
  * All row-major with leading dimensions; C is overwritten.  The shapes of one
  * training step are small (at most 128 batch rows), so the operands stay in L2
@@ -22,28 +23,45 @@
 
 #include <stddef.h>
 
+#define FG_MAX_K 4096    /* fg_nn keeps a (K, 32) panel of B in L2; longer K goes to BLAS */
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
 #define FG_AVAILABLE 1
 #define FG_MR 8          /* rows of C per micro-kernel */
 #define FG_NB 32         /* columns of C per micro-kernel (two vectors) */
-#define FG_MAX_K 4096    /* fg_nn keeps a (K, 32) panel of B in L2; longer K goes to BLAS */
+#define FG_KC 256        /* fg_nt transposes B in (FG_KC, FG_NB) panels on the stack */
 
-/* C[0:MR, 0:16*NV] = sum_k a(r, k) * B[k, 0:16*NV], the last vector masked by `tail`.
- * a(r, k) is rows[r][k] when ROWS (fg_nn), else a[k * lda + r] (fg_tn). */
+/* How a block reads A's element a(r, k) (r: row of C, k: depth) */
+#define FG_NN 0          /* rows[r][k]: A's rows, by pointer (contiguous or gathered) */
+#define FG_TN 1          /* a[k * lda + r]: A stored (K, m) */
+#define FG_TN_ROWS 2     /* rows[k][lda + r]: A's rows by pointer, columns from lda on */
+
+/* C[0:MR, 0:16*NV] = sum_k a(r, k) * B[k, 0:16*NV], the last vector masked by `tail`;
+ * with `add`, the sum starts from C's values instead of zero. */
 static inline __attribute__((always_inline)) void
-fg_block(const int MR, const int NV, const int ROWS, ptrdiff_t K, const float *a, ptrdiff_t lda,
-         const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc, __mmask16 tail)
+fg_block(const int MR, const int NV, const int MODE, ptrdiff_t K, const float *a, ptrdiff_t lda,
+         const float *const *rows, const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
+         __mmask16 tail, int add)
 {
     __m512 acc[FG_MR][2], bv[2];
     const float *row[FG_MR];
+    const float *ak;
     ptrdiff_t k;
 #pragma GCC unroll 8
     for (int r = 0; r < MR; r++) {
-        row[r] = a + r * (ROWS ? lda : 1);
+        row[r] = MODE == FG_NN ? rows[r] : a;
         acc[r][0] = _mm512_setzero_ps();
         acc[r][1] = _mm512_setzero_ps();
+        if (add) {
+            if (NV == 1) {
+                acc[r][0] = _mm512_maskz_loadu_ps(tail, c + r * ldc);
+            } else {
+                acc[r][0] = _mm512_loadu_ps(c + r * ldc);
+                acc[r][1] = _mm512_maskz_loadu_ps(tail, c + r * ldc + 16);
+            }
+        }
     }
     for (k = 0; k < K; k++) {
         const float *bk = b + k * ldb;
@@ -53,9 +71,10 @@ fg_block(const int MR, const int NV, const int ROWS, ptrdiff_t K, const float *a
             bv[0] = _mm512_loadu_ps(bk);
             bv[1] = _mm512_maskz_loadu_ps(tail, bk + 16);
         }
+        ak = MODE == FG_TN ? a + k * lda : (MODE == FG_TN_ROWS ? rows[k] + lda : a);
 #pragma GCC unroll 8
         for (int r = 0; r < MR; r++) {
-            __m512 x = _mm512_set1_ps(ROWS ? row[r][k] : row[r][k * lda]);
+            __m512 x = _mm512_set1_ps(MODE == FG_NN ? row[r][k] : ak[r]);
             acc[r][0] = _mm512_fmadd_ps(x, bv[0], acc[r][0]);
             if (NV == 2)
                 acc[r][1] = _mm512_fmadd_ps(x, bv[1], acc[r][1]);
@@ -74,44 +93,41 @@ fg_block(const int MR, const int NV, const int ROWS, ptrdiff_t K, const float *a
 
 /* One block of up to FG_MR rows and FG_NB columns: the row count picks a
  * specialised kernel (each has its sixteen accumulators in registers). */
-#define FG_CASE(MR, ROWS)                                                                 \
+#define FG_CASE(MR, MODE)                                                                 \
     case MR:                                                                              \
         if (nv == 1)                                                                      \
-            fg_block(MR, 1, ROWS, K, a, lda, b, ldb, c, ldc, tail);                       \
+            fg_block(MR, 1, MODE, K, a, lda, rows, b, ldb, c, ldc, tail, add);            \
         else                                                                              \
-            fg_block(MR, 2, ROWS, K, a, lda, b, ldb, c, ldc, tail);                       \
+            fg_block(MR, 2, MODE, K, a, lda, rows, b, ldb, c, ldc, tail, add);            \
         break;
 
-#define FG_DISPATCH(ROWS)                                                                 \
-    switch (mr) {                                                                         \
-        FG_CASE(1, ROWS) FG_CASE(2, ROWS) FG_CASE(3, ROWS) FG_CASE(4, ROWS)               \
-        FG_CASE(5, ROWS) FG_CASE(6, ROWS) FG_CASE(7, ROWS) FG_CASE(8, ROWS)               \
+#define FG_DISPATCH(NAME, MODE)                                                           \
+    static void NAME(int mr, int nv, ptrdiff_t K, const float *a, ptrdiff_t lda,          \
+                     const float *const *rows, const float *b, ptrdiff_t ldb, float *c,   \
+                     ptrdiff_t ldc, __mmask16 tail, int add)                              \
+    {                                                                                     \
+        switch (mr) {                                                                     \
+            FG_CASE(1, MODE) FG_CASE(2, MODE) FG_CASE(3, MODE) FG_CASE(4, MODE)           \
+            FG_CASE(5, MODE) FG_CASE(6, MODE) FG_CASE(7, MODE) FG_CASE(8, MODE)           \
+        }                                                                                 \
     }
 
-static void
-fg_block_nn(int mr, int nv, ptrdiff_t K, const float *a, ptrdiff_t lda, const float *b,
-            ptrdiff_t ldb, float *c, ptrdiff_t ldc, __mmask16 tail)
-{
-    FG_DISPATCH(1)
-}
-
-static void
-fg_block_tn(int mr, int nv, ptrdiff_t K, const float *a, ptrdiff_t lda, const float *b,
-            ptrdiff_t ldb, float *c, ptrdiff_t ldc, __mmask16 tail)
-{
-    FG_DISPATCH(0)
-}
+FG_DISPATCH(fg_block_nn, FG_NN)
+FG_DISPATCH(fg_block_tn, FG_TN)
+FG_DISPATCH(fg_block_tn_rows, FG_TN_ROWS)
 
 #undef FG_DISPATCH
 #undef FG_CASE
 
 /* Walk C in column panels of FG_NB (B's panel stays in cache) and, inside a
- * panel, in blocks of FG_MR rows; the last panel masks its last vector. */
+ * panel, in blocks of FG_MR rows; the last panel masks its last vector.
+ * FG_NN reads A's row i at rows[i] when rows is given, else at A + i * lda. */
 static inline void
-fg_walk(int trans, ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda,
-        const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc)
+fg_walk(int mode, ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda,
+        const float *const *rows, const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc)
 {
-    ptrdiff_t i, j, w;
+    const float *rp[FG_MR];
+    ptrdiff_t i, j, w, r;
     int nv, mr;
     __mmask16 tail;
     for (j = 0; j < n; j += FG_NB) {
@@ -120,31 +136,75 @@ fg_walk(int trans, ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdif
         tail = (__mmask16)(w % 16 ? (1u << (w % 16)) - 1 : 0xFFFFu);
         for (i = 0; i < m; i += FG_MR) {
             mr = (int)(m - i < FG_MR ? m - i : FG_MR);
-            if (trans)
-                fg_block_tn(mr, nv, K, A + i, lda, B + j, ldb, C + i * ldc + j, ldc, tail);
-            else
-                fg_block_nn(mr, nv, K, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc, tail);
+            if (mode == FG_NN) {
+                for (r = 0; r < mr; r++)
+                    rp[r] = rows ? rows[i + r] : A + (i + r) * lda;
+                fg_block_nn(mr, nv, K, NULL, 0, rp, B + j, ldb, C + i * ldc + j, ldc, tail, 0);
+            } else if (mode == FG_TN) {
+                fg_block_tn(mr, nv, K, A + i, lda, NULL, B + j, ldb, C + i * ldc + j, ldc, tail, 0);
+            } else {
+                fg_block_tn_rows(mr, nv, K, NULL, lda + i, rows, B + j, ldb, C + i * ldc + j, ldc, tail,
+                                 0);
+            }
         }
     }
 }
 
-/* C (m, n) = A (m, K) @ B (K, n); 0 if the shape is left to BLAS (K > FG_MAX_K). */
+/* C (m, n) = A (m, K) @ B (K, n), A's row i at rows[i] (rows not NULL) or A + i * lda.
+ * Returns 0, touching nothing, when the shape is left to BLAS (K > FG_MAX_K). */
 static inline int
-fg_nn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda, const float *B,
-      ptrdiff_t ldb, float *C, ptrdiff_t ldc)
+fg_nn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda,
+      const float *const *rows, const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc)
 {
     if (K > FG_MAX_K)
         return 0;
-    fg_walk(0, m, n, K, A, lda, B, ldb, C, ldc);
+    fg_walk(FG_NN, m, n, K, A, lda, rows, B, ldb, C, ldc);
     return 1;
 }
 
-/* C (m, n) = A (K, m)^T @ B (K, n). */
+/* C (m, n) = A (K, m)^T @ B (K, n): A's row k at rows[k] + col (rows not NULL) or A + k * lda. */
 static inline int
-fg_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda, const float *B,
+fg_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda,
+      const float *const *rows, ptrdiff_t col, const float *B, ptrdiff_t ldb, float *C,
+      ptrdiff_t ldc)
+{
+    if (rows)
+        fg_walk(FG_TN_ROWS, m, n, K, NULL, col, rows, B, ldb, C, ldc);
+    else
+        fg_walk(FG_TN, m, n, K, A, lda, NULL, B, ldb, C, ldc);
+    return 1;
+}
+
+/* C (m, n) = A (m, K) @ B (n, K)^T.  For each panel of FG_NB columns of C, B's rows
+ * are transposed FG_KC columns at a time into a (FG_KC, FG_NB) panel on the stack,
+ * and the blocks of C add each K chunk's product to the previous ones' (the chunks
+ * depend on K only, so the bits still do not depend on how C is split). */
+static inline int
+fg_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda, const float *B,
       ptrdiff_t ldb, float *C, ptrdiff_t ldc)
 {
-    fg_walk(1, m, n, K, A, lda, B, ldb, C, ldc);
+    float panel[FG_KC * FG_NB] __attribute__((aligned(64)));
+    const float *rp[FG_MR];
+    ptrdiff_t i, j, w, k0, kw, k, jj, r;
+    int nv, mr;
+    __mmask16 tail;
+    for (j = 0; j < n; j += FG_NB) {
+        w = n - j < FG_NB ? n - j : FG_NB;
+        nv = w > 16 ? 2 : 1;
+        tail = (__mmask16)(w % 16 ? (1u << (w % 16)) - 1 : 0xFFFFu);
+        for (k0 = 0; k0 < K; k0 += FG_KC) {
+            kw = K - k0 < FG_KC ? K - k0 : FG_KC;
+            for (jj = 0; jj < w; jj++)
+                for (k = 0; k < kw; k++)
+                    panel[k * FG_NB + jj] = B[(j + jj) * ldb + k0 + k];
+            for (i = 0; i < m; i += FG_MR) {
+                mr = (int)(m - i < FG_MR ? m - i : FG_MR);
+                for (r = 0; r < mr; r++)
+                    rp[r] = A + (i + r) * lda + k0;
+                fg_block_nn(mr, nv, kw, NULL, 0, rp, panel, FG_NB, C + i * ldc + j, ldc, tail, k0 > 0);
+            }
+        }
+    }
     return 1;
 }
 
@@ -153,15 +213,25 @@ fg_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda, cons
 #define FG_AVAILABLE 0
 
 static inline int
-fg_nn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda, const float *B,
-      ptrdiff_t ldb, float *C, ptrdiff_t ldc)
+fg_nn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda,
+      const float *const *rows, const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc)
 {
-    (void)m; (void)n; (void)K; (void)A; (void)lda; (void)B; (void)ldb; (void)C; (void)ldc;
+    (void)m; (void)n; (void)K; (void)A; (void)lda; (void)rows; (void)B; (void)ldb; (void)C; (void)ldc;
     return 0;
 }
 
 static inline int
-fg_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda, const float *B,
+fg_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda,
+      const float *const *rows, ptrdiff_t col, const float *B, ptrdiff_t ldb, float *C,
+      ptrdiff_t ldc)
+{
+    (void)m; (void)n; (void)K; (void)A; (void)lda; (void)rows; (void)col; (void)B; (void)ldb;
+    (void)C; (void)ldc;
+    return 0;
+}
+
+static inline int
+fg_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda, const float *B,
       ptrdiff_t ldb, float *C, ptrdiff_t ldc)
 {
     (void)m; (void)n; (void)K; (void)A; (void)lda; (void)B; (void)ldb; (void)C; (void)ldc;
