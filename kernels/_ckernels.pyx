@@ -1463,6 +1463,9 @@ cdef void _step_backward(const floating* dummy, Net* net, int l, int t) noexcept
     cdef Py_ssize_t m = net.m, k = net.n[l], n = net.n[l + 1], j, w
     cdef Py_ssize_t j0 = _cut16(k, net.nt, t), j1 = _cut16(k, net.nt, t + 1)
     cdef int cur = (net.L - 1 - l) & 1
+    if l == 0:  # only dW's rows: an even split (784 inputs: 392 each, not 384 and 400)
+        j0 = _cut(k, net.nt, t)
+        j1 = _cut(k, net.nt, t + 1)
     cdef const floating* dZ = <floating*>net.D[cur]
     cdef floating* dA = <floating*>net.D[1 - cur]
     cdef const floating* In = <const floating*>_input(net, l)

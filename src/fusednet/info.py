@@ -57,7 +57,10 @@ def info():
     if "cython" not in out["backends"]:
         out["fused_step"] = "unavailable: the Cython extension is not built"
     elif _blas.AVAILABLE:
-        out["fused_step"] = f"available, on {_blas.STATUS}"
+        from .kernels import _cython
+
+        own = "fusednet's AVX-512 kernels for float32 products, " if _cython._ck.FUSED_GEMM else ""
+        out["fused_step"] = f"available, on {own}{_blas.STATUS}"
     else:
         out["fused_step"] = f"unavailable: {_blas.STATUS}"
     try:

@@ -1,0 +1,141 @@
+"""The fused step's own float32 matrix products (``kernels/_gemm.h``, ``gemm_f32``).
+
+* every form (A @ B, A.T @ B, A @ B.T, and rows read in place by index) equals
+  NumPy's float64 product within float32 rounding, on odd shapes, strided rows
+  and read-only inputs;
+* any block of C, computed on its own as a thread computes its share, has the
+  same bits as the whole product;
+* the AVX-512 copy of the extension has the kernels and the others do not;
+  shapes left to BLAS leave C untouched.
+"""
+
+import numpy as np
+import pytest
+
+_cython = pytest.importorskip("fusednet.kernels._cython", reason="the Cython extension is not built")
+
+OWN = [v for v in _cython.VARIANTS if v.FUSED_GEMM]
+SIZES = [1, 7, 8, 9, 16, 17, 31, 33, 70]
+DEPTHS = [1, 5, 128, 300]
+
+
+def _operands(rng, a_shape, b_shape, pad=3):
+    """Random float32 A and B whose rows are strided (views into wider arrays), read-only."""
+    A = rng.standard_normal((a_shape[0], a_shape[1] + pad), dtype=np.float32)[:, :a_shape[1]]
+    B = rng.standard_normal((b_shape[0], b_shape[1] + pad), dtype=np.float32)[:, : b_shape[1]]
+    A.flags.writeable = False
+    B.flags.writeable = False
+    return A, B
+
+
+def _check(C, a, b):
+    """C against a @ b in float64, within the bound of a k-term float32 dot product."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    ref = a @ b
+    tol = a.shape[1] * np.finfo(np.float32).eps * (np.abs(a) @ np.abs(b))
+    assert np.all(np.abs(C - ref) <= tol), np.max(np.abs(C - ref) / tol)
+
+
+def test_the_avx512_copy_has_the_kernels_and_the_others_do_not():
+    for v in _cython.VARIANTS:
+        assert v.FUSED_GEMM == (v.ISA == "x86-64-v4")
+        if not v.FUSED_GEMM:
+            C = np.zeros((4, 20), np.float32)
+            assert v.gemm_f32(np.ones((4, 3), np.float32), np.ones((3, 20), np.float32), C) is False
+            assert not C.any()
+
+
+@pytest.fixture(params=OWN, ids=[v.ISA for v in OWN])
+def ck(request):
+    return request.param
+
+
+@pytest.mark.parametrize("m", SIZES)
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("k", DEPTHS)
+def test_nn(ck, m, n, k):
+    rng = np.random.default_rng([m, n, k])
+    A, B = _operands(rng, (m, k), (k, n))
+    C = np.full((m, n + 5), np.nan, np.float32)
+    assert ck.gemm_f32(A, B, C[:, :n])
+    _check(C[:, :n], A, B)
+    assert np.isnan(C[:, n:]).all(), "wrote outside C"
+
+
+@pytest.mark.parametrize("m", SIZES)
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("k", DEPTHS)
+def test_tn(ck, m, n, k):
+    rng = np.random.default_rng([m, n, k, 1])
+    A, B = _operands(rng, (k, m), (k, n))
+    C = np.full((m, n), np.nan, np.float32)
+    assert ck.gemm_f32(A, B, C, trans_a=True)
+    _check(C, A.T, B)
+
+
+@pytest.mark.parametrize("m", SIZES)
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("k", [*DEPTHS, 256, 257, 600])  # K chunks of 256 in B's transposed panels
+def test_nt(ck, m, n, k):
+    rng = np.random.default_rng([m, n, k, 2])
+    A, B = _operands(rng, (m, k), (n, k))
+    C = np.full((m, n), np.nan, np.float32)
+    assert ck.gemm_f32(A, B, C, trans_b=True)
+    _check(C, A, B.T)
+
+
+@pytest.mark.parametrize("m", [1, 9, 128])
+@pytest.mark.parametrize("n", [1, 17, 64])
+def test_rows_read_in_place_by_index(ck, m, n):
+    """The gathered first layer: X[idx] @ W and X[idx][:, col:col + j].T @ dZ, X never copied."""
+    rng = np.random.default_rng([m, n, 3])
+    k = 50
+    X, W = _operands(rng, (300, k), (k, n))
+    idx = rng.integers(0, X.shape[0], m).astype(np.intp)
+    C = np.full((m, n), np.nan, np.float32)
+    assert ck.gemm_f32(X, W, C, idx=idx)
+    _check(C, X[idx], W)
+
+    dZ = rng.standard_normal((m, n), dtype=np.float32)
+    col, width = 13, 21
+    dW = np.full((width, n), np.nan, np.float32)
+    assert ck.gemm_f32(X, dZ, dW, trans_a=True, idx=idx, col=col)
+    _check(dW, X[idx][:, col:col + width].T, dZ)
+
+
+@pytest.mark.parametrize("form", ["nn", "tn", "nt"])
+def test_any_block_of_c_has_the_bits_of_the_whole_product(ck, form):
+    """What makes a fused step's bits independent of the thread count."""
+    rng = np.random.default_rng(4)
+    m, n, k = 37, 75, 300
+    shapes = {"nn": ((m, k), (k, n)), "tn": ((k, m), (k, n)), "nt": ((m, k), (n, k))}[form]
+    A, B = (np.ascontiguousarray(x) for x in _operands(rng, *shapes))
+    kw = {"trans_a": form == "tn", "trans_b": form == "nt"}
+    whole = np.empty((m, n), np.float32)
+    assert ck.gemm_f32(A, B, whole, **kw)
+    for r0, r1, c0, c1 in [(0, m, 0, 16), (0, m, 16, 40), (0, m, 40, n), (5, 13, 0, n), (13, m, 3, 70)]:
+        part = np.empty((r1 - r0, c1 - c0), np.float32)
+        a = {"nn": A[r0:r1], "tn": A[:, r0:r1], "nt": A[r0:r1]}[form]
+        b = {"nn": B[:, c0:c1], "tn": B[:, c0:c1], "nt": B[c0:c1]}[form]
+        assert ck.gemm_f32(a, b, part, **kw)
+        np.testing.assert_array_equal(part, whole[r0:r1, c0:c1])
+
+
+def test_long_products_are_left_to_blas(ck):
+    k = 4097  # FG_MAX_K + 1: B's (K, 32) panel would not stay in L2
+    C = np.zeros((2, 20), np.float32)
+    assert ck.gemm_f32(np.ones((2, k), np.float32), np.ones((k, 20), np.float32), C) is False
+    assert not C.any()
+
+
+def test_bad_shapes_raise(ck):
+    C = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match="do not make C"):
+        ck.gemm_f32(np.ones((3, 5), np.float32), np.ones((6, 4), np.float32), C)
+    with pytest.raises(ValueError, match="do not make C"):
+        ck.gemm_f32(np.ones((5, 3), np.float32), np.ones((5, 4), np.float32), C, trans_a=True, trans_b=True)
+    with pytest.raises(ValueError, match="is not a row of A"):
+        ck.gemm_f32(np.ones((3, 5), np.float32), np.ones((5, 4), np.float32), C,
+                    idx=np.array([0, 1, 3], np.intp))
+    with pytest.raises(ValueError, match="must be contiguous"):
+        ck.gemm_f32(np.ones((3, 10), np.float32)[:, ::2], np.ones((5, 4), np.float32), C)
