@@ -374,3 +374,54 @@ def test_torch_dropout_reference(benchmark):
     med = float(run_isolated(_TORCH_DROPOUT.format(threads=T(), n=n, reps=reps)))
     add_external(benchmark.group, "torch-dropout", med)
     benchmark.pedantic(lambda: None, rounds=1)
+
+
+# ---------------------------------------------------------------- the fused step's matrix products
+# One thread's share of each product of a 784-256-128-10 step at batch 128 on two threads, as
+# the step computes it: fusednet's own float32 kernels (kernels/_gemm.h) against SciPy's sgemm
+# held at one thread (what the step calls where those kernels are not built).  "textbook" is
+# NumPy's matmul with its own threads.
+
+_STEP_PRODUCTS = {
+    # name: (op(A) shape, op(B) shape, form)
+    "fwd 128x784 @ 784x128": ((128, 784), (784, 128), "nn"),
+    "dW 392x128 @ 128x256": ((392, 128), (128, 256), "tn"),
+    "dA 128x128 @ 128x128": ((128, 128), (128, 128), "nt"),
+}
+
+
+def _own_gemm():
+    from fusednet.kernels import _cython
+
+    return _cython._ck if getattr(_cython._ck, "FUSED_GEMM", False) else None
+
+
+@pytest.mark.parametrize("name", list(_STEP_PRODUCTS))
+@pytest.mark.parametrize("impl", ["textbook", "sgemm-1-thread", "fusednet-own"])
+def test_step_product(benchmark, record, name, impl):
+    (m, k), (_, n), form = _STEP_PRODUCTS[name]
+    _setup(benchmark, f"step product {name}", impl)
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((k, m) if form == "tn" else (m, k), dtype=np.float32)
+    B = rng.standard_normal((n, k) if form == "nt" else (k, n), dtype=np.float32)
+    C = np.empty((m, n), np.float32)
+    opA = A.T if form == "tn" else A
+    opB = B.T if form == "nt" else B
+    if impl == "textbook":
+        record(np.matmul, opA, opB, C)
+    elif impl == "sgemm-1-thread":
+        from scipy.linalg import blas
+
+        from fusednet.kernels import _blas
+
+        if not _blas.AVAILABLE:
+            pytest.skip(_blas.STATUS)
+        # C^T = op(B)^T op(A)^T in column-major terms: Fortran order views of the row-major arrays
+        with _blas.single_threaded():
+            record(blas.sgemm, 1.0, B.T, A.T, 0.0, C.T, form == "nt", form == "tn", True)
+    else:
+        ck = _own_gemm()
+        if ck is None:
+            pytest.skip("this copy of the extension has no AVX-512 products (the step uses sgemm)")
+        record(ck.gemm_f32, A, B, C, form == "tn", form == "nt")
+    np.testing.assert_allclose(C, opA.astype(np.float64) @ opB, rtol=1e-3, atol=1e-3)
