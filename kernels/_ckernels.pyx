@@ -1192,10 +1192,9 @@ def point_fmix32(const uint32_t[::1] h, uint32_t[::1] out):
 # it falls in, so the step has the same bits for any thread count.  The caller
 # passes BLAS's Fortran ?gemm (scipy.linalg.cython_blas) by address and keeps
 # that BLAS on one thread while steps run.  In float32 on the AVX-512 copy of
-# the extension, the forward and weight-gradient products of layers at least
-# 16 units wide run on _gemm.h's kernels instead (15-25 % faster on these
-# shapes), and the first layer reads the gathered rows where they lie in X, so
-# the gather copies only the targets.
+# the extension, the products run on _gemm.h's kernels instead (13-15 %
+# faster than sgemm on the large ones), and the first layer reads the gathered
+# rows where they lie in X, so the gather copies only the targets.
 
 ctypedef void (*sgemm_t)(char*, char*, int*, int*, int*, float*, float*, int*, float*, int*,
                          float*, float*, int*) noexcept nogil
@@ -1273,12 +1272,14 @@ cdef struct Net:
 
 
 cdef inline bint _own(Net* net, const floating* dummy, int l) noexcept nogil:
-    """Whether layer l's forward and weight-gradient products run on _gemm.h's kernels.
+    """Whether layer l's products run on _gemm.h's kernels (float32 on the AVX-512 copy).
 
-    Decided per layer (float32, the AVX-512 copy, at least 16 units), never per thread, so
-    every element of a product is computed the same way whatever the thread count.
+    Decided per layer, never per thread, so every element of a product is computed the
+    same way whatever the thread count.  Narrow layers take them too: BLAS runs a
+    128x10x128 product in half the time, but through its own buffers, which a
+    neighbour's load on the shared cache evicts between steps.
     """
-    return floating is float and FG_AVAILABLE and net.n[l + 1] >= 16
+    return floating is float and FG_AVAILABLE
 
 
 cdef inline void _mm(size_t fp, bint ta, bint tb, int m, int n, int k,
@@ -1749,7 +1750,7 @@ cdef int _setup(Net* net, Hyper* h, floating* P, floating* G, Py_ssize_t n_param
     net.scratch = <void*>bufs[10 * L + 4]
     net.X = <void*>Xb
     # gathered steps skip copying the batch when both first-layer products read rows in place
-    net.in_place = floating is float and FG_AVAILABLE and m <= MAXR and net.n[1] >= 16 and net.n[0] <= FG_MAX_K
+    net.in_place = _own(net, Xb, 0) and m <= MAXR and net.n[0] <= FG_MAX_K
     net.Y = <void*>Yb
     h.kind = kind
     h.beta1 = beta1
