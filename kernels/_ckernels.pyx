@@ -1218,7 +1218,7 @@ cdef extern from "_gemm.h" nogil:
 cdef enum:
     MAXL = 64        # most Dense layers of a fused step
     MAXT = 64        # most threads of a fused step
-    MAXR = 256       # most batch rows whose addresses a step keeps (the first layer's rows in place)
+    MAXR = 1024      # most batch rows whose addresses a step keeps (the first layer's rows in place)
 
 cdef struct Net:
     int L, nt, loss

@@ -65,9 +65,9 @@ def _targets(kind, X, y):
     return np.stack([X[:, 0] - X[:, 1], X[:, 2] * 0.5], axis=1)
 
 
-def _train(net, opt, dtype, fused, batch_size=32, shuffle=True, l2=0.0, x_dtype=None, epochs=3):
+def _train(net, opt, dtype, fused, batch_size=32, shuffle=True, l2=0.0, x_dtype=None, epochs=3, m=130):
     make, kind = NETS[net]
-    X, y = blobs(m=130, dtype=dtype if x_dtype in (None, "fortran") else x_dtype)
+    X, y = blobs(m=m, dtype=dtype if x_dtype in (None, "fortran") else x_dtype)
     if x_dtype == "fortran":
         X = np.asfortranarray(X)
     model = Sequential(make(), input_dim=X.shape[1], dtype=dtype, l2=l2, seed=4)
@@ -95,6 +95,21 @@ def test_fused_step_equals_the_per_kernel_path(net, opt, dtype):
     for key, value in ref_opt.state_dict().items():
         if isinstance(value, np.ndarray):
             np.testing.assert_allclose(o.state_dict()[key][keep], value[keep], rtol=rtol * 10, atol=atol)
+
+
+@pytest.mark.parametrize("net", ["dropout", "batchnorm", "sigmoid"])
+def test_batches_of_hundreds_of_rows_take_the_fused_step_in_float32(net):
+    """Batches of 300 rows and a last one of 100 (the own products' limit is 1024 rows)."""
+    ref_model, _, ref_h, _ = _train(net, "adam", "float32", fused=False, batch_size=300, m=700, epochs=2)
+    model, o, h, trainer = _train(net, "adam", "float32", fused=True, batch_size=300, m=700, epochs=2)
+    make, kind = NETS[net]
+    X, y = blobs(m=700, dtype="float32")
+    run = _Run(Trainer(Sequential(make(), input_dim=X.shape[1], dtype="float32"), optim.Adam(), batch_size=300,
+                       progress=False), X, _targets(kind, X, y), None, 2)
+    assert isinstance(run.fused, _fused.FusedStep) == (_fused.max_rows("float32") >= 300)
+    np.testing.assert_allclose(h["train_loss"], ref_h["train_loss"], rtol=2e-4, atol=1e-5)
+    np.testing.assert_allclose(model._params, ref_model._params, rtol=2e-4, atol=1e-5)
+    assert o.t == 2 * 3
 
 
 @pytest.mark.parametrize(
@@ -151,12 +166,16 @@ def test_the_cost_with_l2_does_not_depend_on_the_thread_count():
     _same_bits_for_any_thread_count(train)
 
 
-def test_fused_run_uses_the_fused_step():
-    X, y = blobs(m=_fused.MAX_ROWS + 10)
-    model = Sequential([Dense(8, "relu"), Dense(3, "softmax")], input_dim=6)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_run_uses_the_fused_step(dtype):
+    limit = _fused.max_rows(dtype)
+    own = getattr(_fused._cython(), "FUSED_GEMM", False)
+    assert limit == (_fused.MAX_ROWS_OWN if dtype == "float32" and own else _fused.MAX_ROWS)
+    X, y = blobs(m=limit + 10)
+    model = Sequential([Dense(8, "relu"), Dense(3, "softmax")], input_dim=6, dtype=dtype)
     run = _Run(Trainer(model, optim.Adam(), batch_size=16, progress=False), X, y, None, 2)
     assert isinstance(run.fused, _fused.FusedStep)
-    run = _Run(Trainer(model, optim.Adam(), batch_size=_fused.MAX_ROWS, progress=False), X, y, None, 2)
+    run = _Run(Trainer(model, optim.Adam(), batch_size=limit, progress=False), X, y, None, 2)
     assert isinstance(run.fused, _fused.FusedStep)
     run = _Run(Trainer(model, optim.Adam(), batch_size=16, progress=False, fused_step=False), X, y, None, 2)
     assert run.fused is None

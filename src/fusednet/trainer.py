@@ -91,12 +91,14 @@ class Trainer:
         For a model of Dense layers (hidden ones optionally followed by
         BatchNorm, an Activation layer and Dropout, in that order), trained
         with GD, Momentum, RMSProp
-        or Adam on the Cython backend in mini-batches of at most 128 rows
-        (``fusednet._fused.MAX_ROWS``), run each mini-batch step -- gather,
+        or Adam on the Cython backend in mini-batches of at most 1024 rows
+        (float32 on an AVX-512 CPU) or 128 rows (otherwise;
+        ``fusednet._fused.max_rows``), run each mini-batch step -- gather,
         forward, loss, backward, checks and update -- as one compiled call in
-        one thread team, with SciPy's BLAS on each thread's share of every
-        matrix product (see ``fusednet._fused``; :func:`fusednet.info` says
-        whether it is available).  False: always the per-kernel path.
+        one thread team, each thread computing its share of every matrix
+        product (fusednet's own AVX-512 kernels in float32, else SciPy's BLAS;
+        see ``fusednet._fused``; :func:`fusednet.info` says whether it is
+        available).  False: always the per-kernel path.
 
     Attributes
     ----------
@@ -297,7 +299,7 @@ class _Run:
         self.lr0 = None
         self.fused = None
         self.fused_epoch = False
-        if trainer.fused_step and B <= _fused.MAX_ROWS and _fused.why_not(model, self.opt) is None:
+        if trainer.fused_step and B <= _fused.max_rows(model.dtype) and _fused.why_not(model, self.opt) is None:
             self.fused = _fused.FusedStep(model, self.opt, ws, n_threads)
             # a whole shuffled epoch in one call: rows gathered inside, per-step costs and
             # predictions written by the kernel (multi-label accuracy stays per step)

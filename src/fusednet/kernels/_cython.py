@@ -45,6 +45,8 @@ _ck = VARIANTS[0]
 ISA = _ck.ISA
 #: whether the extension was compiled with OpenMP
 OPENMP = _ck.OPENMP
+#: whether the fused step's float32 products run on the extension's own AVX-512 kernels
+FUSED_GEMM = getattr(_ck, "FUSED_GEMM", False)
 #: OpenMP's thread limit in this process
 max_threads = _ck.max_threads
 #: element counts from which each kernel family uses more than one thread
