@@ -1553,8 +1553,8 @@ cdef void _step_update(floating* pp, const floating* gp, floating* s1, floating*
     for l in range(net.L):
         k = net.n[l]
         n = net.n[l + 1]
-        j0 = _cut16(k, nt, t)
-        j1 = _cut16(k, nt, t + 1)
+        j0 = _cut16(k, nt, t) if l > 0 else _cut(k, nt, t)  # as _step_backward splits
+        j1 = _cut16(k, nt, t + 1) if l > 0 else _cut(k, nt, t + 1)
         if j1 > j0:
             _opt_piece(pp, gp, s1, s2, net.woff[l] + j0 * n, net.woff[l] + j1 * n, h)
         c0 = _cut16(n, nt, t)
