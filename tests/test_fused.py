@@ -112,6 +112,26 @@ def test_batches_of_hundreds_of_rows_take_the_fused_step_in_float32(net):
     assert o.t == 2 * 3
 
 
+def _variants_without_own_products():
+    ck = _fused._cython()
+    return [v for v in getattr(ck, "VARIANTS", ()) if not v.FUSED_GEMM]
+
+
+@pytest.mark.parametrize("variant", _variants_without_own_products(), ids=lambda v: v.ISA)
+def test_the_blas_products_of_cpus_without_avx512_train_the_same(monkeypatch, variant):
+    """The copies of the extension built without AVX-512 run float32 products on sgemm."""
+    ck = _fused._cython()
+    own = _train("softmax", "adam", "float32", fused=True, l2=0.3)
+    monkeypatch.setattr(ck, "_ck", variant)
+    monkeypatch.setattr(ck, "FUSED_GEMM", False)
+    assert _fused.max_rows("float32") == _fused.MAX_ROWS
+    ref = _train("softmax", "adam", "float32", fused=False, l2=0.3)
+    got = _train("softmax", "adam", "float32", fused=True, l2=0.3)
+    for other in (ref, own):
+        np.testing.assert_allclose(got[2]["train_loss"], other[2]["train_loss"], rtol=2e-4, atol=1e-5)
+        np.testing.assert_allclose(got[0]._params, other[0]._params, rtol=2e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "batch_size, shuffle, x_dtype",
     [
