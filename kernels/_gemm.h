@@ -5,8 +5,9 @@
  *   fg_nt:  C (m, n) = A (m, K) @ B (n, K)^T    backward: dA[:, J] = dZ @ W[J, :]^T
  *
  * All row-major with leading dimensions; C is overwritten.  The shapes of one
- * training step are small (at most 128 batch rows), so the operands stay in L2
- * and neither is packed: a micro-kernel keeps an (8, 32) block of C in sixteen
+ * training step are small (a thread's operands stay in L2 at batch 128; up to
+ * the step's limit of 1024 rows they come from L3), so neither operand is
+ * packed: a micro-kernel keeps an (8, 32) block of C in sixteen
  * registers, and for every k broadcasts eight elements of A against two vectors
  * of B's row k.  On one core of an AVX-512 machine, a thread's share of the
  * first layer's products at batch 128 (128x784 @ 784x128, 392x128 @ 128x256)
