@@ -122,6 +122,16 @@ FG_DISPATCH(fg_block_tn_rows, FG_TN_ROWS)
 #undef FG_DISPATCH
 #undef FG_CASE
 
+/* The panel of C's columns from j: its width (returned), vectors and last vector's mask. */
+static inline ptrdiff_t
+fg_panel(ptrdiff_t n, ptrdiff_t j, int *nv, __mmask16 *tail)
+{
+    ptrdiff_t w = n - j < FG_NB ? n - j : FG_NB;
+    *nv = w > 16 ? 2 : 1;
+    *tail = (__mmask16)(w % 16 ? (1u << (w % 16)) - 1 : 0xFFFFu);
+    return w;
+}
+
 /* Walk C in column panels of FG_NB (B's panel stays in cache) and, inside a
  * panel, in blocks of FG_MR rows; the last panel masks its last vector.
  * FG_NN reads A's row i at rows[i] when rows is given, else at A + i * lda. */
@@ -130,13 +140,11 @@ fg_walk(int mode, ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff
         const float *const *rows, const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc)
 {
     const float *rp[FG_MR];
-    ptrdiff_t i, j, w, r;
+    ptrdiff_t i, j, r;
     int nv, mr;
     __mmask16 tail;
     for (j = 0; j < n; j += FG_NB) {
-        w = n - j < FG_NB ? n - j : FG_NB;
-        nv = w > 16 ? 2 : 1;
-        tail = (__mmask16)(w % 16 ? (1u << (w % 16)) - 1 : 0xFFFFu);
+        fg_panel(n, j, &nv, &tail);
         for (i = 0; i < m; i += FG_MR) {
             mr = (int)(m - i < FG_MR ? m - i : FG_MR);
             if (mode == FG_NN) {
@@ -192,9 +200,7 @@ fg_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda, cons
     int nv, mr;
     __mmask16 tail;
     for (j = 0; j < n; j += FG_NB) {
-        w = n - j < FG_NB ? n - j : FG_NB;
-        nv = w > 16 ? 2 : 1;
-        tail = (__mmask16)(w % 16 ? (1u << (w % 16)) - 1 : 0xFFFFu);
+        w = fg_panel(n, j, &nv, &tail);
         for (k0 = 0; k0 < K; k0 += FG_KC) {
             kw = K - k0 < FG_KC ? K - k0 : FG_KC;
             for (jj = 0; jj < w; jj++)
