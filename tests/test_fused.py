@@ -283,13 +283,8 @@ def test_a_non_finite_cost_leaves_parameters_and_step_count_alone():
     assert opt.t == t
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_steady_state_fused_steps_allocate_nothing(dtype):
-    X, y = blobs(m=300, nf=20, dtype=dtype)
-    model = Sequential([Dense(64, "relu"), Dense(64, "tanh", use_bias=False), Dense(3, "softmax")], input_dim=20,
-                       l2=0.01, dtype=dtype)
-    run = _Run(Trainer(model, optim.Adam(0.001), batch_size=64, epochs=3, progress=False), X, y, None, 2)
-    assert run.fused is not None
+def _traced(run, work):
+    """(current, peak) bytes that tracemalloc sees ``work()`` add after a warm-up epoch."""
     with _blas.single_threaded():
         run.run_epoch(0)
         gc.collect()
@@ -297,14 +292,29 @@ def test_steady_state_fused_steps_allocate_nothing(dtype):
         try:
             base, _ = tracemalloc.get_traced_memory()
             tracemalloc.reset_peak()
-            for epoch in (1, 2):
-                for step, (s, e) in enumerate(run.bounds):  # includes the partial batch of 44
-                    run.step(epoch, step, s, e)
+            work()
             current, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-    assert current - base < 4096, current - base
-    assert peak - base < 8192, peak - base
+    return current - base, peak - base
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_steady_state_fused_steps_allocate_nothing(dtype):
+    X, y = blobs(m=300, nf=20, dtype=dtype)
+    model = Sequential([Dense(64, "relu"), Dense(64, "tanh", use_bias=False), Dense(3, "softmax")], input_dim=20,
+                       l2=0.01, dtype=dtype)
+    run = _Run(Trainer(model, optim.Adam(0.001), batch_size=64, epochs=3, progress=False), X, y, None, 2)
+    assert run.fused is not None
+
+    def two_epochs():
+        for epoch in (1, 2):
+            for step, (s, e) in enumerate(run.bounds):  # includes the partial batch of 44
+                run.step(epoch, step, s, e)
+
+    current, peak = _traced(run, two_epochs)
+    assert current < 4096, current
+    assert peak < 8192, peak
 
 
 def test_dense_step_rejects_mismatched_rows():
@@ -354,19 +364,9 @@ def test_a_fused_epoch_allocates_only_small_python_objects():
     model = Sequential([Dense(64, "relu"), Dense(3, "softmax")], input_dim=20, dtype="float32")
     run = _Run(Trainer(model, optim.Adam(0.001), batch_size=64, epochs=3, progress=False), X, y, None, 2)
     assert run.fused_epoch
-    with _blas.single_threaded():
-        run.run_epoch(0)
-        gc.collect()
-        tracemalloc.start()
-        try:
-            base, _ = tracemalloc.get_traced_memory()
-            tracemalloc.reset_peak()
-            run.run_epoch(1)
-            current, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+    _, peak = _traced(run, lambda: run.run_epoch(1))
     # the epoch's shuffle makes a Generator; no array of the size of a batch or of X
-    assert peak - base < 16384, peak - base
+    assert peak < 16384, peak
 
 
 @pytest.mark.parametrize("net", ["softmax", "sigmoid"])
