@@ -1349,6 +1349,12 @@ cdef inline Py_ssize_t _cut16(Py_ssize_t total, Py_ssize_t parts, Py_ssize_t c) 
     return (total * c // parts) & ~(<Py_ssize_t>15)
 
 
+cdef inline Py_ssize_t _cut_in(Py_ssize_t k, Py_ssize_t nt, Py_ssize_t c, int l) noexcept nogil:
+    """Start of thread c's inputs of layer l in the backward pass and the update.  The first
+    layer has no dA columns to keep in whole vectors: an even split (784: 392 each)."""
+    return _cut(k, nt, c) if l == 0 else _cut16(k, nt, c)
+
+
 cdef void _step_gather(const floating* X, const floating* Y, const Py_ssize_t* idx, Net* net,
                        int t) noexcept nogil:
     cdef Py_ssize_t m = net.m, nx = net.n[0], ny = net.n[net.L], i
@@ -1462,11 +1468,8 @@ cdef void _step_loss_db(const floating* dummy, Net* net, const double* part) noe
 cdef void _step_backward(const floating* dummy, Net* net, int l, int t) noexcept nogil:
     """Inputs J_t of layer l: dW[J, :], and below the first layer dZ_prev[:, J] and db_prev[J]."""
     cdef Py_ssize_t m = net.m, k = net.n[l], n = net.n[l + 1], j, w
-    cdef Py_ssize_t j0 = _cut16(k, net.nt, t), j1 = _cut16(k, net.nt, t + 1)
+    cdef Py_ssize_t j0 = _cut_in(k, net.nt, t, l), j1 = _cut_in(k, net.nt, t + 1, l)
     cdef int cur = (net.L - 1 - l) & 1
-    if l == 0:  # only dW's rows: an even split (784 inputs: 392 each, not 384 and 400)
-        j0 = _cut(k, net.nt, t)
-        j1 = _cut(k, net.nt, t + 1)
     cdef const floating* dZ = <floating*>net.D[cur]
     cdef floating* dA = <floating*>net.D[1 - cur]
     cdef const floating* In = <const floating*>_input(net, l)
@@ -1553,8 +1556,8 @@ cdef void _step_update(floating* pp, const floating* gp, floating* s1, floating*
     for l in range(net.L):
         k = net.n[l]
         n = net.n[l + 1]
-        j0 = _cut16(k, nt, t) if l > 0 else _cut(k, nt, t)  # as _step_backward splits
-        j1 = _cut16(k, nt, t + 1) if l > 0 else _cut(k, nt, t + 1)
+        j0 = _cut_in(k, nt, t, l)
+        j1 = _cut_in(k, nt, t + 1, l)
         if j1 > j0:
             _opt_piece(pp, gp, s1, s2, net.woff[l] + j0 * n, net.woff[l] + j1 * n, h)
         c0 = _cut16(n, nt, t)

@@ -43,8 +43,8 @@ _MAX_LAYERS = 64
 #: and 5-11 % slower at 512, where NumPy's multi-threaded matmul splits the products better.
 MAX_ROWS = 128
 #: ... and when they run on the extension's own AVX-512 kernels (float32): measured the same
-#: way, 1.2-1.4x the per-kernel path's speed at batch 128 to 512, 1.02-1.07x at 1024, even
-#: at 2048.
+#: way, 1.13-1.40x the per-kernel path's speed at batch 64 to 512, 1.05x at 1024, 1.01x at
+#: 2048.
 MAX_ROWS_OWN = 1024
 
 

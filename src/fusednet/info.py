@@ -59,7 +59,7 @@ def info():
     elif _blas.AVAILABLE:
         from .kernels import _cython
 
-        own = "fusednet's AVX-512 kernels for float32 products, " if _cython._ck.FUSED_GEMM else ""
+        own = "fusednet's AVX-512 kernels for float32 products, " if _cython.FUSED_GEMM else ""
         out["fused_step"] = f"available, on {own}{_blas.STATUS}"
     else:
         out["fused_step"] = f"unavailable: {_blas.STATUS}"
