@@ -17,6 +17,14 @@ import fusednet as fn
 _results = {}
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every benchmark belongs to the slow tier (``pytest -m "not slow"`` leaves them out)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for item in items:
+        if os.path.abspath(str(item.fspath)).startswith(here + os.sep):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _warm_kernels():
     """Compile (or load from cache) every Numba kernel before timing anything."""

@@ -1,0 +1,28 @@
+"""Shared test configuration: the slow tier.
+
+``pytest -m "not slow"`` is the quick tier for the edit-test loop; CI runs
+everything.  Tests are slow here when they compile many Numba variants, start
+subprocesses or sweep thread counts; they are listed by node name so that the
+list is in one place.
+"""
+
+import pytest
+
+#: (file, test-name prefix) of the slow tests
+SLOW = (
+    ("test_no_allocation.py", "test_no_allocation_per_call"),
+    ("test_numba_specific.py", "test_parallel_kernels_any_chunking"),
+    ("test_numba_specific.py", "test_bits_do_not_depend_on_thread_count"),
+    ("test_cli.py", "test_gradcheck_command"),
+    ("test_cli.py", "test_bench_command"),
+    ("test_model.py", "test_gradients_match_torch_autograd"),
+    ("test_tune.py", "test_a_worker_that_dies"),
+    ("test_tune.py", "test_same_params_and_scores_for_any_executor"),
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.fspath.basename
+        if any(name == f and item.name.startswith(prefix) for f, prefix in SLOW):
+            item.add_marker(pytest.mark.slow)
