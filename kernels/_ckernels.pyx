@@ -30,6 +30,7 @@
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport uint32_t, uint64_t
 from libc.math cimport exp, log, log1p, fabs, sqrt, pow, INFINITY, NAN
+from libc.float cimport FLT_MAX, DBL_MAX
 
 from _point cimport (floating, sigmoid, sigmoid_grad, tanh, tanh_grad, relu, relu_grad,
                      leaky_relu, leaky_relu_grad, fmix32, dropout_hash, exp_, sqrt_, flush)
@@ -1269,6 +1270,8 @@ cdef struct Net:
     const float* xrows[MAXR]     # ... at these addresses (float32 with the AVX-512 kernels)
     void* Y                      # its targets (m, n[L])
     size_t gemm
+    double* bound                # (3,) upper bounds of |w|, |state 1|, |state 2| (INFINITY: unknown)
+    double limit                 # a quarter of the dtype's largest finite value
 
 
 cdef inline bint _own(Net* net, const floating* dummy, int l) noexcept nogil:
@@ -1570,6 +1573,76 @@ cdef void _step_update(floating* pp, const floating* gp, floating* s1, floating*
                 _opt_piece(pp, gp, s1, s2, net.betaoff[l] + c0, net.betaoff[l] + c1, h)
 
 
+cdef bint _update_bounded(const Hyper* h, double gnorm, const double* b, double limit,
+                          double* nb) noexcept nogil:
+    """Whether the update of step h cannot overflow, and the bounds after it.
+
+    b: upper bounds of |w|, |s1|, |s2| before the step; gnorm = ||g||_2 >= max |g|.  With
+    gm = gnorm + l2 b[0] >= |g + l2 w|, every intermediate of the update is bounded by
+    (GD) |w| + lr gm; (momentum) v <= beta1 b[1] + (1 - beta1) gm, |w| + lr v / bc1;
+    (RMSProp) s <= beta2 b[1] + (1 - beta2) gm^2, |w| + lr min(gm / eps, 1.01 / sqrt(1 - beta2))
+    (since s >= (1 - beta2) g^2); (Adam) m and v as momentum's v and RMSProp's s,
+    |w| + lr (m / bc1) / eps.  Writes them to nb and returns True when all stay below
+    limit (and gm^2 too, for RMSProp's and Adam's squares).  Mirrors fusednet.optim.update_bound.
+    """
+    cdef double gm = gnorm + h.l2 * b[0], s1 = b[1], s2 = b[2], dw, r
+    if h.kind == OPT_GD:
+        dw = h.lr * gm
+    elif h.kind == OPT_MOMENTUM:
+        s1 = h.beta1 * s1 + (1.0 - h.beta1) * gm
+        dw = h.lr * s1 / h.bc1
+    elif h.kind == OPT_RMSPROP:
+        s1 = h.beta2 * s1 + (1.0 - h.beta2) * gm * gm
+        r = 1.01 / sqrt(1.0 - h.beta2)
+        dw = h.lr * (gm / h.eps if gm / h.eps < r else r)
+    else:
+        s1 = h.beta1 * s1 + (1.0 - h.beta1) * gm
+        s2 = h.beta2 * s2 + (1.0 - h.beta2) * gm * gm
+        dw = h.lr * (s1 / h.bc1) / h.eps
+    nb[0] = b[0] + dw
+    nb[1] = s1
+    nb[2] = s2
+    return (nb[0] < limit and s1 < limit and s2 < limit
+            and (h.kind == OPT_GD or h.kind == OPT_MOMENTUM or gm * gm < limit))
+
+
+cdef double _absmax(const floating* x, Py_ssize_t n) noexcept nogil:
+    # an initial max of 0: a NaN never wins a comparison; the caller has checked finiteness
+    """max |x| (0 for n = 0)."""
+    cdef floating hi = 0, lo = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        if x[i] > hi:
+            hi = x[i]
+        if x[i] < lo:
+            lo = x[i]
+    return hi if hi > -lo else -lo
+
+
+cdef void _refresh_bounds(const floating* P, const floating* s1, const floating* s2, Py_ssize_t n,
+                          double* bound) noexcept nogil:
+    """The bounds from the arenas themselves (a pass over each)."""
+    bound[0] = _absmax(P, n)
+    bound[1] = _absmax(s1, n) if s1 != NULL else 0.0
+    bound[2] = _absmax(s2, n) if s2 != NULL else 0.0
+
+
+cdef bint _bn_stats_ok(Net* net, const floating* dummy) noexcept nogil:
+    """Whether every batch mean and variance of the step is finite and below net.limit."""
+    cdef int l
+    cdef Py_ssize_t j
+    cdef const floating* mu
+    cdef const floating* var
+    for l in range(net.L):
+        if net.bn[l]:
+            mu = <const floating*>net.mean[l]
+            var = <const floating*>net.var[l]
+            for j in range(net.n[l + 1]):
+                if not (fabs(mu[j]) < net.limit and fabs(var[j]) < net.limit):
+                    return False
+    return True
+
+
 cdef int _step_result(Net* net, const double* part, Py_ssize_t K, const double* gpart,
                       const double* wpart, Py_ssize_t C, double lam, double* out) noexcept nogil:
     """The cost (L2 included) and sum of g^2 into out; 0 when both are finite, else 1 or 2."""
@@ -1594,20 +1667,40 @@ cdef int _step_result(Net* net, const double* part, Py_ssize_t K, const double* 
     return 0
 
 
+cdef int _step_decision(const floating* dummy, Net* net, const Hyper* h, const double* part,
+                        Py_ssize_t K, const double* gpart, const double* wpart, Py_ssize_t C,
+                        double lam, double* out, double* nb, double gmax) noexcept nogil:
+    """_step_result, then 4 when a batch-norm statistic is not finite, 3 when the update might
+    overflow with the bounds as they are; 0: apply the update (nb: the bounds after it).
+    gmax: max |g| when known (else INFINITY: the norm bounds it)."""
+    cdef int status = _step_result(net, part, K, gpart, wpart, C, lam, out)
+    cdef double gnorm = sqrt(out[1])
+    if status != 0:
+        return status
+    if not _bn_stats_ok(net, dummy):
+        return 4
+    if not _update_bounded(h, gmax if gmax < gnorm else gnorm, net.bound, net.limit, nb):
+        return 3
+    return 0
+
+
 cdef int _step_core(floating* pp, const floating* gp, floating* s1, floating* s2, Net* net,
                     Hyper* h, double lam, Py_ssize_t n_params, const floating* xp,
                     const floating* yp, const Py_ssize_t* ip, double* out) noexcept nogil:
     """One step on net.m rows (gathered first from xp, yp by ip when ip is not NULL).
 
     Writes the cost (L2 included) to out[0] and the sum of g^2 to out[1]; returns 0 when the
-    update was applied, 1 when the cost and 2 when the gradient was not finite (no update).
+    update was applied, else (and nothing is updated, running statistics included) 1 when the
+    cost, 2 when the gradient, 4 when a batch-norm statistic was not finite and 3 when the
+    update would overflow (_update_bounded, with the bounds read off the arenas).
     """
     cdef double part[KMAX]
     cdef double part2[KMAX * NSMALL]
     cdef double gpart[KMAX]
     cdef double wpart[KMAX]
     cdef double res[2]
-    cdef double tres[2 * MAXT]
+    cdef double tres[5 * MAXT]
+    cdef double nb[3]
     cdef int status
     cdef Py_ssize_t L = net.L, l, m = net.m, pieces, K, c
     cdef Py_ssize_t C = _sum_chunks(n_params)
@@ -1630,7 +1723,7 @@ cdef int _step_core(floating* pp, const floating* gp, floating* s1, floating* s2
         for l in range(L - 1, -1, -1):
             _step_backward(pp, net, <int>l, 0)
         _step_sums(pp, gp, n_params, nd_cost, 1, 0, gpart, wpart)
-        if _step_result(net, part, K, gpart, wpart, C, lam, res) == 0:
+        if _step_decision(pp, net, h, part, K, gpart, wpart, C, lam, res, nb, INFINITY) == 0:
             _step_update(pp, gp, s1, s2, net, h, 0)
     else:
         with parallel(num_threads=nt):
@@ -1653,11 +1746,24 @@ cdef int _step_core(floating* pp, const floating* gp, floating* s1, floating* s2
                 _step_sums(pp, gp, n_params, nd_cost, nt, t, gpart, wpart)
             # every thread reads the same sums, takes the same decision and updates what it owns
             for t in prange(nt, schedule="static", chunksize=1):
-                if _step_result(net, part, K, gpart, wpart, C, lam, tres + 2 * t) == 0:
+                if _step_decision(pp, net, h, part, K, gpart, wpart, C, lam, tres + 2 * t,
+                                  tres + 2 * MAXT + 3 * t, INFINITY) == 0:
                     _step_update(pp, gp, s1, s2, net, h, t)
-    status = _step_result(net, part, K, gpart, wpart, C, lam, out)
+    status = _step_decision(pp, net, h, part, K, gpart, wpart, C, lam, out, nb, INFINITY)
+    if status == 3:
+        # the bounds were too loose (or unknown): take them, and max |g|, from the arenas, decide
+        # again, and update here, each thread's share in turn (the same elements, the same bits)
+        _refresh_bounds(pp, s1, s2, n_params, net.bound)
+        status = _step_decision(pp, net, h, part, K, gpart, wpart, C, lam, out, nb,
+                                _absmax(gp, n_params))
+        if status == 0:
+            for t in range(nt):
+                _step_update(pp, gp, s1, s2, net, h, t)
     if status != 0:
         return status
+    net.bound[0] = nb[0]
+    net.bound[1] = nb[1]
+    net.bound[2] = nb[2]
     for l in range(L):
         if net.bn[l]:
             hr.beta1 = net.momentum[l]
@@ -1670,7 +1776,7 @@ cdef int _setup(Net* net, Hyper* h, floating* P, floating* G, Py_ssize_t n_param
                 const Py_ssize_t[:, ::1] layers, const double[:, ::1] slopes, const size_t[::1] bufs,
                 const floating* Xb, const floating* Yb, Py_ssize_t m, int loss, int kind,
                 double beta1, double beta2, double eps, Py_ssize_t n_decay, size_t gemm,
-                int n_threads) except -1:
+                int n_threads, double[::1] bound) except -1:
     cdef Py_ssize_t L = layers.shape[0], l
     cdef int nt
     if L < 1 or L > MAXL:
@@ -1682,8 +1788,12 @@ cdef int _setup(Net* net, Hyper* h, floating* P, floating* G, Py_ssize_t n_param
         raise ValueError(f"unknown loss {loss} or optimiser {kind}")
     nt = n_threads if FN_OPENMP else 1
     nt = 1 if nt < 1 else (MAXT if nt > MAXT else nt)
+    if bound.shape[0] != 3:
+        raise ValueError(f"bound must hold 3 values (|w|, |state 1|, |state 2|), got {bound.shape[0]}")
     net.L = <int>L
     net.nt = nt
+    net.bound = &bound[0]
+    net.limit = (FLT_MAX if sizeof(floating) == sizeof(float) else DBL_MAX) / 4.0
     net.loss = loss
     net.m = m
     net.gemm = gemm
@@ -1789,8 +1899,10 @@ def dense_step(floating[::1] P,                 # IN/OUT (n_params,) the paramet
                int kind, double lr, double beta1, double beta2, double eps, double bc1, double bc2,
                Py_ssize_t n_decay, size_t gemm,
                double[::1] out,                 # OUT (2,): the cost (L2 included), sum of g^2
-               int n_threads):
-    """One training step of a Dense stack; returns 0 (updated), 1 (cost not finite) or 2 (gradient)."""
+               int n_threads,
+               double[::1] bound):              # IN/OUT (3,) bounds of |w|, |state 1|, |state 2| (inf: unknown)
+    """One training step of a Dense stack; returns 0 (updated), else nothing changed and 1 (cost not
+    finite), 2 (gradient), 3 (the update would overflow) or 4 (a batch-norm statistic)."""
     cdef Net net
     cdef Hyper h
     cdef int status
@@ -1801,7 +1913,7 @@ def dense_step(floating[::1] P,                 # IN/OUT (n_params,) the paramet
     if G.shape[0] != P.shape[0] or out.shape[0] < 2 or keys.shape[0] != layers.shape[0]:
         raise ValueError("G must match P, keys must hold one key per layer and out 2 values")
     _setup(&net, &h, &P[0], &G[0], P.shape[0], layers, slopes, bufs, &Xb[0, 0], &Yb[0, 0], m, loss,
-           kind, beta1, beta2, eps, n_decay, gemm, n_threads)
+           kind, beta1, beta2, eps, n_decay, gemm, n_threads, bound)
     cdef int l
     for l in range(net.L):
         _set_key(&net, l, keys[l])
@@ -1814,6 +1926,8 @@ def dense_step(floating[::1] P,                 # IN/OUT (n_params,) the paramet
     cdef floating* s1 = &S1[0] if S1.shape[0] > 0 else NULL
     cdef floating* s2 = &S2[0] if S2.shape[0] > 0 else NULL
     with nogil:
+        if not (bound[0] < INFINITY):
+            _refresh_bounds(&P[0], s1, s2, P.shape[0], &bound[0])
         status = _step_core(&P[0], &G[0], s1, s2, &net, &h, lam, P.shape[0], xp, yp, ip, &out[0])
     return status
 
@@ -1838,7 +1952,8 @@ def dense_epoch(floating[::1] P,                 # IN/OUT (n_params,) the parame
                                                  #    Dropout layer d is splitmix64(splitmix64(dseed ^ i) ^ d)
                 double[::1] costs,               # OUT (steps,) the cost of each step
                 Py_ssize_t[::1] pred,            # OUT (M,) argmax (softmax) or A > 0.5 (one sigmoid), or length 0
-                int n_threads):
+                int n_threads,
+                double[::1] bound):              # IN/OUT as dense_step
     """All the mini-batches of one epoch, as dense_step each, with no Python between them.
 
     Step i takes rows perm[i * B:(i + 1) * B] (the last one may be partial) and the
@@ -1867,13 +1982,15 @@ def dense_epoch(floating[::1] P,                 # IN/OUT (n_params,) the parame
         if perm[i] < 0 or perm[i] >= M:
             raise ValueError(f"perm[{i}] = {perm[i]} is not a row of X")
     _setup(&net, &h, &P[0], &G[0], P.shape[0], layers, slopes, bufs, &Xb[0, 0], &Yb[0, 0], B, loss,
-           kind, beta1, beta2, eps, n_decay, gemm, n_threads)
+           kind, beta1, beta2, eps, n_decay, gemm, n_threads, bound)
     n_out = net.n[net.L]
     A = <floating*>net.A
     cdef floating* s1 = &S1[0] if S1.shape[0] > 0 else NULL
     cdef floating* s2 = &S2[0] if S2.shape[0] > 0 else NULL
     i = 0
     with nogil:
+        if not (bound[0] < INFINITY):
+            _refresh_bounds(&P[0], s1, s2, P.shape[0], &bound[0])
         while i < steps:
             s = i * B
             e = s + B if s + B < M else M

@@ -48,6 +48,10 @@ MAX_ROWS = 128
 MAX_ROWS_OWN = 1024
 
 
+#: what a non-zero status of the compiled step names (fusednet.TrainingDiverged.what)
+FAILED = {1: "cost", 2: "gradient", 3: "update", 4: "batch-norm statistics"}
+
+
 def max_rows(dtype):
     """The largest mini-batch that takes the fused step for a model of this dtype."""
     ck = _cython()
@@ -155,6 +159,8 @@ class FusedStep:
         self.gemm = _blas.gemm_address(model.dtype)
         self.n_threads = int(n_threads)
         self.out = np.zeros(2, np.float64)
+        # upper bounds of |w|, |state 1|, |state 2| carried from step to step (inf: read them off the arenas)
+        self.bound = np.full(3, np.inf)
         self.no_rows = np.empty(0, np.intp)
         dummy = np.zeros((1, 1), model.dtype)
         self.dummy = dummy
@@ -190,8 +196,8 @@ class FusedStep:
     def __call__(self, v, Xb, Yb, X, Y, idx, lr, epoch=0, step=0):
         """One step on the batch ``Xb``, ``Yb``; with ``idx``, gathered first from ``X[idx]``, ``Y[idx]``.
 
-        Returns ``(status, cost)``: status 0 when the update was applied, 1 when
-        the cost and 2 when the gradient was not finite (nothing updated then).
+        Returns ``(status, cost)``: status 0 when the update was applied, else the
+        key of :data:`FAILED` that stopped it (nothing updated then).
         """
         model, opt = self.model, self.opt
         P, G = model._params, model._grads
@@ -206,7 +212,7 @@ class FusedStep:
         status = self.kernel(
             P, G, s1, s2, self.layers, self.slopes, self.bufs(v), self.keys, Xb, Yb, X, Y, idx, self.loss,
             model._l2, kind, lr, b1, b2, eps, bc1, bc2, model._n_decay, self.gemm, self.out,
-            self.n_threads,
+            self.n_threads, self.bound,
         )
         if status == 0:
             opt._t += 1
@@ -223,12 +229,13 @@ class FusedStep:
         model, opt = self.model, self.opt
         P, G = model._params, model._grads
         kind, b1, b2, eps, _, _, s1, s2 = opt._fused(P, G)
-        bias_correction = 2 if kind == 3 else (1 if kind == 1 and getattr(opt, "bias_correction", False) else 0)
+        bias_correction = (2 if kind == _codes.OPT_ADAM else
+                           1 if kind == _codes.OPT_MOMENTUM and getattr(opt, "bias_correction", False) else 0)
         steps, status, cost = self.epoch_kernel(
             P, G, s1, s2, self.layers, self.slopes, self.bufs(v), v.X, v.Y, X, Y, perm, lrs, self.loss,
             model._l2, kind, b1, b2, eps, bias_correction, opt._t, model._n_decay, self.gemm,
             dropout_key(self.seed, epoch), costs, pred,  # the kernel folds in step and layer
-            self.n_threads,
+            self.n_threads, self.bound,
         )
         opt._t += steps
         return steps, status, cost

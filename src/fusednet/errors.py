@@ -4,10 +4,10 @@ __all__ = ["TrainingDiverged"]
 
 
 class TrainingDiverged(FloatingPointError):
-    """The cost (or the gradient) of a training step became NaN or inf.
+    """A training step's cost, gradient or batch-norm statistics became NaN or inf, or its update would overflow.
 
-    Raised before that step's update, so the model keeps the last finite
-    parameters it had.
+    Raised before that step's update: every parameter, optimiser state and
+    BatchNorm running statistic keeps its value from before the step.
 
     Attributes
     ----------
@@ -15,6 +15,8 @@ class TrainingDiverged(FloatingPointError):
         Where it happened (both counted from 0; ``step`` within the epoch).
     cost : float
         The batch cost of that step (may be finite when the gradient is not).
+    what : str
+        ``"cost"``, ``"gradient"``, ``"batch-norm statistics"`` or ``"update"``.
     history : fusednet.History or None
         The epochs completed before it.
     """
@@ -27,6 +29,8 @@ class TrainingDiverged(FloatingPointError):
         self.history = history
         if what == "cost":
             detail = f"the cost is {self.cost}"
+        elif what == "update":
+            detail = f"the update would overflow the parameters' floating-point range (cost {self.cost})"
         else:
             detail = f"the {what} is not finite (cost {self.cost})"
         super().__init__(

@@ -398,6 +398,19 @@ def gradcheck(model, X, y, eps=1e-7, *, sample=None, seed=0, backend=None, top=1
     evaluator = _evaluator(backend)
     eps = float(eps)
     X = as_2d(X)
+    norm = model.normalizer
+    if norm is None:
+        return _gradcheck(model, X, y, eps, sample, seed, top, evaluator)
+    # the check is of the network: its input is the normalised X, on either side
+    X = norm.transform(X)
+    model.normalizer = None
+    try:
+        return _gradcheck(model, X, y, eps, sample, seed, top, evaluator)
+    finally:
+        model.normalizer = norm
+
+
+def _gradcheck(model, X, y, eps, sample, seed, top, evaluator):
     if not model.built:
         model.build(X.shape[1])
     X = np.ascontiguousarray(X, dtype=np.float64)

@@ -37,8 +37,11 @@ error ``(1/2m) sum (A - Y)^2``), and the cost of a batch of ``m`` examples is
         + \frac{\lambda}{2m} \sum_l \|W^{[l]}\|_F^2 .
 """
 
+import contextlib
+import copy
 import math
 import numbers
+import threading
 
 import numpy as np
 
@@ -97,8 +100,17 @@ def _describe(x):
     return type(x).__name__
 
 
+def _is_sparse(X):
+    return type(X).__module__.startswith("scipy.sparse") and hasattr(X, "toarray")
+
+
 def as_2d(X, name="X"):
     """``X`` as a 2-D numeric ndarray; ndarrays (and memmaps) are not copied."""
+    if _is_sparse(X):
+        raise TypeError(
+            f"{name} is a scipy.sparse matrix of shape {X.shape}; fusednet trains on dense arrays: "
+            f"pass {name}.toarray() (or a dense np.memmap when it does not fit in memory)"
+        )
     if not isinstance(X, np.ndarray):
         try:
             X = np.asarray(X)
@@ -116,21 +128,34 @@ def as_2d(X, name="X"):
     return X
 
 
-def check_finite(X, name="X"):
-    """Raise ValueError if ``X`` holds NaN or inf, reading it a few MiB at a time."""
+def check_finite(X, name="X", dtype=None):
+    """Raise ValueError if ``X`` holds NaN or inf, or, converted to ``dtype``, would.
+
+    Reads ``X`` a few MiB at a time.  A float64 value beyond float32's range
+    becomes inf when a float32 model converts it, so it is refused here too.
+    """
     if X.dtype.kind != "f":
         return
+    limit = None
+    if dtype is not None and np.dtype(dtype).itemsize < X.dtype.itemsize:
+        limit = float(np.finfo(dtype).max)
     rows = max(1, (1 << 20) // X.shape[1])
     for s in range(0, X.shape[0], rows):
         block = X[s : s + rows]
         # fast path: a finite sum means finite entries (an overflowing sum falls through to the exact check)
-        if math.isfinite(float(np.add.reduce(block, axis=None))):
-            continue
-        bad = ~np.isfinite(block)
-        if bad.any():
-            i, j = np.argwhere(bad)[0]
+        if not math.isfinite(float(np.add.reduce(block, axis=None))):
+            bad = ~np.isfinite(block)
+            if bad.any():
+                i, j = np.argwhere(bad)[0]
+                raise ValueError(
+                    f"{name} must be finite, but it holds {block[i, j]} at row {s + i}, column {j}"
+                )
+        if limit is not None and float(np.abs(block).max()) > limit:
+            i, j = np.argwhere(np.abs(block) > limit)[0]
             raise ValueError(
-                f"{name} must be finite, but it holds {block[i, j]} at row {s + i}, column {j}"
+                f"{name} holds {block[i, j]} at row {s + i}, column {j}, beyond the range of the "
+                f"model's dtype {np.dtype(dtype).name} (|x| <= {limit:.4g}); scale the data or use "
+                f"dtype='float64'"
             )
 
 
@@ -548,8 +573,11 @@ class Sequential:
         self._nodes = None
         self._layout_key = None
         self._infer_ws = None
+        self._infer_lock = threading.Lock()
         self._train_ws = None
         self._K = None
+        self._normalizer = None
+        self.classes = None
         if input_dim is not None:
             if isinstance(input_dim, bool) or not isinstance(input_dim, numbers.Integral) or input_dim < 1:
                 raise ValueError(f"input_dim must be an int >= 1 or None, got {input_dim!r}")
@@ -565,6 +593,28 @@ class Sequential:
     @l2.setter
     def l2(self, value):
         self._l2 = _check_l2(value)
+
+    @property
+    def normalizer(self):
+        """The input normaliser (a fitted :class:`fusednet.data.Normalizer`) or None.
+
+        When set, every call that takes ``X`` -- :meth:`forward`, :meth:`predict`,
+        :meth:`predict_proba`, :meth:`evaluate`, :meth:`loss_and_grads`, and
+        :class:`~fusednet.Trainer` ``.fit`` (its dev set too) -- standardises the
+        raw ``X`` with it first, so the model takes raw features; it is saved and
+        loaded with the model.
+        """
+        return self._normalizer
+
+    @normalizer.setter
+    def normalizer(self, norm):
+        if norm is not None:
+            n = getattr(norm, "n_features_in_", None)
+            if not callable(getattr(norm, "transform", None)) or n is None:
+                raise TypeError(f"normalizer must be a fitted fusednet.data.Normalizer or None, got {norm!r}")
+            if self.input_dim is not None and n != self.input_dim:
+                raise ValueError(f"normalizer was fitted on {n} features but the model takes {self.input_dim}")
+        self._normalizer = norm
 
     @property
     def loss(self):
@@ -836,7 +886,10 @@ class Sequential:
             out = self._widths(X.shape[1])[-1]
             if self._loss == _codes.CCE and out < 2:
                 raise ValueError(f"a softmax output needs at least 2 units, got {out}")
-        check_finite(X, name)
+        check_finite(X, name, self.dtype)
+        if self.normalizer is not None:
+            X = self.normalizer.transform(X)
+            check_finite(X, f"{name} after the model's normalizer", self.dtype)
         return X
 
     def _targets(self, y, m, name="y", n_in=None):
@@ -946,17 +999,34 @@ class Sequential:
         self.build(X.shape[1])
         return self._infer(X)
 
+    @contextlib.contextmanager
+    def _inference_workspace(self, n):
+        """An inference workspace for ``n`` rows that no other thread is using.
+
+        The model's cached workspace when it is free (the serial case: no
+        allocation); a private one for a call that finds it taken by another
+        thread, so threads sharing a model never write into each other's buffers.
+        """
+        lock = self._infer_lock
+        if lock.acquire(blocking=False):
+            try:
+                yield self._workspace(n, train=False)
+            finally:
+                lock.release()
+        else:
+            yield _Workspace(self, n, train=False)
+
     def _infer(self, X):
         m = X.shape[0]
         K = self._kernels()
         out = np.empty((m, self.output_dim), self.dtype)
-        ws = self._workspace(min(m, INFER_CHUNK), train=False)
         last = self._nodes[-1]
-        for s in range(0, m, ws.capacity):
-            e = min(m, s + ws.capacity)
-            v = ws.views(e - s)
-            A = self._forward_infer(v, K, self._chunk(X, s, e, v))
-            last.fwd_out(A, v.nodes[-1], K, out[s:e])
+        with self._inference_workspace(min(m, INFER_CHUNK)) as ws:
+            for s in range(0, m, ws.capacity):
+                e = min(m, s + ws.capacity)
+                v = ws.views(e - s)
+                A = self._forward_infer(v, K, self._chunk(X, s, e, v))
+                last.fwd_out(A, v.nodes[-1], K, out[s:e])
         return out
 
     def predict(self, X):
@@ -996,18 +1066,18 @@ class Sequential:
     def _evaluate(self, X, Y, ids):
         m = X.shape[0]
         K = self._kernels()
-        ws = self._workspace(min(m, INFER_CHUNK), train=False)
         last = self._nodes[-1]
         total = 0.0
         correct = 0
-        for s in range(0, m, ws.capacity):
-            e = min(m, s + ws.capacity)
-            v = ws.views(e - s)
-            A = self._forward_infer(v, K, self._chunk(X, s, e, v))
-            Yc = Y[s:e]
-            total += last.fwd_loss(A, v.nodes[-1], K, Yc) * (e - s)
-            if self._loss != _codes.MSE:
-                correct += _n_correct(self._loss, v.out, Yc, None if ids is None else ids[s:e])
+        with self._inference_workspace(min(m, INFER_CHUNK)) as ws:
+            for s in range(0, m, ws.capacity):
+                e = min(m, s + ws.capacity)
+                v = ws.views(e - s)
+                A = self._forward_infer(v, K, self._chunk(X, s, e, v))
+                Yc = Y[s:e]
+                total += last.fwd_loss(A, v.nodes[-1], K, Yc) * (e - s)
+                if self._loss != _codes.MSE:
+                    correct += _n_correct(self._loss, v.out, Yc, None if ids is None else ids[s:e])
         J = total / m
         if self._l2:
             J += self._l2 / (2.0 * m) * float(np.dot(self._wseg, self._wseg))
@@ -1152,6 +1222,8 @@ class Sequential:
         twin = type(self).from_config(cfg)
         if self.built:
             twin.load_state_dict(self.state_dict())
+        twin._normalizer = copy.deepcopy(self._normalizer)
+        twin.classes = copy.deepcopy(self.classes)
         return twin
 
     # pickling (multiprocessing, copy.deepcopy): config + state, the views rebuilt on load
@@ -1159,6 +1231,7 @@ class Sequential:
 
     def __getstate__(self):
         extra = {k: v for k, v in self.__dict__.items() if not k.startswith("_") and k not in self._MANAGED}
+        extra["_normalizer"] = self._normalizer
         return {
             "config": self.get_config(),
             "state": self.state_dict() if self.built else None,
@@ -1171,6 +1244,23 @@ class Sequential:
             twin.load_state_dict(d["state"])
         self.__dict__.update(twin.__dict__)
         self.__dict__.update(d["extra"])
+
+    def fit(self, X, y, **kwargs):
+        """Train with the Keras-style shortcut :func:`fusednet._fit.fit` (a thin layer over :class:`~fusednet.Trainer`).
+
+        ``model.fit(X, y, epochs=10, batch_size=64, validation_data=None,
+        validation_split=0.0, callbacks=(), optimizer=None)`` returns the
+        :class:`~fusednet.History`; a later call continues with the same optimiser.
+        """
+        from ._fit import fit
+
+        return fit(self, X, y, **kwargs)
+
+    def to_onnx(self, path=None, **kwargs):
+        """The inference graph as an ONNX model (see :func:`fusednet.onnx.to_onnx`; needs ``fusednet[onnx]``)."""
+        from .onnx import to_onnx
+
+        return to_onnx(self, path, **kwargs)
 
     def save(self, path):
         """Write the model to ``path`` (see :func:`fusednet.io.save_model`)."""

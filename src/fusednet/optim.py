@@ -20,6 +20,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import kernels as _k
+from .kernels import _codes
 
 __all__ = ["Optimizer", "GD", "Momentum", "RMSProp", "Adam", "ewa"]
 
@@ -445,6 +446,62 @@ class Optimizer:
         return None
 
 
+def update_bound(kind, lr, l2, beta1, beta2, eps, bc1, gnorm, bound, limit):
+    r"""Whether an update cannot overflow, and upper bounds of the values after it.
+
+    ``bound`` holds upper bounds of :math:`|w|`, :math:`|s_1|`, :math:`|s_2|` (the
+    parameters and the optimiser's two state buffers) before the step and
+    ``gnorm`` :math:`= \|g\|_2 \ge \max |g|`.  With
+    :math:`g_m = \|g\|_2 + l_2 \, b_w \ge |g + l_2 w|`, every intermediate of the
+    update stays below
+
+    * GD: :math:`b_w + \alpha g_m`;
+    * momentum: :math:`v \le \beta b_1 + (1 - \beta) g_m` and :math:`b_w + \alpha v / c_1`;
+    * RMSProp: :math:`s \le \beta b_1 + (1 - \beta) g_m^2` and
+      :math:`b_w + \alpha \min(g_m / \varepsilon, 1.01 / \sqrt{1 - \beta})`, since
+      :math:`s \ge (1 - \beta) g^2`;
+    * Adam: :math:`m` as momentum's :math:`v`, :math:`v` as RMSProp's :math:`s`, and
+      :math:`b_w + \alpha (m / c_1) / \varepsilon`.
+
+    Parameters
+    ----------
+    kind : int
+        ``fusednet.kernels._codes.OPT_*``.
+    lr, l2, beta1, beta2, eps, bc1 : float
+        The step's hyperparameters (``l2`` already divided by the batch size;
+        ``bc1`` the momentum or first-moment bias correction, 1 without).
+    gnorm : float
+    bound : sequence of 3 floats
+    limit : float
+        The largest value allowed (a quarter of the dtype's largest finite value).
+
+    Returns
+    -------
+    (bool, tuple of 3 floats)
+        True when every bound (and :math:`g_m^2`, for RMSProp and Adam) stays below ``limit``; the
+        bounds after the step.
+
+    Mirrors ``_update_bounded`` in ``kernels/_ckernels.pyx``; a test holds the two equal.
+    """
+    gm = gnorm + l2 * bound[0]
+    s1, s2 = bound[1], bound[2]
+    if kind == _codes.OPT_GD:
+        dw = lr * gm
+    elif kind == _codes.OPT_MOMENTUM:
+        s1 = beta1 * s1 + (1.0 - beta1) * gm
+        dw = lr * s1 / bc1
+    elif kind == _codes.OPT_RMSPROP:
+        s1 = beta2 * s1 + (1.0 - beta2) * gm * gm
+        dw = lr * min(gm / eps, 1.01 / math.sqrt(1.0 - beta2))
+    else:
+        s1 = beta1 * s1 + (1.0 - beta1) * gm
+        s2 = beta2 * s2 + (1.0 - beta2) * gm * gm
+        dw = lr * (s1 / bc1) / eps
+    after = (bound[0] + dw, s1, s2)
+    squares = kind in (_codes.OPT_RMSPROP, _codes.OPT_ADAM)
+    return all(x < limit for x in after) and (not squares or gm * gm < limit), after
+
+
 class GD(Optimizer):
     r"""Plain (mini-batch) gradient descent.
 
@@ -471,7 +528,7 @@ class GD(Optimizer):
             kernel(w, g, lr, l2, n if n_decay is None else min(n_decay, n), n_threads)
 
     def _fused_hypers(self, t, state):
-        return (0, 0.0, 0.0, 0.0, 1.0, 1.0, _EMPTY[self._ws[0].dtype], _EMPTY[self._ws[0].dtype])
+        return (_codes.OPT_GD, 0.0, 0.0, 0.0, 1.0, 1.0, _EMPTY[self._ws[0].dtype], _EMPTY[self._ws[0].dtype])
 
 
 class Momentum(Optimizer):
@@ -532,7 +589,7 @@ class Momentum(Optimizer):
 
     def _fused_hypers(self, t, state):
         bc = 1.0 - self._beta**t if self._bias_correction else 1.0
-        return (1, self._beta, 0.0, 0.0, bc, 1.0, state[0], _EMPTY[state[0].dtype])
+        return (_codes.OPT_MOMENTUM, self._beta, 0.0, 0.0, bc, 1.0, state[0], _EMPTY[state[0].dtype])
 
 
 class RMSProp(Optimizer):
@@ -584,7 +641,7 @@ class RMSProp(Optimizer):
             kernel(w, g, s, lr, beta, eps, l2, nd, n_threads)
 
     def _fused_hypers(self, t, state):
-        return (2, 0.0, self._beta, self._eps, 1.0, 1.0, state[0], _EMPTY[state[0].dtype])
+        return (_codes.OPT_RMSPROP, 0.0, self._beta, self._eps, 1.0, 1.0, state[0], _EMPTY[state[0].dtype])
 
 
 class Adam(Optimizer):
@@ -649,7 +706,7 @@ class Adam(Optimizer):
 
     def _fused_hypers(self, t, state):
         b1, b2 = self._beta1, self._beta2
-        return (3, b1, b2, self._eps, 1.0 - b1**t, 1.0 - b2**t, state[0], state[1])
+        return (_codes.OPT_ADAM, b1, b2, self._eps, 1.0 - b1**t, 1.0 - b2**t, state[0], state[1])
 
 
 # --------------------------------------------------------------------------

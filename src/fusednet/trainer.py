@@ -35,7 +35,8 @@ from .callbacks import Callback
 from .errors import TrainingDiverged
 from .history import History
 from .kernels import _blas, _codes
-from .model import Sequential, _DropoutNode, as_2d, check_finite
+from .optim import update_bound
+from .model import Sequential, _DropoutNode, as_2d
 from .schedules import as_schedule
 
 __all__ = ["Trainer"]
@@ -53,6 +54,34 @@ def _seed_int(seed):
             raise ValueError(f"seed must be an int >= 0, got {seed}")
         return int(seed)
     raise TypeError(f"seed must be an int >= 0, a numpy.random.Generator or None, got {seed!r}")
+
+
+def _checked_lr(lr, epoch, step):
+    """A schedule's learning rate as a float, or ValueError naming the step."""
+    value = float(lr) if isinstance(lr, numbers.Real) and not isinstance(lr, bool) else math.nan
+    if not (value > 0.0 and math.isfinite(value)):
+        raise ValueError(
+            f"the schedule gave lr={lr!r} for epoch {epoch}, step {step}: a learning rate must be "
+            f"finite and > 0"
+        )
+    return value
+
+
+def _sumsq64(x):
+    """sum(x**2) accumulated in float64, a block at a time."""
+    total = 0.0
+    for s in range(0, x.size, 1 << 16):
+        block = x[s : s + (1 << 16)].astype(np.float64)
+        total += float(np.dot(block, block))
+    return total
+
+
+def _absmax(x):
+    """max |x| as a float (0 for an empty array; NaN when x holds one)."""
+    if x.size == 0:
+        return 0.0
+    hi, lo = float(x.max()), float(x.min())
+    return max(hi, -lo) if hi == hi and lo == lo else math.nan
 
 
 class Trainer:
@@ -219,7 +248,7 @@ class _Run:
             Xd = as_2d(dev[0], "dev X")
             if Xd.shape[1] != nf:
                 raise ValueError(f"dev X has {Xd.shape[1]} features but X has {nf}")
-            check_finite(Xd, "dev X")
+            Xd = model._check_X(Xd, "dev X")
             Yd, idsd = model._targets(dev[1], Xd.shape[0], "dev y", n_in=nf)
             dev_data = (Xd, Yd, idsd)
         B = m if trainer.batch_size is None else min(trainer.batch_size, m)
@@ -291,6 +320,9 @@ class _Run:
         self.multilabel = model._loss == _codes.BCE and ids is None
         self.dropout = any(isinstance(n, _DropoutNode) and n.keep_prob < 1.0 for n in model._nodes)
         self.P, self.G = model._params, model._grads
+        self.bn_nodes = model._bn_nodes
+        self.limit = float(np.finfo(model.dtype).max) / 4.0
+        self.bound = (math.inf, math.inf, math.inf)
         self.n_decay = model._n_decay
         self.history = History()
         trainer.history = self.history
@@ -348,10 +380,7 @@ class _Run:
         if self.fused is not None:
             self._fused_step(epoch, step, s, e, v, Xb, Yb, None)
             return
-        sched = self.schedule
-        lr = self.opt.lr if sched is None else sched(epoch, step)
-        if step == 0:
-            self.lr0 = lr
+        lr = self._lr(epoch, step)
         model = self.model
         K = self.K
         cost = model._forward_train(v, K, Xb, Yb, (epoch, step) if self.dropout else None)
@@ -359,21 +388,58 @@ class _Run:
             raise TrainingDiverged(epoch, step, cost, "cost", self.history)
         model._backward(v, K, Yb)
         G = self.G
-        if not math.isfinite(np.dot(G, G)):
-            raise TrainingDiverged(epoch, step, cost, "gradient", self.history)
+        gsq = float(np.dot(G, G))
+        if not math.isfinite(gsq):  # a float32 sum overflows from a norm of 1.8e19: decide in float64
+            gsq = _sumsq64(G)
+            if not math.isfinite(gsq):
+                raise TrainingDiverged(epoch, step, cost, "gradient", self.history)
+        for node in self.bn_nodes:
+            if not (_absmax(node.mean) < self.limit and _absmax(node.var) < self.limit):
+                raise TrainingDiverged(epoch, step, cost, "batch-norm statistics", self.history)
+        if not self._bounded(lr, model._l2 / n, gsq):
+            raise TrainingDiverged(epoch, step, cost, "update", self.history)
         model._update_running(K)
         self.opt.step(self.P, G, lr, l2=model._l2 / n, n_decay=self.n_decay)
         self._record(s, e, v, Yb, cost)
 
-    def _fused_step(self, epoch, step, s, e, v, Xb, Yb, idx):
-        """:meth:`step` as one compiled call (gathering ``X[idx]`` into ``Xb`` when ``idx`` is given)."""
+    def _lr(self, epoch, step):
+        """The learning rate of a step: the schedule's (checked) or the optimiser's."""
         sched = self.schedule
-        lr = self.opt.lr if sched is None else sched(epoch, step)
+        if sched is None:
+            lr = self.opt.lr
+        else:
+            lr = _checked_lr(sched(epoch, step), epoch, step)
         if step == 0:
             self.lr0 = lr
+        return lr
+
+    def _bounded(self, lr, l2, gsq):
+        """Whether the per-kernel update of this step cannot overflow (see :func:`fusednet.optim.update_bound`).
+
+        The bounds of the parameters and optimiser state carry over from step to
+        step; when they are unknown (each epoch starts so, since callbacks may
+        change the weights) or too loose, they are read off the arrays.
+        """
+        hypers = self.opt._fused(self.P, self.G)
+        if hypers is None:  # an optimiser without the fused form: no bound to check
+            return True
+        kind, b1, b2, eps, bc1, _, s1, s2 = hypers
+        args = (kind, lr, l2, b1, b2, eps, bc1, math.sqrt(gsq))
+        ok, after = update_bound(*args, self.bound, self.limit)
+        if not ok:  # too loose or unknown: take the bounds, and max |g|, from the arrays
+            self.bound = (_absmax(self.P), _absmax(s1), _absmax(s2))
+            args = args[:-1] + (min(args[-1], _absmax(self.G)),)
+            ok, after = update_bound(*args, self.bound, self.limit)
+        if ok:
+            self.bound = after
+        return ok
+
+    def _fused_step(self, epoch, step, s, e, v, Xb, Yb, idx):
+        """:meth:`step` as one compiled call (gathering ``X[idx]`` into ``Xb`` when ``idx`` is given)."""
+        lr = self._lr(epoch, step)
         status, cost = self.fused(v, Xb, Yb, self.X, self.Y, idx, lr, epoch, step)
         if status:
-            raise TrainingDiverged(epoch, step, cost, "cost" if status == 1 else "gradient", self.history)
+            raise TrainingDiverged(epoch, step, cost, _fused.FAILED[status], self.history)
         self._record(s, e, v, Yb, cost)
 
     def _fused_epoch(self, epoch):
@@ -387,15 +453,14 @@ class _Run:
             lr0 = self.opt.lr
             lrs.fill(lr0)
         else:
-            lr0 = sched(epoch, 0)
-            lrs[0] = lr0
-            for i in range(1, lrs.shape[0]):
-                lrs[i] = sched(epoch, i)
+            for i in range(lrs.shape[0]):
+                lrs[i] = _checked_lr(sched(epoch, i), epoch, i)
+            lr0 = lrs[0]
         self.lr0 = lr0
         steps, status, cost = self.fused.epoch(self.v_full, self.X, self.Y, self.perm, lrs, self.costs, self.pred_i,
                                                epoch)
         if status:
-            raise TrainingDiverged(epoch, steps, cost, "cost" if status == 1 else "gradient", self.history)
+            raise TrainingDiverged(epoch, steps, cost, _fused.FAILED[status], self.history)
         total = 0.0
         for (s, e), c in zip(self.bounds, self.costs.tolist()):
             total += c * (e - s)
@@ -426,6 +491,10 @@ class _Run:
             np.random.default_rng([self.base_seed, epoch]).shuffle(perm)
         self.loss_sum = 0.0
         self.correct = 0
+        # callbacks may have changed the weights: the update bounds start afresh
+        self.bound = (math.inf, math.inf, math.inf)
+        if self.fused is not None:
+            self.fused.bound.fill(math.inf)
         if self.fused_epoch:
             self._fused_epoch(epoch)
         else:

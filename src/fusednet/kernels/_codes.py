@@ -30,6 +30,12 @@ LOSSES = {"mse": MSE, "bce": BCE, "cce": CCE}
 LOSS_NAMES = {code: name for name, code in LOSSES.items()}
 LOSS_OF_ACTIVATION = {LINEAR: MSE, SIGMOID: BCE, SOFTMAX: CCE}
 
+#: optimiser updates of the one-call step (and of the update bound, fusednet.optim.update_bound)
+OPT_GD = 0
+OPT_MOMENTUM = 1
+OPT_RMSPROP = 2
+OPT_ADAM = 3
+
 _MASK64 = (1 << 64) - 1
 
 
