@@ -316,8 +316,9 @@ def _numeric_compiled(subject, X, y, eps, owner, flats, params):
     scratch = K.scratch(nt, wmax, m)  # per thread, once per check
     dloss = np.zeros(n)  # per coordinate: sum over the examples of loss(theta+) - loss(theta-)
     if n:
-        K.perturbed_losses(net, netf, P, tape, np.ascontiguousarray(Y.T).reshape(-1), int(plan["loss"]), m,
-                           coords, deltas, dloss, *scratch, nt)
+        kernel = K.perturbed_losses if nt > 1 else K.perturbed_losses_serial
+        kernel(net, netf, P, tape, np.ascontiguousarray(Y.T).reshape(-1), int(plan["loss"]), m, coords, deltas,
+               dloss, *scratch, nt)
 
     # J = mean loss + lambd/(2m) sum ||W||^2, so J+ - J- = dloss/m + lambd/(2m) (w+^2 - w-^2) for a weight
     l2 = float(subject.l2)

@@ -35,6 +35,8 @@ def info():
         "backends": kernels.available(),
         "backend": kernels.get_backend(),
         "threads": kernels.get_num_threads(),
+        # a forked child of a process whose kernels ran on a team runs them on one thread
+        "forked_serial": kernels.forked_serial(),
         "auto": {name: kernels.backend_of(name, "auto") for name in kernels.KERNELS},
     }
     if "numba" in out["backends"]:

@@ -78,7 +78,25 @@ AUTO = {name: ("cython", "numba", "numpy") if name in CYTHON_FIRST else ("numba"
 _lock = threading.Lock()
 _modules = {}
 _import_errors = {}
-_state = {"backend": None, "n_threads": None, "limit": None}
+_state = {"backend": None, "n_threads": None, "limit": None, "teams": False, "forked": False}
+
+
+def _after_fork_in_child():
+    """In a forked child of a process whose kernels ran on a team: one thread from now on.
+
+    GNU OpenMP (behind the Cython kernels and Numba's ``omp`` threading layer)
+    cannot start a team in a child forked after it ran one: the child would
+    wait forever for threads that were not copied (Numba aborts it instead).
+    Every kernel of such a child therefore runs on the calling thread: the
+    compiled step and the Cython kernels without a parallel region, Numba's
+    serial variants, the gradient check's serial kernel.
+    """
+    if _state["teams"]:
+        _state["forked"] = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _load(backend):
@@ -190,11 +208,25 @@ def _affinity_count():
 
 
 def get_num_threads():
-    """The thread count every kernel call receives (default: the usable cores)."""
+    """The thread count every kernel call receives (default: the usable cores).
+
+    1 in a forked child of a process whose kernels ran on a team (see
+    :func:`_after_fork_in_child`), whatever :func:`set_num_threads` says.
+    """
+    if _state["forked"]:
+        return 1
     if _state["n_threads"] is None:
         _state["n_threads"] = _affinity_count()
     limit = _state["limit"]
-    return _state["n_threads"] if limit is None else min(limit, _state["n_threads"])
+    n = _state["n_threads"] if limit is None else min(limit, _state["n_threads"])
+    if n > 1:
+        _state["teams"] = True  # a kernel may start a team from now on
+    return n
+
+
+def forked_serial():
+    """Whether this process is a forked child that runs every kernel on one thread."""
+    return _state["forked"]
 
 
 class limit_threads:
@@ -227,6 +259,8 @@ def set_num_threads(n):
         raise ValueError(f"n_threads must be a positive int, got {n!r}")
     n = int(n)
     _state["n_threads"] = n
+    if _state["forked"]:
+        return
     if _load("numba") is not None:
         import numba
 

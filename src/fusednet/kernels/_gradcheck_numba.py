@@ -87,6 +87,8 @@ coordinate runs on one thread through a fixed instruction sequence, so the
 results are the same for any thread count.
 """
 
+import types as pytypes
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -120,6 +122,9 @@ _helper = njit(cache=False, **_OPTIONS)
 _point = njit(cache=False, forceinline=True, **_OPTIONS)
 #: the kernel
 parallel_kernel = njit(cache=True, parallel=True, **_OPTIONS)
+#: ... and its copy without a thread team (``prange`` is ``range``), for processes that cannot start
+#: one: a forked child of a process whose kernels ran on GNU OpenMP (see ``fusednet.kernels``)
+serial_kernel = njit(cache=True, **_OPTIONS)
 
 
 def scratch(n_threads, wmax, m):
@@ -871,8 +876,7 @@ def _perturbed_pair(net, netf, P, tape, Y, loss, m, p, role, rr, j, dp, dm, buf0
     return _pair_loss(cur[:k * w], Y, k, m, loss, ell, mx, s)
 
 
-@parallel_kernel
-def perturbed_losses(net, netf, P, tape, Y, loss, m, coords, deltas, out, bufs0, bufs1, vectors, n_threads):
+def _perturbed_losses(net, netf, P, tape, Y, loss, m, coords, deltas, out, bufs0, bufs1, vectors, n_threads):
     """``out[i] = sum_r (loss_r(theta + d+) - loss_r(theta + d-))`` for every coordinate i.
 
     net (L, 13), netf (L, 2), P (n_params,), tape, Y (k * m,) by unit, IN;
@@ -905,6 +909,21 @@ def perturbed_losses(net, netf, P, tape, Y, loss, m, coords, deltas, out, bufs0,
             for i in range(i0, min(i0 + CHUNK, n)):
                 out[i] = _perturbed_pair(net, netf, P, tape, Y, loss, m, coords[i, 0], coords[i, 1], coords[i, 2],
                                          coords[i, 3], deltas[i, 0], deltas[i, 1], buf0, buf1, col, mx, s, ell)
+
+
+perturbed_losses = parallel_kernel(_perturbed_losses)
+
+
+def _renamed(f, name):
+    """A copy of the Python function ``f`` under another name (its own entry in Numba's cache)."""
+    g = pytypes.FunctionType(f.__code__, f.__globals__, name, f.__defaults__, f.__closure__)
+    g.__qualname__ = name
+    g.__doc__ = f.__doc__
+    return g
+
+
+#: :func:`perturbed_losses` on the calling thread only
+perturbed_losses_serial = serial_kernel(_renamed(_perturbed_losses, "perturbed_losses_serial"))
 
 
 def warmup():
