@@ -82,10 +82,13 @@ def thread_report(x):
     import numpy  # noqa: F401  (loads the BLAS library)
     from threadpoolctl import threadpool_info
 
+    import fusednet
+
     return {
         "score": x,
         "omp_env": os.environ.get("OMP_NUM_THREADS"),
         "numba_env": os.environ.get("NUMBA_NUM_THREADS"),
         "max_threads": max((info["num_threads"] for info in threadpool_info()), default=1),
+        "kernel_threads": fusednet.kernels.get_num_threads(),  # the one-call step's team too
         "pid": os.getpid(),
     }

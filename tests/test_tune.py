@@ -303,6 +303,7 @@ def test_local_workers_use_one_compute_thread():
         assert r["status"] == "ok", r["error"]
         assert r["metrics"]["omp_env"] == "1" and r["metrics"]["numba_env"] == "1"
         assert r["metrics"]["max_threads"] == 1
+        assert r["metrics"]["kernel_threads"] == 1
 
 
 def test_closures_run_in_local_worker_processes():

@@ -42,6 +42,9 @@ def limit_threads():
         pass
     else:
         threadpool_limits(limits=1)
+    kernels = sys.modules.get("fusednet.kernels")
+    if kernels is not None:  # the kernels' (and the one-call step's) thread count
+        kernels.set_num_threads(1)
     numba = sys.modules.get("numba")
     if numba is not None:
         try:

@@ -201,10 +201,16 @@ def backend_of(name, backend=None):
 
 
 def _affinity_count():
+    """The usable cores, or fewer when ``OMP_NUM_THREADS`` asks for fewer (as BLAS and OpenMP read it)."""
     try:
-        return len(os.sched_getaffinity(0))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+        n = os.cpu_count() or 1
+    try:
+        asked = int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0])
+    except ValueError:
+        asked = 0
+    return min(n, asked) if asked >= 1 else n
 
 
 def get_num_threads():
