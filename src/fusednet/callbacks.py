@@ -160,7 +160,14 @@ class EarlyStopping(Callback):
 
 
 class Checkpoint(Callback):
-    """Save the model every ``every`` epochs (after epochs ``every-1``, ``2*every-1``, ...).
+    """Save the model and the optimiser's state every ``every`` epochs (after epochs ``every-1``, ``2*every-1``, ...).
+
+    Each file is a model file (``fusednet.load`` reads it) that also holds the
+    optimiser's state and the number of epochs done, so a run continues
+    exactly where it stopped::
+
+        model, opt, epoch = fusednet.io.load_checkpoint(path)
+        Trainer(model, opt, epochs=E, seed=...).fit(X, y, initial_epoch=epoch)
 
     Parameters
     ----------
@@ -187,8 +194,10 @@ class Checkpoint(Callback):
 
     def on_epoch_end(self, trainer, epoch, logs):
         if (epoch + 1) % self.every == 0:
+            from .io import save_checkpoint
+
             path = self.path.format(epoch=epoch) if "{epoch" in self.path else self.path
-            trainer.model.save(path)
+            save_checkpoint(trainer.model, trainer.optimizer, epoch + 1, path)
             self.saved.append(path)
 
     def __repr__(self):

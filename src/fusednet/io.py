@@ -283,13 +283,13 @@ def save_model(model, path):
     path = os.fspath(path)
     if not model.built:
         raise ValueError("model is not built yet: fit it, or give Sequential an input_dim, before saving")
-    header = _header(model)
-    state = model.state_dict()
-    payload = {
-        "header": np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8),
-        "params": state["params"],
-        "running": state["running"],
-    }
+    return _write(path, _header(model), model.state_dict())
+
+
+def _write(path, header, arrays):
+    """Write the header and the 1-D arrays ``arrays`` (params, running, ...) atomically to ``path``."""
+    payload = {"header": np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)}
+    payload.update(arrays)
     folder, name = os.path.split(os.path.abspath(path))
     _remove_orphans(folder, name)
     fd, tmp = _create_temp(folder, name)
@@ -478,6 +478,17 @@ def load_model(path):
         with the config, or a newer format version.
     """
     path = os.fspath(path)
+    header, params, running, _ = _read(path)
+    return _build(path, header, params, running)
+
+
+def _read(path, training=False):
+    """``(header, params, running, optimiser arrays)`` of a model file, every size checked first.
+
+    With ``training``, the file must be a checkpoint (:func:`save_checkpoint`)
+    and its optimiser state arrays are read too, each checked to be as long as
+    ``params``.
+    """
     with open(path, "rb") as f:
         try:
             zf = zipfile.ZipFile(f)
@@ -499,7 +510,97 @@ def load_model(path):
             _check_layout(path, header.get("config"), members["params"], members["running"])
             params = _read_member(path, zf, "params", members["params"])
             running = _read_member(path, zf, "running", members["running"])
-    return _build(path, header, params, running)
+            state = {}
+            if training:
+                record = header.get("training")
+                if not isinstance(record, dict) or not isinstance(record.get("optimizer"), dict):
+                    raise ValueError(f"{path}: a model file without training state; save one with "
+                                     f"fusednet.io.save_checkpoint (or the Checkpoint callback)")
+                for key in record.get("arrays", []):
+                    member = "optimizer." + str(key)
+                    if member + ".npy" not in names:
+                        raise _damaged(path, f"missing the optimiser's {key!r}")
+                    m = _member(path, zf, member, size)
+                    if m.shape != members["params"].shape or m.dtype != members["params"].dtype:
+                        raise _damaged(path, f"the optimiser's {key!r} is {m.dtype} {m.shape}, "
+                                             f"the parameters {members['params'].dtype} {members['params'].shape}")
+                    state[key] = _read_member(path, zf, member, m)
+    return header, params, running, state
+
+
+def save_checkpoint(model, optimizer, epoch, path):
+    """Write the model, the optimiser's state and the next epoch to ``path``, to resume training exactly.
+
+    The file is a model file (:func:`load_model` reads it as one) with the
+    optimiser's ``state_dict`` beside the parameters: its numbers in the
+    header's ``"training"`` record, its arrays as ``optimizer.<key>`` members.
+
+    Parameters
+    ----------
+    model : fusednet.Sequential
+        Built, and trained by ``optimizer`` over its parameter arena.
+    optimizer : fusednet.optim.Optimizer
+    epoch : int
+        The next epoch to run (the epochs done so far): ``Trainer.fit(...,
+        initial_epoch=epoch)`` continues from there.
+    path : str or os.PathLike
+
+    Returns
+    -------
+    str
+        The path written.
+    """
+    path = os.fspath(path)
+    if not model.built:
+        raise ValueError("model is not built yet: fit it before saving a checkpoint")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+    state = optimizer.state_dict()
+    arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
+    n = model.state_dict()["params"].size
+    for key, value in arrays.items():
+        if value.size != n:
+            raise ValueError(f"optimizer state {key!r} has {value.size} values, the model {n} parameters: "
+                             f"checkpoint an optimiser that trained this model's parameter arena")
+    header = _header(model)
+    header["training"] = {
+        "epoch": epoch,
+        "optimizer": {k: v for k, v in state.items() if not isinstance(v, np.ndarray)},
+        "arrays": sorted(arrays),
+    }
+    payload = model.state_dict()
+    payload.update({"optimizer." + k: np.ascontiguousarray(v).reshape(-1) for k, v in arrays.items()})
+    return _write(path, header, payload)
+
+
+def load_checkpoint(path):
+    """Read a file of :func:`save_checkpoint`: ``(model, optimizer, epoch)``.
+
+    ``Trainer(model, optimizer, epochs=E, ...).fit(X, y, initial_epoch=epoch)``
+    then continues the run as if it had never stopped: with the same data,
+    seed and schedule, E epochs in two fits equal E epochs in one, bit for bit.
+    """
+    from . import optim
+
+    path = os.fspath(path)
+    header, params, running, arrays = _read(path, training=True)
+    model = _build(path, header, params, running)
+    record = header["training"]
+    epoch = record.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise _damaged(path, f"bad epoch {epoch!r}")
+    state = dict(record["optimizer"])
+    cls = getattr(optim, str(state.get("class")), None)
+    if not (isinstance(cls, type) and issubclass(cls, optim.Optimizer)):
+        raise _damaged(path, f"unknown optimiser {state.get('class')!r}")
+    state.update(arrays)  # flat, as the optimiser saw the parameter arena
+    try:
+        hypers = {h: state[h] for h in cls._hypers}
+        opt = cls(**hypers)
+        opt.load_state_dict(state)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _damaged(path, f"optimiser state: {exc}") from None
+    return model, opt, epoch
 
 
 def _build(path, header, params, running):

@@ -99,7 +99,7 @@ class Trainer:
     batch_size : int or None
         None: batch gradient descent; 1: stochastic; otherwise mini-batches.
     epochs : int
-        Number of epochs (>= 0), counted from 0 in every fit.
+        Number of epochs (>= 0), counted from 0 (or from ``fit``'s ``initial_epoch``).
     shuffle : bool
         Permute the rows at the start of every epoch (ignored for batch GD).
     seed : int, numpy.random.Generator or None
@@ -195,7 +195,7 @@ class Trainer:
         self.stop_training = False
         self.metric_names = ()
 
-    def fit(self, X, y, dev=None):
+    def fit(self, X, y, dev=None, *, initial_epoch=0):
         """Train; return the :class:`~fusednet.History` of this fit.
 
         Parameters
@@ -205,6 +205,13 @@ class Trainer:
             Labels as :class:`~fusednet.Sequential` takes them.
         dev : (X_dev, y_dev), optional
             Evaluated (inference mode) after every epoch.
+        initial_epoch : int, default 0
+            The epoch to start from (Keras's name): this fit runs epochs
+            ``initial_epoch .. epochs - 1``, each shuffled, dropped out and
+            scheduled as epoch of that number.  With the optimiser (and its
+            state) of an earlier fit of ``initial_epoch`` epochs -- the same
+            object, or one from :func:`fusednet.io.load_checkpoint` -- the two
+            fits together equal one fit of ``epochs`` epochs, bit for bit.
 
         Raises
         ------
@@ -216,9 +223,13 @@ class Trainer:
         """
         # BLAS owns the cores during the step loop: the per-step kernels are
         # small, and parallel ones fight BLAS's spinning threads (see kernels.limit_threads)
+        if (isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral)
+                or not 0 <= initial_epoch <= self.epochs):
+            raise ValueError(f"initial_epoch must be an int in [0, epochs={self.epochs}], got {initial_epoch!r}")
         n_threads = _kernels.get_num_threads()  # the fused step's team owns every core
         with _kernels.limit_threads(self.kernel_threads):
             run = _Run(self, X, y, dev, n_threads)
+            run.first_epoch = int(initial_epoch)
             if run.fused is None:
                 return run.fit()
             with _blas.single_threaded():
@@ -330,6 +341,7 @@ class _Run:
         self.loss_sum = 0.0
         self.correct = 0
         self.lr0 = None
+        self.first_epoch = 0
         self.fused = None
         self.fused_epoch = False
         if trainer.fused_step and B <= _fused.max_rows(model.dtype) and _fused.why_not(model, self.opt) is None:
@@ -521,13 +533,14 @@ class _Run:
     def fit(self):
         trainer = self.trainer
         bar = None
-        if trainer.progress and trainer.epochs > 0:
+        if trainer.progress and trainer.epochs > self.first_epoch:
             try:
                 from tqdm.auto import tqdm
             except ImportError:  # tqdm is a dependency, but a bar is not worth failing for
                 tqdm = None
             if tqdm is not None:
-                bar = tqdm(total=trainer.epochs, unit="epoch", leave=False, dynamic_ncols=True)
+                bar = tqdm(total=trainer.epochs, initial=self.first_epoch, unit="epoch", leave=False,
+                           dynamic_ncols=True)
         try:
             # non-finite values are reported by TrainingDiverged, not warned about
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -543,7 +556,7 @@ class _Run:
         for cb in callbacks:
             cb.on_train_begin(trainer)
         shown = 0.0
-        for epoch in range(trainer.epochs):
+        for epoch in range(self.first_epoch, trainer.epochs):
             for cb in callbacks:
                 cb.on_epoch_begin(trainer, epoch)
             logs = self.run_epoch(epoch)
