@@ -37,6 +37,7 @@ def info():
         "threads": kernels.get_num_threads(),
         # a forked child of a process whose kernels ran on a team runs them on one thread
         "forked_serial": kernels.forked_serial(),
+        "openmp_spin": kernels._openmp.STATUS,  # how long idle OpenMP threads spin before sleeping
         "auto": {name: kernels.backend_of(name, "auto") for name in kernels.KERNELS},
     }
     if "numba" in out["backends"]:

@@ -18,8 +18,10 @@ import threading
 
 import numpy as np
 
-from . import _codes
+from . import _codes, _openmp
 from ._codes import ACTIVATIONS, LOSSES, dropout_key, dropout_threshold
+
+_openmp.configure()  # before the Cython extension or Numba's threading layer loads libgomp
 
 __all__ = [
     "KERNELS",
