@@ -21,6 +21,7 @@ only written, ``INOUT`` both.  Nothing is allocated; everything returns None.
 import numpy as np
 from numba import njit, prange
 
+from . import _numba_cache  # noqa: F401  (a writable cache directory, before the first decorator)
 from ._numba_math import FASTMATH, dropout_hash, flush, like, point, tiny
 
 _OPTIONS = dict(cache=True, nogil=True, fastmath=set(FASTMATH), error_model="numpy")

@@ -39,6 +39,10 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
+# a writable cache directory for the cache=True kernels of every module that
+# imports this one, settled before any of them is decorated
+from . import _numba_cache  # noqa: F401
+
 #: The fast-math flags of the kernels' elementwise work.  No ``nnan``/``ninf``,
 #: so NaN and inf tests still work and NaN propagates.  No ``reassoc`` either:
 #: with ``reassoc`` and ``contract`` together LLVM fuses differently in a
