@@ -7,7 +7,9 @@ checked wrappers in :mod:`fusednet.kernels` do); they
 * work in place on C-contiguous float32/float64 arrays of one dtype,
 * write only their ``OUT`` arguments (an ``OUT`` may alias an ``IN`` where noted),
 * take ``n_threads`` last and return ``None`` (the loss forward returns the cost),
-* compute in the arrays' dtype, accumulating sums in float64 where noted.
+* compute in the arrays' dtype, accumulating every sum in float64 (the
+  column sums ``db``, ``dgamma``, ``dbeta``, the batch statistics, softmax's row
+  sums; the loss is float64 throughout).
 
 Shapes: ``m`` rows (examples) by ``n`` columns (units).  ``act`` is an activation
 code and ``loss`` a loss code from :mod:`fusednet.kernels._codes`.
@@ -139,7 +141,7 @@ def _act(Z, act, slope):
     if act == SOFTMAX:
         with np.errstate(over="ignore"):
             e = np.exp(Z - Z.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
+        return e / e.sum(axis=1, keepdims=True, dtype=np.float64)
     raise ValueError(f"unknown activation code {act}")
 
 
@@ -160,11 +162,11 @@ def act_backward(dA, A, act, slope, dZ, db, n_threads):
     elif act == LEAKY_RELU:
         d = dA * leaky_relu_grad(A, A.dtype.type(slope))
     elif act == SOFTMAX:
-        d = A * (dA - (dA * A).sum(axis=1, keepdims=True))
+        d = A * (dA - (dA * A).sum(axis=1, keepdims=True, dtype=np.float64).astype(A.dtype))
     else:
         raise ValueError(f"unknown activation code {act}")
     dZ[...] = d
-    db[...] = dZ.sum(axis=0)
+    db[...] = dZ.sum(axis=0, dtype=np.float64)
 
 
 def loss_forward(Z, b, Y, loss, A, n_threads):
@@ -197,7 +199,7 @@ def loss_backward(A, Y, dZ, db, n_threads):
         db[...] = 0
         return
     dZ[...] = (A - Y) / A.dtype.type(m)
-    db[...] = dZ.sum(axis=0)
+    db[...] = dZ.sum(axis=0, dtype=np.float64)
 
 
 def dropout_apply(X, key, threshold, scale, out, n_threads):
