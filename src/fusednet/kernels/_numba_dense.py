@@ -42,7 +42,7 @@ from numba import prange
 
 from ._codes import BCE, CCE, LEAKY_RELU, LINEAR, MSE, RELU, SIGMOID, SOFTMAX, TANH
 from ._numba_flat import bound, kernel, loop, parallel_kernel, same_buffer
-from ._numba_math import exp, leaky_relu, like, log1p_unit, point, relu, row_point, sigmoid, tanh
+from ._numba_math import exp_nonpos, leaky_relu, like, log1p_unit, point, relu, row_point, sigmoid, tanh
 
 #: columns per float64 accumulator tile of a row-walking reduction
 TILE = 1024
@@ -101,7 +101,7 @@ def _softmax_row(z, bb, a):
     zm = like(a, zmax)
     total = 0.0
     for j in range(a.size):
-        e = exp(z[j] + bb[j] - zm)
+        e = exp_nonpos(z[j] + bb[j] - zm)  # at most 0: zm is the row's max
         a[j] = e
         total += e
     inv = like(a, 1.0 / total)
@@ -354,6 +354,17 @@ def act_backward_parallel(dA, A, act, slope, dZ, db, n_chunks, scratch=None):
 # --------------------------------------------------------------------------
 
 
+@point
+def _cce_output(zr, b, ar, zmax, lse):
+    """``ar = exp((z - zmax) - lse)``, z = zr + b in float64: a softmax row from its log-sum-exp.
+
+    Without ``reassoc`` (a call of its own), so ``z - zmax`` is formed first
+    and the max's output stays within an ulp of ``exp(-lse)``.
+    """
+    for j in range(ar.size):
+        ar[j] = exp_nonpos((np.float64(zr[j] + b[j]) - zmax) - lse)
+
+
 @row_point
 def _loss_rows(Z, b, Y, loss, A, r0, r1):
     """``A = g(Z + b)`` on rows [r0, r1); returns those rows' summed loss (float64).
@@ -361,7 +372,9 @@ def _loss_rows(Z, b, Y, loss, A, r0, r1):
     The logits are formed in the arrays' dtype and the rest is float64: MSE
     ``(a - y)**2 / 2``; BCE on the logits, ``max(z, 0) - z y +
     log1p(exp(-|z|))``, which never overflows; CCE through the max-subtracted
-    log-sum-exp.
+    log-sum-exp, ``log1p`` of the terms other than the maximum's 1, so the
+    cost of a confident right answer (below eps) keeps its relative precision.
+    (``lse`` below is the log-sum-exp minus the row's max.)
     """
     total = 0.0
     if loss == MSE:
@@ -379,7 +392,7 @@ def _loss_rows(Z, b, Y, loss, A, r0, r1):
             for j in range(ar.size):
                 z = np.float64(zr[j] + b[j])
                 ar[j] = sigmoid(z)
-                total += (z if z > 0.0 else 0.0) - z * np.float64(yr[j]) + log1p_unit(exp(-abs(z)))
+                total += (z if z > 0.0 else 0.0) - z * np.float64(yr[j]) + log1p_unit(exp_nonpos(-abs(z)))
         return total
     if loss == CCE:
         for i in range(r0, r1):
@@ -388,14 +401,27 @@ def _loss_rows(Z, b, Y, loss, A, r0, r1):
             for j in range(ar.size):
                 z = np.float64(zr[j] + b[j])
                 zmax = z if z > zmax else zmax
-            s = 0.0
-            for j in range(ar.size):
-                s += exp(np.float64(zr[j] + b[j]) - zmax)
-            lse = zmax + math.log(s)
+            # lse = log-sum-exp - zmax = log1p(rest): each maximum's exp(0) = 1
+            # is counted apart, so rest holds the other terms alone (selected, not
+            # subtracted: reassoc could cancel a subtracted 1 against the count).
+            # The cost sum_j y_j (lse - (z_j - zmax)) is lse sum(y) + sum(y (zmax - z)),
+            # whose second sum is 0 for a one-hot y on the max, leaving lse intact.
+            rest = 0.0
+            tops = 0.0
+            ysum = 0.0
+            ygap = 0.0
             for j in range(ar.size):
                 z = np.float64(zr[j] + b[j])
-                ar[j] = exp(z - lse)
-                total += np.float64(yr[j]) * (lse - z)
+                y = np.float64(yr[j])
+                rest += 0.0 if z == zmax else exp_nonpos(z - zmax)
+                tops += 1.0 if z == zmax else 0.0
+                ysum += y
+                ygap += y * (zmax - z)
+            extra = tops - 1.0
+            lse = math.log1p(rest + extra) if extra > 0.0 else math.log1p(rest)
+            lse = lse if zmax < np.inf else np.nan  # +inf: a NaN row
+            _cce_output(zr, b, ar, zmax, lse)
+            total += ysum * lse + ygap
         return total
     return np.nan
 

@@ -9,30 +9,42 @@ vectoriser turns into SIMD code.
 
 Each function mirrors a point function of :mod:`fusednet.kernels.reference`
 (named in its docstring) and is pinned to it by the tests.  Accuracy, measured
-against float64 NumPy over dense grids (see ``tests/kernels/test_numba_specific.py``):
+in ulp of the exact value rounded to the dtype (the subnormal spacing below
+the smallest normal number, so the error is relative down to there) over
+dense grids of [-1000, 1000] (``tests/kernels/test_numba_specific.py``):
 
-=================  ===========================  ============================
-function           float32                      float64
-=================  ===========================  ============================
-``exp``            rel. error <= 2 ulp          rel. error <= 2 ulp
-``tanh``           abs. error <= 3e-7           rel. error <= 4 ulp
-``sigmoid``        abs. error <= 2e-7           rel. error <= 4 ulp
-=================  ===========================  ============================
+=================  ===================  ===================
+function           float32              float64
+=================  ===================  ===================
+``exp``            <= 2 ulp             <= 2 ulp
+``exp_nonpos``     <= 1 ulp             <= 2 ulp
+``tanh``           <= 3 ulp             <= 4 ulp
+``sigmoid``        <= 3 ulp             <= 3 ulp
+=================  ===================  ===================
 
 Results outside the float range follow NumPy: ``exp`` gives ``inf`` above the
-overflow point, subnormal numbers and then 0 below the underflow point (a
-subnormal result may differ from NumPy's in its last bits), and NaN propagates
-through every function.
+overflow point, subnormal numbers and then 0 below the underflow point, and
+NaN propagates through every function.  ``sigmoid`` is written on
+``exp(-|z|)``, so ``sigmoid(-80)`` in float32 is 1.8e-35 and subnormal
+results are kept, where ``1 / (1 + exp(-z))`` gives 0 once ``exp(-z)``
+overflows.
 
-The generic names (``exp``, ``tanh``, ``sigmoid``) pick the float32 or float64
-version from the argument's type at compile time, so one kernel body serves
-both dtypes without promoting float32 arithmetic to float64.
+The generic names (``exp``, ``exp_nonpos``, ``tanh``, ``sigmoid``) pick the
+float32 or float64 version from the argument's type at compile time, so one
+kernel body serves both dtypes without promoting float32 arithmetic to
+float64.  The kernels call ``exp_nonpos``: their exponentials have
+non-positive arguments (softmax and log-sum-exp after the max subtraction,
+``-|z|`` in sigmoid and the BCE loss; float32 tanh takes ``expm1(-2|x|)``),
+and on that range the float32 version needs one scaling by ``2**n`` instead
+of two.  Only float64 tanh (Cephes' form, on ``exp(2|x|)``) uses ``exp``.
 
 These functions are compiled into the cached kernels of ``_numba_flat`` and
 ``_numba_dense``, and Numba checks only the kernel's own file to decide whether
 its cache is stale: after editing this module, delete the ``_numba_*`` entries
 of ``fusednet/kernels/__pycache__``.
 """
+
+import math
 
 import numpy as np
 from llvmlite import ir
@@ -120,8 +132,53 @@ def fma(typingctx, a, b, c):
 # --------------------------------------------------------------------------
 # exp: Cody-Waite range reduction x = n ln2 + r, |r| <= ln2/2, then a
 # polynomial (float32, Cephes expf) or Pade form (float64, Cephes exp) in r,
-# scaled by 2**n built from its bits.  Mirrors numpy.exp.
+# scaled by 2**n built from its bits.  Mirrors numpy.exp (and numpy.expm1).
 # --------------------------------------------------------------------------
+
+
+#: Adding this to a float32 below 2**22 in magnitude rounds it to an integer
+#: (to nearest) held in the low bits of the sum's mantissa: 1.5 * 2**23.
+_ROUND_F32 = 12582912.0
+
+
+@intrinsic
+def _pow2_scale(typingctx, p, t):
+    """``p * 2**k`` for ``t = R + k`` (R the ``_ROUND_*`` constant of p's type), by
+    adding k to p's exponent field; ``p * 2**k`` must be a normal number.
+
+    ``t``'s bits are R's plus k in its low mantissa bits; shifted up to the
+    exponent field they are ``k`` alone (R's own bits leave the word).
+    """
+    if not (p == t and isinstance(p, types.Float)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        fty = args[0].type
+        width, mant = (32, 23) if isinstance(fty, ir.FloatType) else (64, 52)
+        ity = ir.IntType(width)
+        k = builder.shl(builder.bitcast(args[1], ity), ir.Constant(ity, mant))
+        return builder.bitcast(builder.add(builder.bitcast(args[0], ity), k), fty)
+
+    return p(p, t), codegen
+
+
+@_jit
+def _reduce_f32(x, n):
+    """``x - n ln2`` with ln2 in two parts, each product exact through a fused multiply-add."""
+    r = fma(n, np.float32(-0.693359375), x)
+    return fma(n, np.float32(2.12194440e-4), r)
+
+
+@_jit
+def _expm1_poly_f32(r):
+    """``exp(r) - 1`` for |r| <= ln2/2: ``r + r**2 P(r)``, the polynomial of Cephes expf."""
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    return p * (r * r) + r
 
 
 @_jit
@@ -132,15 +189,7 @@ def exp_f32(x):
     xc = x if x < hi else hi  # NaN goes to hi here and is restored below
     xc = xc if xc > lo else lo
     n = np.floor(xc * np.float32(1.44269504088896341) + np.float32(0.5))
-    r = fma(n, np.float32(-0.693359375), xc)
-    r = fma(n, np.float32(2.12194440e-4), r)
-    p = np.float32(1.9875691500e-4)
-    p = p * r + np.float32(1.3981999507e-3)
-    p = p * r + np.float32(8.3334519073e-3)
-    p = p * r + np.float32(4.1665795894e-2)
-    p = p * r + np.float32(1.6666665459e-1)
-    p = p * r + np.float32(5.0000001201e-1)
-    p = p * (r * r) + r + np.float32(1.0)
+    p = _expm1_poly_f32(_reduce_f32(xc, n)) + np.float32(1.0)
     # 2**n as 2**n1 * 2**n2, each factor a normal number for n in [-150, 128]
     ni = np.int32(n)
     n1 = ni >> 1
@@ -149,6 +198,47 @@ def exp_f32(x):
     y = y if x < hi else np.float32(np.inf)
     y = y if x > lo else np.float32(0.0)
     return y if x == x else x
+
+
+@_jit
+def exp_nonpos_f32(x):
+    """``exp(x)`` of a float32 ``x <= 0``, |rel. error| <= 1 ulp, also for subnormal
+    results (0 below -103.97); NaN in, NaN out; ``x > 0`` is read as 0.
+
+    The kernels' float32 exp: every argument they pass is at most 0 (softmax
+    after the max subtraction, ``-|z|`` in sigmoid).  That range needs a
+    single scaling by ``2**n``: ``p * 2**(n + 64)`` through the exponent bits
+    (a normal number for n in [-150, 0]), then one product with ``2**-64``,
+    which rounds once, also to a subnormal.  ``n`` is rounded by adding
+    :data:`_ROUND_F32`, so it arrives in the bits that the scaling reads.
+    """
+    lo = np.float32(-103.97208)
+    xc = np.float32(0.0) if x > np.float32(0.0) else x  # NaN stays
+    t = fma(xc, np.float32(1.44269504088896341), np.float32(_ROUND_F32 + 64.0))
+    n = t - np.float32(_ROUND_F32 + 64.0)
+    p = _expm1_poly_f32(_reduce_f32(xc, n)) + np.float32(1.0)
+    y = _pow2_scale(p, t) * np.float32(2.0 ** -64)
+    y = np.float32(0.0) if x < lo else y
+    return y if x == x else x
+
+
+@_jit
+def expm1_nonpos_f32(x):
+    """``exp(x) - 1`` of a float32 ``x <= 0``, |rel. error| <= 2 ulp; NaN in, NaN out;
+    ``x > 0`` is read as 0.
+
+    ``2**n (1 + q) - 1`` as ``fma(2**n, q, 2**n - 1)``, with ``2**n - 1``
+    exact; n = 0 (|x| <= ln2/2) leaves ``q`` itself, so tiny ``x`` keep their
+    relative precision.  The argument is clamped at -20, where the result is
+    already -1 in float32 (so ``2**n`` stays a normal number).
+    """
+    xc = np.float32(0.0) if x > np.float32(0.0) else x  # NaN stays
+    xc = np.float32(-20.0) if xc < np.float32(-20.0) else xc
+    t = fma(xc, np.float32(1.44269504088896341), np.float32(_ROUND_F32))
+    n = t - np.float32(_ROUND_F32)
+    q = _expm1_poly_f32(_reduce_f32(xc, n))
+    s = _pow2_scale(np.float32(1.0), t)
+    return fma(s, q, s - np.float32(1.0))
 
 
 @_jit
@@ -178,34 +268,24 @@ def exp_f64(x):
 
 
 # --------------------------------------------------------------------------
-# tanh.  float32: the odd rational minimax approximation of Eigen / XLA
-# (degree 13 over 6), clamped at +-7.9988 where it reaches exactly 1.
-# float64: Cephes tanh, a rational form below |x| = 0.625 and
-# 1 - 2 / (exp(2|x|) + 1) above.  Mirrors reference.tanh.
+# tanh.  float32: sign(x) (-em1) / (2 + em1) with em1 = expm1(-2|x|), which
+# keeps the relative precision of tiny |x|.  float64: Cephes tanh, a rational
+# form below |x| = 0.625 and 1 - 2 / (exp(2|x|) + 1) above.  Mirrors
+# reference.tanh.
 # --------------------------------------------------------------------------
 
 
 @_jit
-def tanh_f32(x):
-    """``tanh(x)`` of a float32, |abs. error| <= 3e-7, exactly +-1 beyond |x| = 7.9988; NaN in, NaN out."""
-    # clamp at the smallest |x| where the rational form gives exactly 1 with
-    # fused multiply-adds (Eigen's constant); written so NaN passes through
-    c = np.float32(7.99881172180175781)
-    xc = c if x > c else x
-    xc = -c if xc < -c else xc
-    x2 = xc * xc
-    p = np.float32(-2.76076847742355e-16)
-    p = p * x2 + np.float32(2.00018790482477e-13)
-    p = p * x2 + np.float32(-8.60467152213735e-11)
-    p = p * x2 + np.float32(5.12229709037114e-08)
-    p = p * x2 + np.float32(1.48572235717979e-05)
-    p = p * x2 + np.float32(6.37261928875436e-04)
-    p = p * x2 + np.float32(4.89352455891786e-03)
-    q = np.float32(1.19825839466702e-06)
-    q = q * x2 + np.float32(1.18534705686654e-04)
-    q = q * x2 + np.float32(2.26843463243900e-03)
-    q = q * x2 + np.float32(4.89352518554385e-03)
-    return (xc * p) / q
+def tanh_from_expm1(x, em1):
+    """``tanh(x)`` given ``em1 = expm1(-2|x|)``: ``sign(x) (-em1) / (2 + em1)``.
+
+    Two roundings besides em1's error: |rel. error| <= 3 ulp in float32 (with
+    :func:`expm1_nonpos_f32`), the sign of a zero kept; NaN in, NaN out.  Split from the expm1 so each
+    part is small enough for LLVM to inline into a vectorised loop;
+    :func:`tanh` joins them.
+    """
+    y = -em1 / (like(em1, 2.0) + em1)
+    return math.copysign(y, x)
 
 
 @_jit
@@ -228,26 +308,21 @@ def tanh_f64_from_exp(x, e):
 
 
 # --------------------------------------------------------------------------
-# sigmoid 1 / (1 + exp(-z)), the formula of reference.sigmoid (float32: through tanh)
+# sigmoid 1 / (1 + exp(-z)), the formula of reference.sigmoid
 # --------------------------------------------------------------------------
 
 
 @_jit
-def sigmoid_f32(z):
-    """``1 / (1 + exp(-z))`` of a float32 as ``0.5 + 0.5 tanh(z / 2)``, |abs. error| <= 2e-7.
+def sigmoid_from_exp(z, e):
+    """``1 / (1 + exp(-z))`` given ``e = exp(-|z|)``: ``1 / (1 + e)`` for z >= 0, ``e / (1 + e)`` below.
 
-    Twice as fast as through :func:`exp_f32`; exactly 0 and 1 beyond |z| = 16.
-    The error is absolute: below about 1e-7 the result has no relative accuracy
-    (the loss never uses it: it works on the logits in float64).
+    Written on ``exp(-|z|)``, which never overflows, so a tiny result keeps
+    its relative precision down to the subnormal numbers (where
+    ``1 / (1 + exp(-z))`` would give 0 once ``exp(-z)`` overflows):
+    |rel. error| <= 3 ulp in either dtype.  NaN in, NaN out.
     """
-    h = np.float32(0.5)
-    return h + h * tanh_f32(h * z)
-
-
-@_jit
-def sigmoid_f64(z):
-    """``1 / (1 + exp(-z))`` of a float64, |rel. error| <= 4 ulp."""
-    return 1.0 / (1.0 + exp_f64(-z))
+    r = like(e, 1.0) / (like(e, 1.0) + e)
+    return r if z >= like(e, 0.0) else e * r
 
 
 # --------------------------------------------------------------------------
@@ -275,8 +350,12 @@ def _generic(name, impl32, impl64):
 
 
 exp = _generic("exp", lambda x: exp_f32(x), lambda x: exp_f64(x))
-tanh = _generic("tanh", lambda x: tanh_f32(x), lambda x: tanh_f64_from_exp(x, exp_f64(2.0 * abs(x))))
-sigmoid = _generic("sigmoid", lambda x: sigmoid_f32(x), lambda x: sigmoid_f64(x))
+#: ``exp(x)`` for ``x <= 0``, the kernels' exp (float64: :func:`exp_f64`, whose range covers it)
+exp_nonpos = _generic("exp_nonpos", lambda x: exp_nonpos_f32(x), lambda x: exp_f64(x))
+tanh = _generic("tanh", lambda x: tanh_from_expm1(x, expm1_nonpos_f32(np.float32(-2.0) * abs(x))),
+                lambda x: tanh_f64_from_exp(x, exp_f64(2.0 * abs(x))))
+sigmoid = _generic("sigmoid", lambda x: sigmoid_from_exp(x, exp_nonpos_f32(-abs(x))),
+                   lambda x: sigmoid_from_exp(x, exp_f64(-abs(x))))
 
 
 # --------------------------------------------------------------------------

@@ -139,7 +139,7 @@ def _act(Z, act, slope):
     if act == LEAKY_RELU:
         return leaky_relu(Z, slope)
     if act == SOFTMAX:
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):  # a NaN or +inf makes the row NaN
             e = np.exp(Z - Z.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True, dtype=np.float64)
     raise ValueError(f"unknown activation code {act}")
@@ -183,10 +183,17 @@ def loss_forward(Z, b, Y, loss, A, n_threads):
         # -(y log a + (1-y) log(1-a)), written on the logits so it never overflows
         total = np.sum(np.maximum(z, 0.0) - z * y + np.log1p(np.exp(-np.abs(z))))
     elif loss == CCE:
+        # log-sum-exp minus the row's max, as log1p of the terms other than the
+        # maximum's exp(0) = 1 (each maximum's 1 is taken out exactly), so the
+        # cost of a confident right answer (below eps) keeps its relative precision
         zmax = z.max(axis=1, keepdims=True)
-        lse = zmax + np.log(np.exp(z - zmax).sum(axis=1, keepdims=True))
-        a = np.exp(z - lse)
-        total = np.sum(y * (lse - z))
+        with np.errstate(invalid="ignore"):  # a NaN or +inf makes the row NaN
+            d = z - zmax
+            top = z == zmax
+            rest = (np.exp(d) - top).sum(axis=1, keepdims=True) + (top.sum(axis=1, keepdims=True) - 1.0)
+            lse = np.log1p(rest)
+            a = np.exp(d - lse)
+            total = np.sum(y * (lse - d))
     else:
         raise ValueError(f"unknown loss code {loss}")
     A[...] = a
