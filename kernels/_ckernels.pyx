@@ -536,7 +536,7 @@ cdef double _loss_span(const floating* z, const floating* b, const floating* y, 
     else:
         for k in range(L):
             d = <double>(z[k] + b[k])
-            a[k] = <floating>(1.0 / (1.0 + exp(-d)))
+            a[k] = <floating>sigmoid(d)
             # -(y log a + (1-y) log(1-a)), written on the logit so it never overflows
             t[k] = (d if d > 0 else 0.0) - d * <double>y[k] + log1p(exp(-fabs(d)))
     return _sum(t, L)
@@ -544,9 +544,14 @@ cdef double _loss_span(const floating* z, const floating* b, const floating* y, 
 
 cdef double _cce_row(const floating* z, const floating* b, const floating* y, floating* a,
                      Py_ssize_t n, double* t) noexcept nogil:
-    """Softmax of one row into a and its cross-entropy, via log-sum-exp in float64."""
-    cdef Py_ssize_t k, k0, L
-    cdef double v, mx = -INFINITY, s = 0, lse, total = 0
+    """Softmax of one row into a and its cross-entropy, via log-sum-exp in float64.
+
+    Relative to the row's maximum: lse = log1p(rest), rest the sum of exp(z - max) without each
+    maximum's exact 1 (plus the maxima beyond the first), so the cost of a confident right
+    answer keeps its relative precision.  Mirrors fusednet.kernels.reference.loss_forward.
+    """
+    cdef Py_ssize_t k, k0, L, tops = 0
+    cdef double v, d, mx = -INFINITY, s = 0, lse, total = 0
     for k in range(n):
         v = <double>(z[k] + b[k])
         mx = v if v > mx else mx
@@ -554,15 +559,19 @@ cdef double _cce_row(const floating* z, const floating* b, const floating* y, fl
     while k0 < n:
         L = TILE if n - k0 > TILE else n - k0
         for k in range(L):
-            t[k] = exp(<double>(z[k0 + k] + b[k0 + k]) - mx)
+            d = <double>(z[k0 + k] + b[k0 + k]) - mx
+            t[k] = exp(d) - (1.0 if d == 0.0 else 0.0)
         s += _sum(t, L)
         k0 += L
-    lse = mx + log(s)
     for k in range(n):
-        v = <double>(z[k] + b[k])
-        total += <double>y[k] * (lse - v)
+        if <double>(z[k] + b[k]) == mx:
+            tops += 1
+    lse = log1p(s + <double>(tops - 1))
     for k in range(n):
-        a[k] = <floating>exp(<double>(z[k] + b[k]) - lse)
+        d = <double>(z[k] + b[k]) - mx
+        total += <double>y[k] * (lse - d)
+    for k in range(n):
+        a[k] = <floating>exp(<double>(z[k] + b[k]) - mx - lse)
     return total
 
 

@@ -37,10 +37,12 @@ cdef extern from *:
 
 # mirrors fusednet.kernels.reference.sigmoid
 cdef inline floating sigmoid(floating z) noexcept nogil:
+    cdef floating e
     if floating is float:
-        return <float>1 / (<float>1 + expf(-z))
+        e = expf(-fabsf(z))
     else:
-        return 1.0 / (1.0 + exp(-z))
+        e = exp(-fabs(z))
+    return (<floating>1 if z >= 0 else e) / (<floating>1 + e)
 
 
 # mirrors fusednet.kernels.reference.sigmoid_grad

@@ -1,6 +1,5 @@
 """Callbacks (EarlyStopping, Checkpoint) and the History record."""
 
-import importlib.util
 import json
 import sys
 
@@ -82,8 +81,6 @@ def test_early_stopping_arguments():
 
 
 def test_checkpoint_saves_every_n_epochs(tmp_path):
-    if importlib.util.find_spec("fusednet.io") is None:
-        pytest.skip("fusednet.io is not there yet")
     from fusednet.io import load_model
 
     X, y = data()

@@ -61,9 +61,13 @@ from ._codes import BCE, CCE, LEAKY_RELU, LINEAR, MSE, RELU, SIGMOID, SOFTMAX, T
 
 
 def sigmoid(z):
-    r""":math:`\sigma(z) = 1 / (1 + e^{-z})`."""
-    with np.errstate(over="ignore"):
-        return 1.0 / (1.0 + np.exp(-z))
+    r""":math:`\sigma(z) = 1 / (1 + e^{-z})`, computed from :math:`e = e^{-|z|}`.
+
+    :math:`1 / (1 + e)` for :math:`z \ge 0` and :math:`e / (1 + e)` below, so
+    nothing overflows and a result in the subnormal range is not flushed to 0.
+    """
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0, e) / (1.0 + e)
 
 
 def sigmoid_grad(a):
