@@ -1212,6 +1212,8 @@ ctypedef void (*dgemm_t)(char*, char*, int*, int*, int*, double*, double*, int*,
                          double*, double*, int*) noexcept nogil
 
 from libc.string cimport memcpy
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_GetName, PyCapsule_IsValid
+import numpy as np
 
 # single-precision products in AVX-512 where the variant is built for it (else FG_AVAILABLE is 0)
 cdef extern from "_gemm.h" nogil:
@@ -1781,252 +1783,543 @@ cdef int _step_core(floating* pp, const floating* gp, floating* s1, floating* s2
     return 0
 
 
-cdef int _setup(Net* net, Hyper* h, floating* P, floating* G, Py_ssize_t n_params,
-                const Py_ssize_t[:, ::1] layers, const double[:, ::1] slopes, const size_t[::1] bufs,
-                const floating* Xb, const floating* Yb, Py_ssize_t m, int loss, int kind,
-                double beta1, double beta2, double eps, Py_ssize_t n_decay, size_t gemm,
-                int n_threads, double[::1] bound) except -1:
-    cdef Py_ssize_t L = layers.shape[0], l
-    cdef int nt
-    if L < 1 or L > MAXL:
-        raise ValueError(f"a fused step takes 1 to {MAXL} Dense layers, got {L}")
-    if layers.shape[1] != 12 or slopes.shape[0] != L or slopes.shape[1] != 4 or bufs.shape[0] != 10 * L + 5:
-        raise ValueError(f"a fused step of {L} layers needs a ({L}, 12) layer table, a ({L}, 4) table of "
-                         f"slopes, scales, eps and momenta, and {10 * L + 5} buffers")
-    if loss < MSE or loss > CCE or kind < OPT_GD or kind > OPT_ADAM:
-        raise ValueError(f"unknown loss {loss} or optimiser {kind}")
-    nt = n_threads if FN_OPENMP else 1
-    nt = 1 if nt < 1 else (MAXT if nt > MAXT else nt)
-    if bound.shape[0] != 3:
-        raise ValueError(f"bound must hold 3 values (|w|, |state 1|, |state 2|), got {bound.shape[0]}")
-    net.L = <int>L
-    net.nt = nt
-    net.bound = &bound[0]
-    net.limit = (FLT_MAX if sizeof(floating) == sizeof(float) else DBL_MAX) / 4.0
-    net.loss = loss
-    net.m = m
-    net.gemm = gemm
-    for l in range(L):
-        if layers[l, 2] < LINEAR or layers[l, 2] > SOFTMAX:
-            raise ValueError(f"unknown activation code {layers[l, 2]}")
-        if (layers[l, 3] < 0 or layers[l, 3] + layers[l, 0] * layers[l, 1] > n_params
-                or layers[l, 4] + layers[l, 1] > n_params or (l > 0 and layers[l, 0] != layers[l - 1, 1])):
-            raise ValueError(f"layer {l} does not fit the arena of {n_params} parameters")
-        net.n[l] = layers[l, 0]
-        net.n[l + 1] = layers[l, 1]
-        net.act[l] = <int>layers[l, 2]
-        net.slope[l] = slopes[l, 0]
-        net.W[l] = <void*>(P + layers[l, 3])
-        net.dW[l] = <void*>(G + layers[l, 3])
-        if layers[l, 4] >= 0:
-            net.b[l] = <void*>(P + layers[l, 4])
-            net.db[l] = <void*>(G + layers[l, 4])
-        else:
-            net.b[l] = <void*>bufs[10 * L + 3]
-            net.db[l] = <void*>bufs[10 * L + 4]
-        net.has_bias[l] = layers[l, 4] >= 0
-        net.woff[l] = layers[l, 3]
-        net.boff[l] = layers[l, 4]
-        net.goff[l] = layers[l, 8] if layers[l, 7] != 0 else -1
-        net.betaoff[l] = layers[l, 9] if layers[l, 7] != 0 else -1
-        net.Z[l] = <void*>bufs[l]
-        net.drop[l] = layers[l, 5] >= 0 and l < L - 1 and bufs[L + l] != 0
-        if layers[l, 5] >= 0 and not net.drop[l]:
-            raise ValueError(f"layer {l}: dropout needs a hidden layer and an output buffer")
-        net.dindex[l] = layers[l, 5]
-        net.Dr[l] = <void*>bufs[L + l]
-        net.keep_all[l] = layers[l, 6] >= 4294967296
-        net.thr[l] = 0 if net.keep_all[l] else <uint32_t>layers[l, 6]
-        net.scale[l] = slopes[l, 1]
-        net.k1[l] = 0
-        net.k2[l] = 0
-        net.bn[l] = layers[l, 7] != 0
-        net.actnode[l] = layers[l, 10] != 0
-        if (net.bn[l] or net.actnode[l]) and (l == L - 1 or net.act[l] == SOFTMAX):
-            raise ValueError(f"layer {l}: BatchNorm and Activation layers follow hidden layers only")
-        if net.bn[l] and (layers[l, 8] < 0 or layers[l, 9] < 0 or layers[l, 8] + layers[l, 1] > n_params
-                          or layers[l, 9] + layers[l, 1] > n_params):
-            raise ValueError(f"layer {l}: gamma and beta do not fit the arena")
-        net.gamma[l] = <void*>(P + layers[l, 8]) if net.bn[l] else NULL
-        net.beta[l] = <void*>(P + layers[l, 9]) if net.bn[l] else NULL
-        net.dgamma[l] = <void*>(G + layers[l, 8]) if net.bn[l] else NULL
-        net.dbeta[l] = <void*>(G + layers[l, 9]) if net.bn[l] else NULL
-        net.xhat[l] = <void*>bufs[2 * L + l]
-        net.Bo[l] = <void*>bufs[3 * L + l]
-        net.Ao[l] = <void*>bufs[4 * L + l]
-        net.mean[l] = <void*>bufs[5 * L + l]
-        net.var[l] = <void*>bufs[6 * L + l]
-        net.invstd[l] = <void*>bufs[7 * L + l]
-        net.rmean[l] = <void*>bufs[8 * L + l]
-        net.rvar[l] = <void*>bufs[9 * L + l]
-        if (net.bn[l] and (bufs[2 * L + l] == 0 or bufs[3 * L + l] == 0 or bufs[5 * L + l] == 0
-                           or bufs[6 * L + l] == 0 or bufs[7 * L + l] == 0 or bufs[8 * L + l] == 0
-                           or bufs[9 * L + l] == 0)) or (net.actnode[l] and bufs[4 * L + l] == 0):
-            raise ValueError(f"layer {l}: a BatchNorm or Activation buffer is missing")
-        net.eps[l] = slopes[l, 2]
-        net.momentum[l] = slopes[l, 3]
-    net.A = <void*>bufs[10 * L]
-    net.D[0] = <void*>bufs[10 * L + 1]
-    net.D[1] = <void*>bufs[10 * L + 2]
-    net.zeros = <void*>bufs[10 * L + 3]
-    net.scratch = <void*>bufs[10 * L + 4]
-    net.X = <void*>Xb
-    # gathered steps skip copying the batch when both first-layer products read rows in place
-    net.in_place = _own(net, Xb, 0) and m <= MAXR and net.n[0] <= FG_MAX_K
-    net.Y = <void*>Yb
-    h.kind = kind
-    h.beta1 = beta1
-    h.beta2 = beta2
-    h.eps = eps
-    h.bc1 = 1.0
-    h.bc2 = 1.0
-    h.n_decay = _clip(n_decay, n_params)
-    return 0
+# ----------------------------------------------------------------------------------
+# the typed boundary: one plan per (model, batch capacity), small entry points
+# ----------------------------------------------------------------------------------
+
+ctypedef struct LayerSpec:       # mirrors fusednet.kernels._plan.LAYER_DTYPE field by field
+    Py_ssize_t n_in
+    Py_ssize_t n_out
+    Py_ssize_t w_off             # arena offsets; -1: none
+    Py_ssize_t b_off
+    Py_ssize_t gamma_off         # a BatchNorm between the product and the activation
+    Py_ssize_t beta_off
+    Py_ssize_t drop_index        # the Dropout layer after it (its dropout_key counter); -1: none
+    uint64_t drop_threshold      # keep an element when its 32-bit hash is below; 2**32: keep all
+    int act                      # fusednet.kernels._codes activation code
+    int act_node                 # 1: the activation is an Activation layer of its own
+    double slope                 # leaky ReLU
+    double drop_scale            # 1 / keep_prob
+    double bn_eps
+    double bn_momentum
 
 
-def dense_step(floating[::1] P,                 # IN/OUT (n_params,) the parameter arena
-               floating[::1] G,                 # OUT    (n_params,) the gradient arena
-               floating[::1] S1,                # IN/OUT optimiser state 1 (or length 0)
-               floating[::1] S2,                # IN/OUT optimiser state 2 (or length 0)
-               const Py_ssize_t[:, ::1] layers, # IN (L, 12): n_in, n_out, act, W offset, b offset (-1: none),
-                                                #   the index of a Dropout after the layer (-1: none), its
-                                                #   threshold, BatchNorm (0/1), gamma and beta offsets,
-                                                #   Activation layer (0/1), 0
-               const double[:, ::1] slopes,     # IN (L, 4): leaky-ReLU slope, dropout scale 1 / keep_prob,
-                                                #   BatchNorm eps and momentum
-               const size_t[::1] bufs,          # IN addresses, L each (0: none): Z, Dr, xhat, BatchNorm out,
-                                                #   Activation out, mean, var, invstd, running mean,
-                                                #   running var; then A, D0, D1, zeros, scratch
-               const uint64_t[::1] keys,        # IN (L,) the dropout key of each layer followed by one
-               const floating[:, ::1] Xb,       # IN (m, n_in) the batch; OUT when idx is given (unless the
-                                                #   first layer reads X's rows in place: float32, AVX-512)
-               const floating[:, ::1] Yb,       # IN (m, n_out) its targets; OUT when idx is given
-               const floating[:, ::1] X,        # IN the data to gather rows from (ignored when idx is empty)
-               const floating[:, ::1] Y,        # IN its targets
-               const Py_ssize_t[::1] idx,       # IN (m,) rows to gather, or length 0
-               int loss, double lam,
-               int kind, double lr, double beta1, double beta2, double eps, double bc1, double bc2,
-               Py_ssize_t n_decay, size_t gemm,
-               double[::1] out,                 # OUT (2,): the cost (L2 included), sum of g^2
-               int n_threads,
-               double[::1] bound):              # IN/OUT (3,) bounds of |w|, |state 1|, |state 2| (inf: unknown)
-    """One training step of a Dense stack; returns 0 (updated), else nothing changed and 1 (cost not
-    finite), 2 (gradient), 3 (the update would overflow) or 4 (a batch-norm statistic)."""
-    cdef Net net
-    cdef Hyper h
-    cdef int status
-    cdef bint gather = idx.shape[0] > 0
-    cdef Py_ssize_t m = Xb.shape[0]
-    if m < 1 or Yb.shape[0] != m or (gather and idx.shape[0] != m):
-        raise ValueError("a fused step needs m >= 1 rows in Xb, Yb (and idx)")
-    if G.shape[0] != P.shape[0] or out.shape[0] < 2 or keys.shape[0] != layers.shape[0]:
-        raise ValueError("G must match P, keys must hold one key per layer and out 2 values")
-    _setup(&net, &h, &P[0], &G[0], P.shape[0], layers, slopes, bufs, &Xb[0, 0], &Yb[0, 0], m, loss,
-           kind, beta1, beta2, eps, n_decay, gemm, n_threads, bound)
-    cdef int l
-    for l in range(net.L):
-        _set_key(&net, l, keys[l])
-    h.lr = lr
-    h.bc1 = bc1
-    h.bc2 = bc2
-    cdef const floating* xp = &X[0, 0] if gather else NULL
-    cdef const floating* yp = &Y[0, 0] if gather else NULL
-    cdef const Py_ssize_t* ip = &idx[0] if gather else NULL
-    cdef floating* s1 = &S1[0] if S1.shape[0] > 0 else NULL
-    cdef floating* s2 = &S2[0] if S2.shape[0] > 0 else NULL
-    with nogil:
-        if not (bound[0] < INFINITY):
-            _refresh_bounds(&P[0], s1, s2, P.shape[0], &bound[0])
-        status = _step_core(&P[0], &G[0], s1, s2, &net, &h, lam, P.shape[0], xp, yp, ip, &out[0])
-    return status
+ctypedef struct OptSpec:         # mirrors fusednet.kernels._plan.OPT_DTYPE field by field
+    int kind                     # _codes.OPT_*
+    int bias_correction          # 0 none, 1 the first moment (momentum), 2 both (Adam)
+    double beta1
+    double beta2
+    double eps
+    Py_ssize_t t                 # steps taken before this call
 
 
-def dense_epoch(floating[::1] P,                 # IN/OUT (n_params,) the parameter arena
-                floating[::1] G,                 # OUT    (n_params,) the gradient arena
-                floating[::1] S1,                # IN/OUT optimiser state 1 (or length 0)
-                floating[::1] S2,                # IN/OUT optimiser state 2 (or length 0)
-                const Py_ssize_t[:, ::1] layers, # IN (L, 12), as dense_step
-                const double[:, ::1] slopes,     # IN (L, 4), as dense_step
-                const size_t[::1] bufs,          # IN as dense_step, for batches of up to B rows
-                floating[:, ::1] Xb,             # OUT (B, n_in) the batch buffer
-                floating[:, ::1] Yb,             # OUT (B, n_out) its targets
-                const floating[:, ::1] X,        # IN (M, n_in) the data
-                const floating[:, ::1] Y,        # IN (M, n_out) its targets
-                const Py_ssize_t[::1] perm,      # IN (M,) the epoch's order of the rows
-                const double[::1] lrs,           # IN (steps,) the learning rate of each step
-                int loss, double lam,
-                int kind, double beta1, double beta2, double eps, int bias_correction,
-                Py_ssize_t t0, Py_ssize_t n_decay, size_t gemm,
-                uint64_t dseed,                  # IN dropout_key(seed, epoch): step i's dropout key of the
-                                                 #    Dropout layer d is splitmix64(splitmix64(dseed ^ i) ^ d)
-                double[::1] costs,               # OUT (steps,) the cost of each step
-                Py_ssize_t[::1] pred,            # OUT (M,) argmax (softmax) or A > 0.5 (one sigmoid), or length 0
-                int n_threads,
-                double[::1] bound):              # IN/OUT as dense_step
-    """All the mini-batches of one epoch, as dense_step each, with no Python between them.
+def layouts():
+    """``{name: (itemsize, {field: offset})}`` of the C structs the plan's dtypes mirror."""
+    cdef LayerSpec ls
+    cdef OptSpec os_
+    cdef size_t b = <size_t>&ls
+    cdef size_t o = <size_t>&os_
+    return {
+        "LayerSpec": (sizeof(LayerSpec), {
+            "n_in": <size_t>&ls.n_in - b, "n_out": <size_t>&ls.n_out - b, "w_off": <size_t>&ls.w_off - b,
+            "b_off": <size_t>&ls.b_off - b, "gamma_off": <size_t>&ls.gamma_off - b,
+            "beta_off": <size_t>&ls.beta_off - b, "drop_index": <size_t>&ls.drop_index - b,
+            "drop_threshold": <size_t>&ls.drop_threshold - b, "act": <size_t>&ls.act - b,
+            "act_node": <size_t>&ls.act_node - b, "slope": <size_t>&ls.slope - b,
+            "drop_scale": <size_t>&ls.drop_scale - b, "bn_eps": <size_t>&ls.bn_eps - b,
+            "bn_momentum": <size_t>&ls.bn_momentum - b}),
+        "OptSpec": (sizeof(OptSpec), {
+            "kind": <size_t>&os_.kind - o, "bias_correction": <size_t>&os_.bias_correction - o,
+            "beta1": <size_t>&os_.beta1 - o, "beta2": <size_t>&os_.beta2 - o, "eps": <size_t>&os_.eps - o,
+            "t": <size_t>&os_.t - o}),
+    }
 
-    Step i takes rows perm[i * B:(i + 1) * B] (the last one may be partial) and the
-    optimiser's step count t0 + i + 1; bias_correction: 0 none, 1 beta1 (momentum),
-    2 both (Adam).  Returns (steps applied, status of the first step that was not, its cost).
+
+def codes():
+    """The codes compiled in, by name, for the test that pins them to fusednet.kernels._codes."""
+    return {"LINEAR": LINEAR, "SIGMOID": SIGMOID, "TANH": TANH, "RELU": RELU, "LEAKY_RELU": LEAKY_RELU,
+            "SOFTMAX": SOFTMAX, "MSE": MSE, "BCE": BCE, "CCE": CCE, "OPT_GD": OPT_GD,
+            "OPT_MOMENTUM": OPT_MOMENTUM, "OPT_RMSPROP": OPT_RMSPROP, "OPT_ADAM": OPT_ADAM}
+
+
+_STRUCTS = None
+#: (NumPy kind, bytes) of each field of the structs above
+_FIELD_TYPES = {
+    "LayerSpec": dict(n_in=("i", sizeof(Py_ssize_t)), n_out=("i", sizeof(Py_ssize_t)),
+                      w_off=("i", sizeof(Py_ssize_t)), b_off=("i", sizeof(Py_ssize_t)),
+                      gamma_off=("i", sizeof(Py_ssize_t)), beta_off=("i", sizeof(Py_ssize_t)),
+                      drop_index=("i", sizeof(Py_ssize_t)), drop_threshold=("u", 8), act=("i", sizeof(int)),
+                      act_node=("i", sizeof(int)), slope=("f", 8), drop_scale=("f", 8), bn_eps=("f", 8),
+                      bn_momentum=("f", 8)),
+    "OptSpec": dict(kind=("i", sizeof(int)), bias_correction=("i", sizeof(int)), beta1=("f", 8),
+                    beta2=("f", 8), eps=("f", 8), t=("i", sizeof(Py_ssize_t))),
+}
+_CHECKED = {}  # struct -> the last dtype found to mirror it (the common case: the same dtype object)
+
+
+cdef const unsigned char* _records(object table, str struct, str what, Py_ssize_t count) except NULL:
+    """The data of a NumPy structured array whose dtype mirrors ``struct``, field by field."""
+    global _STRUCTS
+    if _STRUCTS is None:
+        _STRUCTS = layouts()
+    size, offsets = _STRUCTS[struct]
+    dtype = getattr(table, "dtype", None)
+    if dtype is not None and dtype is _CHECKED.get(struct):
+        pass
+    elif dtype is None or dtype.names is None:
+        raise ValueError(f"{what} must be a structured array mirroring {struct}, got {type(table).__name__}")
+    else:
+        if tuple(dtype.names) != tuple(offsets):
+            raise ValueError(f"{what}: the fields {dtype.names} are not {struct}'s {tuple(offsets)}")
+        for name, off in offsets.items():
+            if dtype.fields[name][1] != off:
+                raise ValueError(f"{what}: field {name!r} is at byte {dtype.fields[name][1]}, "
+                                 f"{struct} has it at {off}")
+        for name, want in _FIELD_TYPES[struct].items():
+            got = dtype.fields[name][0]
+            if (got.kind, got.itemsize) != want:
+                raise ValueError(f"{what}: field {name!r} is {got}, {struct} has a {want[0]}{want[1] * 8}")
+        if dtype.itemsize != size:
+            raise ValueError(f"{what}: records of {dtype.itemsize} bytes, {struct} has {size}")
+        _CHECKED[struct] = dtype
+    if table.ndim != 1 or table.shape[0] != count or not table.flags.c_contiguous:
+        raise ValueError(f"{what} must be a contiguous 1-D array of {count} records, got shape {table.shape}")
+    cdef const unsigned char[::1] raw = table.view("u1")
+    return &raw[0]
+
+
+cdef void* _data(object arr, object dtype, Py_ssize_t need, str what, bint writable=True) except NULL:
+    """The data of ``arr``: an ndarray of ``dtype``, C-contiguous (writable), with >= ``need`` values."""
+    cdef float[::1] f32
+    cdef double[::1] f64
+    cdef const float[::1] c32
+    cdef const double[::1] c64
+    if getattr(arr, "dtype", None) != dtype or not hasattr(arr, "flags"):
+        raise ValueError(f"{what} must be an ndarray of {dtype}, got "
+                         f"{getattr(arr, 'dtype', type(arr).__name__)}")
+    if not arr.flags.c_contiguous or (writable and not arr.flags.writeable):
+        raise ValueError(f"{what} must be C-contiguous{' and writable' if writable else ''}")
+    if arr.size < need or arr.size == 0:
+        raise ValueError(f"{what} holds {arr.size} values; the plan needs {need}")
+    flat = arr.reshape(-1)
+    if writable:
+        if dtype.itemsize == 4:
+            f32 = flat
+            return &f32[0]
+        f64 = flat
+        return &f64[0]
+    if dtype.itemsize == 4:
+        c32 = flat
+        return <void*>&c32[0]
+    c64 = flat
+    return <void*>&c64[0]
+
+
+cdef class StepPlan:
+    """A Dense stack as the compiled step walks it: layer records, arenas and workspace, checked once.
+
+    Built once per (model, batch capacity) by ``fusednet._fused``.  ``layers`` is a
+    structured array of ``LAYER_DTYPE`` (fusednet.kernels._plan), one record per Dense
+    layer; the arrays are the model's parameter and gradient arenas, the optimiser's
+    state (empty for GD) and the workspace buffers for up to ``rows`` rows, by name:
+    per layer (a list, None where the layer has none) ``Z``, ``Dr`` (after dropout),
+    ``xhat``, ``Bo`` (BatchNorm's output), ``Ao`` (an Activation layer's output),
+    ``mean``, ``var``, ``invstd``, ``rmean``, ``rvar``; and ``A`` (the output),
+    ``D0``, ``D1`` (deltas), ``zeros``, ``scratch`` (the widest layer each).  Every
+    record and array is checked here; a mismatch raises ValueError naming it.
     """
     cdef Net net
     cdef Hyper h
-    cdef Py_ssize_t B = Xb.shape[0], M = X.shape[0], n_out, steps, i, s, e, r, j, best
-    cdef int status = 0
-    cdef double tt
+    cdef double _lam
+    cdef readonly object dtype
+    cdef readonly Py_ssize_t rows, n_params, n_layers
+    cdef int isz                 # 4: float32, 8: float64
+    cdef readonly object bound
+    cdef public uint64_t dropout_seed
+    cdef void* P
+    cdef void* G
+    cdef void* S1
+    cdef void* S2
+    cdef object _refs
+    cdef object _batch_x, _batch_y
+    cdef object _last_xb, _last_yb         # the batch of the last call (views the trainer reuses)
+    cdef Py_ssize_t _last_m
+    cdef void* _last_xp
+    cdef void* _last_yp
+    cdef bint _last_in_place
+
+    def __init__(self, layers, *, params, grads, state1, state2, buffers, gemm, Py_ssize_t rows, int loss,
+                 double l2, Py_ssize_t n_decay, int n_threads):
+        cdef Py_ssize_t L = layers.shape[0] if hasattr(layers, "shape") and len(layers.shape) == 1 else 0
+        cdef const LayerSpec* spec
+        cdef Py_ssize_t l, n, widest, isz, n_params
+        cdef int nt
+        cdef Net* net
+        cdef char* P
+        cdef char* G
+        cdef bint bn, drop
+        cdef void* ptr
+        cdef double[::1] bnd
+        if L < 1 or L > MAXL:
+            raise ValueError(f"layers: a fused step takes 1 to {MAXL} Dense layers, got {L}")
+        spec = <const LayerSpec*>_records(layers, "LayerSpec", "layers", L)
+        dtype = getattr(params, "dtype", None)
+        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(f"params must be a float32 or float64 arena, got {dtype}")
+        if rows < 1 or rows > (1 << 40):
+            raise ValueError(f"rows must be >= 1, got {rows}")
+        if loss < MSE or loss > CCE:
+            raise ValueError(f"loss: unknown loss code {loss}")
+        self.dtype = dtype
+        self.isz = dtype.itemsize
+        self.rows = rows
+        self.n_layers = L
+        self.n_params = params.size
+        self._refs = [layers, params, grads, state1, state2, buffers]
+        self.P = _data(params, dtype, 1, "params")
+        self.G = _data(grads, dtype, params.size, "grads")
+        if grads.size != params.size:
+            raise ValueError(f"grads holds {grads.size} values, params {params.size}")
+        self.S1 = _data(state1, dtype, params.size, "state1") if state1.size else NULL
+        self.S2 = _data(state2, dtype, params.size, "state2") if state2.size else NULL
+        nt = n_threads if FN_OPENMP else 1
+        nt = 1 if nt < 1 else (MAXT if nt > MAXT else nt)
+        net = &self.net
+        net.L = <int>L
+        net.nt = nt
+        net.loss = loss
+        net.m = rows
+        if type(gemm).__name__ != "PyCapsule" or not PyCapsule_IsValid(gemm, PyCapsule_GetName(gemm)):
+            raise ValueError(f"gemm must be scipy.linalg.cython_blas's ?gemm capsule, got {type(gemm).__name__}")
+        name = PyCapsule_GetName(gemm)
+        want = (b"cython_blas_s *" if dtype.itemsize == 4 else b"cython_blas_d *")
+        if not name.startswith(b"void (char *, char *, int *, int *, int *, ") or want not in name:
+            raise ValueError(f"gemm must be scipy.linalg.cython_blas's {'s' if dtype.itemsize == 4 else 'd'}gemm "
+                             f"for {dtype} arrays, got a capsule of {name[:60]!r}")
+        net.gemm = <size_t>PyCapsule_GetPointer(gemm, name)
+        net.limit = (FLT_MAX if dtype.itemsize == 4 else DBL_MAX) / 4.0
+        self.bound = np.full(3, np.inf)
+        bnd = self.bound
+        net.bound = &bnd[0]
+        isz = dtype.itemsize
+        n_params = params.size
+        P = <char*>self.P
+        G = <char*>self.G
+        widest = 0
+
+        def per_layer(name, l):
+            lst = buffers.get(name)
+            arr = None if lst is None or len(lst) <= l else lst[l]
+            if arr is None:
+                raise ValueError(f"buffers[{name!r}][{l}] is missing: layer {l} needs one")
+            return arr
+
+        for l in range(L):
+            rec = f"layers[{l}]"
+            if spec[l].n_in < 1 or spec[l].n_out < 1:
+                raise ValueError(f"{rec}.n_in and n_out must be >= 1, got {spec[l].n_in}, {spec[l].n_out}")
+            if l > 0 and spec[l].n_in != spec[l - 1].n_out:
+                raise ValueError(f"{rec}.n_in is {spec[l].n_in}, the layer below has n_out {spec[l - 1].n_out}")
+            if spec[l].act < LINEAR or spec[l].act > SOFTMAX or (spec[l].act == SOFTMAX and l < L - 1):
+                raise ValueError(f"{rec}.act: {spec[l].act} is not an activation code of this layer")
+            if spec[l].w_off < 0 or spec[l].w_off + spec[l].n_in * spec[l].n_out > n_params:
+                raise ValueError(f"{rec}.w_off: W of {spec[l].n_in} x {spec[l].n_out} at {spec[l].w_off} "
+                                 f"does not fit the arena of {n_params}")
+            if spec[l].b_off >= 0 and spec[l].b_off + spec[l].n_out > n_params:
+                raise ValueError(f"{rec}.b_off: b at {spec[l].b_off} does not fit the arena of {n_params}")
+            bn = spec[l].gamma_off >= 0
+            if bn and (spec[l].beta_off < 0 or spec[l].gamma_off + spec[l].n_out > n_params
+                       or spec[l].beta_off + spec[l].n_out > n_params):
+                raise ValueError(f"{rec}.gamma_off/beta_off: gamma and beta do not fit the arena of {n_params}")
+            if (bn or spec[l].act_node) and (l == L - 1 or spec[l].act == SOFTMAX):
+                raise ValueError(f"{rec}: BatchNorm and Activation layers follow hidden layers only")
+            drop = spec[l].drop_index >= 0
+            if drop and l == L - 1:
+                raise ValueError(f"{rec}.drop_index: dropout follows hidden layers only")
+            if drop and not (0.0 < spec[l].drop_scale < INFINITY):
+                raise ValueError(f"{rec}.drop_scale must be 1 / keep_prob, got {spec[l].drop_scale}")
+            if bn and not (spec[l].bn_eps > 0.0 and 0.0 <= spec[l].bn_momentum < 1.0):
+                raise ValueError(f"{rec}.bn_eps / bn_momentum: got {spec[l].bn_eps}, {spec[l].bn_momentum}")
+            n = spec[l].n_out
+            widest = n if n > widest else widest
+            net.n[l] = spec[l].n_in
+            net.n[l + 1] = n
+            net.act[l] = spec[l].act
+            net.slope[l] = spec[l].slope
+            net.W[l] = <void*>(P + spec[l].w_off * isz)
+            net.dW[l] = <void*>(G + spec[l].w_off * isz)
+            net.has_bias[l] = spec[l].b_off >= 0
+            net.woff[l] = spec[l].w_off
+            net.boff[l] = spec[l].b_off
+            if net.has_bias[l]:
+                net.b[l] = <void*>(P + spec[l].b_off * isz)
+                net.db[l] = <void*>(G + spec[l].b_off * isz)
+            net.bn[l] = bn
+            net.goff[l] = spec[l].gamma_off if bn else -1
+            net.betaoff[l] = spec[l].beta_off if bn else -1
+            net.gamma[l] = <void*>(P + spec[l].gamma_off * isz) if bn else NULL
+            net.beta[l] = <void*>(P + spec[l].beta_off * isz) if bn else NULL
+            net.dgamma[l] = <void*>(G + spec[l].gamma_off * isz) if bn else NULL
+            net.dbeta[l] = <void*>(G + spec[l].beta_off * isz) if bn else NULL
+            net.actnode[l] = spec[l].act_node != 0
+            net.drop[l] = drop
+            net.dindex[l] = spec[l].drop_index
+            net.keep_all[l] = spec[l].drop_threshold >= 4294967296ULL
+            net.thr[l] = 0 if net.keep_all[l] else <uint32_t>spec[l].drop_threshold
+            net.scale[l] = spec[l].drop_scale if drop else 1.0
+            net.k1[l] = 0
+            net.k2[l] = 0
+            net.eps[l] = spec[l].bn_eps
+            net.momentum[l] = spec[l].bn_momentum
+            net.Z[l] = _data(per_layer("Z", l), dtype, rows * n, f"buffers['Z'][{l}]")
+            net.Dr[l] = _data(per_layer("Dr", l), dtype, rows * n, f"buffers['Dr'][{l}]") if drop else NULL
+            for name, need, cond, target in (("xhat", rows * n, bn, 0), ("Bo", rows * n, bn, 1),
+                                             ("mean", n, bn, 2), ("var", n, bn, 3), ("invstd", n, bn, 4),
+                                             ("rmean", n, bn, 5), ("rvar", n, bn, 6),
+                                             ("Ao", rows * n, spec[l].act_node != 0, 7)):
+                ptr = _data(per_layer(name, l), dtype, need, f"buffers[{name!r}][{l}]") if cond else NULL
+                if target == 0:
+                    net.xhat[l] = ptr
+                elif target == 1:
+                    net.Bo[l] = ptr
+                elif target == 2:
+                    net.mean[l] = ptr
+                elif target == 3:
+                    net.var[l] = ptr
+                elif target == 4:
+                    net.invstd[l] = ptr
+                elif target == 5:
+                    net.rmean[l] = ptr
+                elif target == 6:
+                    net.rvar[l] = ptr
+                else:
+                    net.Ao[l] = ptr
+        net.A = _data(buffers.get("A"), dtype, rows * net.n[L], "buffers['A']")
+        net.D[0] = _data(buffers.get("D0"), dtype, rows * widest, "buffers['D0']")
+        net.D[1] = _data(buffers.get("D1"), dtype, rows * widest, "buffers['D1']")
+        net.zeros = _data(buffers.get("zeros"), dtype, widest, "buffers['zeros']")
+        net.scratch = _data(buffers.get("scratch"), dtype, widest, "buffers['scratch']")
+        for l in range(L):
+            if not net.has_bias[l]:
+                net.b[l] = net.zeros
+                net.db[l] = net.scratch
+        # the batch buffers a whole epoch gathers into (optional for single steps)
+        self._batch_x, self._batch_y = buffers.get("X"), buffers.get("Y")
+        if self._batch_x is not None or self._batch_y is not None:
+            for name, arr, width in (("X", self._batch_x, net.n[0]), ("Y", self._batch_y, net.n[L])):
+                if getattr(arr, "shape", None) != (rows, width):
+                    raise ValueError(f"buffers[{name!r}] must be ({rows}, {width}), got {getattr(arr, 'shape', None)}")
+                _data(arr, dtype, rows * width, f"buffers[{name!r}]")
+        if not (l2 >= 0.0 and l2 < INFINITY):
+            raise ValueError(f"l2 must be finite and >= 0, got {l2}")
+        self.h.l2 = 0.0
+        self.h.n_decay = _clip(n_decay, n_params)
+        self._lam = l2
+        self.dropout_seed = 0
+
+    @property
+    def l2(self):
+        """The model's L2 coefficient the plan was built for."""
+        return self._lam
+
+    def reset_bounds(self):
+        """Forget the bounds of |w| and the optimiser state: the next call reads them off the arenas."""
+        self.bound.fill(np.inf)
+
+
+cdef void _bias_corrections(const OptSpec* o, Py_ssize_t t, Hyper* h) noexcept nogil:
+    """bc1 = 1 - beta1^t (momentum with correction, Adam), bc2 = 1 - beta2^t (Adam); else 1.
+
+    Mirrors fusednet.optim.bias_correction."""
+    h.bc1 = 1.0 - pow(o.beta1, <double>t) if o.bias_correction >= 1 else 1.0
+    h.bc2 = 1.0 - pow(o.beta2, <double>t) if o.bias_correction >= 2 else 1.0
+
+
+cdef const OptSpec* _opt_spec(StepPlan plan, object opt) except NULL:
+    cdef const OptSpec* o = <const OptSpec*>_records(opt, "OptSpec", "opt", 1)
+    if o.kind < OPT_GD or o.kind > OPT_ADAM:
+        raise ValueError(f"opt.kind: unknown optimiser code {o.kind}")
+    if o.bias_correction < 0 or o.bias_correction > 2 or o.t < 0:
+        raise ValueError(f"opt.bias_correction must be 0, 1 or 2 and opt.t >= 0, got {o.bias_correction}, {o.t}")
+    if (o.kind != OPT_GD and plan.S1 == NULL) or (o.kind == OPT_ADAM and plan.S2 == NULL):
+        raise ValueError(f"opt.kind {o.kind} needs the optimiser state the plan was built without")
+    plan.h.kind = o.kind
+    plan.h.beta1 = o.beta1
+    plan.h.beta2 = o.beta2
+    plan.h.eps = o.eps
+    return o
+
+
+cdef int _batch(StepPlan plan, object Xb, object Yb, Py_ssize_t m) except -1:
+    """Point the plan at a batch of m rows (Xb (m, n_in), Yb (m, n_out) of the plan's dtype)."""
+    cdef Net* net = &plan.net
+    if Xb is plan._last_xb and Yb is plan._last_yb and m == plan._last_m:  # the same views as the last step
+        net.X = plan._last_xp
+        net.Y = plan._last_yp
+        net.m = m
+        net.in_place = plan._last_in_place
+        return 0
+    if m < 1 or m > plan.rows:
+        raise ValueError(f"a step takes 1 to {plan.rows} rows (the plan's capacity), got {m}")
+    if getattr(Xb, "shape", None) != (m, net.n[0]) or getattr(Yb, "shape", None) != (m, net.n[net.L]):
+        raise ValueError(f"Xb and Yb must be ({m}, {net.n[0]}) and ({m}, {net.n[net.L]}), got "
+                         f"{getattr(Xb, 'shape', None)} and {getattr(Yb, 'shape', None)}")
+    net.X = _data(Xb, plan.dtype, m * net.n[0], "Xb", False)  # written only when gathered into
+    net.Y = _data(Yb, plan.dtype, m * net.n[net.L], "Yb", False)
+    net.m = m
+    if plan.isz == 4:
+        net.in_place = _own(net, <const float*>net.X, 0) and m <= MAXR and net.n[0] <= FG_MAX_K
+    else:
+        net.in_place = False
+    plan._last_xb, plan._last_yb, plan._last_m = Xb, Yb, m
+    plan._last_xp, plan._last_yp, plan._last_in_place = net.X, net.Y, net.in_place
+    return 0
+
+
+def dense_step(StepPlan plan,               # IN/OUT the model, its arenas and workspace
+               opt,                         # IN an OPT_DTYPE record: the optimiser and its step count
+               Xb, Yb,                      # IN (m, n_in), (m, n_out) the batch; OUT when gathered
+               gather,                      # None, or (X, Y, idx): gather rows idx of X, Y into Xb, Yb
+               double lr,
+               const uint64_t[::1] keys,    # IN (L,) the dropout key of each layer followed by one
+               double[::1] out):            # OUT (2,): the cost (L2 included), sum of g^2
+    """One training step of a Dense stack; returns 0 (updated), else nothing changed and 1 (cost not
+    finite), 2 (gradient), 3 (the update would overflow) or 4 (a batch-norm statistic)."""
+    cdef Net* net = &plan.net
+    cdef const OptSpec* o = _opt_spec(plan, opt)
+    cdef Py_ssize_t m = getattr(Xb, "shape", (0,))[0], l
+    cdef int status
+    cdef const void* xp = NULL
+    cdef const void* yp = NULL
+    cdef const Py_ssize_t[::1] idx
+    cdef const Py_ssize_t* ip = NULL
+    if out.shape[0] < 2 or keys.shape[0] != net.L:
+        raise ValueError(f"keys must hold one key per layer ({net.L}) and out 2 values")
+    _batch(plan, Xb, Yb, m)
+    if gather is not None:
+        X, Y, idx_ = gather
+        if getattr(X, "ndim", 0) != 2 or X.shape[1] != net.n[0] or getattr(Y, "shape", (0, 0))[1:] != (net.n[net.L],) \
+                or Y.shape[0] != X.shape[0]:
+            raise ValueError("gather: X and Y must have the model's input and output widths, and as many rows")
+        idx = idx_
+        if idx.shape[0] != m:
+            raise ValueError(f"gather: idx must hold {m} rows, got {idx.shape[0]}")
+        for l in range(m):
+            if idx[l] < 0 or idx[l] >= X.shape[0]:
+                raise ValueError(f"gather: idx[{l}] = {idx[l]} is not a row of X")
+        xp = _data(X, plan.dtype, 1, "gather X", False)
+        yp = _data(Y, plan.dtype, 1, "gather Y", False)
+        ip = &idx[0]
+    for l in range(net.L):
+        _set_key(net, <int>l, keys[l])
+    plan.h.lr = lr
+    _bias_corrections(o, o.t + 1, &plan.h)
+    with nogil:
+        if not (net.bound[0] < INFINITY):
+            _refresh(plan)
+        if plan.isz == 4:
+            status = _step_core(<float*>plan.P, <float*>plan.G, <float*>plan.S1, <float*>plan.S2, net,
+                                &plan.h, plan._lam, plan.n_params, <const float*>xp, <const float*>yp, ip,
+                                &out[0])
+        else:
+            status = _step_core(<double*>plan.P, <double*>plan.G, <double*>plan.S1, <double*>plan.S2, net,
+                                &plan.h, plan._lam, plan.n_params, <const double*>xp, <const double*>yp, ip,
+                                &out[0])
+    return status
+
+
+cdef void _refresh(StepPlan plan) noexcept nogil:
+    if plan.isz == 4:
+        _refresh_bounds(<float*>plan.P, <float*>plan.S1, <float*>plan.S2, plan.n_params, plan.net.bound)
+    else:
+        _refresh_bounds(<double*>plan.P, <double*>plan.S1, <double*>plan.S2, plan.n_params, plan.net.bound)
+
+
+cdef void _predictions(Net* net, const void* A_, int itemsize, Py_ssize_t[::1] pred, Py_ssize_t s,
+                       Py_ssize_t rows) noexcept nogil:
+    """pred[s + r] = argmax (softmax) or A > 0.5 (one sigmoid) of the output's rows."""
+    cdef Py_ssize_t r, j, best, n_out = net.n[net.L]
+    cdef const float* a32 = <const float*>A_
+    cdef const double* a64 = <const double*>A_
+    for r in range(rows):
+        if net.loss == CCE:
+            best = 0
+            for j in range(1, n_out):
+                if (a32[r * n_out + j] > a32[r * n_out + best]) if itemsize == 4 else \
+                        (a64[r * n_out + j] > a64[r * n_out + best]):
+                    best = j
+            pred[s + r] = best
+        else:
+            pred[s + r] = 1 if ((a32[r * n_out] > 0.5) if itemsize == 4 else (a64[r * n_out] > 0.5)) else 0
+
+
+def dense_epoch(StepPlan plan,               # IN/OUT as dense_step; its buffers X, Y hold each batch
+                opt,                         # IN an OPT_DTYPE record (t: the steps taken before the epoch)
+                X, Y,                        # IN (M, n_in), (M, n_out) the data and its targets
+                const Py_ssize_t[::1] perm,  # IN (M,) the epoch's order of the rows
+                const double[::1] lrs,       # IN (steps,) the learning rate of each step
+                double[::1] costs,           # OUT (steps,) the cost of each step
+                Py_ssize_t[::1] pred):       # OUT (M,) argmax (softmax) or A > 0.5 (one sigmoid), or length 0
+    """All the mini-batches of one epoch, as dense_step each, with no Python between them.
+
+    Step i takes rows perm[i * B:(i + 1) * B] of X, Y (B = the plan's rows; the last batch may be
+    partial) into the plan's buffers X, Y, and the optimiser's step count opt.t + i + 1; step i's
+    dropout key of the Dropout layer d is splitmix64(splitmix64(plan.dropout_seed ^ i) ^ d).
+    Returns (steps applied, status of the first step that was not, its cost).
+    """
+    cdef Net* net = &plan.net
+    cdef const OptSpec* o = _opt_spec(plan, opt)
+    cdef Py_ssize_t B = plan.rows, M = getattr(X, "shape", (0,))[0], steps, i, s, e
+    cdef int status = 0, l, isz = plan.isz
     cdef double res[2]
     cdef uint64_t x
-    cdef int l
-    cdef const floating* A
-    if B < 1 or Yb.shape[0] != B or Y.shape[0] != M or perm.shape[0] != M or M < 1:
-        raise ValueError("a fused epoch needs B >= 1 buffer rows, and X, Y, perm of M >= 1 rows")
+    cdef const void* xp
+    cdef const void* yp
+    if M < 1 or getattr(X, "shape", None) != (M, net.n[0]) or getattr(Y, "shape", None) != (M, net.n[net.L]):
+        raise ValueError(f"X and Y must be (M, {net.n[0]}) and (M, {net.n[net.L]}) with M >= 1")
+    if perm.shape[0] != M:
+        raise ValueError(f"perm must hold {M} rows, got {perm.shape[0]}")
     steps = (M + B - 1) // B
-    if lrs.shape[0] != steps or costs.shape[0] != steps or G.shape[0] != P.shape[0]:
+    if lrs.shape[0] != steps or costs.shape[0] != steps:
         raise ValueError(f"{M} rows in batches of {B} make {steps} steps: lrs and costs must hold that many")
     if pred.shape[0] != 0 and pred.shape[0] != M:
         raise ValueError("pred must have one entry per row, or none")
-    if X.shape[1] != layers[0, 0] or Y.shape[1] != layers[layers.shape[0] - 1, 1]:
-        raise ValueError("X and Y must have the model's input and output widths")
     for i in range(M):
         if perm[i] < 0 or perm[i] >= M:
             raise ValueError(f"perm[{i}] = {perm[i]} is not a row of X")
-    _setup(&net, &h, &P[0], &G[0], P.shape[0], layers, slopes, bufs, &Xb[0, 0], &Yb[0, 0], B, loss,
-           kind, beta1, beta2, eps, n_decay, gemm, n_threads, bound)
-    n_out = net.n[net.L]
-    A = <floating*>net.A
-    cdef floating* s1 = &S1[0] if S1.shape[0] > 0 else NULL
-    cdef floating* s2 = &S2[0] if S2.shape[0] > 0 else NULL
+    xp = _data(X, plan.dtype, M * net.n[0], "X", False)
+    yp = _data(Y, plan.dtype, M * net.n[net.L], "Y", False)
+    if plan._batch_x is None:
+        raise ValueError("a whole epoch gathers its batches into buffers['X'] and buffers['Y']: "
+                         "build the plan with them")
+    _batch(plan, plan._batch_x, plan._batch_y, B)
     i = 0
     with nogil:
-        if not (bound[0] < INFINITY):
-            _refresh_bounds(&P[0], s1, s2, P.shape[0], &bound[0])
+        if not (net.bound[0] < INFINITY):
+            _refresh(plan)
         while i < steps:
             s = i * B
             e = s + B if s + B < M else M
             net.m = e - s
-            h.lr = lrs[i]
-            tt = <double>(t0 + i + 1)
-            h.bc1 = 1.0 - pow(beta1, tt) if bias_correction >= 1 else 1.0
-            h.bc2 = 1.0 - pow(beta2, tt) if bias_correction >= 2 else 1.0
-            x = _splitmix64(dseed ^ <uint64_t>i)
+            plan.h.lr = lrs[i]
+            _bias_corrections(o, o.t + i + 1, &plan.h)
+            x = _splitmix64(plan.dropout_seed ^ <uint64_t>i)
             for l in range(net.L):
                 if net.drop[l]:
-                    _set_key(&net, l, _splitmix64(x ^ <uint64_t>net.dindex[l]))
-            status = _step_core(&P[0], &G[0], s1, s2, &net, &h, lam, P.shape[0], &X[0, 0], &Y[0, 0],
-                                &perm[s], res)
+                    _set_key(net, l, _splitmix64(x ^ <uint64_t>net.dindex[l]))
+            if isz == 4:
+                status = _step_core(<float*>plan.P, <float*>plan.G, <float*>plan.S1, <float*>plan.S2, net,
+                                    &plan.h, plan._lam, plan.n_params, <const float*>xp, <const float*>yp,
+                                    &perm[s], res)
+            else:
+                status = _step_core(<double*>plan.P, <double*>plan.G, <double*>plan.S1, <double*>plan.S2, net,
+                                    &plan.h, plan._lam, plan.n_params, <const double*>xp, <const double*>yp,
+                                    &perm[s], res)
             costs[i] = res[0]
             if status != 0:
                 break
             if pred.shape[0] != 0:
-                for r in range(e - s):
-                    if loss == CCE:
-                        best = 0
-                        for j in range(1, n_out):
-                            if A[r * n_out + j] > A[r * n_out + best]:
-                                best = j
-                        pred[s + r] = best
-                    else:
-                        pred[s + r] = 1 if A[r * n_out] > 0.5 else 0
+                _predictions(net, net.A, isz, pred, s, e - s)
             i += 1
     return i, status, res[0]
 

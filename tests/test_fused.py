@@ -416,7 +416,7 @@ def test_dense_step_rejects_mismatched_rows():
     model = Sequential([Dense(5, "relu"), Dense(3, "softmax")], input_dim=6)
     run = _Run(Trainer(model, optim.Adam(), batch_size=16, progress=False), X, y, None, 1)
     v = run.v_full
-    with pytest.raises(ValueError, match="rows"):
+    with pytest.raises(ValueError, match=r"Xb and Yb must be \(16, 6\) and \(16, 3\)"):
         run.fused(v, v.X, v.Y[:3], X, run.Y, None, 0.1)
     assert _cython._ck is not None
 

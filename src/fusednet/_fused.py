@@ -20,9 +20,16 @@ rows where they lie in ``X``.
 
 The per-kernel path (``model._forward_train`` / ``_backward`` and
 ``optimizer.step``) stays the reference: both compute the same formulas from
-the same kernels' point functions, and the tests hold them equal.  The step
-walks plain data -- layer widths, activation codes, arena offsets, buffer
-addresses -- that :meth:`Sequential.plan` also describes.
+the same kernels' point functions, and the tests hold them equal.
+
+The model crosses into compiled code once per fit, as the extension's typed
+``StepPlan``: a table of :data:`~fusednet.kernels._plan.LAYER_DTYPE` records
+(:func:`layer_table`; the dtype mirrors the C struct ``LayerSpec`` field by
+field), the parameter and gradient arenas, the optimiser's state and the
+workspace arrays by name, each checked there (a mismatch is a ``ValueError``
+naming the field).  Each call then passes an
+:data:`~fusednet.kernels._plan.OPT_DTYPE` record (:func:`opt_record`), the
+batch, the learning rate(s) and the outputs.
 
 :func:`why_not` names the first reason a model and optimiser do not take the
 fused step (an explicit non-Cython backend, layers in another order, ...).
@@ -31,7 +38,7 @@ fused step (an explicit non-Cython backend, layers in another order, ...).
 import numpy as np
 
 from . import kernels as _kernels
-from .kernels import _blas, _codes
+from .kernels import _blas, _codes, _plan
 from .kernels._codes import dropout_key, dropout_threshold
 
 _MAX_LAYERS = 64
@@ -107,91 +114,125 @@ def why_not(model, optimizer):
     return None
 
 
+def layer_table(model):
+    """The model's Dense layers as :data:`~fusednet.kernels._plan.LAYER_DTYPE` records, and for each
+    the positions of its node and of the BatchNorm, Activation and Dropout nodes after it.
+
+    Returns ``(table, blocks)``: ``blocks[l]`` maps ``"dense"``, ``"bn"``, ``"act"``, ``"drop"`` to
+    node positions in ``model._nodes`` (a Dropout of keep_prob 1 is left out: it is the identity).
+    """
+    from .model import _ActivationNode, _BatchNormNode, _DenseNode
+
+    blocks = []
+    for i, node in enumerate(model._nodes):
+        if isinstance(node, _DenseNode):
+            blocks.append({"dense": i})
+        elif isinstance(node, _BatchNormNode):
+            blocks[-1]["bn"] = i
+        elif isinstance(node, _ActivationNode):
+            blocks[-1]["act"] = i
+        elif node.keep_prob < 1.0:
+            blocks[-1]["drop"] = i
+    P = model._params
+    base, isz = P.__array_interface__["data"][0], P.itemsize
+
+    def off(view):
+        return (view.__array_interface__["data"][0] - base) // isz
+
+    nodes = model._nodes
+    table = _plan.layer_table(len(blocks))
+    for rec, blk in zip(table, blocks):
+        dense = nodes[blk["dense"]]
+        act = nodes[blk["act"]] if "act" in blk else dense
+        rec["n_in"], rec["n_out"], rec["w_off"] = dense.n_in, dense.n_out, off(dense.W)
+        if dense.use_bias:
+            rec["b_off"] = off(dense.b)
+        rec["act"], rec["slope"], rec["act_node"] = act.act, act.slope, int("act" in blk)
+        if "bn" in blk:
+            bn = nodes[blk["bn"]]
+            rec["gamma_off"], rec["beta_off"] = off(bn.gamma), off(bn.beta)
+            rec["bn_eps"], rec["bn_momentum"] = bn.eps, bn.momentum
+        if "drop" in blk:
+            drop = nodes[blk["drop"]]
+            rec["drop_index"] = drop.index
+            rec["drop_threshold"] = dropout_threshold(drop.keep_prob)
+            rec["drop_scale"] = 1.0 / drop.keep_prob
+    return table, blocks
+
+
+def opt_record(opt, P, G):
+    """``(record, state1, state2)``: ``opt`` as an :data:`~fusednet.kernels._plan.OPT_DTYPE` record
+    (bound to the arenas ``P``, ``G``) and its state buffers (empty for GD)."""
+    kind, b1, b2, eps, _, _, s1, s2 = opt._fused(P, G)
+    corrected = 2 if kind == _codes.OPT_ADAM else int(kind == _codes.OPT_MOMENTUM and opt.bias_correction)
+    return _plan.opt_record(kind, corrected, b1, b2, eps, opt.t), s1, s2
+
+
 class FusedStep:
-    """One compiled step (or epoch) for a built ``model`` that :func:`why_not` accepts."""
+    """One compiled step (or epoch) for a built ``model`` that :func:`why_not` accepts.
 
-    def __init__(self, model, optimizer, workspace, n_threads):
-        from .model import _ActivationNode, _BatchNormNode, _DenseNode
+    Builds the extension's ``StepPlan`` once, from the model's layer table, arenas, the
+    optimiser's state and the workspace views ``v`` of a full batch (the plan's capacity).
+    """
 
-        P = model._params
-        isz = P.itemsize
-        base = P.ctypes.data
+    def __init__(self, model, optimizer, v, n_threads):
+        table, blocks = layer_table(model)
+        nv = v.nodes
+        nodes = model._nodes
+        ws = model._workspace(v.n, train=True)
 
-        def off(view):
-            return (view.ctypes.data - base) // isz
+        def each(key, get):  # a buffer for each Dense layer that has the node `key` after it, else None
+            return [get(blk[key]) if key in blk else None for blk in blocks]
 
-        # each Dense layer with the nodes after it: {"bn": (i, node), "act": ..., "drop": ...}
-        dense, blocks = [], []
-        for i, node in enumerate(model._nodes):
-            if isinstance(node, _DenseNode):
-                dense.append((i, node))
-                blocks.append({})
-            elif isinstance(node, _BatchNormNode):
-                blocks[-1]["bn"] = (i, node)
-            elif isinstance(node, _ActivationNode):
-                blocks[-1]["act"] = (i, node)
-            elif node.keep_prob < 1.0:
-                blocks[-1]["drop"] = (i, node)
-        rows, slopes = [], []
-        for (_, node), blk in zip(dense, blocks):
-            d, bn, an = blk.get("drop"), blk.get("bn"), blk.get("act")
-            act, slope = (an[1].act, an[1].slope) if an else (node.act, node.slope)
-            rows.append(
-                (node.n_in, node.n_out, act, off(node.W), off(node.b) if node.use_bias else -1,
-                 -1 if d is None else d[1].index, 0 if d is None else dropout_threshold(d[1].keep_prob),
-                 1 if bn else 0, off(bn[1].gamma) if bn else -1, off(bn[1].beta) if bn else -1,
-                 1 if an else 0, 0)
-            )
-            slopes.append((slope, 1.0 if d is None else 1.0 / d[1].keep_prob,
-                           bn[1].eps if bn else 0.0, bn[1].momentum if bn else 0.0))
-        self.layers = np.array(rows, dtype=np.intp)
-        self.slopes = np.array(slopes, dtype=np.float64)
-        self.blocks = blocks
-        self.drops = [blk.get("drop") for blk in blocks]
+        buffers = {
+            "Z": [nv[blk["dense"]].Z for blk in blocks],
+            "Dr": each("drop", lambda i: nv[i].A),
+            "xhat": each("bn", lambda i: nv[i].xhat),
+            "Bo": each("bn", lambda i: nv[i].A),
+            "Ao": each("act", lambda i: nv[i].A),
+            "A": nv[-1].A, "D0": ws.delta[0], "D1": ws.delta[1],
+            "zeros": model._zeros, "scratch": model._scratch, "X": v.X, "Y": v.Y,
+        }
+        for name, attr in (("mean", "mean"), ("var", "var"), ("invstd", "invstd"), ("rmean", "running_mean"),
+                           ("rvar", "running_var")):
+            buffers[name] = each("bn", lambda i, attr=attr: getattr(nodes[i], attr))
+        P, G = model._params, model._grads
+        self.model, self.opt = model, optimizer
+        self.rec, s1, s2 = opt_record(optimizer, P, G)
+        self.state = (s1, s2)
+        self.plan = _cython()._ck.StepPlan(
+            table, params=P, grads=G, state1=s1, state2=s2, buffers=buffers,
+            gemm=_blas.gemm_capsule(model.dtype), rows=v.n, loss=model._loss, l2=model._l2,
+            n_decay=model._n_decay, n_threads=int(n_threads),
+        )
+        self.table = table
+        self.l2 = model._l2
+        self.drops = [nodes[blk["drop"]].index if "drop" in blk else None for blk in blocks]
         self.dropout = any(d is not None for d in self.drops)
         self.seed = model.seed
-        self.keys = np.zeros(len(dense), np.uint64)
-        self._dense_pos = [i for i, _ in dense]
-        self.model = model
-        self.opt = optimizer
-        self.ws = workspace
-        self.loss = model._loss
-        self.gemm = _blas.gemm_address(model.dtype)
-        self.n_threads = int(n_threads)
+        self.keys = np.zeros(len(blocks), np.uint64)
         self.out = np.zeros(2, np.float64)
-        # upper bounds of |w|, |state 1|, |state 2| carried from step to step (inf: read them off the arenas)
-        self.bound = np.full(3, np.inf)
-        self.no_rows = np.empty(0, np.intp)
-        dummy = np.zeros((1, 1), model.dtype)
-        self.dummy = dummy
-        self._bufs = {}
-        dt = "float" if model.dtype == np.float32 else "double"
-        self.kernel = _cython()._ck.dense_step[dt]
-        self.epoch_kernel = _cython()._ck.dense_epoch[dt]
+        self._step = _cython()._ck.dense_step
+        self._epoch = _cython()._ck.dense_epoch
 
-    def bufs(self, v):
-        """The address table of the workspace views ``v`` (cached by row count)."""
-        table = self._bufs.get(v.n)
-        if table is None:
-            nv = v.nodes
+    def reset_bounds(self):
+        """Forget the update bounds (callbacks may have changed the weights): see ``fusednet.optim.update_bound``."""
+        self.plan.reset_bounds()
 
-            def at(x):
-                return 0 if x is None else x.ctypes.data
-
-            def views(key, attr):  # a workspace view of the node after each Dense, or none
-                return [at(getattr(nv[blk[key][0]], attr)) if key in blk else 0 for blk in self.blocks]
-
-            def stats(name):  # a batch-norm node's own buffer (statistics), or none
-                return [at(getattr(blk["bn"][1], name)) if "bn" in blk else 0 for blk in self.blocks]
-
-            addr = [at(nv[i].Z) for i in self._dense_pos]
-            addr += views("drop", "A") + views("bn", "xhat") + views("bn", "A") + views("act", "A")
-            for name in ("mean", "var", "invstd", "running_mean", "running_var"):
-                addr += stats(name)
-            addr += [at(nv[-1].A), at(self.ws.delta[0]), at(self.ws.delta[1]),
-                     at(self.model._zeros), at(self.model._scratch)]
-            table = self._bufs[v.n] = np.array(addr, dtype=np.uintp)
-        return table
+    def _opt(self):
+        """The optimiser's record for this call, after checking that the plan still describes the fit."""
+        model, opt = self.model, self.opt
+        if model._l2 != self.l2:
+            raise ValueError(f"the plan's l2 is {self.l2} but the model's is now {model._l2}: build a new "
+                             f"plan (a new fit does)")
+        kind, b1, b2, eps, _, _, s1, s2 = opt._fused(model._params, model._grads)
+        if s1 is not self.state[0] or s2 is not self.state[1]:
+            raise ValueError("the optimiser's state buffers are not the plan's (it was reset or rebound): "
+                             "build a new plan (a new fit does)")
+        rec = self.rec
+        rec[0] = (kind, 2 if kind == _codes.OPT_ADAM else int(kind == _codes.OPT_MOMENTUM and opt.bias_correction),
+                  b1, b2, eps, opt.t)
+        return rec
 
     def __call__(self, v, Xb, Yb, X, Y, idx, lr, epoch=0, step=0):
         """One step on the batch ``Xb``, ``Yb``; with ``idx``, gathered first from ``X[idx]``, ``Y[idx]``.
@@ -199,43 +240,27 @@ class FusedStep:
         Returns ``(status, cost)``: status 0 when the update was applied, else the
         key of :data:`FAILED` that stopped it (nothing updated then).
         """
-        model, opt = self.model, self.opt
-        P, G = model._params, model._grads
-        kind, b1, b2, eps, bc1, bc2, s1, s2 = opt._fused(P, G)
-        if idx is None:
-            X = Y = self.dummy
-            idx = self.no_rows
+        rec = self._opt()
         if self.dropout:
             for l, d in enumerate(self.drops):
                 if d is not None:
-                    self.keys[l] = dropout_key(self.seed, epoch, step, d[1].index)
-        status = self.kernel(
-            P, G, s1, s2, self.layers, self.slopes, self.bufs(v), self.keys, Xb, Yb, X, Y, idx, self.loss,
-            model._l2, kind, lr, b1, b2, eps, bc1, bc2, model._n_decay, self.gemm, self.out,
-            self.n_threads, self.bound,
-        )
+                    self.keys[l] = dropout_key(self.seed, epoch, step, d)
+        gather = None if idx is None else (X, Y, idx)
+        status = self._step(self.plan, rec, Xb, Yb, gather, lr, self.keys, self.out)
         if status == 0:
-            opt._t += 1
+            self.opt._t += 1
         return status, self.out[0]
 
     def epoch(self, v, X, Y, perm, lrs, costs, pred, epoch=0):
-        """Every step of an epoch in one call: batches of ``v.n`` rows of ``X[perm]``, ``Y[perm]``.
+        """Every step of an epoch in one call: batches of the plan's rows of ``X[perm]``, ``Y[perm]``.
 
         ``lrs`` holds each step's learning rate; ``costs`` receives each step's cost and ``pred``
         (intp, one per row, or empty) the predicted class (softmax) or ``A > 0.5`` (one sigmoid).
         Returns ``(steps, status, cost)``: the steps applied (``_t`` has moved by as many), and when
         that is not all of them, the status (as :meth:`__call__`) and cost of the step that stopped.
         """
-        model, opt = self.model, self.opt
-        P, G = model._params, model._grads
-        kind, b1, b2, eps, _, _, s1, s2 = opt._fused(P, G)
-        bias_correction = (2 if kind == _codes.OPT_ADAM else
-                           1 if kind == _codes.OPT_MOMENTUM and getattr(opt, "bias_correction", False) else 0)
-        steps, status, cost = self.epoch_kernel(
-            P, G, s1, s2, self.layers, self.slopes, self.bufs(v), v.X, v.Y, X, Y, perm, lrs, self.loss,
-            model._l2, kind, b1, b2, eps, bias_correction, opt._t, model._n_decay, self.gemm,
-            dropout_key(self.seed, epoch), costs, pred,  # the kernel folds in step and layer
-            self.n_threads, self.bound,
-        )
-        opt._t += steps
+        rec = self._opt()
+        self.plan.dropout_seed = dropout_key(self.seed, epoch)  # the kernel folds in step and layer
+        steps, status, cost = self._epoch(self.plan, rec, X, Y, perm, lrs, costs, pred)
+        self.opt._t += steps
         return steps, status, cost

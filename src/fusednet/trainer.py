@@ -345,7 +345,7 @@ class _Run:
         self.fused = None
         self.fused_epoch = False
         if trainer.fused_step and B <= _fused.max_rows(model.dtype) and _fused.why_not(model, self.opt) is None:
-            self.fused = _fused.FusedStep(model, self.opt, ws, n_threads)
+            self.fused = _fused.FusedStep(model, self.opt, self.v_full, n_threads)
             # a whole shuffled epoch in one call: rows gathered inside, per-step costs and
             # predictions written by the kernel (multi-label accuracy stays per step)
             if self.mode == _GATHER and self.direct and not self.multilabel:
@@ -506,7 +506,7 @@ class _Run:
         # callbacks may have changed the weights: the update bounds start afresh
         self.bound = (math.inf, math.inf, math.inf)
         if self.fused is not None:
-            self.fused.bound.fill(math.inf)
+            self.fused.reset_bounds()
         if self.fused_epoch:
             self._fused_epoch(epoch)
         else:

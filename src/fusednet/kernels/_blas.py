@@ -1,9 +1,10 @@
-"""SciPy's BLAS ``?gemm``, by address, for compiled code that calls it from its own threads.
+"""SciPy's BLAS ``?gemm`` for compiled code that calls it from its own threads.
 
 The fused training step (``dense_step`` in the Cython extension) runs a whole
 step in one OpenMP team and has every thread call ``sgemm``/``dgemm`` on its
 share of each matrix product.  It takes the Fortran routines that
-:mod:`scipy.linalg.cython_blas` exports, and BLAS must run them on the calling
+:mod:`scipy.linalg.cython_blas` exports (as the capsules :func:`gemm_capsule`
+returns), and BLAS must run them on the calling
 thread: :func:`single_threaded` sets that BLAS to one thread for the duration
 of a block and restores the previous count.  SciPy's BLAS is a different
 library from NumPy's on the usual wheels, so ``np.matmul`` keeps its threads
@@ -94,9 +95,11 @@ _depth = 0
 _saved = None
 
 
-def gemm_address(dtype):
-    """The address of SciPy's Fortran ``sgemm`` (float32) or ``dgemm`` (float64)."""
-    return _GEMM[np.dtype(dtype)]
+def gemm_capsule(dtype):
+    """SciPy's Fortran ``sgemm`` (float32) or ``dgemm`` (float64), as the capsule ``cython_blas`` exports."""
+    from scipy.linalg import cython_blas
+
+    return cython_blas.__pyx_capi__["sgemm" if np.dtype(dtype) == np.float32 else "dgemm"]
 
 
 class single_threaded:
