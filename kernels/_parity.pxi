@@ -1,0 +1,55 @@
+# The point functions applied element-wise, for the parity tests against fusednet.kernels.reference.
+# Included by _ckernels.pyx (one extension module per instruction-set level).
+
+# ==================================================================================
+# the point functions, applied element-wise: for the parity tests only
+# ==================================================================================
+
+def point(str name, const floating[::1] x, double slope, floating[::1] out):
+    """out[i] = <name>(x[i]) with the compiled point function of that name."""
+    cdef Py_ssize_t i, n = x.shape[0]
+    cdef floating s = <floating>slope
+    if name == "sigmoid":
+        for i in range(n):
+            out[i] = sigmoid(x[i])
+    elif name == "sigmoid_grad":
+        for i in range(n):
+            out[i] = sigmoid_grad(x[i])
+    elif name == "tanh":
+        for i in range(n):
+            out[i] = tanh(x[i])
+    elif name == "tanh_grad":
+        for i in range(n):
+            out[i] = tanh_grad(x[i])
+    elif name == "relu":
+        for i in range(n):
+            out[i] = relu(x[i])
+    elif name == "relu_grad":
+        for i in range(n):
+            out[i] = relu_grad(x[i])
+    elif name == "leaky_relu":
+        for i in range(n):
+            out[i] = leaky_relu(x[i], s)
+    elif name == "leaky_relu_grad":
+        for i in range(n):
+            out[i] = leaky_relu_grad(x[i], s)
+    elif name == "flush":
+        for i in range(n):
+            out[i] = flush(x[i])
+    else:
+        raise ValueError(f"no point function {name!r}")
+
+
+def point_hash(const uint64_t[::1] i, uint64_t key, uint32_t[::1] out):
+    """out = dropout_hash(i, key), the compiled point function."""
+    cdef Py_ssize_t k
+    cdef uint32_t k1 = <uint32_t>(key & 0xFFFFFFFFULL), k2 = <uint32_t>(key >> 32)
+    for k in range(i.shape[0]):
+        out[k] = dropout_hash(i[k], k1, k2)
+
+
+def point_fmix32(const uint32_t[::1] h, uint32_t[::1] out):
+    """out = fmix32(h), the compiled point function."""
+    cdef Py_ssize_t k
+    for k in range(h.shape[0]):
+        out[k] = fmix32(h[k])

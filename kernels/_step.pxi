@@ -1,0 +1,1143 @@
+# The one-call training step: a whole mini-batch step (or epoch) of a Dense stack, and its typed plan.
+# Included by _ckernels.pyx (one extension module per instruction-set level).
+
+# ==================================================================================
+# one whole training step of a Dense stack, in one OpenMP team
+# ==================================================================================
+#
+# Between two BLAS calls the per-kernel path runs its element-wise kernels on
+# the calling thread while BLAS's own worker spins on the other core.  Here the
+# team owns every core for the whole step and each thread calls a
+# single-threaded BLAS on its share of each product, then runs the element-wise
+# work on the block it has just written (still in its cache):
+#
+#   gather      rows split                       X[idx] -> Xb (or their addresses), Y[idx] -> Yb
+#   forward     output units split, per layer    Z[:, J] = A_prev @ W[:, J];  A = g(Z + b)
+#   loss        rows split                       A_out, the cost pieces; dZ = (A - Y) / m, db
+#   backward    input units split, per layer     dW[J, :] = A_prev[:, J]^T @ dZ
+#                                                dA[:, J] = dZ @ W[J, :]^T;  dZ_prev = dA * g'(A_prev), db
+#   check       arena split                      sum g^2, sum w^2 (L2 cost)
+#   update      arena split, only when the cost and the gradient are finite
+#
+# Every column sum walks its column top to bottom, every cost piece is summed
+# in a fixed order, and each product element is one dot product whatever block
+# it falls in, so the step has the same bits for any thread count.  The caller
+# passes BLAS's Fortran ?gemm (scipy.linalg.cython_blas) by address and keeps
+# that BLAS on one thread while steps run.  In float32 on the AVX-512 copy of
+# the extension, the products run on _gemm.h's kernels instead (13-15 %
+# faster than sgemm on the large ones), and the first layer reads the gathered
+# rows where they lie in X, so the gather copies only the targets.
+
+ctypedef void (*sgemm_t)(char*, char*, int*, int*, int*, float*, float*, int*, float*, int*,
+                         float*, float*, int*) noexcept nogil
+ctypedef void (*dgemm_t)(char*, char*, int*, int*, int*, double*, double*, int*, double*, int*,
+                         double*, double*, int*) noexcept nogil
+
+
+# single-precision products in AVX-512 where the variant is built for it (else FG_AVAILABLE is 0)
+cdef extern from "_gemm.h" nogil:
+    int FG_AVAILABLE
+    int FG_MAX_K
+    int fg_nn(Py_ssize_t m, Py_ssize_t n, Py_ssize_t K, const float* A, Py_ssize_t lda,
+              const float* const* rows, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc)
+    int fg_tn(Py_ssize_t m, Py_ssize_t n, Py_ssize_t K, const float* A, Py_ssize_t lda,
+              const float* const* rows, Py_ssize_t col, const float* B, Py_ssize_t ldb, float* C,
+              Py_ssize_t ldc)
+    int fg_nt(Py_ssize_t m, Py_ssize_t n, Py_ssize_t K, const float* A, Py_ssize_t lda,
+              const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc)
+
+cdef enum:
+    MAXL = 64        # most Dense layers of a fused step
+    MAXT = 64        # most threads of a fused step
+    MAXR = 1024      # most batch rows whose addresses a step keeps (the first layer's rows in place)
+
+cdef struct Net:
+    int L, nt, loss
+    Py_ssize_t m
+    Py_ssize_t n[MAXL + 1]       # widths: n[0] inputs, n[l + 1] units of layer l
+    int act[MAXL]
+    double slope[MAXL]
+    void* W[MAXL]
+    void* b[MAXL]                # a zero vector for layers without a bias
+    void* dW[MAXL]
+    void* db[MAXL]               # a scratch vector for layers without a bias
+    void* Z[MAXL]                # (m, n[l + 1]); hidden layers hold A = g(Z + b) in place
+    void* Dr[MAXL]               # (m, n[l + 1]) A after inverted dropout, for layers followed by one
+    bint bn[MAXL]                # a BatchNorm between the product and the activation
+    bint actnode[MAXL]           # the activation is an Activation layer of its own (out: Ao)
+    void* xhat[MAXL]
+    void* Bo[MAXL]               # BatchNorm's output gamma * xhat + beta
+    void* Ao[MAXL]               # the Activation layer's output
+    void* mean[MAXL]
+    void* var[MAXL]
+    void* invstd[MAXL]
+    void* rmean[MAXL]
+    void* rvar[MAXL]
+    void* gamma[MAXL]
+    void* beta[MAXL]
+    void* dgamma[MAXL]
+    void* dbeta[MAXL]
+    bint has_bias[MAXL]
+    Py_ssize_t woff[MAXL]        # arena offsets of W, b, gamma and beta (-1: none)
+    Py_ssize_t boff[MAXL]
+    Py_ssize_t goff[MAXL]
+    Py_ssize_t betaoff[MAXL]
+    double eps[MAXL]
+    double momentum[MAXL]
+    void* zeros
+    void* scratch
+    bint drop[MAXL]
+    Py_ssize_t dindex[MAXL]      # the Dropout layer's index (its dropout_key counter)
+    uint32_t k1[MAXL]
+    uint32_t k2[MAXL]
+    uint32_t thr[MAXL]
+    bint keep_all[MAXL]
+    double scale[MAXL]
+    void* A                      # (m, n[L]) the output activation
+    void* D[2]                   # delta ping-pong, (m, widest)
+    void* X                      # the batch (m, n[0])
+    bint in_place                # gathered steps: the first layer reads X's rows where they are
+    const float* xrows[MAXR]     # ... at these addresses (float32 with the AVX-512 kernels)
+    void* Y                      # its targets (m, n[L])
+    size_t gemm
+    double* bound                # (3,) upper bounds of |w|, |state 1|, |state 2| (INFINITY: unknown)
+    double limit                 # a quarter of the dtype's largest finite value
+
+
+cdef inline bint _own(Net* net, const floating* dummy, int l) noexcept nogil:
+    """Whether layer l's products run on _gemm.h's kernels (float32 on the AVX-512 copy).
+
+    Decided per layer, never per thread, so every element of a product is computed the
+    same way whatever the thread count.  Narrow layers take them too: BLAS runs a
+    128x10x128 product in half the time, but through its own buffers, which a
+    neighbour's load on the shared cache evicts between steps.
+    """
+    return floating is float and FG_AVAILABLE
+
+
+cdef inline void _mm(size_t fp, bint ta, bint tb, int m, int n, int k,
+                     const floating* A, int lda, const floating* B, int ldb,
+                     floating* C, int ldc, bint own=False) noexcept nogil:
+    """Row-major C (m, n) = op(A) @ op(B) through the column-major ?gemm (C^T = op(B)^T op(A)^T).
+
+    own: float32 NN, TN and NT products go to _gemm.h's kernels instead (where they take the shape).
+    """
+    cdef char ca = b'T' if ta else b'N'
+    cdef char cb = b'T' if tb else b'N'
+    cdef floating one = 1, zero = 0
+    cdef Py_ssize_t i, j
+    if m <= 0 or n <= 0:
+        return
+    if k <= 0:
+        for i in range(m):
+            for j in range(n):
+                C[i * ldc + j] = 0
+        return
+    if floating is float:
+        if own and tb and not ta:
+            fg_nt(m, n, k, <const float*>A, lda, <const float*>B, ldb, <float*>C, ldc)
+            return
+        if own and not tb:
+            if ta:
+                if fg_tn(m, n, k, <const float*>A, lda, NULL, 0, <const float*>B, ldb, <float*>C, ldc):
+                    return
+            elif fg_nn(m, n, k, <const float*>A, lda, NULL, <const float*>B, ldb, <float*>C, ldc):
+                return
+        (<sgemm_t>fp)(&cb, &ca, &n, &m, &k, &one, <float*>B, &ldb, <float*>A, &lda, &zero, C, &ldc)
+    else:
+        (<dgemm_t>fp)(&cb, &ca, &n, &m, &k, &one, <double*>B, &ldb, <double*>A, &lda, &zero, C, &ldc)
+
+
+cdef inline uint64_t _splitmix64(uint64_t x) noexcept nogil:
+    """One round of SplitMix64 (mirrors fusednet.kernels._codes._splitmix64)."""
+    x = x + 0x9E3779B97F4A7C15ULL
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL
+    return x ^ (x >> 31)
+
+
+cdef inline void _set_key(Net* net, int l, uint64_t key) noexcept nogil:
+    net.k1[l] = <uint32_t>(key & 0xFFFFFFFFULL)
+    net.k2[l] = <uint32_t>(key >> 32)
+
+
+cdef inline void* _out(Net* net, int l) noexcept nogil:
+    """Layer l's activation: g(Z + b) in place in Z, or BatchNorm's or the Activation layer's output."""
+    if net.actnode[l]:
+        return net.Ao[l]
+    return net.Bo[l] if net.bn[l] else net.Z[l]
+
+
+cdef inline const void* _input(Net* net, int l) noexcept nogil:
+    """What layer l reads: the batch, the layer below's activation, or that after dropout."""
+    if l == 0:
+        return net.X
+    return net.Dr[l - 1] if net.drop[l - 1] else _out(net, l - 1)
+
+
+cdef inline Py_ssize_t _cut16(Py_ssize_t total, Py_ssize_t parts, Py_ssize_t c) noexcept nogil:
+    """As _cut, on a 16-element grid (whole vectors per thread)."""
+    if c >= parts:
+        return total
+    return (total * c // parts) & ~(<Py_ssize_t>15)
+
+
+cdef inline Py_ssize_t _cut_in(Py_ssize_t k, Py_ssize_t nt, Py_ssize_t c, int l) noexcept nogil:
+    """Start of thread c's inputs of layer l in the backward pass and the update.  The first
+    layer has no dA columns to keep in whole vectors: an even split (784: 392 each)."""
+    return _cut(k, nt, c) if l == 0 else _cut16(k, nt, c)
+
+
+cdef void _step_gather(const floating* X, const floating* Y, const Py_ssize_t* idx, Net* net,
+                       int t) noexcept nogil:
+    cdef Py_ssize_t m = net.m, nx = net.n[0], ny = net.n[net.L], i
+    cdef floating* xb = <floating*>net.X
+    cdef floating* yb = <floating*>net.Y
+    for i in range(_cut(m, net.nt, t), _cut(m, net.nt, t + 1)):
+        if net.in_place:
+            net.xrows[i] = <const float*>(X + idx[i] * nx)
+        else:
+            memcpy(xb + i * nx, X + idx[i] * nx, nx * sizeof(floating))
+        memcpy(yb + i * ny, Y + idx[i] * ny, ny * sizeof(floating))
+
+
+cdef void _step_forward(const floating* dummy, Net* net, int l, int t) noexcept nogil:
+    """Units J_t of layer l: Z[:, J] = A_prev @ W[:, J], then g(Z + b) in place (hidden layers)."""
+    cdef Py_ssize_t m = net.m, k = net.n[l], n = net.n[l + 1], i, j, w
+    cdef Py_ssize_t j0 = _cut16(n, net.nt, t), j1 = _cut16(n, net.nt, t + 1)
+    cdef const floating* Ap = <const floating*>_input(net, l)
+    cdef floating* Z = <floating*>net.Z[l]
+    cdef const floating* src
+    cdef const floating* A
+    cdef const floating* b = <floating*>net.b[l]
+    if j1 <= j0:
+        return
+    if l == 0 and net.in_place:
+        fg_nn(m, j1 - j0, k, NULL, 0, net.xrows, <float*>net.W[l] + j0, n, <float*>Z + j0, n)
+    else:
+        _mm(net.gemm, False, False, <int>m, <int>(j1 - j0), <int>k, Ap, <int>k,
+            <floating*>net.W[l] + j0, <int>n, Z + j0, <int>n, _own(net, Ap, l))
+    if l == net.L - 1:
+        return
+    if not net.bn[l] and not net.actnode[l]:
+        for i in range(m):
+            _fwd_span(Z + i * n + j0, b + j0, Z + i * n + j0, j1 - j0, net.act[l],
+                      <floating>net.slope[l])
+    else:
+        if net.has_bias[l]:
+            for i in range(m):
+                _fwd_span(Z + i * n + j0, b + j0, Z + i * n + j0, j1 - j0, LINEAR, 0)
+        src = Z
+        if net.bn[l]:
+            j = j0
+            while j < j1:
+                w = CB if j1 - j > CB else j1 - j
+                _bn_train_block(Z, <floating*>net.gamma[l], <floating*>net.beta[l], net.eps[l],
+                                <floating*>net.xhat[l], <floating*>net.Bo[l], <floating*>net.mean[l],
+                                <floating*>net.var[l], <floating*>net.invstd[l], m, n, j, j + w)
+                j += w
+            src = <floating*>net.Bo[l]
+        if net.actnode[l]:
+            for i in range(m):
+                _fwd_span(src + i * n + j0, <floating*>net.zeros + j0, <floating*>net.Ao[l] + i * n + j0,
+                          j1 - j0, net.act[l], <floating>net.slope[l])
+    if net.drop[l]:
+        A = <floating*>_out(net, l)
+        for i in range(m):
+            _dropout_piece(A, <floating*>net.Dr[l], i * n + j0, i * n + j1, net.k1[l], net.k2[l],
+                           net.thr[l], net.keep_all[l], <floating>net.scale[l])
+
+
+cdef void _step_loss(const floating* dummy, Net* net, int t, double* part) noexcept nogil:
+    """Cost pieces of the rows of thread t (as loss_forward cuts them); A_out."""
+    cdef int l = net.L - 1
+    cdef Py_ssize_t m = net.m, n = net.n[net.L], pieces, K, c
+    pieces = m if net.loss == CCE else _spans(m, n)
+    K = KMAX if pieces > KMAX else pieces
+    for c in range(_cut(K, net.nt, t), _cut(K, net.nt, t + 1)):
+        part[c] = _loss_piece(<floating*>net.Z[l], <floating*>net.b[l], <floating*>net.Y,
+                              <floating*>net.A, m, n, net.loss, _cut(pieces, K, c),
+                              _cut(pieces, K, c + 1))
+
+
+cdef void _step_loss_backward(const floating* dummy, Net* net, int t, double* part) noexcept nogil:
+    """dZ = (A - Y) / m into D[0] and the output bias gradient (as loss_backward cuts it)."""
+    cdef int l = net.L - 1
+    cdef Py_ssize_t m = net.m, n = net.n[net.L], r, groups, K, c, blocks
+    cdef const floating* A = <floating*>net.A
+    cdef const floating* Y = <floating*>net.Y
+    cdef floating* D = <floating*>net.D[0]
+    if n < NSMALL:
+        r = TILE // n
+        groups = (m + r - 1) // r
+        K = KMAX if groups > KMAX else groups
+        for c in range(_cut(K, net.nt, t), _cut(K, net.nt, t + 1)):
+            _colsum_chunk(A, Y, D, part + c * n, _cut(groups, K, c) * r,
+                          min(_cut(groups, K, c + 1) * r, m), n, OP_LOSS, <floating>m)
+        return
+    blocks = (n + CB - 1) // CB
+    for c in range(_cut(blocks, net.nt, t), _cut(blocks, net.nt, t + 1)):
+        _colsum_block(A, Y, D, <floating*>net.db[l], m, n, c * CB, min(n, c * CB + CB), OP_LOSS,
+                      <floating>m)
+
+
+cdef void _step_loss_db(const floating* dummy, Net* net, const double* part) noexcept nogil:
+    """Combine the output bias gradient's row chunks in order (narrow outputs)."""
+    cdef Py_ssize_t m = net.m, n = net.n[net.L], r, groups, K, c, j
+    cdef floating* db = <floating*>net.db[net.L - 1]
+    cdef double s
+    if n >= NSMALL:
+        return
+    r = TILE // n
+    groups = (m + r - 1) // r
+    K = KMAX if groups > KMAX else groups
+    for j in range(n):
+        s = 0
+        for c in range(K):
+            s += part[c * n + j]
+        db[j] = <floating>s
+
+
+cdef void _step_backward(const floating* dummy, Net* net, int l, int t) noexcept nogil:
+    """Inputs J_t of layer l: dW[J, :], and below the first layer dZ_prev[:, J] and db_prev[J]."""
+    cdef Py_ssize_t m = net.m, k = net.n[l], n = net.n[l + 1], j, w
+    cdef Py_ssize_t j0 = _cut_in(k, net.nt, t, l), j1 = _cut_in(k, net.nt, t + 1, l)
+    cdef int cur = (net.L - 1 - l) & 1
+    cdef const floating* dZ = <floating*>net.D[cur]
+    cdef floating* dA = <floating*>net.D[1 - cur]
+    cdef const floating* In = <const floating*>_input(net, l)
+    cdef const floating* Ap
+    cdef Py_ssize_t i
+    if j1 <= j0:
+        return
+    if l == 0 and net.in_place:
+        fg_tn(j1 - j0, n, m, NULL, 0, net.xrows, j0, <float*>dZ, n, <float*>net.dW[l] + j0 * n, n)
+    else:
+        _mm(net.gemm, True, False, <int>(j1 - j0), <int>n, <int>m, In + j0, <int>k, dZ, <int>n,
+            <floating*>net.dW[l] + j0 * n, <int>n, _own(net, dZ, l))
+    if l == 0:
+        return
+    Ap = <const floating*>_out(net, l - 1)
+    _mm(net.gemm, False, True, <int>m, <int>(j1 - j0), <int>n, dZ, <int>n,
+        <floating*>net.W[l] + j0 * n, <int>n, dA + j0, <int>k, _own(net, dZ, l))
+    if net.drop[l - 1]:
+        for i in range(m):
+            _dropout_piece(dA, dA, i * k + j0, i * k + j1, net.k1[l - 1], net.k2[l - 1],
+                           net.thr[l - 1], net.keep_all[l - 1], <floating>net.scale[l - 1])
+    j = j0
+    while j < j1:
+        w = CB if j1 - j > CB else j1 - j
+        if not net.bn[l - 1] and not net.actnode[l - 1]:
+            _colsum_block(dA, Ap, dA, <floating*>net.db[l - 1], m, k, j, j + w, net.act[l - 1],
+                          <floating>net.slope[l - 1])
+        else:
+            if net.actnode[l - 1]:  # the Activation layer's column sums are not needed
+                _colsum_block(dA, Ap, dA, <floating*>net.scratch, m, k, j, j + w, net.act[l - 1],
+                              <floating>net.slope[l - 1])
+            if net.bn[l - 1]:
+                _bn_backward_block(dA, <floating*>net.xhat[l - 1], <floating*>net.gamma[l - 1],
+                                   <floating*>net.invstd[l - 1], dA, <floating*>net.dgamma[l - 1],
+                                   <floating*>net.dbeta[l - 1], m, k, j, j + w)
+            if net.has_bias[l - 1]:
+                _colsum_block(dA, dA, dA, <floating*>net.db[l - 1], m, k, j, j + w, LINEAR, 0)
+        j += w
+
+
+cdef double _sumsq(const floating* x, Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
+    """Sum of x^2 over x[i0:i1] in float64, in 32 lanes (vectorised; the order depends on i0, i1 only)."""
+    cdef double acc[32]
+    cdef double s = 0
+    cdef Py_ssize_t i = i0, j
+    for j in range(32):
+        acc[j] = 0
+    while i + 32 <= i1:
+        for j in range(32):
+            acc[j] += <double>x[i + j] * <double>x[i + j]
+        i += 32
+    while i < i1:
+        s += <double>x[i] * <double>x[i]
+        i += 1
+    for j in range(32):
+        s += acc[j]
+    return s
+
+
+cdef inline Py_ssize_t _sum_chunks(Py_ssize_t n) noexcept nogil:
+    """Fixed pieces of the arena sums (their number depends on the arena only)."""
+    cdef Py_ssize_t c = n // 4096
+    return 1 if c < 1 else (KMAX if c > KMAX else c)
+
+
+cdef void _step_sums(const floating* P, const floating* G, Py_ssize_t n, Py_ssize_t n_decay,
+                     int nt, int t, double* gpart, double* wpart) noexcept nogil:
+    """Sums of g^2 and (over the weights, n_decay = 0 without an L2 term) w^2 of the arena
+    pieces of thread t; the pieces and their order do not depend on the thread count."""
+    cdef Py_ssize_t C = _sum_chunks(n), c, i0, i1
+    for c in range(_cut(C, nt, t), _cut(C, nt, t + 1)):
+        i0 = _cut64(n, C, c)
+        i1 = _cut64(n, C, c + 1)
+        gpart[c] = _sumsq(G, i0, i1)
+        wpart[c] = _sumsq(P, i0, n_decay if n_decay < i1 else i1) if n_decay > i0 else 0.0
+
+
+cdef void _step_update(floating* pp, const floating* gp, floating* s1, floating* s2, Net* net,
+                       const Hyper* h, int t) noexcept nogil:
+    """The optimiser update of what thread t owns: the rows J_t of every W (the inputs whose
+    gradient rows it wrote), and its columns of every bias, gamma and beta."""
+    cdef int l, nt = net.nt
+    cdef Py_ssize_t k, n, j0, j1, c0, c1
+    for l in range(net.L):
+        k = net.n[l]
+        n = net.n[l + 1]
+        j0 = _cut_in(k, nt, t, l)
+        j1 = _cut_in(k, nt, t + 1, l)
+        if j1 > j0:
+            _opt_piece(pp, gp, s1, s2, net.woff[l] + j0 * n, net.woff[l] + j1 * n, h)
+        c0 = _cut16(n, nt, t)
+        c1 = _cut16(n, nt, t + 1)
+        if c1 > c0:
+            if net.boff[l] >= 0:
+                _opt_piece(pp, gp, s1, s2, net.boff[l] + c0, net.boff[l] + c1, h)
+            if net.goff[l] >= 0:
+                _opt_piece(pp, gp, s1, s2, net.goff[l] + c0, net.goff[l] + c1, h)
+                _opt_piece(pp, gp, s1, s2, net.betaoff[l] + c0, net.betaoff[l] + c1, h)
+
+
+cdef bint _update_bounded(const Hyper* h, double gnorm, const double* b, double limit,
+                          double* nb) noexcept nogil:
+    """Whether the update of step h cannot overflow, and the bounds after it.
+
+    b: upper bounds of |w|, |s1|, |s2| before the step; gnorm = ||g||_2 >= max |g|.  With
+    gm = gnorm + l2 b[0] >= |g + l2 w|, every intermediate of the update is bounded by
+    (GD) |w| + lr gm; (momentum) v <= beta1 b[1] + (1 - beta1) gm, |w| + lr v / bc1;
+    (RMSProp) s <= beta2 b[1] + (1 - beta2) gm^2, |w| + lr min(gm / eps, 1.01 / sqrt(1 - beta2))
+    (since s >= (1 - beta2) g^2); (Adam) m and v as momentum's v and RMSProp's s,
+    |w| + lr (m / bc1) / eps.  Writes them to nb and returns True when all stay below
+    limit (and gm^2 too, for RMSProp's and Adam's squares).  Mirrors fusednet.optim.update_bound.
+    """
+    cdef double gm = gnorm + h.l2 * b[0], s1 = b[1], s2 = b[2], dw, r
+    if h.kind == OPT_GD:
+        dw = h.lr * gm
+    elif h.kind == OPT_MOMENTUM:
+        s1 = h.beta1 * s1 + (1.0 - h.beta1) * gm
+        dw = h.lr * s1 / h.bc1
+    elif h.kind == OPT_RMSPROP:
+        s1 = h.beta2 * s1 + (1.0 - h.beta2) * gm * gm
+        r = 1.01 / sqrt(1.0 - h.beta2)
+        dw = h.lr * (gm / h.eps if gm / h.eps < r else r)
+    else:
+        s1 = h.beta1 * s1 + (1.0 - h.beta1) * gm
+        s2 = h.beta2 * s2 + (1.0 - h.beta2) * gm * gm
+        dw = h.lr * (s1 / h.bc1) / h.eps
+    nb[0] = b[0] + dw
+    nb[1] = s1
+    nb[2] = s2
+    return (nb[0] < limit and s1 < limit and s2 < limit
+            and (h.kind == OPT_GD or h.kind == OPT_MOMENTUM or gm * gm < limit))
+
+
+cdef double _absmax(const floating* x, Py_ssize_t n) noexcept nogil:
+    # an initial max of 0: a NaN never wins a comparison; the caller has checked finiteness
+    """max |x| (0 for n = 0)."""
+    cdef floating hi = 0, lo = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        if x[i] > hi:
+            hi = x[i]
+        if x[i] < lo:
+            lo = x[i]
+    return hi if hi > -lo else -lo
+
+
+cdef void _refresh_bounds(const floating* P, const floating* s1, const floating* s2, Py_ssize_t n,
+                          double* bound) noexcept nogil:
+    """The bounds from the arenas themselves (a pass over each)."""
+    bound[0] = _absmax(P, n)
+    bound[1] = _absmax(s1, n) if s1 != NULL else 0.0
+    bound[2] = _absmax(s2, n) if s2 != NULL else 0.0
+
+
+cdef bint _bn_stats_ok(Net* net, const floating* dummy) noexcept nogil:
+    """Whether every batch mean and variance of the step is finite and below net.limit."""
+    cdef int l
+    cdef Py_ssize_t j
+    cdef const floating* mu
+    cdef const floating* var
+    for l in range(net.L):
+        if net.bn[l]:
+            mu = <const floating*>net.mean[l]
+            var = <const floating*>net.var[l]
+            for j in range(net.n[l + 1]):
+                if not (fabs(mu[j]) < net.limit and fabs(var[j]) < net.limit):
+                    return False
+    return True
+
+
+cdef int _step_result(Net* net, const double* part, Py_ssize_t K, const double* gpart,
+                      const double* wpart, Py_ssize_t C, double lam, double* out) noexcept nogil:
+    """The cost (L2 included) and sum of g^2 into out; 0 when both are finite, else 1 or 2."""
+    cdef double cost = 0, gsq = 0, wsq = 0
+    cdef Py_ssize_t c
+    for c in range(K):
+        cost += part[c]
+    if net.loss == MSE:
+        cost = 0.5 * cost
+    cost = cost / net.m
+    for c in range(C):
+        gsq += gpart[c]
+        wsq += wpart[c]
+    if lam != 0.0:
+        cost = cost + lam / (2.0 * net.m) * wsq
+    out[0] = cost
+    out[1] = gsq
+    if not (fabs(cost) < INFINITY):
+        return 1
+    if not (fabs(gsq) < INFINITY):
+        return 2
+    return 0
+
+
+cdef int _step_decision(const floating* dummy, Net* net, const Hyper* h, const double* part,
+                        Py_ssize_t K, const double* gpart, const double* wpart, Py_ssize_t C,
+                        double lam, double* out, double* nb, double gmax) noexcept nogil:
+    """_step_result, then 4 when a batch-norm statistic is not finite, 3 when the update might
+    overflow with the bounds as they are; 0: apply the update (nb: the bounds after it).
+    gmax: max |g| when known (else INFINITY: the norm bounds it)."""
+    cdef int status = _step_result(net, part, K, gpart, wpart, C, lam, out)
+    cdef double gnorm = sqrt(out[1])
+    if status != 0:
+        return status
+    if not _bn_stats_ok(net, dummy):
+        return 4
+    if not _update_bounded(h, gmax if gmax < gnorm else gnorm, net.bound, net.limit, nb):
+        return 3
+    return 0
+
+
+cdef int _step_core(floating* pp, const floating* gp, floating* s1, floating* s2, Net* net,
+                    Hyper* h, double lam, Py_ssize_t n_params, const floating* xp,
+                    const floating* yp, const Py_ssize_t* ip, double* out) noexcept nogil:
+    """One step on net.m rows (gathered first from xp, yp by ip when ip is not NULL).
+
+    Writes the cost (L2 included) to out[0] and the sum of g^2 to out[1]; returns 0 when the
+    update was applied, else (and nothing is updated, running statistics included) 1 when the
+    cost, 2 when the gradient, 4 when a batch-norm statistic was not finite and 3 when the
+    update would overflow (_update_bounded, with the bounds read off the arenas).
+    """
+    cdef double part[KMAX]
+    cdef double part2[KMAX * NSMALL]
+    cdef double gpart[KMAX]
+    cdef double wpart[KMAX]
+    cdef double res[2]
+    cdef double tres[5 * MAXT]
+    cdef double nb[3]
+    cdef int status
+    cdef Py_ssize_t L = net.L, l, m = net.m, pieces, K, c
+    cdef Py_ssize_t C = _sum_chunks(n_params)
+    cdef Py_ssize_t nd_cost = h.n_decay if lam != 0.0 else 0
+    cdef int nt = net.nt, t, i
+    cdef Hyper hr
+    h.l2 = lam / m
+    if ip == NULL:
+        net.in_place = False
+    pieces = m if net.loss == CCE else _spans(m, net.n[L])
+    K = KMAX if pieces > KMAX else pieces
+    if nt == 1:
+        if ip != NULL:
+            _step_gather(xp, yp, ip, net, 0)
+        for l in range(L):
+            _step_forward(pp, net, <int>l, 0)
+        _step_loss(pp, net, 0, part)
+        _step_loss_backward(pp, net, 0, part2)
+        _step_loss_db(pp, net, part2)
+        for l in range(L - 1, -1, -1):
+            _step_backward(pp, net, <int>l, 0)
+        _step_sums(pp, gp, n_params, nd_cost, 1, 0, gpart, wpart)
+        if _step_decision(pp, net, h, part, K, gpart, wpart, C, lam, res, nb, INFINITY) == 0:
+            _step_update(pp, gp, s1, s2, net, h, 0)
+    else:
+        with parallel(num_threads=nt):
+            if ip != NULL:
+                for t in prange(nt, schedule="static", chunksize=1):
+                    _step_gather(xp, yp, ip, net, t)
+            for l in range(L):
+                for t in prange(nt, schedule="static", chunksize=1):
+                    _step_forward(pp, net, <int>l, t)
+            for t in prange(nt, schedule="static", chunksize=1):
+                _step_loss(pp, net, t, part)
+            for t in prange(nt, schedule="static", chunksize=1):
+                _step_loss_backward(pp, net, t, part2)
+            for l in range(L - 1, -1, -1):
+                for t in prange(nt, schedule="static", chunksize=1):
+                    if t == 0 and l == L - 1:
+                        _step_loss_db(pp, net, part2)
+                    _step_backward(pp, net, <int>l, t)
+            for t in prange(nt, schedule="static", chunksize=1):
+                _step_sums(pp, gp, n_params, nd_cost, nt, t, gpart, wpart)
+            # every thread reads the same sums, takes the same decision and updates what it owns
+            for t in prange(nt, schedule="static", chunksize=1):
+                if _step_decision(pp, net, h, part, K, gpart, wpart, C, lam, tres + 2 * t,
+                                  tres + 2 * MAXT + 3 * t, INFINITY) == 0:
+                    _step_update(pp, gp, s1, s2, net, h, t)
+    status = _step_decision(pp, net, h, part, K, gpart, wpart, C, lam, out, nb, INFINITY)
+    if status == 3:
+        # the bounds were too loose (or unknown): take them, and max |g|, from the arenas, decide
+        # again, and update here, each thread's share in turn (the same elements, the same bits)
+        _refresh_bounds(pp, s1, s2, n_params, net.bound)
+        status = _step_decision(pp, net, h, part, K, gpart, wpart, C, lam, out, nb,
+                                _absmax(gp, n_params))
+        if status == 0:
+            for t in range(nt):
+                _step_update(pp, gp, s1, s2, net, h, t)
+    if status != 0:
+        return status
+    net.bound[0] = nb[0]
+    net.bound[1] = nb[1]
+    net.bound[2] = nb[2]
+    for l in range(L):
+        if net.bn[l]:
+            hr.beta1 = net.momentum[l]
+            _ewa_span(<floating*>net.rmean[l], <floating*>net.mean[l], net.n[l + 1], &hr)
+            _ewa_span(<floating*>net.rvar[l], <floating*>net.var[l], net.n[l + 1], &hr)
+    return 0
+
+
+# ----------------------------------------------------------------------------------
+# the typed boundary: one plan per (model, batch capacity), small entry points
+# ----------------------------------------------------------------------------------
+
+ctypedef struct LayerSpec:       # mirrors fusednet.kernels._plan.LAYER_DTYPE field by field
+    Py_ssize_t n_in
+    Py_ssize_t n_out
+    Py_ssize_t w_off             # arena offsets; -1: none
+    Py_ssize_t b_off
+    Py_ssize_t gamma_off         # a BatchNorm between the product and the activation
+    Py_ssize_t beta_off
+    Py_ssize_t drop_index        # the Dropout layer after it (its dropout_key counter); -1: none
+    uint64_t drop_threshold      # keep an element when its 32-bit hash is below; 2**32: keep all
+    int act                      # fusednet.kernels._codes activation code
+    int act_node                 # 1: the activation is an Activation layer of its own
+    double slope                 # leaky ReLU
+    double drop_scale            # 1 / keep_prob
+    double bn_eps
+    double bn_momentum
+
+
+ctypedef struct OptSpec:         # mirrors fusednet.kernels._plan.OPT_DTYPE field by field
+    int kind                     # _codes.OPT_*
+    int bias_correction          # 0 none, 1 the first moment (momentum), 2 both (Adam)
+    double beta1
+    double beta2
+    double eps
+    Py_ssize_t t                 # steps taken before this call
+
+
+def layouts():
+    """``{name: (itemsize, {field: offset})}`` of the C structs the plan's dtypes mirror."""
+    cdef LayerSpec ls
+    cdef OptSpec os_
+    cdef size_t b = <size_t>&ls
+    cdef size_t o = <size_t>&os_
+    return {
+        "LayerSpec": (sizeof(LayerSpec), {
+            "n_in": <size_t>&ls.n_in - b, "n_out": <size_t>&ls.n_out - b, "w_off": <size_t>&ls.w_off - b,
+            "b_off": <size_t>&ls.b_off - b, "gamma_off": <size_t>&ls.gamma_off - b,
+            "beta_off": <size_t>&ls.beta_off - b, "drop_index": <size_t>&ls.drop_index - b,
+            "drop_threshold": <size_t>&ls.drop_threshold - b, "act": <size_t>&ls.act - b,
+            "act_node": <size_t>&ls.act_node - b, "slope": <size_t>&ls.slope - b,
+            "drop_scale": <size_t>&ls.drop_scale - b, "bn_eps": <size_t>&ls.bn_eps - b,
+            "bn_momentum": <size_t>&ls.bn_momentum - b}),
+        "OptSpec": (sizeof(OptSpec), {
+            "kind": <size_t>&os_.kind - o, "bias_correction": <size_t>&os_.bias_correction - o,
+            "beta1": <size_t>&os_.beta1 - o, "beta2": <size_t>&os_.beta2 - o, "eps": <size_t>&os_.eps - o,
+            "t": <size_t>&os_.t - o}),
+    }
+
+
+def codes():
+    """The codes compiled in, by name, for the test that pins them to fusednet.kernels._codes."""
+    return {"LINEAR": LINEAR, "SIGMOID": SIGMOID, "TANH": TANH, "RELU": RELU, "LEAKY_RELU": LEAKY_RELU,
+            "SOFTMAX": SOFTMAX, "MSE": MSE, "BCE": BCE, "CCE": CCE, "OPT_GD": OPT_GD,
+            "OPT_MOMENTUM": OPT_MOMENTUM, "OPT_RMSPROP": OPT_RMSPROP, "OPT_ADAM": OPT_ADAM}
+
+
+_STRUCTS = None
+#: (NumPy kind, bytes) of each field of the structs above
+_FIELD_TYPES = {
+    "LayerSpec": dict(n_in=("i", sizeof(Py_ssize_t)), n_out=("i", sizeof(Py_ssize_t)),
+                      w_off=("i", sizeof(Py_ssize_t)), b_off=("i", sizeof(Py_ssize_t)),
+                      gamma_off=("i", sizeof(Py_ssize_t)), beta_off=("i", sizeof(Py_ssize_t)),
+                      drop_index=("i", sizeof(Py_ssize_t)), drop_threshold=("u", 8), act=("i", sizeof(int)),
+                      act_node=("i", sizeof(int)), slope=("f", 8), drop_scale=("f", 8), bn_eps=("f", 8),
+                      bn_momentum=("f", 8)),
+    "OptSpec": dict(kind=("i", sizeof(int)), bias_correction=("i", sizeof(int)), beta1=("f", 8),
+                    beta2=("f", 8), eps=("f", 8), t=("i", sizeof(Py_ssize_t))),
+}
+_CHECKED = {}  # struct -> the last dtype found to mirror it (the common case: the same dtype object)
+
+
+cdef const unsigned char* _records(object table, str struct, str what, Py_ssize_t count) except NULL:
+    """The data of a NumPy structured array whose dtype mirrors ``struct``, field by field."""
+    global _STRUCTS
+    if _STRUCTS is None:
+        _STRUCTS = layouts()
+    size, offsets = _STRUCTS[struct]
+    dtype = getattr(table, "dtype", None)
+    if dtype is not None and dtype is _CHECKED.get(struct):
+        pass
+    elif dtype is None or dtype.names is None:
+        raise ValueError(f"{what} must be a structured array mirroring {struct}, got {type(table).__name__}")
+    else:
+        if tuple(dtype.names) != tuple(offsets):
+            raise ValueError(f"{what}: the fields {dtype.names} are not {struct}'s {tuple(offsets)}")
+        for name, off in offsets.items():
+            if dtype.fields[name][1] != off:
+                raise ValueError(f"{what}: field {name!r} is at byte {dtype.fields[name][1]}, "
+                                 f"{struct} has it at {off}")
+        for name, want in _FIELD_TYPES[struct].items():
+            got = dtype.fields[name][0]
+            if (got.kind, got.itemsize) != want:
+                raise ValueError(f"{what}: field {name!r} is {got}, {struct} has a {want[0]}{want[1] * 8}")
+        if dtype.itemsize != size:
+            raise ValueError(f"{what}: records of {dtype.itemsize} bytes, {struct} has {size}")
+        _CHECKED[struct] = dtype
+    if table.ndim != 1 or table.shape[0] != count or not table.flags.c_contiguous:
+        raise ValueError(f"{what} must be a contiguous 1-D array of {count} records, got shape {table.shape}")
+    cdef const unsigned char[::1] raw = table.view("u1")
+    return &raw[0]
+
+
+cdef void* _data(object arr, object dtype, Py_ssize_t need, str what, bint writable=True) except NULL:
+    """The data of ``arr``: an ndarray of ``dtype``, C-contiguous (writable), with >= ``need`` values."""
+    cdef float[::1] f32
+    cdef double[::1] f64
+    cdef const float[::1] c32
+    cdef const double[::1] c64
+    if getattr(arr, "dtype", None) != dtype or not hasattr(arr, "flags"):
+        raise ValueError(f"{what} must be an ndarray of {dtype}, got "
+                         f"{getattr(arr, 'dtype', type(arr).__name__)}")
+    if not arr.flags.c_contiguous or (writable and not arr.flags.writeable):
+        raise ValueError(f"{what} must be C-contiguous{' and writable' if writable else ''}")
+    if arr.size < need or arr.size == 0:
+        raise ValueError(f"{what} holds {arr.size} values; the plan needs {need}")
+    flat = arr.reshape(-1)
+    if writable:
+        if dtype.itemsize == 4:
+            f32 = flat
+            return &f32[0]
+        f64 = flat
+        return &f64[0]
+    if dtype.itemsize == 4:
+        c32 = flat
+        return <void*>&c32[0]
+    c64 = flat
+    return <void*>&c64[0]
+
+
+cdef class StepPlan:
+    """A Dense stack as the compiled step walks it: layer records, arenas and workspace, checked once.
+
+    Built once per (model, batch capacity) by ``fusednet._fused``.  ``layers`` is a
+    structured array of ``LAYER_DTYPE`` (fusednet.kernels._plan), one record per Dense
+    layer; the arrays are the model's parameter and gradient arenas, the optimiser's
+    state (empty for GD) and the workspace buffers for up to ``rows`` rows, by name:
+    per layer (a list, None where the layer has none) ``Z``, ``Dr`` (after dropout),
+    ``xhat``, ``Bo`` (BatchNorm's output), ``Ao`` (an Activation layer's output),
+    ``mean``, ``var``, ``invstd``, ``rmean``, ``rvar``; and ``A`` (the output),
+    ``D0``, ``D1`` (deltas), ``zeros``, ``scratch`` (the widest layer each).  Every
+    record and array is checked here; a mismatch raises ValueError naming it.
+    """
+    cdef Net net
+    cdef Hyper h
+    cdef double _lam
+    cdef readonly object dtype
+    cdef readonly Py_ssize_t rows, n_params, n_layers
+    cdef int isz                 # 4: float32, 8: float64
+    cdef readonly object bound
+    cdef public uint64_t dropout_seed
+    cdef void* P
+    cdef void* G
+    cdef void* S1
+    cdef void* S2
+    cdef object _refs
+    cdef object _batch_x, _batch_y
+    cdef object _last_xb, _last_yb         # the batch of the last call (views the trainer reuses)
+    cdef Py_ssize_t _last_m
+    cdef void* _last_xp
+    cdef void* _last_yp
+    cdef bint _last_in_place
+
+    def __init__(self, layers, *, params, grads, state1, state2, buffers, gemm, Py_ssize_t rows, int loss,
+                 double l2, Py_ssize_t n_decay, int n_threads):
+        cdef Py_ssize_t L = layers.shape[0] if hasattr(layers, "shape") and len(layers.shape) == 1 else 0
+        cdef const LayerSpec* spec
+        cdef Py_ssize_t l, n, widest, isz, n_params
+        cdef int nt
+        cdef Net* net
+        cdef char* P
+        cdef char* G
+        cdef bint bn, drop
+        cdef void* ptr
+        cdef double[::1] bnd
+        if L < 1 or L > MAXL:
+            raise ValueError(f"layers: a fused step takes 1 to {MAXL} Dense layers, got {L}")
+        spec = <const LayerSpec*>_records(layers, "LayerSpec", "layers", L)
+        dtype = getattr(params, "dtype", None)
+        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(f"params must be a float32 or float64 arena, got {dtype}")
+        if rows < 1 or rows > (1 << 40):
+            raise ValueError(f"rows must be >= 1, got {rows}")
+        if loss < MSE or loss > CCE:
+            raise ValueError(f"loss: unknown loss code {loss}")
+        self.dtype = dtype
+        self.isz = dtype.itemsize
+        self.rows = rows
+        self.n_layers = L
+        self.n_params = params.size
+        self._refs = [layers, params, grads, state1, state2, buffers]
+        self.P = _data(params, dtype, 1, "params")
+        self.G = _data(grads, dtype, params.size, "grads")
+        if grads.size != params.size:
+            raise ValueError(f"grads holds {grads.size} values, params {params.size}")
+        self.S1 = _data(state1, dtype, params.size, "state1") if state1.size else NULL
+        self.S2 = _data(state2, dtype, params.size, "state2") if state2.size else NULL
+        nt = n_threads if FN_OPENMP else 1
+        nt = 1 if nt < 1 else (MAXT if nt > MAXT else nt)
+        net = &self.net
+        net.L = <int>L
+        net.nt = nt
+        net.loss = loss
+        net.m = rows
+        if type(gemm).__name__ != "PyCapsule" or not PyCapsule_IsValid(gemm, PyCapsule_GetName(gemm)):
+            raise ValueError(f"gemm must be scipy.linalg.cython_blas's ?gemm capsule, got {type(gemm).__name__}")
+        name = PyCapsule_GetName(gemm)
+        want = (b"cython_blas_s *" if dtype.itemsize == 4 else b"cython_blas_d *")
+        if not name.startswith(b"void (char *, char *, int *, int *, int *, ") or want not in name:
+            raise ValueError(f"gemm must be scipy.linalg.cython_blas's {'s' if dtype.itemsize == 4 else 'd'}gemm "
+                             f"for {dtype} arrays, got a capsule of {name[:60]!r}")
+        net.gemm = <size_t>PyCapsule_GetPointer(gemm, name)
+        net.limit = (FLT_MAX if dtype.itemsize == 4 else DBL_MAX) / 4.0
+        self.bound = np.full(3, np.inf)
+        bnd = self.bound
+        net.bound = &bnd[0]
+        isz = dtype.itemsize
+        n_params = params.size
+        P = <char*>self.P
+        G = <char*>self.G
+        widest = 0
+
+        def per_layer(name, l):
+            lst = buffers.get(name)
+            arr = None if lst is None or len(lst) <= l else lst[l]
+            if arr is None:
+                raise ValueError(f"buffers[{name!r}][{l}] is missing: layer {l} needs one")
+            return arr
+
+        for l in range(L):
+            rec = f"layers[{l}]"
+            if spec[l].n_in < 1 or spec[l].n_out < 1:
+                raise ValueError(f"{rec}.n_in and n_out must be >= 1, got {spec[l].n_in}, {spec[l].n_out}")
+            if l > 0 and spec[l].n_in != spec[l - 1].n_out:
+                raise ValueError(f"{rec}.n_in is {spec[l].n_in}, the layer below has n_out {spec[l - 1].n_out}")
+            if spec[l].act < LINEAR or spec[l].act > SOFTMAX or (spec[l].act == SOFTMAX and l < L - 1):
+                raise ValueError(f"{rec}.act: {spec[l].act} is not an activation code of this layer")
+            if spec[l].w_off < 0 or spec[l].w_off + spec[l].n_in * spec[l].n_out > n_params:
+                raise ValueError(f"{rec}.w_off: W of {spec[l].n_in} x {spec[l].n_out} at {spec[l].w_off} "
+                                 f"does not fit the arena of {n_params}")
+            if spec[l].b_off >= 0 and spec[l].b_off + spec[l].n_out > n_params:
+                raise ValueError(f"{rec}.b_off: b at {spec[l].b_off} does not fit the arena of {n_params}")
+            bn = spec[l].gamma_off >= 0
+            if bn and (spec[l].beta_off < 0 or spec[l].gamma_off + spec[l].n_out > n_params
+                       or spec[l].beta_off + spec[l].n_out > n_params):
+                raise ValueError(f"{rec}.gamma_off/beta_off: gamma and beta do not fit the arena of {n_params}")
+            if (bn or spec[l].act_node) and (l == L - 1 or spec[l].act == SOFTMAX):
+                raise ValueError(f"{rec}: BatchNorm and Activation layers follow hidden layers only")
+            drop = spec[l].drop_index >= 0
+            if drop and l == L - 1:
+                raise ValueError(f"{rec}.drop_index: dropout follows hidden layers only")
+            if drop and not (0.0 < spec[l].drop_scale < INFINITY):
+                raise ValueError(f"{rec}.drop_scale must be 1 / keep_prob, got {spec[l].drop_scale}")
+            if bn and not (spec[l].bn_eps > 0.0 and 0.0 <= spec[l].bn_momentum < 1.0):
+                raise ValueError(f"{rec}.bn_eps / bn_momentum: got {spec[l].bn_eps}, {spec[l].bn_momentum}")
+            n = spec[l].n_out
+            widest = n if n > widest else widest
+            net.n[l] = spec[l].n_in
+            net.n[l + 1] = n
+            net.act[l] = spec[l].act
+            net.slope[l] = spec[l].slope
+            net.W[l] = <void*>(P + spec[l].w_off * isz)
+            net.dW[l] = <void*>(G + spec[l].w_off * isz)
+            net.has_bias[l] = spec[l].b_off >= 0
+            net.woff[l] = spec[l].w_off
+            net.boff[l] = spec[l].b_off
+            if net.has_bias[l]:
+                net.b[l] = <void*>(P + spec[l].b_off * isz)
+                net.db[l] = <void*>(G + spec[l].b_off * isz)
+            net.bn[l] = bn
+            net.goff[l] = spec[l].gamma_off if bn else -1
+            net.betaoff[l] = spec[l].beta_off if bn else -1
+            net.gamma[l] = <void*>(P + spec[l].gamma_off * isz) if bn else NULL
+            net.beta[l] = <void*>(P + spec[l].beta_off * isz) if bn else NULL
+            net.dgamma[l] = <void*>(G + spec[l].gamma_off * isz) if bn else NULL
+            net.dbeta[l] = <void*>(G + spec[l].beta_off * isz) if bn else NULL
+            net.actnode[l] = spec[l].act_node != 0
+            net.drop[l] = drop
+            net.dindex[l] = spec[l].drop_index
+            net.keep_all[l] = spec[l].drop_threshold >= 4294967296ULL
+            net.thr[l] = 0 if net.keep_all[l] else <uint32_t>spec[l].drop_threshold
+            net.scale[l] = spec[l].drop_scale if drop else 1.0
+            net.k1[l] = 0
+            net.k2[l] = 0
+            net.eps[l] = spec[l].bn_eps
+            net.momentum[l] = spec[l].bn_momentum
+            net.Z[l] = _data(per_layer("Z", l), dtype, rows * n, f"buffers['Z'][{l}]")
+            net.Dr[l] = _data(per_layer("Dr", l), dtype, rows * n, f"buffers['Dr'][{l}]") if drop else NULL
+            for name, need, cond, target in (("xhat", rows * n, bn, 0), ("Bo", rows * n, bn, 1),
+                                             ("mean", n, bn, 2), ("var", n, bn, 3), ("invstd", n, bn, 4),
+                                             ("rmean", n, bn, 5), ("rvar", n, bn, 6),
+                                             ("Ao", rows * n, spec[l].act_node != 0, 7)):
+                ptr = _data(per_layer(name, l), dtype, need, f"buffers[{name!r}][{l}]") if cond else NULL
+                if target == 0:
+                    net.xhat[l] = ptr
+                elif target == 1:
+                    net.Bo[l] = ptr
+                elif target == 2:
+                    net.mean[l] = ptr
+                elif target == 3:
+                    net.var[l] = ptr
+                elif target == 4:
+                    net.invstd[l] = ptr
+                elif target == 5:
+                    net.rmean[l] = ptr
+                elif target == 6:
+                    net.rvar[l] = ptr
+                else:
+                    net.Ao[l] = ptr
+        net.A = _data(buffers.get("A"), dtype, rows * net.n[L], "buffers['A']")
+        net.D[0] = _data(buffers.get("D0"), dtype, rows * widest, "buffers['D0']")
+        net.D[1] = _data(buffers.get("D1"), dtype, rows * widest, "buffers['D1']")
+        net.zeros = _data(buffers.get("zeros"), dtype, widest, "buffers['zeros']")
+        net.scratch = _data(buffers.get("scratch"), dtype, widest, "buffers['scratch']")
+        for l in range(L):
+            if not net.has_bias[l]:
+                net.b[l] = net.zeros
+                net.db[l] = net.scratch
+        # the batch buffers a whole epoch gathers into (optional for single steps)
+        self._batch_x, self._batch_y = buffers.get("X"), buffers.get("Y")
+        if self._batch_x is not None or self._batch_y is not None:
+            for name, arr, width in (("X", self._batch_x, net.n[0]), ("Y", self._batch_y, net.n[L])):
+                if getattr(arr, "shape", None) != (rows, width):
+                    raise ValueError(f"buffers[{name!r}] must be ({rows}, {width}), got {getattr(arr, 'shape', None)}")
+                _data(arr, dtype, rows * width, f"buffers[{name!r}]")
+        if not (l2 >= 0.0 and l2 < INFINITY):
+            raise ValueError(f"l2 must be finite and >= 0, got {l2}")
+        self.h.l2 = 0.0
+        self.h.n_decay = _clip(n_decay, n_params)
+        self._lam = l2
+        self.dropout_seed = 0
+
+    @property
+    def l2(self):
+        """The model's L2 coefficient the plan was built for."""
+        return self._lam
+
+    def reset_bounds(self):
+        """Forget the bounds of |w| and the optimiser state: the next call reads them off the arenas."""
+        self.bound.fill(np.inf)
+
+
+cdef void _bias_corrections(const OptSpec* o, Py_ssize_t t, Hyper* h) noexcept nogil:
+    """bc1 = 1 - beta1^t (momentum with correction, Adam), bc2 = 1 - beta2^t (Adam); else 1.
+
+    Mirrors fusednet.optim.bias_correction."""
+    h.bc1 = 1.0 - pow(o.beta1, <double>t) if o.bias_correction >= 1 else 1.0
+    h.bc2 = 1.0 - pow(o.beta2, <double>t) if o.bias_correction >= 2 else 1.0
+
+
+cdef const OptSpec* _opt_spec(StepPlan plan, object opt) except NULL:
+    cdef const OptSpec* o = <const OptSpec*>_records(opt, "OptSpec", "opt", 1)
+    if o.kind < OPT_GD or o.kind > OPT_ADAM:
+        raise ValueError(f"opt.kind: unknown optimiser code {o.kind}")
+    if o.bias_correction < 0 or o.bias_correction > 2 or o.t < 0:
+        raise ValueError(f"opt.bias_correction must be 0, 1 or 2 and opt.t >= 0, got {o.bias_correction}, {o.t}")
+    if (o.kind != OPT_GD and plan.S1 == NULL) or (o.kind == OPT_ADAM and plan.S2 == NULL):
+        raise ValueError(f"opt.kind {o.kind} needs the optimiser state the plan was built without")
+    plan.h.kind = o.kind
+    plan.h.beta1 = o.beta1
+    plan.h.beta2 = o.beta2
+    plan.h.eps = o.eps
+    return o
+
+
+cdef int _batch(StepPlan plan, object Xb, object Yb, Py_ssize_t m) except -1:
+    """Point the plan at a batch of m rows (Xb (m, n_in), Yb (m, n_out) of the plan's dtype)."""
+    cdef Net* net = &plan.net
+    if Xb is plan._last_xb and Yb is plan._last_yb and m == plan._last_m:  # the same views as the last step
+        net.X = plan._last_xp
+        net.Y = plan._last_yp
+        net.m = m
+        net.in_place = plan._last_in_place
+        return 0
+    if m < 1 or m > plan.rows:
+        raise ValueError(f"a step takes 1 to {plan.rows} rows (the plan's capacity), got {m}")
+    if getattr(Xb, "shape", None) != (m, net.n[0]) or getattr(Yb, "shape", None) != (m, net.n[net.L]):
+        raise ValueError(f"Xb and Yb must be ({m}, {net.n[0]}) and ({m}, {net.n[net.L]}), got "
+                         f"{getattr(Xb, 'shape', None)} and {getattr(Yb, 'shape', None)}")
+    net.X = _data(Xb, plan.dtype, m * net.n[0], "Xb", False)  # written only when gathered into
+    net.Y = _data(Yb, plan.dtype, m * net.n[net.L], "Yb", False)
+    net.m = m
+    if plan.isz == 4:
+        net.in_place = _own(net, <const float*>net.X, 0) and m <= MAXR and net.n[0] <= FG_MAX_K
+    else:
+        net.in_place = False
+    plan._last_xb, plan._last_yb, plan._last_m = Xb, Yb, m
+    plan._last_xp, plan._last_yp, plan._last_in_place = net.X, net.Y, net.in_place
+    return 0
+
+
+def dense_step(StepPlan plan,               # IN/OUT the model, its arenas and workspace
+               opt,                         # IN an OPT_DTYPE record: the optimiser and its step count
+               Xb, Yb,                      # IN (m, n_in), (m, n_out) the batch; OUT when gathered
+               gather,                      # None, or (X, Y, idx): gather rows idx of X, Y into Xb, Yb
+               double lr,
+               const uint64_t[::1] keys,    # IN (L,) the dropout key of each layer followed by one
+               double[::1] out):            # OUT (2,): the cost (L2 included), sum of g^2
+    """One training step of a Dense stack; returns 0 (updated), else nothing changed and 1 (cost not
+    finite), 2 (gradient), 3 (the update would overflow) or 4 (a batch-norm statistic)."""
+    cdef Net* net = &plan.net
+    cdef const OptSpec* o = _opt_spec(plan, opt)
+    cdef Py_ssize_t m = getattr(Xb, "shape", (0,))[0], l
+    cdef int status
+    cdef const void* xp = NULL
+    cdef const void* yp = NULL
+    cdef const Py_ssize_t[::1] idx
+    cdef const Py_ssize_t* ip = NULL
+    if out.shape[0] < 2 or keys.shape[0] != net.L:
+        raise ValueError(f"keys must hold one key per layer ({net.L}) and out 2 values")
+    _batch(plan, Xb, Yb, m)
+    if gather is not None:
+        X, Y, idx_ = gather
+        if getattr(X, "ndim", 0) != 2 or X.shape[1] != net.n[0] or getattr(Y, "shape", (0, 0))[1:] != (net.n[net.L],) \
+                or Y.shape[0] != X.shape[0]:
+            raise ValueError("gather: X and Y must have the model's input and output widths, and as many rows")
+        idx = idx_
+        if idx.shape[0] != m:
+            raise ValueError(f"gather: idx must hold {m} rows, got {idx.shape[0]}")
+        for l in range(m):
+            if idx[l] < 0 or idx[l] >= X.shape[0]:
+                raise ValueError(f"gather: idx[{l}] = {idx[l]} is not a row of X")
+        xp = _data(X, plan.dtype, 1, "gather X", False)
+        yp = _data(Y, plan.dtype, 1, "gather Y", False)
+        ip = &idx[0]
+    for l in range(net.L):
+        _set_key(net, <int>l, keys[l])
+    plan.h.lr = lr
+    _bias_corrections(o, o.t + 1, &plan.h)
+    with nogil:
+        if not (net.bound[0] < INFINITY):
+            _refresh(plan)
+        if plan.isz == 4:
+            status = _step_core(<float*>plan.P, <float*>plan.G, <float*>plan.S1, <float*>plan.S2, net,
+                                &plan.h, plan._lam, plan.n_params, <const float*>xp, <const float*>yp, ip,
+                                &out[0])
+        else:
+            status = _step_core(<double*>plan.P, <double*>plan.G, <double*>plan.S1, <double*>plan.S2, net,
+                                &plan.h, plan._lam, plan.n_params, <const double*>xp, <const double*>yp, ip,
+                                &out[0])
+    return status
+
+
+cdef void _refresh(StepPlan plan) noexcept nogil:
+    if plan.isz == 4:
+        _refresh_bounds(<float*>plan.P, <float*>plan.S1, <float*>plan.S2, plan.n_params, plan.net.bound)
+    else:
+        _refresh_bounds(<double*>plan.P, <double*>plan.S1, <double*>plan.S2, plan.n_params, plan.net.bound)
+
+
+cdef void _predictions(Net* net, const void* A_, int itemsize, Py_ssize_t[::1] pred, Py_ssize_t s,
+                       Py_ssize_t rows) noexcept nogil:
+    """pred[s + r] = argmax (softmax) or A > 0.5 (one sigmoid) of the output's rows."""
+    cdef Py_ssize_t r, j, best, n_out = net.n[net.L]
+    cdef const float* a32 = <const float*>A_
+    cdef const double* a64 = <const double*>A_
+    for r in range(rows):
+        if net.loss == CCE:
+            best = 0
+            for j in range(1, n_out):
+                if (a32[r * n_out + j] > a32[r * n_out + best]) if itemsize == 4 else \
+                        (a64[r * n_out + j] > a64[r * n_out + best]):
+                    best = j
+            pred[s + r] = best
+        else:
+            pred[s + r] = 1 if ((a32[r * n_out] > 0.5) if itemsize == 4 else (a64[r * n_out] > 0.5)) else 0
+
+
+def dense_epoch(StepPlan plan,               # IN/OUT as dense_step; its buffers X, Y hold each batch
+                opt,                         # IN an OPT_DTYPE record (t: the steps taken before the epoch)
+                X, Y,                        # IN (M, n_in), (M, n_out) the data and its targets
+                const Py_ssize_t[::1] perm,  # IN (M,) the epoch's order of the rows
+                const double[::1] lrs,       # IN (steps,) the learning rate of each step
+                double[::1] costs,           # OUT (steps,) the cost of each step
+                Py_ssize_t[::1] pred):       # OUT (M,) argmax (softmax) or A > 0.5 (one sigmoid), or length 0
+    """All the mini-batches of one epoch, as dense_step each, with no Python between them.
+
+    Step i takes rows perm[i * B:(i + 1) * B] of X, Y (B = the plan's rows; the last batch may be
+    partial) into the plan's buffers X, Y, and the optimiser's step count opt.t + i + 1; step i's
+    dropout key of the Dropout layer d is splitmix64(splitmix64(plan.dropout_seed ^ i) ^ d).
+    Returns (steps applied, status of the first step that was not, its cost).
+    """
+    cdef Net* net = &plan.net
+    cdef const OptSpec* o = _opt_spec(plan, opt)
+    cdef Py_ssize_t B = plan.rows, M = getattr(X, "shape", (0,))[0], steps, i, s, e
+    cdef int status = 0, l, isz = plan.isz
+    cdef double res[2]
+    cdef uint64_t x
+    cdef const void* xp
+    cdef const void* yp
+    if M < 1 or getattr(X, "shape", None) != (M, net.n[0]) or getattr(Y, "shape", None) != (M, net.n[net.L]):
+        raise ValueError(f"X and Y must be (M, {net.n[0]}) and (M, {net.n[net.L]}) with M >= 1")
+    if perm.shape[0] != M:
+        raise ValueError(f"perm must hold {M} rows, got {perm.shape[0]}")
+    steps = (M + B - 1) // B
+    if lrs.shape[0] != steps or costs.shape[0] != steps:
+        raise ValueError(f"{M} rows in batches of {B} make {steps} steps: lrs and costs must hold that many")
+    if pred.shape[0] != 0 and pred.shape[0] != M:
+        raise ValueError("pred must have one entry per row, or none")
+    for i in range(M):
+        if perm[i] < 0 or perm[i] >= M:
+            raise ValueError(f"perm[{i}] = {perm[i]} is not a row of X")
+    xp = _data(X, plan.dtype, M * net.n[0], "X", False)
+    yp = _data(Y, plan.dtype, M * net.n[net.L], "Y", False)
+    if plan._batch_x is None:
+        raise ValueError("a whole epoch gathers its batches into buffers['X'] and buffers['Y']: "
+                         "build the plan with them")
+    _batch(plan, plan._batch_x, plan._batch_y, B)
+    i = 0
+    with nogil:
+        if not (net.bound[0] < INFINITY):
+            _refresh(plan)
+        while i < steps:
+            s = i * B
+            e = s + B if s + B < M else M
+            net.m = e - s
+            plan.h.lr = lrs[i]
+            _bias_corrections(o, o.t + i + 1, &plan.h)
+            x = _splitmix64(plan.dropout_seed ^ <uint64_t>i)
+            for l in range(net.L):
+                if net.drop[l]:
+                    _set_key(net, l, _splitmix64(x ^ <uint64_t>net.dindex[l]))
+            if isz == 4:
+                status = _step_core(<float*>plan.P, <float*>plan.G, <float*>plan.S1, <float*>plan.S2, net,
+                                    &plan.h, plan._lam, plan.n_params, <const float*>xp, <const float*>yp,
+                                    &perm[s], res)
+            else:
+                status = _step_core(<double*>plan.P, <double*>plan.G, <double*>plan.S1, <double*>plan.S2, net,
+                                    &plan.h, plan._lam, plan.n_params, <const double*>xp, <const double*>yp,
+                                    &perm[s], res)
+            costs[i] = res[0]
+            if status != 0:
+                break
+            if pred.shape[0] != 0:
+                _predictions(net, net.A, isz, pred, s, e - s)
+            i += 1
+    return i, status, res[0]
