@@ -949,7 +949,7 @@ cdef class StepPlan:
 cdef void _bias_corrections(const OptSpec* o, Py_ssize_t t, Hyper* h) noexcept nogil:
     """bc1 = 1 - beta1^t (momentum with correction, Adam), bc2 = 1 - beta2^t (Adam); else 1.
 
-    Mirrors fusednet.optim.bias_correction."""
+    Mirrors fusednet.optim.bias_correction (the tests hold the compiled step to the per-kernel path)."""
     h.bc1 = 1.0 - pow(o.beta1, <double>t) if o.bias_correction >= 1 else 1.0
     h.bc2 = 1.0 - pow(o.beta2, <double>t) if o.bias_correction >= 2 else 1.0
 

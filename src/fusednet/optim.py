@@ -446,6 +446,23 @@ class Optimizer:
         return None
 
 
+def bias_correction(beta, t):
+    r"""The bias correction of an exponentially weighted average after ``t`` steps (C2W2).
+
+    .. math::
+
+        c_t = 1 - \beta^t, \qquad \hat v_t = v_t / c_t
+
+    The one source of this formula: Momentum (with ``bias_correction=True``),
+    Adam's two moments, :func:`ewa`, and -- mirrored as ``_bias_corrections``
+    in ``kernels/_step.pxi`` -- the compiled step.
+    """
+    return 1.0 - beta**t
+
+
+_bias_correction = bias_correction  # for functions whose argument of that name hides it
+
+
 def update_bound(kind, lr, l2, beta1, beta2, eps, bc1, gnorm, bound, limit):
     r"""Whether an update cannot overflow, and upper bounds of the values after it.
 
@@ -582,13 +599,13 @@ class Momentum(Optimizer):
 
     def _apply(self, kernel, lr, l2, n_decay, n_threads):
         beta = self._beta
-        bc = 1.0 - beta**self._t if self._bias_correction else 1.0
+        bc = bias_correction(beta, self._t) if self._bias_correction else 1.0
         for w, g, n, v in self._bufs:
             nd = n if n_decay is None else min(n_decay, n)
             kernel(w, g, v, lr, beta, bc, l2, nd, n_threads)
 
     def _fused_hypers(self, t, state):
-        bc = 1.0 - self._beta**t if self._bias_correction else 1.0
+        bc = bias_correction(self._beta, t) if self._bias_correction else 1.0
         return (_codes.OPT_MOMENTUM, self._beta, 0.0, 0.0, bc, 1.0, state[0], _EMPTY[state[0].dtype])
 
 
@@ -698,15 +715,15 @@ class Adam(Optimizer):
 
     def _apply(self, kernel, lr, l2, n_decay, n_threads):
         b1, b2, eps, t = self._beta1, self._beta2, self._eps, self._t
-        bc1 = 1.0 - b1**t
-        bc2 = 1.0 - b2**t
+        bc1 = bias_correction(b1, t)
+        bc2 = bias_correction(b2, t)
         for w, g, n, m, v in self._bufs:
             nd = n if n_decay is None else min(n_decay, n)
             kernel(w, g, m, v, lr, b1, b2, eps, bc1, bc2, l2, nd, n_threads)
 
     def _fused_hypers(self, t, state):
         b1, b2 = self._beta1, self._beta2
-        return (_codes.OPT_ADAM, b1, b2, self._eps, 1.0 - b1**t, 1.0 - b2**t, state[0], state[1])
+        return (_codes.OPT_ADAM, b1, b2, self._eps, bias_correction(b1, t), bias_correction(b2, t), state[0], state[1])
 
 
 # --------------------------------------------------------------------------
@@ -754,5 +771,5 @@ def ewa(values, beta=0.9, bias_correction=False):
     c = 1.0 - beta
     for i, theta in enumerate(x.astype(np.float64).tolist()):
         v = beta * v + c * theta
-        out[i] = v / (1.0 - beta ** (i + 1)) if bias_correction else v
+        out[i] = v / _bias_correction(beta, i + 1) if bias_correction else v
     return out
