@@ -1,4 +1,4 @@
-"""Shared test configuration: the slow tier.
+"""Shared test configuration: the kernel-backend fixtures and the slow tier.
 
 ``pytest -m "not slow"`` is the quick tier for the edit-test loop; CI runs
 everything.  Tests are slow here when they compile many Numba variants, start
@@ -7,6 +7,29 @@ list is in one place.
 """
 
 import pytest
+
+from fusednet import kernels
+
+
+@pytest.fixture
+def backend(request):
+    """The global kernel backend set to ``request.param`` for one test, then restored.
+
+    Parametrise indirectly: ``@pytest.mark.parametrize("backend", kernels.available(), indirect=True)``
+    (a test that parametrises ``backend`` directly gets the plain value instead).
+    """
+    before = kernels.get_backend()
+    kernels.set_backend(request.param)
+    yield request.param
+    kernels.set_backend(before)
+
+
+@pytest.fixture
+def restore_backend():
+    """Whatever a test does to the global kernel backend is undone after it."""
+    before = kernels.get_backend()
+    yield
+    kernels.set_backend(before)
 
 #: (file, test-name prefix) of the slow tests
 SLOW = (

@@ -80,13 +80,6 @@ def make(case, **kw):
     return cls(**hp, **kw)
 
 
-@pytest.fixture
-def restore_backend():
-    before = K.get_backend()
-    yield
-    K.set_backend(before)
-
-
 # --------------------------------------------------------------------------
 # equality with the formulas
 # --------------------------------------------------------------------------

@@ -18,14 +18,6 @@ from fusednet.model import Sequential
 BACKENDS = kernels.available()
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    before = kernels.get_backend()
-    kernels.set_backend(request.param)
-    yield request.param
-    kernels.set_backend(before)
-
-
 def _trained(dtype="float32"):
     X, y = fn.datasets.digits()
     model = Sequential([Dense(48, "relu"), Dropout(0.9), Dense(20, use_bias=False), BatchNorm(),
@@ -34,6 +26,7 @@ def _trained(dtype="float32"):
     return model, X
 
 
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_threads_sharing_a_model_predict_what_a_serial_call_predicts(backend):
     model, X = _trained()
     rng = np.random.default_rng(0)
@@ -59,6 +52,7 @@ def test_threads_sharing_a_model_predict_what_a_serial_call_predicts(backend):
     assert wrong == []
 
 
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_threads_sharing_a_model_evaluate_what_a_serial_call_evaluates(backend):
     model, X = _trained("float64")
     _, y = fn.datasets.digits()

@@ -16,14 +16,6 @@ from fusednet.trainer import Trainer, _Run
 BACKENDS = kernels.available()
 
 
-@pytest.fixture
-def backend(request):
-    before = kernels.get_backend()
-    kernels.set_backend(request.param)
-    yield request.param
-    kernels.set_backend(before)
-
-
 def blobs(m=120, nf=4, k=3, seed=0):
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((k, nf)) * 2
