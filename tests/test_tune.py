@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+import fusednet
 from fusednet import tune
 from fusednet.tune import (
     Choice,
@@ -548,7 +549,7 @@ def test_dask_distributed_cluster(monkeypatch):
     from dask.distributed import Client, LocalCluster
 
     # cluster workers import fusednet and the helpers by name
-    package_root = str(Path(tune.__file__).resolve().parents[1])
+    package_root = str(Path(fusednet.__file__).resolve().parents[1])
     path = os.pathsep.join([TESTS_DIR, package_root, os.environ.get("PYTHONPATH", "")])
     monkeypatch.setenv("PYTHONPATH", path.rstrip(os.pathsep))
     n = 4
@@ -564,6 +565,34 @@ def test_dask_distributed_cluster(monkeypatch):
         assert r["score"] == helpers.peaked(**reference[r["trial"]])["score"]
         assert r["metrics"]["pid"] != os.getpid()
     assert by_trial(via_client) == by_trial(results)
+
+
+# --------------------------------------------------------------------------
+# the tune command's trial function
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "names, n_classes",
+    [
+        (["1", "2", "3"], 3),  # labels 1..k are k classes, not k + 1
+        (["1", "2"], 2),  # two classes: a sigmoid output
+        (["setosa", "virginica", "versicolor"], 3),  # words, as the train command takes them
+    ],
+)
+def test_tune_command_trials_encode_labels_by_sorted_value(tmp_path, names, n_classes):
+    from fusednet.tune_cli import _trial_data, train_trial
+
+    rng = np.random.default_rng(0)
+    labels = np.array(names)[np.arange(60) % len(names)]
+    X = rng.normal(size=(60, 3)) + (np.searchsorted(np.unique(labels), labels) * 2.0)[:, None]
+    path = tmp_path / "data.csv"
+    path.write_text("".join(f"{a:.6f},{b:.6f},{c:.6f},{label}\n" for (a, b, c), label in zip(X, labels)))
+    X_read, ids, k = _trial_data(str(path), -1)
+    assert k == n_classes and X_read.shape == (60, 3)
+    np.testing.assert_array_equal(ids, np.searchsorted(sorted(set(names)), labels))
+    result = train_trial(lr=1e-2, beta1=0.9, hidden=8, activation="relu", l2=0.0, epochs=2, seed=0, data=str(path))
+    assert 0.0 <= result["score"] <= 1.0 and math.isfinite(result["dev_loss"])
 
 
 # --------------------------------------------------------------------------

@@ -1,10 +1,22 @@
 """``fusednet tune``: random search (coarse to fine) for a network on the digits data or a user file.
 
 The trial function lives at module level so that spawned worker processes can
-import it by name.
+import it by name. Each trial reads the data as the ``train`` command does:
+:func:`fusednet._cli_data.load_labelled`, then class ids by the labels' sorted
+unique values (:func:`fusednet._cli_data.encode_labels`), so labels ``1..k``
+make ``k`` classes and word labels work too.
 """
 
-import numpy as np
+from . import _cli_data
+
+
+def _trial_data(data, label_column):
+    """``(X, class ids, number of classes)`` of ``data`` (None: the digits), labels encoded as ``train`` does."""
+    import fusednet as fn
+
+    X, labels = fn.datasets.digits() if data is None else _cli_data.load_labelled(data, label_column)
+    ids, classes = _cli_data.encode_labels(labels, f"the labels of {'the digits' if data is None else data}")
+    return X, ids, len(classes)
 
 
 def train_trial(lr, beta1, hidden, activation, l2, epochs, seed, data=None, label_column=-1):
@@ -22,8 +34,9 @@ def train_trial(lr, beta1, hidden, activation, l2, epochs, seed, data=None, labe
         L2 regularisation lambda.
     epochs, seed : int
     data : str or None
-        A data file for :func:`fusednet.datasets.load`; None: the digits.
+        A data file, read as the ``train`` command reads it; None: the digits.
     label_column : int or str
+        The labels' column of a text file: an index (-1: the last) or a header name.
 
     Returns
     -------
@@ -32,16 +45,17 @@ def train_trial(lr, beta1, hidden, activation, l2, epochs, seed, data=None, labe
     """
     import fusednet as fn
 
-    X, y = fn.datasets.digits() if data is None else fn.datasets.load(data, label_column=label_column)
+    X, y, n_classes = _trial_data(data, label_column)
     (Xtr, ytr), (Xdv, ydv), _ = fn.data.split(X, y, dev=0.15, test=0.15, seed=seed)
     norm = fn.data.Normalizer().fit(Xtr)
     Xtr, Xdv = norm.transform(Xtr), norm.transform(Xdv)
-    n_classes = int(np.max(y)) + 1
-    out = fn.layers.Dense(n_classes, activation="softmax") if n_classes > 2 else fn.layers.Dense(1, activation="sigmoid")
-    model = fn.Sequential(
-        [fn.layers.Dense(int(hidden), activation=activation), fn.layers.Dense(max(2, int(hidden) // 2), activation=activation), out],
-        input_dim=X.shape[1], l2=l2, seed=seed,
-    )
+    if n_classes > 2:
+        out = fn.layers.Dense(n_classes, activation="softmax")
+    else:
+        out = fn.layers.Dense(1, activation="sigmoid")
+    hidden = int(hidden)
+    hidden_layers = [fn.layers.Dense(width, activation=activation) for width in (hidden, max(2, hidden // 2))]
+    model = fn.Sequential([*hidden_layers, out], input_dim=X.shape[1], l2=l2, seed=seed)
     fn.Trainer(model, optimizer=fn.optim.Adam(lr=lr, beta1=beta1), batch_size=64, epochs=epochs, seed=seed,
                progress=False).fit(Xtr, ytr)
     dev = model.evaluate(Xdv, ydv)
@@ -54,11 +68,10 @@ def run_tune(args, load_data, table):
     import fusednet as fn
 
     # fail fast on bad data, in this process, before any worker starts
-    X, y = load_data(args)
+    X, _ = load_data(args)
     if len(X) < 20:
         raise ValueError(f"--data needs at least 20 examples to split into train/dev, got {len(X)}")
-    label_column = args.label_column
-    label_column = int(label_column) if label_column.lstrip("-").isdigit() else label_column
+    label_column = _cli_data._label_arg(args.label_column)  # -1, another index, or a header name
     space = {
         "lr": fn.tune.LogUniform(1e-4, 1e-1),
         "beta1": fn.tune.OneMinusLogUniform(0.8, 0.99),
