@@ -21,6 +21,8 @@ import os
 
 import numpy as np
 
+from ._validation import check_real
+
 __all__ = ["Callback", "EarlyStopping", "Checkpoint"]
 
 
@@ -79,10 +81,7 @@ class EarlyStopping(Callback):
             raise TypeError(f"monitor must be a history key (str), got {monitor!r}")
         if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 0:
             raise ValueError(f"patience must be an int >= 0, got {patience!r}")
-        if isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real):
-            raise TypeError(f"min_delta must be a real number >= 0, got {min_delta!r}")
-        if not (math.isfinite(min_delta) and min_delta >= 0):
-            raise ValueError(f"min_delta must be a finite number >= 0, got {min_delta!r}")
+        min_delta = check_real("min_delta", min_delta, 0)
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
         self.monitor = monitor

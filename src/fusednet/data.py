@@ -20,10 +20,18 @@ as_generator
     ``seed=`` argument to a :class:`numpy.random.Generator`.
 """
 
-import math
 import numbers
 
 import numpy as np
+
+# the argument checks shared by the data-facing modules (datasets too), under their names here
+from ._validation import as_array as _as_array
+from ._validation import check_finite
+from ._validation import check_float_dtype as _check_float_dtype
+from ._validation import check_int as _check_int
+from ._validation import check_numeric as _check_numeric
+from ._validation import check_real as _check_real
+from ._validation import describe as _describe
 
 __all__ = ["Normalizer", "as_generator", "from_one_hot", "one_hot", "split"]
 
@@ -32,113 +40,8 @@ _CHUNK_BYTES = 1 << 24
 
 
 # --------------------------------------------------------------------------
-# argument checks shared by the data-facing modules
+# streaming and label checks
 # --------------------------------------------------------------------------
-
-
-def _describe(value):
-    """Short description of ``value`` for error messages."""
-    if isinstance(value, np.ndarray):
-        return f"array of shape {value.shape} and dtype {value.dtype}"
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{text} ({type(value).__name__})"
-
-
-def _check_int(name, value, minimum=None):
-    """Return ``value`` as an ``int`` after checking it is an integer >= ``minimum``.
-
-    Raises
-    ------
-    TypeError
-        ``value`` is not an integer (a ``bool`` is refused too).
-    ValueError
-        ``value`` is below ``minimum``.
-    """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        expected = "an integer" if minimum is None else f"an integer >= {minimum}"
-        raise TypeError(f"{name} must be {expected}, got {_describe(value)}")
-    value = int(value)
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
-    return value
-
-
-def _check_real(name, value, low=None, high=None, *, low_open=False, high_open=False):
-    """Return ``value`` as a finite ``float`` inside the given interval.
-
-    Parameters
-    ----------
-    name : str
-        Argument name used in the error message.
-    value : object
-        The value to check; ``bool`` is refused.
-    low, high : float or None
-        Bounds of the interval (None: unbounded on that side).
-    low_open, high_open : bool
-        Whether the bound itself is excluded.
-
-    Raises
-    ------
-    TypeError
-        ``value`` is not a real number.
-    ValueError
-        ``value`` is NaN, infinite or outside the interval.
-    """
-    kind = "a real number" if low is not None and high is not None else "a finite real number"
-    if low is not None and high is not None:
-        interval = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-    elif low is not None:
-        interval = f"{'>' if low_open else '>='} {low}"
-    elif high is not None:
-        interval = f"{'<' if high_open else '<='} {high}"
-    else:
-        interval = ""
-    wanted = f"{kind} {interval}".strip()
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be {wanted}, got {_describe(value)}")
-    value = float(value)
-    if math.isnan(value):
-        raise ValueError(f"{name} must be {wanted}, got nan")
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high or math.isinf(value):
-        raise ValueError(f"{name} must be {wanted}, got {value!r}")
-    return value
-
-
-def _check_float_dtype(name, dtype):
-    """Return ``np.dtype(dtype)`` after checking it is float32 or float64."""
-    try:
-        resolved = np.dtype(dtype)
-    except TypeError:
-        resolved = None
-    if resolved not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise ValueError(f"{name} must be 'float32' or 'float64', got {dtype!r}")
-    return resolved
-
-
-def _as_array(name, value):
-    """``np.asarray`` that turns conversion failures into a TypeError naming ``name``.
-
-    ``np.memmap`` and other ndarrays are returned as they are (no copy, no read).
-    """
-    if isinstance(value, np.ndarray):
-        return value
-    try:
-        array = np.asarray(value)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be array-like, got {_describe(value)}: {exc}") from None
-    if array.dtype == object:
-        raise TypeError(f"{name} must be a numeric array, got {_describe(value)} (object dtype)")
-    return array
-
-
-def _check_numeric(name, array):
-    """Raise TypeError unless ``array`` has a bool, integer or floating dtype."""
-    if array.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must have a numeric dtype, got dtype {array.dtype}")
 
 
 def _row_chunks(array):
@@ -148,21 +51,6 @@ def _row_chunks(array):
     step = max(1, _CHUNK_BYTES // row_bytes)
     for start in range(0, m, step):
         yield slice(start, min(start + step, m))
-
-
-def _check_finite(name, array):
-    """Raise ValueError naming the first NaN/inf entry of ``array`` (read in chunks)."""
-    if array.dtype.kind != "f":
-        return
-    for rows in _row_chunks(array):
-        block = np.asarray(array[rows])
-        bad = ~np.isfinite(block)
-        if bad.any():
-            local = np.argwhere(bad)[0]
-            value = block[tuple(local)]
-            local[0] += rows.start
-            position = ", ".join(str(int(i)) for i in local)
-            raise ValueError(f"{name} must be finite, but it holds {value} at index ({position})")
 
 
 def _as_class_ids(name, y):
@@ -496,7 +384,7 @@ class Normalizer:
         for rows in _row_chunks(X):
             block = np.asarray(X[rows], dtype=np.float64)
             if not np.isfinite(block).all():
-                _check_finite("X", X)
+                check_finite(X, "X")
             total += block.sum(axis=0)
             np.minimum(low, block.min(axis=0, initial=np.inf), out=low)
             np.maximum(high, block.max(axis=0, initial=-np.inf), out=high)
@@ -546,7 +434,7 @@ class Normalizer:
         self._check_fitted()
         X = self._check_X(X)
         self._check_features(X)
-        _check_finite("X", X)
+        check_finite(X, "X")
         dtype = _output_dtype(X)
         if not copy and X.dtype == dtype and X.flags.writeable and type(X) is np.ndarray:
             out = X
@@ -585,7 +473,7 @@ class Normalizer:
         self._check_fitted()
         X = self._check_X(X)
         self._check_features(X)
-        _check_finite("X", X)
+        check_finite(X, "X")
         out = np.empty(X.shape, dtype=_output_dtype(X))
         for rows in _row_chunks(X):
             out[rows] = np.asarray(X[rows], dtype=np.float64) * self.std_ + self.mean_
@@ -767,5 +655,5 @@ def from_one_hot(Y):
             hint = " (a single column holds binary labels, not one-hot rows)"
         raise ValueError(f"Y must be one-hot rows of shape (m, k) with k >= 2, got shape {Y.shape}{hint}")
     _check_numeric("Y", Y)
-    _check_finite("Y", Y)
+    check_finite(Y, "Y")
     return np.argmax(Y, axis=1).astype(np.int64)

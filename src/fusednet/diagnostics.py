@@ -20,7 +20,7 @@ train error    dev error    verdict
 
 from dataclasses import dataclass, field
 
-from .data import _check_real
+from ._validation import check_real
 
 __all__ = ["Diagnosis", "diagnose"]
 
@@ -187,7 +187,7 @@ def diagnose(train_error, dev_error, bayes_error=0.0, threshold=0.05):
         ("bayes_error", bayes_error),
     ):
         try:
-            values[name] = _check_real(name, value, 0.0, 1.0)
+            values[name] = check_real(name, value, 0.0, 1.0)
         except ValueError:
             hint = ""
             if isinstance(value, (int, float)) and 1.0 < value <= 100.0:
@@ -195,7 +195,7 @@ def diagnose(train_error, dev_error, bayes_error=0.0, threshold=0.05):
             raise ValueError(
                 f"{name} must be an error rate as a fraction in [0, 1], got {value!r}{hint}"
             ) from None
-    threshold = _check_real("threshold", threshold, 0.0, 1.0, high_open=True)
+    threshold = check_real("threshold", threshold, 0.0, 1.0, high_open=True)
     train, dev, bayes = values["train_error"], values["dev_error"], values["bayes_error"]
     bias = train - bayes
     variance = dev - train

@@ -42,6 +42,7 @@ import numpy as np
 
 from ._version import __version__
 from .layers import BatchNorm, Dense, Layer
+from .model import Sequential
 
 FORMAT = "fusednet.model"
 VERSION = 1
@@ -606,7 +607,6 @@ def load_checkpoint(path):
 def _build(path, header, params, running):
     """The model a checked header and arrays describe."""
     from .data import Normalizer
-    from .model import Sequential
 
     try:
         model = Sequential.from_config(header["config"])

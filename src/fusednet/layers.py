@@ -26,8 +26,7 @@ column examples; ours is the transpose on row examples, ``Z = A W + b``.
 import math
 import numbers
 
-import numpy as np
-
+from ._validation import check_bool, check_positive, check_real
 from .kernels import _codes
 from .kernels import activation_code
 
@@ -81,12 +80,7 @@ def init_scale(init, n_in, n_out, act=_codes.LINEAR):
 
 
 def _slope(leaky_slope):
-    if isinstance(leaky_slope, bool) or not isinstance(leaky_slope, numbers.Real):
-        raise TypeError(f"leaky_slope must be a real number in [0, 1), got {leaky_slope!r}")
-    s = float(leaky_slope)
-    if not (math.isfinite(s) and 0.0 <= s < 1.0):
-        raise ValueError(f"leaky_slope must be in [0, 1), got {leaky_slope!r}")
-    return s
+    return check_real("leaky_slope", leaky_slope, 0, 1, high_open=True)
 
 
 def _act_code(activation, argname):
@@ -171,9 +165,7 @@ class Dense(Layer):
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         self.init = init
-        if not isinstance(use_bias, (bool, np.bool_)):
-            raise TypeError(f"use_bias must be a bool, got {use_bias!r}")
-        self.use_bias = bool(use_bias)
+        self.use_bias = check_bool("use_bias", use_bias)
         self.leaky_slope = _slope(leaky_slope)
 
 
@@ -229,12 +221,7 @@ class Dropout(Layer):
     _fields = ("keep_prob",)
 
     def __init__(self, keep_prob):
-        if isinstance(keep_prob, bool) or not isinstance(keep_prob, numbers.Real):
-            raise TypeError(f"keep_prob must be a real number in (0, 1], got {keep_prob!r}")
-        kp = float(keep_prob)
-        if not (math.isfinite(kp) and 0.0 < kp <= 1.0):
-            raise ValueError(f"keep_prob must be in (0, 1], got {keep_prob!r}")
-        self.keep_prob = kp
+        self.keep_prob = check_real("keep_prob", keep_prob, 0, 1, low_open=True)
 
 
 class BatchNorm(Layer):
@@ -271,16 +258,8 @@ class BatchNorm(Layer):
     _fields = ("momentum", "eps")
 
     def __init__(self, momentum=0.9, eps=1e-5):
-        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
-            raise TypeError(f"momentum must be a real number in [0, 1), got {momentum!r}")
-        if not (math.isfinite(momentum) and 0.0 <= momentum < 1.0):
-            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-        if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-            raise TypeError(f"eps must be a real number > 0, got {eps!r}")
-        if not (math.isfinite(eps) and eps > 0.0):
-            raise ValueError(f"eps must be > 0, got {eps!r}")
-        self.momentum = float(momentum)
-        self.eps = float(eps)
+        self.momentum = check_real("momentum", momentum, 0, 1, high_open=True)
+        self.eps = check_positive("eps", eps)
 
 
 _TYPES = {c.__name__: c for c in (Dense, Activation, Dropout, BatchNorm)}

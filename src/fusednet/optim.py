@@ -20,6 +20,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import kernels as _k
+from ._validation import check_bool as _flag
+from ._validation import check_positive as _positive
+from ._validation import check_real as _real
 from .kernels import _codes
 
 __all__ = ["Optimizer", "GD", "Momentum", "RMSProp", "Adam", "ewa"]
@@ -34,33 +37,9 @@ _EMPTY = {dt: np.empty(0, dt) for dt in _FLOATS}
 # --------------------------------------------------------------------------
 
 
-def _real(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return value
-
-
-def _positive(name, value):
-    value = _real(name, value)
-    if value <= 0.0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    return value
-
-
 def _beta(name, value):
-    value = _real(name, value)
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-    return value
-
-
-def _flag(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-    return bool(value)
+    """A decay rate: a real number in [0, 1)."""
+    return _real(name, value, 0, 1, high_open=True)
 
 
 class _Hyper:

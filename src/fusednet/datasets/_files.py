@@ -15,7 +15,7 @@ import zlib
 
 import numpy as np
 
-from ..data import _check_float_dtype, _check_int, _describe
+from .._validation import check_float_dtype, check_int, describe
 
 __all__ = ["load"]
 
@@ -374,12 +374,12 @@ def load(path, *, label_column=-1, header=None, dtype="float32"):
     ((2, 2), [0, 1])
     """
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {_describe(path)}")
+        raise TypeError(f"path must be a str or os.PathLike, got {describe(path)}")
     if not isinstance(label_column, str):
-        label_column = _check_int("label_column", label_column)
+        label_column = check_int("label_column", label_column)
     if header is not None and not isinstance(header, (bool, np.bool_)):
-        raise TypeError(f"header must be True, False or None, got {_describe(header)}")
-    dtype = _check_float_dtype("dtype", dtype)
+        raise TypeError(f"header must be True, False or None, got {describe(header)}")
+    dtype = check_float_dtype("dtype", dtype)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{os.fspath(path)}: no such file")
     if os.path.isdir(path):
