@@ -78,9 +78,17 @@ def _train(net, opt, dtype, fused, batch_size=32, shuffle=True, l2=0.0, x_dtype=
     return model, o, h, trainer
 
 
+@pytest.fixture(params=["team", "serial"])
+def team(request, monkeypatch):
+    """Steps on a team of every thread however small ("team"), or as SERIAL_FLOPS decides."""
+    if request.param == "team":
+        monkeypatch.setattr(_fused, "SERIAL_FLOPS", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("opt", sorted(OPTIMISERS))
 @pytest.mark.parametrize("net", sorted(NETS))
-def test_fused_step_equals_the_per_kernel_path(net, opt):
+def test_fused_step_equals_the_per_kernel_path(net, opt, team):
     """float64 over the whole run (3 epochs of 5 steps, L2 on): the same formulas to 1e-10."""
     ref_model, ref_opt, ref_h, _ = _train(net, opt, "float64", fused=False, l2=0.3)
     model, o, h, trainer = _train(net, opt, "float64", fused=True, l2=0.3)
@@ -191,7 +199,7 @@ def _float32_steps_agree(net, opt, batch_size=32, m=130, steps=4, l2=0.3, shuffl
 
 @pytest.mark.parametrize("opt", sorted(OPTIMISERS))
 @pytest.mark.parametrize("net", sorted(NETS))
-def test_fused_float32_steps_equal_the_per_kernel_path(net, opt):
+def test_fused_float32_steps_equal_the_per_kernel_path(net, opt, team):
     _float32_steps_agree(net, opt)
 
 
@@ -244,8 +252,13 @@ def test_every_batching_mode_takes_the_fused_step_and_equals_the_per_kernel_path
 
 
 def _same_bits_for_any_thread_count(train):
-    """Run ``train() -> (model, history)`` on 1, 2 and 3 threads; parameters and losses must be equal bit for bit."""
+    """Run ``train() -> (model, history)`` on 1, 2 and 3 threads; parameters and losses must be equal bit for bit.
+
+    Every step runs on a team of that many threads, however small (``SERIAL_FLOPS`` set to 0).
+    """
     before = kernels.get_num_threads()
+    serial = _fused.SERIAL_FLOPS
+    _fused.SERIAL_FLOPS = 0
     runs = []
     try:
         for n in (1, 2, 3):
@@ -254,6 +267,7 @@ def _same_bits_for_any_thread_count(train):
             runs.append((model._params.copy(), h["train_loss"]))
     finally:
         kernels.set_num_threads(before)
+        _fused.SERIAL_FLOPS = serial
     for params, loss in runs[1:]:
         np.testing.assert_array_equal(loss, runs[0][1])
         np.testing.assert_array_equal(params, runs[0][0])
@@ -280,6 +294,7 @@ def test_the_cost_with_l2_does_not_depend_on_the_thread_count():
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_fused_run_uses_the_fused_step(dtype):
+    """The one-call step is taken up to the row limit (and small steps run on one thread)."""
     limit = _fused.max_rows(dtype)
     own = getattr(_fused._cython(), "FUSED_GEMM", False)
     assert limit == (_fused.MAX_ROWS_OWN if dtype == "float32" and own else _fused.MAX_ROWS)
@@ -500,3 +515,15 @@ def test_a_bias_before_batchnorm_takes_the_fused_step_too():
     np.testing.assert_allclose(got[0]._params, ref[0]._params, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(got[0]._stats, ref[0]._stats, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(got[2]["dev_loss"], ref[2]["dev_loss"], rtol=1e-10)
+
+
+def test_small_steps_run_on_one_thread_and_large_ones_on_the_team():
+    X, y = blobs(m=256, nf=6)
+    small = Sequential([Dense(8, "relu"), Dense(3, "softmax")], input_dim=6)
+    run = _Run(Trainer(small, optim.Adam(), batch_size=64, progress=False), X, y, None, 2)
+    assert _fused.step_flops(small, 64) == 6 * 64 * (6 * 8 + 8 * 3)
+    assert run.fused.n_threads == 1
+    big = Sequential([Dense(600, "relu"), Dense(300, "relu"), Dense(3, "softmax")], input_dim=6)
+    run = _Run(Trainer(big, optim.Adam(), batch_size=64, progress=False), X, y, None, 2)
+    assert _fused.step_flops(big, 64) >= _fused.SERIAL_FLOPS
+    assert run.fused.n_threads == 2

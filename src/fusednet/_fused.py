@@ -54,6 +54,24 @@ MAX_ROWS = 128
 #: 2048.
 MAX_ROWS_OWN = 1024
 
+#: a step of fewer floating-point operations in its products (6 x rows x the weights) runs on the
+#: calling thread, with no team and no barrier: chosen by benchmarks/test_bench_step_threads.py, where
+#: below it a team's start and barriers cost more than the second core saves (and on a busy machine a
+#: team of tiny steps waits for a descheduled thread at every barrier).
+SERIAL_FLOPS = 12_000_000
+
+
+def step_flops(model, rows):
+    """The floating-point operations of one step's matrix products: 2 x 3 products per Dense layer."""
+    from .model import _DenseNode
+
+    return 6 * rows * sum(n.n_in * n.n_out for n in model._nodes if isinstance(n, _DenseNode))
+
+
+def team_size(model, rows, n_threads):
+    """The threads of the one-call step for ``model`` at ``rows`` rows: 1 below :data:`SERIAL_FLOPS`."""
+    return 1 if step_flops(model, rows) < SERIAL_FLOPS else int(n_threads)
+
 
 #: what a non-zero status of the compiled step names (fusednet.TrainingDiverged.what)
 FAILED = {1: "cost", 2: "gradient", 3: "update", 4: "batch-norm statistics"}
@@ -203,8 +221,9 @@ class FusedStep:
         self.plan = _cython()._ck.StepPlan(
             table, params=P, grads=G, state1=s1, state2=s2, buffers=buffers,
             gemm=_blas.gemm_capsule(model.dtype), rows=v.n, loss=model._loss, l2=model._l2,
-            n_decay=model._n_decay, n_threads=int(n_threads),
+            n_decay=model._n_decay, n_threads=team_size(model, v.n, n_threads),
         )
+        self.n_threads = team_size(model, v.n, n_threads)
         self.table = table
         self.l2 = model._l2
         self.drops = [nodes[blk["drop"]].index if "drop" in blk else None for blk in blocks]

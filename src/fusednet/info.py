@@ -54,6 +54,7 @@ def info():
         out["openmp"] = getattr(_cython, "OPENMP", None)
         out["cython_isa"] = getattr(_cython, "ISA", None)  # the instruction-set build imported
         out["cython_threads"] = getattr(_cython, "max_threads", lambda: None)()
+    from . import _fused
     from .kernels import _blas
 
     # the trainer's one-call step for Dense stacks (see fusednet._fused)
@@ -63,7 +64,8 @@ def info():
         from .kernels import _cython
 
         own = "fusednet's AVX-512 kernels for float32 products, " if _cython.FUSED_GEMM else ""
-        out["fused_step"] = f"available, on {own}{_blas.STATUS}"
+        out["fused_step"] = (f"available, on {own}{_blas.STATUS}; steps of fewer than "
+                             f"{_fused.SERIAL_FLOPS:,} product flops run on one thread")
     else:
         out["fused_step"] = f"unavailable: {_blas.STATUS}"
     try:
