@@ -126,9 +126,10 @@ def test_torch_mlp_epoch(benchmark, batch):
 
 
 # Epochs timed in turns: a PyTorch process that stays alive between its epochs, and fusednet
-# in this process, one epoch each per round (each side's epoch: shuffle and every step).  This machine's speed drifts by up to 2x over
-# tens of seconds (a neighbour's load on the shared cache), so each round's ratio compares
-# two epochs run seconds apart; the medians of the ratios are the figures to read.
+# in this process, one epoch each per round (each side's epoch: shuffle and every step).
+# This machine's speed drifts by up to 2x over tens of seconds (a neighbour's load on the shared
+# cache), so each round's ratio compares two epochs run seconds apart; the medians of the ratios
+# are the figures to read.
 _TORCH_SERVER = """
 import sys
 epoch()
@@ -272,5 +273,6 @@ def test_torch_planar_step(benchmark):
         pytest.skip("PyTorch is not installed (install the 'bench' extra)")
     benchmark.group = "planar 2-4-1 full batch, 100 steps"
     reps = 3 if benchmark.disabled else 50
-    add_external(benchmark.group, "torch", float(run_isolated(_TORCH_PLANAR.format(threads=fn.get_num_threads(), reps=reps))))
+    torch_time = run_isolated(_TORCH_PLANAR.format(threads=fn.get_num_threads(), reps=reps))
+    add_external(benchmark.group, "torch", float(torch_time))
     benchmark.pedantic(lambda: None, rounds=1)

@@ -26,16 +26,19 @@ class Snapshots(Callback):
         self.__dict__.setdefault("params", []).append(trainer.model.state_dict())
 
 
-# ---- EarlyStopping --------------------------------------------------------------------------------------------------------
+# ---- EarlyStopping ---------------------------------------------------------------------------------------------------
 
 
 def test_early_stopping_restores_the_best_weights_and_records_the_dev_curve():
     X, y = data()
     Xd, yd = data(seed=1, flip=True)  # dev labels flipped: dev loss gets worse as training improves
-    model = Sequential([Dense(4, None, use_bias=False), BatchNorm(), Dense(1, "sigmoid")], input_dim=2, dtype="float64", seed=0)
+    model = Sequential(
+        [Dense(4, None, use_bias=False), BatchNorm(), Dense(1, "sigmoid")], input_dim=2, dtype="float64", seed=0
+    )
     snaps = Snapshots()
     es = EarlyStopping(monitor="dev_loss", patience=3)
-    h = Trainer(model, optim.Adam(0.05), batch_size=20, epochs=50, callbacks=[snaps, es], progress=False).fit(X, y, dev=(Xd, yd))
+    trainer = Trainer(model, optim.Adam(0.05), batch_size=20, epochs=50, callbacks=[snaps, es], progress=False)
+    h = trainer.fit(X, y, dev=(Xd, yd))
     assert es.curve == h["dev_loss"]
     best = int(np.argmin(h["dev_loss"]))
     assert es.best_epoch == best and es.best == min(h["dev_loss"])
@@ -77,7 +80,7 @@ def test_early_stopping_arguments():
         Trainer(model, callbacks=[EarlyStopping()], progress=False).fit(X, y)
 
 
-# ---- Checkpoint --------------------------------------------------------------------------------------------------------------
+# ---- Checkpoint ------------------------------------------------------------------------------------------------------
 
 
 def test_checkpoint_saves_every_n_epochs(tmp_path):
@@ -113,7 +116,7 @@ def test_custom_callback_can_stop_training():
     assert h.epochs == 5
 
 
-# ---- History ----------------------------------------------------------------------------------------------------------------------
+# ---- History ---------------------------------------------------------------------------------------------------------
 
 
 def test_history_behaves_like_a_dict_and_is_json_able():

@@ -112,7 +112,10 @@ def initialize_parameters_deep(layer_dims, seed, scale="sqrt_prev"):
     np.random.seed(seed)
     parameters = {}
     for l in range(1, len(layer_dims)):
-        f = 0.01 if scale == "0.01" else (np.sqrt(2 / layer_dims[l - 1]) if scale == "he" else 1 / np.sqrt(layer_dims[l - 1]))
+        if scale == "0.01":
+            f = 0.01
+        else:
+            f = np.sqrt(2 / layer_dims[l - 1]) if scale == "he" else 1 / np.sqrt(layer_dims[l - 1])
         parameters["W" + str(l)] = np.random.randn(layer_dims[l], layer_dims[l - 1]) * f
         parameters["b" + str(l)] = np.zeros((layer_dims[l], 1))
     return parameters
@@ -129,7 +132,7 @@ def course_batch_gd(X, Y, parameters, learning_rate, num_iterations, lambd=0.0, 
     return costs, parameters
 
 
-# ---- bridging: the course's weights into a fusednet model ---------------------------------------------------------------
+# ---- bridging: the course's weights into a fusednet model ------------------------------------------------------------
 
 
 def fusednet_model(parameters, hidden="relu", l2=0.0):
@@ -157,10 +160,13 @@ def football():
     return d["X"], d["y"][:, 0], d["Xval"], d["yval"][:, 0]
 
 
-# ---- C1W3: the planar classifier ----------------------------------------------------------------------------------------------
+# ---- C1W3: the planar classifier -------------------------------------------------------------------------------------
 
 #: "Cost after iteration i" printed by the C1W3 notebook (nn_model, n_h = 4, learning rate 1.2)
-PLANAR_PUBLISHED = {0: 0.693048, 1000: 0.288083, 2000: 0.254385, 3000: 0.233864, 4000: 0.226792, 5000: 0.222644, 6000: 0.219731, 7000: 0.217504}
+PLANAR_PUBLISHED = {
+    0: 0.693048, 1000: 0.288083, 2000: 0.254385, 3000: 0.233864,
+    4000: 0.226792, 5000: 0.222644, 6000: 0.219731, 7000: 0.217504,
+}
 
 
 def test_c1w3_planar_flower_cost_curve():
@@ -186,7 +192,7 @@ def test_c1w3_planar_flower_cost_curve():
     np.testing.assert_array_equal(model.predict(X.T), (A2[0] > 0.5).astype(int))
 
 
-# ---- C1W4: a deep L-layer network ------------------------------------------------------------------------------------------------
+# ---- C1W4: a deep L-layer network ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("hidden, scale", [("relu", "sqrt_prev"), ("relu", "he"), ("tanh", "0.01")])
@@ -205,7 +211,7 @@ def test_c1w4_deep_network_cost_curve(hidden, scale):
     assert history["train_loss"][-1] < history["train_loss"][0]
 
 
-# ---- C2W1: L2 regularisation on the football data ------------------------------------------------------------------------------
+# ---- C2W1: L2 regularisation on the football data --------------------------------------------------------------------
 
 #: "Cost after iteration i" printed by the C2W1 regularisation notebook (3-layer model, learning rate 0.3)
 REG_PUBLISHED = {
@@ -240,10 +246,12 @@ def test_c2w1_regularisation_published_costs(lambd):
         assert h["train_loss"][i] == pytest.approx(published, rel=1e-9, abs=1e-12)
 
 
-# ---- C2W2: mini-batches with momentum and Adam --------------------------------------------------------------------------------------
+# ---- C2W2: mini-batches with momentum and Adam -----------------------------------------------------------------------
 
 
-def course_minibatch_run(X, Y, parameters, optimizer, lr, epochs, batch_size, seed, lambd=0.0, beta=0.9, beta1=0.9, beta2=0.999, eps=1e-8):
+def course_minibatch_run(
+    X, Y, parameters, optimizer, lr, epochs, batch_size, seed, lambd=0.0, beta=0.9, beta1=0.9, beta2=0.999, eps=1e-8
+):
     """The C2W2 optimisation notebook's model(), with fusednet's per-epoch permutation.
 
     Mini-batches: shuffle, partition into batch_size columns, keep the last
@@ -301,7 +309,12 @@ def test_c2w2_minibatch_optimisers_match_the_course_code(name, opt, lr, lambd):
     params = initialize_parameters_deep([2, 5, 2, 1], seed=3, scale="he")  # the notebook's [n_x, 5, 2, 1]
     ref_costs, ref_params = course_minibatch_run(Xc, Yc, params, name, lr, 40, 64, seed=7, lambd=lambd)
     model = fusednet_model(params, l2=lambd)
-    optimizer = opt(lr=lr) if name == "gd" else (opt(lr=lr, beta=0.9) if name == "momentum" else opt(lr=lr, beta1=0.9, beta2=0.999, eps=1e-8))
+    if name == "gd":
+        optimizer = opt(lr=lr)
+    elif name == "momentum":
+        optimizer = opt(lr=lr, beta=0.9)
+    else:
+        optimizer = opt(lr=lr, beta1=0.9, beta2=0.999, eps=1e-8)
     h = Trainer(model, optimizer, batch_size=64, epochs=40, shuffle=True, seed=7, progress=False).fit(X, y)
     np.testing.assert_allclose(h["train_loss"], ref_costs, rtol=0, atol=1e-10)
     assert_same_parameters(model, ref_params, atol=1e-9)

@@ -221,7 +221,13 @@ def test_gradients_match_torch_autograd():
     y = rng.integers(0, 4, 16)
     lam = 0.3
     model = Sequential(
-        [Dense(7, None, use_bias=False), BatchNorm(eps=1e-5), Activation("tanh"), Dense(6, "leaky_relu", leaky_slope=0.05), Dense(4, "softmax")],
+        [
+            Dense(7, None, use_bias=False),
+            BatchNorm(eps=1e-5),
+            Activation("tanh"),
+            Dense(6, "leaky_relu", leaky_slope=0.05),
+            Dense(4, "softmax"),
+        ],
         input_dim=5,
         l2=lam,
         dtype="float64",
@@ -323,7 +329,15 @@ def test_inputs_of_other_dtypes_and_layouts():
 
 def test_parameters_names_order_and_views():
     model = Sequential(
-        [Dense(4, use_bias=False), BatchNorm(), Activation("relu"), Dropout(0.9), Dense(3, "relu"), BatchNorm(), Dense(2, "softmax")],
+        [
+            Dense(4, use_bias=False),
+            BatchNorm(),
+            Activation("relu"),
+            Dropout(0.9),
+            Dense(3, "relu"),
+            BatchNorm(),
+            Dense(2, "softmax"),
+        ],
         input_dim=5,
     )
     names = [n for n, _ in model.parameters()]
@@ -358,7 +372,12 @@ def test_parameters_names_order_and_views():
 
 def test_config_state_and_copy_round_trip():
     model = Sequential(
-        [Dense(4, "leaky_relu", leaky_slope=0.2, init="glorot"), BatchNorm(0.8, 1e-4), Dropout(0.6), Dense(3, "softmax")],
+        [
+            Dense(4, "leaky_relu", leaky_slope=0.2, init="glorot"),
+            BatchNorm(0.8, 1e-4),
+            Dropout(0.6),
+            Dense(3, "softmax"),
+        ],
         input_dim=5,
         l2=0.25,
         dtype="float64",
@@ -513,7 +532,12 @@ def test_pickle_and_deepcopy_keep_a_working_model():
     import pickle
 
     X, y, k = make_data("softmax", m=10)
-    model = Sequential([Dense(4, use_bias=False), BatchNorm(), Activation("relu"), Dense(k, "softmax")], input_dim=3, dtype="float64", seed=3)
+    model = Sequential(
+        [Dense(4, use_bias=False), BatchNorm(), Activation("relu"), Dense(k, "softmax")],
+        input_dim=3,
+        dtype="float64",
+        seed=3,
+    )
     randomise(model)
     model.note = "kept"
     for twin in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):

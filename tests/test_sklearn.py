@@ -195,7 +195,10 @@ def test_alpha_is_the_l2_of_the_course_and_of_scikit_learn():
 
 def test_deterministic_given_random_state():
     X, y = blobs()
-    fit = lambda rs: MLPClassifier(hidden_layer_sizes=(8,), keep_prob=0.8, max_iter=5, random_state=rs).fit(X, y)
+
+    def fit(rs):
+        return MLPClassifier(hidden_layer_sizes=(8,), keep_prob=0.8, max_iter=5, random_state=rs).fit(X, y)
+
     np.testing.assert_array_equal(fit(3).predict_proba(X), fit(3).predict_proba(X))
     assert not np.array_equal(fit(3).predict_proba(X), fit(4).predict_proba(X))
     fit(None).predict(X)

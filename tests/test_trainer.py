@@ -74,7 +74,8 @@ def test_minibatch_train_loss_weights_batches_by_size(batch_size, shuffle):
     X, y = blobs(m=110)
     model = mlp(l2=0.2)
     twin = model.copy()
-    h = Trainer(model, optim.GD(0.1), batch_size=batch_size, epochs=3, shuffle=shuffle, seed=5, progress=False).fit(X, y)
+    trainer = Trainer(model, optim.GD(0.1), batch_size=batch_size, epochs=3, shuffle=shuffle, seed=5, progress=False)
+    h = trainer.fit(X, y)
     m = len(X)
     for e in range(3):
         order = np.random.default_rng([5, e]).permutation(m) if shuffle else np.arange(m)
@@ -100,6 +101,7 @@ def test_shuffling_is_deterministic_in_the_seed():
     assert h1 == h2
     np.testing.assert_array_equal(p1, p2)
     assert h1 != h3
+    assert not np.array_equal(p1, p3)
 
 
 def test_schedule_and_lr_history():
@@ -163,7 +165,11 @@ def test_lazy_model_is_built_by_fit_and_progress_bar_runs(capsys):
 
 def test_batchnorm_running_stats_follow_the_ewa():
     X, y = blobs(m=64)
-    model = Sequential([Dense(5, use_bias=False), BatchNorm(momentum=0.8), Activation("relu"), Dense(3, "softmax")], input_dim=4, dtype="float64")
+    model = Sequential(
+        [Dense(5, use_bias=False), BatchNorm(momentum=0.8), Activation("relu"), Dense(3, "softmax")],
+        input_dim=4,
+        dtype="float64",
+    )
     W0 = dict(model.parameters())["dense_0.W"].copy()
     Trainer(model, optim.GD(1e-9), batch_size=None, epochs=1, progress=False).fit(X, y)
     Z = X @ W0
@@ -178,13 +184,22 @@ def test_batchnorm_running_stats_follow_the_ewa():
 def _full_run():
     X, y = blobs(m=90, nf=5)
     model = Sequential(
-        [Dense(12, None, use_bias=False), BatchNorm(), Activation("tanh"), Dropout(0.6), Dense(8, "leaky_relu"), Dropout(0.8), Dense(3, "softmax")],
+        [
+            Dense(12, None, use_bias=False),
+            BatchNorm(),
+            Activation("tanh"),
+            Dropout(0.6),
+            Dense(8, "leaky_relu"),
+            Dropout(0.8),
+            Dense(3, "softmax"),
+        ],
         input_dim=5,
         l2=0.05,
         dtype="float64",
         seed=21,
     )
-    h = Trainer(model, optim.Adam(0.01), batch_size=32, epochs=4, seed=2, progress=False).fit(X, y, dev=blobs(30, 5, seed=9))
+    trainer = Trainer(model, optim.Adam(0.01), batch_size=32, epochs=4, seed=2, progress=False)
+    h = trainer.fit(X, y, dev=blobs(30, 5, seed=9))
     return model, h
 
 
@@ -234,7 +249,14 @@ def test_steady_state_steps_allocate_nothing(backend, dtype):
     X, y = blobs(m=300, nf=20)
     X = X.astype(np.float32)  # float64 model: the gather converts into the buffer
     model = Sequential(
-        [Dense(64, "relu"), Dropout(0.8), Dense(64, None, use_bias=False), BatchNorm(), Activation("tanh"), Dense(3, "softmax")],
+        [
+            Dense(64, "relu"),
+            Dropout(0.8),
+            Dense(64, None, use_bias=False),
+            BatchNorm(),
+            Activation("tanh"),
+            Dense(3, "softmax"),
+        ],
         input_dim=20,
         l2=0.01,
         dtype=dtype,
@@ -353,7 +375,14 @@ def test_bad_input_raises_before_any_state_changes(case):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"batch_size": 0}, {"batch_size": 2.5}, {"epochs": -1}, {"seed": -1}, {"optimizer": "adam"}, {"callbacks": [object()]}],
+    [
+        {"batch_size": 0},
+        {"batch_size": 2.5},
+        {"epochs": -1},
+        {"seed": -1},
+        {"optimizer": "adam"},
+        {"callbacks": [object()]},
+    ],
 )
 def test_bad_trainer_arguments(kwargs):
     with pytest.raises((ValueError, TypeError)):

@@ -619,7 +619,11 @@ def test_tune_command_trials_encode_labels_by_sorted_value(tmp_path, names, n_cl
         (dict(executor=ThreadPoolExecutor(1), n_workers=2), ValueError, "n_workers applies only with executor=None"),
         (dict(out=3), TypeError, "out must be None or a file path; got int"),
         (dict(progress="yes"), TypeError, "progress must be True or False"),
-        (dict(space={"lr": Uniform(0, 1), "typo": 1}), ValueError, "train_fn cannot be called with the space's parameters"),
+        (
+            dict(space={"lr": Uniform(0, 1), "typo": 1}),
+            ValueError,
+            "train_fn cannot be called with the space's parameters",
+        ),
     ],
 )
 def test_random_search_arguments_are_checked(kwargs, error, match):

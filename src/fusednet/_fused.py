@@ -121,7 +121,10 @@ def why_not(model, optimizer):
         if kind not in order:
             return f"layer {node.name} is not Dense, BatchNorm, Activation or Dropout"
         if dense is None or node.is_output or order[kind] <= stage:
-            return f"layer {node.name} does not follow a hidden Dense layer in the order Dense, BatchNorm, Activation, Dropout"
+            return (
+                f"layer {node.name} does not follow a hidden Dense layer"
+                " in the order Dense, BatchNorm, Activation, Dropout"
+            )
         if kind is not _DropoutNode and (dense.act != _codes.LINEAR or stage > 0 and kind is _BatchNormNode):
             return f"layer {node.name} follows a Dense layer with an activation of its own"
         if kind is _ActivationNode and node.act == _codes.SOFTMAX:

@@ -13,7 +13,8 @@ import numpy as np
 def initialize_parameters_he(layer_dims, rng):
     params = {}
     for l in range(1, len(layer_dims)):
-        params["W" + str(l)] = (rng.standard_normal((layer_dims[l], layer_dims[l - 1])) * np.sqrt(2.0 / layer_dims[l - 1])).astype(np.float32)
+        W = rng.standard_normal((layer_dims[l], layer_dims[l - 1])) * np.sqrt(2.0 / layer_dims[l - 1])
+        params["W" + str(l)] = W.astype(np.float32)
         params["b" + str(l)] = np.zeros((layer_dims[l], 1), np.float32)
     return params
 
@@ -61,6 +62,7 @@ def backward(AL, Y, caches, params, L):
     grads = {}
     m = AL.shape[1]
     dZ = AL - Y
+    dA = None  # dA[l]: computed in the iteration of layer l + 1, read in that of layer l
     for l in reversed(range(1, L + 1)):
         A_prev, Z = caches[l - 1]
         if l < L:
@@ -110,7 +112,9 @@ class TextbookMLP:
             total += compute_cost(AL, Yb) * Xb.shape[1]
             grads = backward(AL, Yb, caches, self.params, self.L)
             self.t += 1
-            self.params, self.v, self.s = update_parameters_with_adam(self.params, grads, self.v, self.s, self.t, self.lr)
+            self.params, self.v, self.s = update_parameters_with_adam(
+                self.params, grads, self.v, self.s, self.t, self.lr
+            )
         return total / X.shape[0]
 
 

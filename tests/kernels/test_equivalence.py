@@ -255,7 +255,10 @@ def opt_call(fn, name, w, g, state, hp, l2, n_decay, n_threads):
     elif name == "rmsprop":
         fn(w, g, state[0], hp["lr"], hp["beta"], hp["eps"], l2, n_decay, n_threads)
     else:
-        fn(w, g, state[0], state[1], hp["lr"], hp["beta1"], hp["beta2"], hp["eps"], hp["bc1"], hp["bc2"], l2, n_decay, n_threads)
+        fn(
+            w, g, state[0], state[1], hp["lr"], hp["beta1"], hp["beta2"], hp["eps"], hp["bc1"], hp["bc2"],
+            l2, n_decay, n_threads,
+        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -220,7 +220,9 @@ def _read_idx(path):
     if len(data) < 4:
         raise _FileError(f"truncated: {len(data)} bytes, too short for the IDX magic number")
     if data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
-        raise _FileError(f"bad IDX magic number 0x{data[:4].hex()} (expected 0x00000803 for images, 0x00000801 for labels)")
+        raise _FileError(
+            f"bad IDX magic number 0x{data[:4].hex()} (expected 0x00000803 for images, 0x00000801 for labels)"
+        )
     item, ndim = _IDX_TYPES[data[2]], data[3]
     if ndim == 0:
         raise _FileError("IDX header declares 0 dimensions")

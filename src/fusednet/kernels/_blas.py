@@ -70,7 +70,10 @@ def _find():
     except ImportError as exc:
         return None, None, None, f"scipy.linalg.cython_blas is not importable ({exc})"
     capi = cython_blas.__pyx_capi__
-    gemm = {np.dtype(np.float32): _capsule_address(capi["sgemm"]), np.dtype(np.float64): _capsule_address(capi["dgemm"])}
+    gemm = {
+        np.dtype(np.float32): _capsule_address(capi["sgemm"]),
+        np.dtype(np.float64): _capsule_address(capi["dgemm"]),
+    }
     path = _library_of(gemm[np.dtype(np.float32)])
     if path is None:
         return None, None, None, "the shared object behind scipy's sgemm was not found"
