@@ -6,12 +6,11 @@ Run:  pytest benchmarks/test_bench_kernels.py --benchmark-only
 
 import numpy as np
 import pytest
-from numba import njit, prange
 from conftest import add_external, matrix, run_isolated, sizes
+from numba import njit, prange
 
-import fusednet as fn
-from fusednet import kernels as K
 from fusednet import _textbook as tb
+from fusednet import kernels as K
 from fusednet.kernels import _codes
 
 BACKENDS = K.available()

@@ -6,19 +6,17 @@ mini-batches, momentum, RMSProp, Adam, learning-rate decay, batch norm, softmax,
 hyperparameter search) with compiled kernels behind a thin Python layer.
 """
 
+from . import callbacks, data, datasets, kernels, layers, optim, schedules, tune
 from ._version import __version__
-from . import kernels
-from .kernels import get_backend, set_backend, get_num_threads, set_num_threads
-from . import data, datasets, optim, schedules, tune
 from .diagnostics import diagnose
-from . import layers, callbacks
+from .errors import TrainingDiverged
+from .gradcheck import GradCheck, gradcheck
+from .history import History
+from .info import info
+from .io import load_model as load
+from .kernels import get_backend, get_num_threads, set_backend, set_num_threads
 from .model import Sequential
 from .trainer import Trainer
-from .history import History
-from .errors import TrainingDiverged
-from .io import load_model as load
-from .gradcheck import GradCheck, gradcheck
-from .info import info
 
 __all__ = [
     "__version__",

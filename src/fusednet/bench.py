@@ -125,8 +125,8 @@ print(statistics.median(ts))
 
 def trainer_rows(quick=False, torch=True):
     """One epoch of a 784-256-128-10 ReLU/softmax MLP, Adam, batch 128."""
-    from .model import Sequential
     from .layers import Dense
+    from .model import Sequential
     from .optim import Adam
     from .trainer import Trainer
 

@@ -27,8 +27,7 @@ import math
 import numbers
 
 from ._validation import check_bool, check_positive, check_real
-from .kernels import _codes
-from .kernels import activation_code
+from .kernels import _codes, activation_code
 
 __all__ = ["Layer", "Dense", "Activation", "Dropout", "BatchNorm", "INITS", "init_scale"]
 

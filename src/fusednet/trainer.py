@@ -35,8 +35,8 @@ from .callbacks import Callback
 from .errors import TrainingDiverged
 from .history import History
 from .kernels import _blas, _codes
-from .optim import update_bound
 from .model import Sequential, _DropoutNode, as_2d
+from .optim import update_bound
 from .schedules import as_schedule
 
 __all__ = ["Trainer"]
