@@ -17,6 +17,8 @@ import os
 
 import numpy as np
 
+from .datasets._files import _is_number
+
 __all__ = ["DataError", "load_labelled", "load_for_predict", "encode_labels", "is_text", "as_labels", "as_text",
            "count_correct"]
 
@@ -37,14 +39,6 @@ def is_text(path):
     if name.endswith(".gz"):
         name = name[:-3]
     return name.endswith(_TEXT_SUFFIXES)
-
-
-def _is_number(cell):
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
 
 
 def _open_text(path):

@@ -291,12 +291,24 @@ def _write(path, header, arrays):
     """Write the header and the 1-D arrays ``arrays`` (params, running, ...) atomically to ``path``."""
     payload = {"header": np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)}
     payload.update(arrays)
+    return write_atomically(path, lambda f: np.savez(f, **payload))
+
+
+def write_atomically(path, write):
+    """Write a file by ``write(f)`` (``f`` a binary file) so that a crash leaves the old file or the new one.
+
+    A temporary file in the same folder, flushed to disk, renamed over ``path``, and the
+    folder flushed; the new file keeps the mode of the one it replaces (a new one gets
+    ``0666 & ~umask``), and temporaries that killed writes of the same target left
+    behind are removed first.  Returns ``path``.
+    """
+    path = os.fspath(path)
     folder, name = os.path.split(os.path.abspath(path))
     _remove_orphans(folder, name)
     fd, tmp = _create_temp(folder, name)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         try:

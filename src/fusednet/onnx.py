@@ -28,7 +28,6 @@ installs ``onnxruntime`` to run the graph).
 """
 
 import os
-import tempfile
 
 import numpy as np
 
@@ -207,17 +206,7 @@ def to_onnx(model, path=None, *, opset=None):
 
 
 def _write(data, path):
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fusednet-", suffix=".onnx.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """``data`` to ``path`` as model files are written (atomically; see :func:`fusednet.io.write_atomically`)."""
+    from .io import write_atomically
+
+    write_atomically(path, lambda f: f.write(data))
