@@ -41,6 +41,12 @@ SLOW = (
     ("test_model.py", "test_gradients_match_torch_autograd"),
     ("test_tune.py", "test_a_worker_that_dies"),
     ("test_tune.py", "test_same_params_and_scores_for_any_executor"),
+    ("test_reliability.py", "test_threads_sharing_a_model"),
+    ("test_cli.py", "test_cold_numba_cache"),
+    ("test_transcendental_range.py", "test_loss_output_error_in_ulp_over_whole_range"),
+    ("test_transcendental_range.py", "test_softmax_error_in_ulp_over_whole_range"),
+    ("test_transcendental_range.py", "test_activation_error_in_ulp_over_whole_range"),
+    ("test_transcendental_range.py", "test_loss_cost_relative_error_over_whole_range"),
 )
 
 
