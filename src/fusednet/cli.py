@@ -283,7 +283,8 @@ def _build_model(args, n_features, n_classes):
     layers = []
     for units in args.layers:
         if args.batch_norm:
-            layers += [fn.layers.Dense(units, use_bias=False), fn.layers.BatchNorm(), fn.layers.Activation(args.activation)]
+            layers += [fn.layers.Dense(units, use_bias=False), fn.layers.BatchNorm(),
+                       fn.layers.Activation(args.activation)]
         else:
             layers.append(fn.layers.Dense(units, activation=args.activation))
         if args.keep_prob < 1.0:
@@ -447,7 +448,8 @@ def cmd_gradcheck(args):
     print(f"parameters checked: {g.n_checked}")
     print(f"difference: {g.difference:.3e}")
     print(f"verdict:    {g.verdict}")
-    rows = [(name, str(tuple(int(i) for i in np.atleast_1d(index))), f"{num:+.6e}", f"{ana:+.6e}", f"{abs(num - ana):.2e}")
+    rows = [(name, str(tuple(int(i) for i in np.atleast_1d(index))), f"{num:+.6e}", f"{ana:+.6e}",
+             f"{abs(num - ana):.2e}")
             for name, index, num, ana in g.worst[: args.top]]
     print(_table(rows, ["parameter", "index", "numeric", "analytic", "|diff|"]))
     return 0

@@ -696,7 +696,7 @@ def _rank_one(net, netf, P, tape, m, q, j, col, cur, mx, s):
     L = net.shape[0]
     last = L - 1
     w = 2 * m
-    n_out, act, slope = net[q, N_OUT], net[q, ACT], netf[q, 0]
+    n_out, act = net[q, N_OUT], net[q, ACT]
     base = tape[net[q, T_IN] + j * m:net[q, T_IN] + (j + 1) * m]
     for r in range(m):
         col[r] = col[r] - base[r]
