@@ -7,7 +7,8 @@
   saved when the run is interrupted.
 * :class:`CompileWatch` -- Numba compilations.  Numba fires its ``numba:compile``
   event only when a kernel is not in its on-disk cache, so the watch says
-  "compiling" exactly when a cold cache makes the user wait, and measures how long.
+  "compiling" exactly when a cold cache makes the user wait, about how long
+  (:data:`COMPILE_SECONDS`), and measures how long it was.
 """
 
 import math
@@ -19,6 +20,12 @@ from .callbacks import Callback
 
 #: a log file gets at most about this many epoch lines (every ``ceil(epochs / MAX_LINES)``-th epoch)
 MAX_LINES = 50
+
+#: Seconds a command's first run spends compiling on an empty Numba cache, with its
+#: default options: the cold-minus-warm wall times of ``benchmarks/test_bench_compile.py``
+#: on the 2-core development machine, rounded up.  Other options compile other kernels
+#: (another activation, batch norm, float64), which take about as long again.
+COMPILE_SECONDS = {"train": 2.0, "predict": 1.0, "gradcheck": 7.0}
 
 
 def describe_net(n_features, args, n_out):
@@ -150,14 +157,17 @@ class LastEpoch(Callback):
 class CompileWatch:
     """Counts the time Numba spends compiling (cache misses only) while active.
 
-    ``say(message)`` is called once, at the first compilation.  Without Numba
-    the watch does nothing.
+    ``say(message)`` is called once, at the first compilation: :data:`MESSAGE`,
+    and when ``estimate`` (seconds) is given, about how long and why only
+    once.  Without Numba the watch does nothing.
     """
 
-    MESSAGE = "compiling Numba kernels (cached for later runs, so only the first run waits)..."
+    MESSAGE = "compiling kernels once"
+    TAIL = " (Numba caches them, so later runs start at once; `fusednet warmup` compiles them all ahead)"
 
-    def __init__(self, say):
+    def __init__(self, say, estimate=None):
         self.say = say
+        self.message = self.MESSAGE if estimate is None else f"{self.MESSAGE}, about {estimate:.0f} s{self.TAIL}"
         self.seconds = 0.0
         self.count = 0
         self._said = False
@@ -178,7 +188,7 @@ class CompileWatch:
                 if self.depth == 0:
                     if not watch._said:
                         watch._said = True
-                        watch.say(watch.MESSAGE)
+                        watch.say(watch.message)
                     self.t0 = time.perf_counter()
                 self.depth += 1
 

@@ -1,4 +1,4 @@
-"""The ``fusednet`` command: train, predict, gradcheck, tune, bench, info.
+"""The ``fusednet`` command: train, predict, gradcheck, tune, bench, info, warmup.
 
 Bad arguments or data end with exit code 2 and one line naming the problem; a
 run interrupted with Ctrl-C ends with exit code 130 (``train --out`` first saves
@@ -109,7 +109,7 @@ def build_parser():
                         help="kernel backend (default: $FUSEDNET_BACKEND, else auto)")
     parser.add_argument("--threads", type=_positive_int, default=None,
                         help="kernel threads (default: the usable cores)")
-    sub = parser.add_subparsers(dest="command", metavar="{train,predict,gradcheck,tune,bench,info}",
+    sub = parser.add_subparsers(dest="command", metavar="{train,predict,gradcheck,tune,bench,info,warmup}",
                                 parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a network (default: the digits data)")
@@ -169,6 +169,7 @@ def build_parser():
     b.add_argument("--no-torch", action="store_true", help="skip PyTorch even when installed")
 
     sub.add_parser("info", help="versions, backends, threads")
+    sub.add_parser("warmup", help="compile every Numba kernel now (else each compiles on its first use, once)")
     return parser
 
 
@@ -322,7 +323,7 @@ def cmd_train(args):
     opt = _optimizer(args)
     schedule, schedule_name = _schedule(args, opt.lr)
     progress = show.Progress(args.epochs, mode="off" if args.no_progress else None)
-    with show.CompileWatch(progress.write) as compiling:
+    with show.CompileWatch(progress.write, show.COMPILE_SECONDS["train"]) as compiling:
         data = _Data(args)
         X, n_classes = data.X, len(data.classes)
         (Xtr, ytr), (Xdv, ydv), (Xte, yte) = fn.data.split(X, data.ids, dev=args.dev, test=args.test, seed=args.seed)
@@ -407,7 +408,8 @@ def cmd_predict(args):
 
     if args.out:
         _check_output("--out", args.out)
-    with show.CompileWatch(lambda message: print(message, file=sys.stderr, flush=True)):
+    say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    with show.CompileWatch(say, show.COMPILE_SECONDS["predict"]):
         model = fn.load(args.model)
         X, labels = _data.load_for_predict(args.data, model.input_dim, args.label_column)
         predicted = _data.as_labels(model, model.predict(X))
@@ -436,6 +438,8 @@ def cmd_gradcheck(args):
 
     import fusednet as fn
 
+    from . import _cli_train as show
+
     data = _Data(args)
     X, y = data.X, data.ids
     rng = np.random.default_rng(args.seed)
@@ -444,13 +448,14 @@ def cmd_gradcheck(args):
     X = fn.data.Normalizer().fit_transform(X)
     args.dtype = "float64"
     model = _build_model(args, X.shape[1], len(data.classes))
-    g = fn.gradcheck(model, X, y, eps=args.eps, sample=args.sample)
+    say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    with show.CompileWatch(say, show.COMPILE_SECONDS["gradcheck"]):
+        g = fn.gradcheck(model, X, y, eps=args.eps, sample=args.sample)
     print(f"parameters checked: {g.n_checked}")
     print(f"difference: {g.difference:.3e}")
     print(f"verdict:    {g.verdict}")
     rows = [(name, str(tuple(int(i) for i in np.atleast_1d(index))), f"{num:+.6e}", f"{ana:+.6e}",
-             f"{abs(num - ana):.2e}")
-            for name, index, num, ana in g.worst[: args.top]]
+             f"{abs(num - ana):.2e}") for name, index, num, ana in g.worst[: args.top]]
     print(_table(rows, ["parameter", "index", "numeric", "analytic", "|diff|"]))
     return 0
 
@@ -474,8 +479,30 @@ def cmd_info(args):
     return 0
 
 
+def cmd_warmup(args):
+    import time
+
+    import fusednet as fn
+
+    t0 = time.perf_counter()
+    terminal = sys.stderr.isatty()
+
+    def progress(done, total):
+        if terminal:
+            print(f"\rcompiling kernels: {done}/{total}", end="", file=sys.stderr, flush=True)
+
+    if not fn.kernels.warmup(progress=progress):
+        print("Numba is not installed: there are no kernels to compile")
+        return 0
+    if terminal:
+        print(file=sys.stderr)
+    print(f"every Numba kernel compiled (or found in the cache) in {time.perf_counter() - t0:.1f} s; "
+          "later runs start at once")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "predict": cmd_predict, "gradcheck": cmd_gradcheck, "tune": cmd_tune,
-            "bench": cmd_bench, "info": cmd_info}
+            "bench": cmd_bench, "info": cmd_info, "warmup": cmd_warmup}
 
 
 def _one_line(exc):
@@ -491,7 +518,7 @@ def main(argv=None):
         except SystemExit as exc:  # --help, --version
             return exc.code if isinstance(exc.code, int) else 0
         if args.command is None:
-            raise UsageError("a command is required: train, predict, gradcheck, tune, bench or info "
+            raise UsageError("a command is required: train, predict, gradcheck, tune, bench, info or warmup "
                              "(see fusednet --help)")
         import fusednet as fn
 

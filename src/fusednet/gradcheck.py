@@ -293,8 +293,6 @@ def _tape(plan, P, X, Y):
 
 def _numeric_compiled(subject, X, y, eps, owner, flats, params):
     """Numeric gradient and base cost by the compiled batched evaluator."""
-    import numba
-
     from .kernels import _gradcheck_numba as K
 
     plan = subject.plan()
@@ -311,14 +309,13 @@ def _numeric_compiled(subject, X, y, eps, owner, flats, params):
     deltas = theta - w[:, None]
 
     n = flats.size
-    nt = max(1, min(_kernels.get_num_threads(), numba.get_num_threads(), n))
+    nt = max(1, min(_kernels.get_num_threads(), n))
     wmax = int(plan["ops"][:, 2].max())
     scratch = K.scratch(nt, wmax, m)  # per thread, once per check
     dloss = np.zeros(n)  # per coordinate: sum over the examples of loss(theta+) - loss(theta-)
     if n:
-        kernel = K.perturbed_losses if nt > 1 else K.perturbed_losses_serial
-        kernel(net, netf, P, tape, np.ascontiguousarray(Y.T).reshape(-1), int(plan["loss"]), m, coords, deltas,
-               dloss, *scratch, nt)
+        K.perturbed_losses(net, netf, P, tape, np.ascontiguousarray(Y.T).reshape(-1), int(plan["loss"]), m, coords,
+                           deltas, dloss, *scratch, nt)
 
     # J = mean loss + lambd/(2m) sum ||W||^2, so J+ - J- = dloss/m + lambd/(2m) (w+^2 - w-^2) for a weight
     l2 = float(subject.l2)

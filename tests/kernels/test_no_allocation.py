@@ -87,7 +87,11 @@ class _Counting:
         self._log = log
 
     def __getattr__(self, name):
-        attr = getattr(self._module, name)
+        return self._wrap(name, getattr(self._module, name))
+
+    def _wrap(self, name, attr):
+        if isinstance(attr, tuple):  # a table of kernels (per activation or loss), logged by their own names
+            return tuple(self._wrap(getattr(a, "__name__", name), a) for a in attr)
         if not isinstance(attr, CPUDispatcher):
             return attr
 

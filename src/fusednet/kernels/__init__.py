@@ -37,6 +37,7 @@ __all__ = [
     "limit_threads",
     "dropout_key",
     "dropout_threshold",
+    "warmup",
 ]
 
 #: every kernel of the contract, in the order of the reference's docstring
@@ -200,6 +201,40 @@ def backend_of(name, backend=None):
     """The backend name that :func:`resolve` picks for kernel ``name``."""
     kernel = resolve(name, backend)
     return next(b for b, mod in _modules.items() if getattr(mod, name, None) is kernel)
+
+
+def warmup(dtypes=("float32", "float64"), progress=None):
+    """Compile every Numba kernel now, or load it from Numba's on-disk cache.
+
+    A kernel is otherwise compiled on its first call (for the activations,
+    losses and dtypes a run uses) and cached on disk, so only the first run
+    after an install waits.  This compiles all of them ahead of time: every
+    activation and loss, serial and parallel, in each of ``dtypes``, and the
+    gradient check's evaluator (float64) for each kind of network ``fusednet
+    gradcheck`` builds.  ``fusednet warmup`` calls it.
+
+    Parameters
+    ----------
+    dtypes : sequence of dtype-like, default (float32, float64)
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each group of kernels.
+
+    Returns
+    -------
+    bool
+        False when Numba is not available here (nothing to compile).
+    """
+    numba_backend = _load("numba")
+    if numba_backend is None:
+        return False
+    from . import _gradcheck_numba
+
+    dtypes = tuple(np.dtype(d) for d in dtypes)
+    first = numba_backend.warmup_steps(dtypes)
+    total = first + len(_gradcheck_numba.CLI_FEATURES)
+    numba_backend.warmup(dtypes, progress=None if progress is None else (lambda done, _: progress(done, total)))
+    _gradcheck_numba.warmup(progress=None if progress is None else (lambda done, _: progress(first + done, total)))
+    return True
 
 
 def _affinity_count():

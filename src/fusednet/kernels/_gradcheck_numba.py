@@ -1,4 +1,4 @@
-r"""The batched gradient check, compiled: the 2P perturbed costs in one ``prange``.
+r"""The batched gradient check, compiled: the 2P perturbed costs, in parallel over the coordinates.
 
 Gradient checking needs :math:`J(\theta \pm \varepsilon e_i)` for every checked
 coordinate ``i``.  One call of :func:`perturbed_losses` evaluates all of them,
@@ -87,15 +87,16 @@ coordinate runs on one thread through a fixed instruction sequence, so the
 results are the same for any thread count.
 """
 
+import threading
 import types as pytypes
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._codes import BCE, CCE, LEAKY_RELU, LINEAR, MSE, RELU, SIGMOID, SOFTMAX, TANH
+from ._codes import ACTIVATION_NAMES, BCE, CCE, LEAKY_RELU, LINEAR, MSE, RELU, SIGMOID, SOFTMAX, TANH
 from ._numba_math import _f64_from_bits, fma, leaky_relu, log1p_unit, relu
 
 #: layer ops (the codes of :meth:`fusednet.Sequential.plan`)
@@ -114,17 +115,28 @@ CHUNK = 8
 FASTMATH = frozenset({"nsz", "contract", "reassoc"})
 
 _OPTIONS = dict(nogil=True, fastmath=set(FASTMATH), error_model="numpy", boundscheck=False)
+#: only ever called from compiled code: no Python or C entry point to build
+_INNER = dict(cache=False, no_cpython_wrapper=True, no_cfunc_wrapper=True, **_OPTIONS)
 #: helpers, compiled into the kernel that calls them
-_helper = njit(cache=False, **_OPTIONS)
+_helper = njit(**_INNER)
 #: point functions, always inlined (LLVM ``alwaysinline``): a loop vectorises
 #: only if no call is left in its body, and LLVM's own size threshold declines
 #: to inline ``tanh`` (with its exp) into the loop
-_point = njit(cache=False, forceinline=True, **_OPTIONS)
-#: the kernel
-parallel_kernel = njit(cache=True, parallel=True, **_OPTIONS)
-#: ... and its copy without a thread team (``prange`` is ``range``), for processes that cannot start
-#: one: a forked child of a process whose kernels ran on GNU OpenMP (see ``fusednet.kernels``)
-serial_kernel = njit(cache=True, **_OPTIONS)
+_point = njit(forceinline=True, **_INNER)
+#: helpers with one call site, inlined into it at Numba IR level (no compiled module of their own)
+_inline = njit(inline="always")
+#: the kernel: one thread's share of the coordinates (see :func:`perturbed_losses`)
+kernel = njit(cache=True, **_OPTIONS)
+
+#: What a model can hold that the walker has code for: its loss, batch norm, and
+#: the activations of its hidden layers (the output layer's belongs to the loss).
+FEATURES = ("mse", "bce", "cce", "batchnorm", "sigmoid", "tanh", "relu", "leaky_relu", "softmax")
+# Compile-time switches, one per feature, read as ``if _TANH and act == TANH:``.  The
+# functions below, as written, have every switch on; :func:`walker` compiles copies of
+# them with the switches of one model's features, and Numba drops the branches of the
+# other features before it types them (the kernel of ``fusednet gradcheck``'s default
+# network, tanh and the softmax loss, then compiles in about 60% of the time).
+_MSE = _BCE = _CCE = _BATCHNORM = _SIGMOID = _TANH = _RELU = _LEAKY_RELU = _SOFTMAX = True
 
 
 def scratch(n_threads, wmax, m):
@@ -353,16 +365,16 @@ def sigmoid_near(s0, d):
 @_helper
 def _activate(a, act, slope):
     """``a = g(a)`` in place, element-wise (not softmax; LINEAR leaves it)."""
-    if act == SIGMOID:
+    if _SIGMOID and act == SIGMOID:
         for r in range(a.size):
             a[r] = sigmoid_1div(a[r])
-    elif act == TANH:
+    elif _TANH and act == TANH:
         for r in range(a.size):
             a[r] = tanh_1div(a[r])
-    elif act == RELU:
+    elif _RELU and act == RELU:
         for r in range(a.size):
             a[r] = relu(a[r], 0.0)
-    elif act == LEAKY_RELU:
+    elif _LEAKY_RELU and act == LEAKY_RELU:
         for r in range(a.size):
             a[r] = leaky_relu(a[r], slope, 0.0)
 
@@ -376,18 +388,18 @@ def _activate_near(a, y0, a0, act, slope, m):
     gradient-check perturbation moves every value by about eps), else the
     functions themselves; the other activations are exact and cheap anyway.
     """
-    if act == TANH or act == SIGMOID:
+    if (_TANH and act == TANH) or (_SIGMOID and act == SIGMOID):
         dd = 0.0
         for r in range(m):
             d0 = a[r] - y0[r]
             d1 = a[m + r] - y0[r]
             dd += d0 * d0 + d1 * d1
         if dd <= NEAR * NEAR:
-            if act == TANH:
+            if _TANH and act == TANH:
                 for r in range(m):
                     a[r] = tanh_near(a0[r], a[r] - y0[r])
                     a[m + r] = tanh_near(a0[r], a[m + r] - y0[r])
-            else:
+            elif _SIGMOID:
                 for r in range(m):
                     a[r] = sigmoid_near(a0[r], a[r] - y0[r])
                     a[m + r] = sigmoid_near(a0[r], a[m + r] - y0[r])
@@ -495,7 +507,7 @@ def _bn_centered_act_pair(out, stash, cen, w, dc, gamma, beta, eps, m, y0, a0, a
     g0 = gamma * (1.0 / np.sqrt(v0 / m + eps))
     g1 = gamma * (1.0 / np.sqrt(v1 / m + eps))
     dd = 0.0
-    if act == TANH:
+    if _TANH and act == TANH:
         for r in range(m):
             y0r = fma(cen[r] + w * dc[r], g0, beta)
             y1r = fma(cen[r] + w * dc[m + r], g1, beta)
@@ -506,7 +518,7 @@ def _bn_centered_act_pair(out, stash, cen, w, dc, gamma, beta, eps, m, y0, a0, a
             dd += d0 * d0 + d1 * d1
             out[r] = tanh_near(a0[r], d0)
             out[m + r] = tanh_near(a0[r], d1)
-    else:
+    elif _SIGMOID:
         for r in range(m):
             y0r = fma(cen[r] + w * dc[r], g0, beta)
             y1r = fma(cen[r] + w * dc[m + r], g1, beta)
@@ -583,7 +595,7 @@ def _pair_loss(L, Y, k, m, loss, ell, mx, s):
     w = 2 * m
     for r in range(w):
         ell[r] = 0.0
-    if loss == MSE:
+    if _MSE and loss == MSE:
         for c in range(k):
             z = L[c * w:(c + 1) * w]
             y = Y[c * m:(c + 1) * m]
@@ -592,7 +604,7 @@ def _pair_loss(L, Y, k, m, loss, ell, mx, s):
                 d1 = z[m + r] - y[r]
                 ell[r] += 0.5 * (d0 * d0)
                 ell[m + r] += 0.5 * (d1 * d1)
-    elif loss == BCE:
+    elif _BCE and loss == BCE:
         for c in range(k):
             z = L[c * w:(c + 1) * w]
             y = Y[c * m:(c + 1) * m]
@@ -601,7 +613,7 @@ def _pair_loss(L, Y, k, m, loss, ell, mx, s):
                 z1 = z[m + r]
                 ell[r] += (z0 if z0 > 0.0 else 0.0) - z0 * y[r] + log1p_unit(exp_poly(-abs(z0)))
                 ell[m + r] += (z1 if z1 > 0.0 else 0.0) - z1 * y[r] + log1p_unit(exp_poly(-abs(z1)))
-    else:
+    elif _CCE:
         for r in range(w):
             mx[r] = -np.inf
             s[r] = 0.0
@@ -713,7 +725,8 @@ def _rank_one(net, netf, P, tape, m, q, j, col, cur, mx, s):
                 o[m + r] = z[r] + wc * col[m + r]
         if q == last:
             return L
-        _softmax_units(cur[:n_out * w], n_out, w, mx, s)
+        if _SOFTMAX:
+            _softmax_units(cur[:n_out * w], n_out, w, mx, s)
         return q + 1
     qe = q + 1  # the unit-wise layers above q are q + 1 .. qe - 1
     while qe < L and _unitwise(net, qe, last):
@@ -721,11 +734,12 @@ def _rank_one(net, netf, P, tape, m, q, j, col, cur, mx, s):
     qb = q + 1  # the first of them that is not a Dropout
     while qb < qe and net[qb, OP] == DROPOUT:
         qb += 1
-    centred = act == LINEAR and qb < qe and net[qb, OP] == BATCHNORM and net[qb, T_CEN] >= 0
+    centred = _BATCHNORM and act == LINEAR and qb < qe and net[qb, OP] == BATCHNORM and net[qb, T_CEN] >= 0
     qa = qb + 1  # an activation on that batch norm, done in the same pass
     while qa < qe and net[qa, OP] == DROPOUT:
         qa += 1
-    fused = centred and qa < qe and net[qa, OP] == ACTIVATION and (net[qa, ACT] == TANH or net[qa, ACT] == SIGMOID)
+    fused = centred and qa < qe and net[qa, OP] == ACTIVATION and (
+        (_TANH and net[qa, ACT] == TANH) or (_SIGMOID and net[qa, ACT] == SIGMOID))
     start = q  # the Dense's own activation first
     if centred:  # d - mean d, per half
         t0 = 0.0
@@ -742,12 +756,12 @@ def _rank_one(net, netf, P, tape, m, q, j, col, cur, mx, s):
     for c in range(n_out):
         o = cur[c * w:(c + 1) * w]
         wc = P[w0 + c]
-        if fused:
+        if _BATCHNORM and fused:
             ct = net[qb, T_CEN] + c * m
             ti, ta = net[qa, T_IN] + c * m, net[qa, T_OUT] + c * m
             _bn_centered_act_pair(o, mx, tape[ct:ct + m], wc, col, P[net[qb, G_OFF] + c], P[net[qb, BETA_OFF] + c],
                                   netf[qb, 1], m, tape[ti:ti + m], tape[ta:ta + m], net[qa, ACT], netf[qa, 0])
-        elif centred:
+        elif _BATCHNORM and centred:
             ct = net[qb, T_CEN] + c * m
             _bn_centered_pair(o, tape[ct:ct + m], wc, col, P[net[qb, G_OFF] + c], P[net[qb, BETA_OFF] + c],
                               netf[qb, 1], m)
@@ -758,7 +772,7 @@ def _rank_one(net, netf, P, tape, m, q, j, col, cur, mx, s):
                 o[m + r] = z[r] + wc * col[m + r]
         for q2 in range(start, qe):  # (one call site per layer routine keeps the compiled code small)
             op2 = net[q2, OP]
-            if op2 == BATCHNORM:
+            if _BATCHNORM and op2 == BATCHNORM:
                 _bn_pair(o, P[net[q2, G_OFF] + c], P[net[q2, BETA_OFF] + c], netf[q2, 1], m)
             elif op2 != DROPOUT and net[q2, ACT] != LINEAR:  # the Dense's activation, or an Activation's
                 ti = (net[q2, T_PRE] if op2 == DENSE else net[q2, T_IN]) + c * m
@@ -767,7 +781,7 @@ def _rank_one(net, netf, P, tape, m, q, j, col, cur, mx, s):
     return qe
 
 
-@_helper
+@_inline
 def _perturbed_pair(net, netf, P, tape, Y, loss, m, p, role, rr, j, dp, dm, buf0, buf1, col, mx, s, ell):
     """``sum_r (loss_r(theta + dp e) - loss_r(theta + dm e))`` for parameter (layer p, role, row rr, unit j).
 
@@ -788,7 +802,7 @@ def _perturbed_pair(net, netf, P, tape, Y, loss, m, p, role, rr, j, dp, dm, buf0
         if op == DROPOUT:
             q += 1
             continue
-        if op == BATCHNORM:
+        if _BATCHNORM and op == BATCHNORM:
             g0, b0, eps = net[q, G_OFF], net[q, BETA_OFF], netf[q, 1]
             if q == p:  # gamma[j] or beta[j] moved: unit j is gamma xhat + beta
                 xh = tape[net[q, T_PRE] + j * m:net[q, T_PRE] + (j + 1) * m]
@@ -831,7 +845,7 @@ def _perturbed_pair(net, netf, P, tape, Y, loss, m, p, role, rr, j, dp, dm, buf0
         if q == last or act == LINEAR:
             q += 1
             continue
-        if act == SOFTMAX and not full:  # couples the units: unit j's change reaches them all
+        if _SOFTMAX and act == SOFTMAX and not full:  # couples the units: unit j's change reaches them all
             t = net[q, T_PRE] if op == DENSE else net[q, T_IN]
             for c in range(n_out):
                 a = tape[t + c * m:t + (c + 1) * m]
@@ -845,7 +859,7 @@ def _perturbed_pair(net, netf, P, tape, Y, loss, m, p, role, rr, j, dp, dm, buf0
             full = True
         ti = net[q, T_PRE] if op == DENSE else net[q, T_IN]  # the tape's input and output of g
         ta = net[q, T_OUT]
-        if act == SOFTMAX:
+        if _SOFTMAX and act == SOFTMAX:
             _softmax_units(cur[:n_out * w], n_out, w, mx, s)
         else:
             c0 = 0 if full else j
@@ -868,7 +882,7 @@ def _perturbed_pair(net, netf, P, tape, Y, loss, m, p, role, rr, j, dp, dm, buf0
                 for r in range(m):
                     o[r] = a[r]
                     o[m + r] = a[r]
-    if loss == CCE and net[last, T_PROB] >= 0:
+    if _CCE and loss == CCE and net[last, T_PROB] >= 0:
         t, tp = net[last, T_OUT], net[last, T_PROB]
         ok, total = _pair_cce_near(cur[:k * w], tape[t:t + k * m], tape[tp:tp + k * m], Y, k, m, s)
         if ok:
@@ -876,7 +890,74 @@ def _perturbed_pair(net, netf, P, tape, Y, loss, m, p, role, rr, j, dp, dm, buf0
     return _pair_loss(cur[:k * w], Y, k, m, loss, ell, mx, s)
 
 
-def _perturbed_losses(net, netf, P, tape, Y, loss, m, coords, deltas, out, bufs0, bufs1, vectors, n_threads):
+@kernel
+def perturbed_losses_share(net, netf, P, tape, Y, loss, m, coords, deltas, out, buf0, buf1, vectors, counter):
+    """One thread's share of :func:`perturbed_losses`: coordinates taken :data:`CHUNK` at a time.
+
+    buf0, buf1, vectors: this thread's rows of the :func:`scratch` arrays;
+    counter (1,) int64 INOUT, shared by the threads: the next coordinate to take.
+    """
+    n = coords.shape[0]
+    w = 2 * m
+    col, mx, s, ell = vectors[:w], vectors[w:2 * w], vectors[2 * w:3 * w], vectors[3 * w:4 * w]
+    while True:
+        i0 = _fetch_add(counter, np.int64(CHUNK))
+        if i0 >= n:
+            break
+        i1 = i0 + CHUNK if i0 + CHUNK < n else n
+        for i in range(i0, i1):
+            out[i] = _perturbed_pair(net, netf, P, tape, Y, loss, m, coords[i, 0], coords[i, 1], coords[i, 2],
+                                     coords[i, 3], deltas[i, 0], deltas[i, 1], buf0, buf1, col, mx, s, ell)
+
+
+#: the functions that read the switches or call one that does, callees first, and their decorators
+_SWITCHED = (("_activate", _helper), ("_activate_near", _helper), ("_bn_centered_act_pair", _helper),
+             ("_rank_one", _helper), ("_pair_loss", _helper), ("_perturbed_pair", _inline),
+             ("perturbed_losses_share", kernel))
+_walkers = {}
+_walkers_lock = threading.Lock()
+
+
+def features_of(net, loss):
+    """The :data:`FEATURES` a model's ``net`` table and loss code use, as a frozenset."""
+    found = {("mse", "bce", "cce")[loss]}
+    last = net.shape[0] - 1
+    for q in range(net.shape[0]):
+        op, act = int(net[q, OP]), int(net[q, ACT])
+        if op == BATCHNORM:
+            found.add("batchnorm")
+        elif op in (DENSE, ACTIVATION) and q != last and act != LINEAR:
+            found.add(ACTIVATION_NAMES[act])
+    return frozenset(found)
+
+
+def walker(features):
+    """:func:`perturbed_losses_share` compiled for models with these features only (a frozenset).
+
+    A copy of each function of :data:`_SWITCHED`, with the switches of
+    ``features`` on and the others off, each calling the others' copies; the
+    kernel's copy has a name of its own (its own entry in Numba's cache).
+    Built once per feature set, compiled on its first call.
+    """
+    features = frozenset(features)
+    unknown = features - set(FEATURES)
+    if unknown:
+        raise ValueError(f"unknown features {sorted(unknown)}; known: {FEATURES}")
+    with _walkers_lock:
+        if features not in _walkers:
+            names = {"_" + f.upper(): f in features for f in FEATURES}
+            tag = "_".join(f for f in FEATURES if f in features)
+            for name, decorator in _SWITCHED:
+                f = globals()[name].py_func
+                copy = pytypes.FunctionType(f.__code__, dict(f.__globals__, **names), f"{name}__{tag}",
+                                            f.__defaults__, f.__closure__)
+                copy.__qualname__ = copy.__name__
+                names[name] = decorator(copy)
+            _walkers[features] = names["perturbed_losses_share"]
+        return _walkers[features]
+
+
+def perturbed_losses(net, netf, P, tape, Y, loss, m, coords, deltas, out, bufs0, bufs1, vectors, n_threads):
     """``out[i] = sum_r (loss_r(theta + d+) - loss_r(theta + d-))`` for every coordinate i.
 
     net (L, 13), netf (L, 2), P (n_params,), tape, Y (k * m,) by unit, IN;
@@ -884,60 +965,69 @@ def _perturbed_losses(net, netf, P, tape, Y, loss, m, coords, deltas, out, bufs0
     coordinate); out (n,) OUT; bufs0, bufs1, vectors (:func:`scratch`)
     OUT, one row per thread, allocated once per check.
 
-    The threads take :data:`CHUNK` coordinates at a time from a shared
-    atomic counter until none is left.  Coordinates cost very different
-    amounts (one of the first layer is recomputed through every layer above
-    it, one of the output layer is little more than the loss), and they
-    come in parameter order, the expensive first: taken on demand, the
-    cheap ones at the end even out the threads' shares, also when a thread
-    loses its core for a while.  Each coordinate is computed whole by one
-    thread through the same instructions, so the result does not depend on
-    the thread count or on which thread took it.
+    ``n_threads`` threads (this one and ``n_threads - 1`` started here) run
+    :func:`perturbed_losses_share`, compiled for the model's features
+    (:func:`walker`), which releases the GIL, and take
+    :data:`CHUNK` coordinates at a time from a shared atomic counter until
+    none is left.  Coordinates cost very different amounts (one of the first
+    layer is recomputed through every layer above it, one of the output layer
+    is little more than the loss), and they come in parameter order, the
+    expensive first: taken on demand, the cheap ones at the end even out the
+    threads' shares, also when a thread loses its core for a while.  Each
+    coordinate is computed whole by one thread through the same instructions,
+    so the result does not depend on the thread count or on which thread took
+    it.
+
+    Plain threads, not a ``prange``: one call runs for milliseconds at least,
+    so starting threads costs nothing that shows, and a parallel kernel would
+    compile the whole walker twice more (its loop body, then the function
+    around it), which more than doubled the cold start of ``fusednet
+    gradcheck``; Python threads also run in a forked child, where an OpenMP
+    team cannot start (see ``fusednet.kernels``).
     """
-    n = coords.shape[0]
-    w = 2 * m
+    share_kernel = walker(features_of(net, loss))
     counter = np.zeros(1, np.int64)
-    for t in prange(n_threads):
-        buf0 = bufs0[t]
-        buf1 = bufs1[t]
-        v = vectors[t]
-        col, mx, s, ell = v[:w], v[w:2 * w], v[2 * w:3 * w], v[3 * w:4 * w]
-        while True:
-            i0 = _fetch_add(counter, np.int64(CHUNK))
-            if i0 >= n:
-                break
-            for i in range(i0, min(i0 + CHUNK, n)):
-                out[i] = _perturbed_pair(net, netf, P, tape, Y, loss, m, coords[i, 0], coords[i, 1], coords[i, 2],
-                                         coords[i, 3], deltas[i, 0], deltas[i, 1], buf0, buf1, col, mx, s, ell)
+    errors = []
+
+    def share(t):
+        try:
+            share_kernel(net, netf, P, tape, Y, loss, m, coords, deltas, out, bufs0[t], bufs1[t],
+                                   vectors[t], counter)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+            errors.append(exc)
+
+    workers = [threading.Thread(target=share, args=(t,), daemon=True) for t in range(1, n_threads)]
+    for worker in workers:
+        worker.start()
+    share(0)
+    for worker in workers:
+        worker.join()
+    if errors:
+        raise errors[0]
 
 
-perturbed_losses = parallel_kernel(_perturbed_losses)
+#: the feature sets of the networks ``fusednet gradcheck`` builds: one hidden activation,
+#: with or without batch norm, and a softmax (CCE) or sigmoid (BCE) output
+CLI_FEATURES = tuple(frozenset({loss, act, *(("batchnorm",) if bn else ())})
+                     for loss in ("cce", "bce") for act in ("relu", "leaky_relu", "tanh", "sigmoid")
+                     for bn in (False, True))
 
 
-def _renamed(f, name):
-    """A copy of the Python function ``f`` under another name (its own entry in Numba's cache)."""
-    g = pytypes.FunctionType(f.__code__, f.__globals__, name, f.__defaults__, f.__closure__)
-    g.__qualname__ = name
-    g.__doc__ = f.__doc__
-    return g
+def warmup(feature_sets=None, progress=None):
+    """Compile (or load from the on-disk cache) the kernel of each feature set, for the types gradcheck passes.
 
-
-#: :func:`perturbed_losses` on the calling thread only
-perturbed_losses_serial = serial_kernel(_renamed(_perturbed_losses, "perturbed_losses_serial"))
-
-
-def warmup():
-    """Compile (or load from the on-disk cache) the kernel for the types gradcheck passes."""
+    ``feature_sets`` defaults to :data:`CLI_FEATURES`.  ``progress``, if given,
+    is called as ``progress(done, total)`` after each.
+    """
     m = 4
-    # Dense(2, linear) -> BatchNorm -> Dense(2, softmax) on 3 features, and a tape for it
-    net = np.array([[DENSE, 3, 2, LINEAR, 0, 10, -1, -1, 0, 20, 12, -1, -1],
-                    [BATCHNORM, 2, 2, LINEAR, -1, -1, 12, 14, 20, 36, 28, 44, -1],
-                    [DENSE, 2, 2, SOFTMAX, 6, 16, -1, -1, 36, 52, 52, -1, 60]], np.int64)
-    netf = np.array([[0.01, 0.0], [0.01, 1e-5], [0.01, 0.0]])
-    P = np.linspace(-0.5, 0.5, 18)
-    tape = np.linspace(-1.0, 1.0, 68)
-    Y = np.array([1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0])
-    coords = np.array([[0, ROLE_W, 1, 1], [2, ROLE_B, 0, 0]], np.int64)
-    deltas = np.array([[1e-7, -1e-7], [1e-7, -1e-7]])
-    out = np.zeros(2)
-    perturbed_losses(net, netf, P, tape, Y, 2, m, coords, deltas, out, *scratch(2, 2, m), 2)
+    net = np.zeros((3, 13), np.int64)
+    netf = np.zeros((3, 2))
+    P, tape, Y, out = np.zeros(18), np.zeros(68), np.zeros(8), np.zeros(0)
+    coords, deltas = np.zeros((0, 4), np.int64), np.zeros((0, 2))  # no coordinates: compile, run nothing
+    bufs0, bufs1, vectors = scratch(1, 2, m)
+    counter = np.zeros(1, np.int64)
+    feature_sets = CLI_FEATURES if feature_sets is None else tuple(feature_sets)
+    for done, features in enumerate(feature_sets, 1):
+        walker(features)(net, netf, P, tape, Y, CCE, m, coords, deltas, out, bufs0[0], bufs1[0], vectors[0], counter)
+        if progress is not None:
+            progress(done, len(feature_sets))

@@ -31,7 +31,7 @@ import numpy as np
 
 from . import _numba_dense as _dense
 from . import _numba_flat as _flat
-from ._codes import LINEAR, SIGMOID, SOFTMAX, TANH
+from ._codes import SIGMOID, SOFTMAX, TANH
 
 # Serial thresholds in elements: a kernel runs serially up to and including
 # its threshold and in parallel above it.  Measured on this 2-core machine,
@@ -129,38 +129,39 @@ _scratch = _Scratch()
 
 def bias_act_forward(Z, b, act, slope, A, n_threads):
     act = int(act)
+    serial, parallel = _dense.FORWARD[act][A is Z]
     if Z.size > TRANSCENDENTAL_SERIAL_THRESHOLD:  # the small-batch path stays short
         nt = _chunks(n_threads, Z.size, _FORWARD_THRESHOLD.get(act, ELEMENTWISE_SERIAL_THRESHOLD))
         if nt > 1:
-            _dense.bias_act_forward_parallel(Z, b, act, float(slope), A, nt)
+            parallel(Z, b, float(slope), A, nt)
             return
-    m, n = Z.shape
-    _dense.forward_block(Z, b, act, float(slope), A, 0, m, 0, n)
+    serial(Z, b, float(slope), A, 0, Z.shape[0], 0, Z.shape[1])
 
 
 def act_backward(dA, A, act, slope, dZ, db, n_threads):
     act = int(act)
-    n = dA.shape[1]
+    serial, parallel = _dense.BACKWARD[act][dZ is dA]
     if dA.size > REDUCTION_SERIAL_THRESHOLD and act != SOFTMAX:  # the small-batch path stays short
-        nt = _band_chunks(n_threads, dA.size, n)
+        nt = _band_chunks(n_threads, dA.size, dA.shape[1])
         if nt > 1:
-            _dense.act_backward_parallel(dA, A, act, float(slope), dZ, db, nt, _scratch.tiles)
+            parallel(dA, A, float(slope), dZ, db, nt, _scratch.tiles)
             return
-    _dense.backward_band(dA, A, act, float(slope), dZ, db, 0, n, _scratch.row)
+    serial(dA, A, float(slope), dZ, db, 0, dA.shape[1], _scratch.row)
 
 
 def loss_forward(Z, b, Y, loss, A, n_threads):
     m = Z.shape[0]
     if m == 0:
         return 0.0
+    serial, parallel = _dense.LOSS[int(loss)]
     # float64 sums of row blocks fixed by m alone, added in order: the same
     # cost for any thread count
     part = _scratch.loss[:min(_dense.LOSS_BLOCKS, m)]
     nt = _chunks(n_threads, Z.size, LOSS_SERIAL_THRESHOLD)
     if nt > 1:
-        _dense.loss_blocks_parallel(Z, b, Y, int(loss), A, part, nt)
+        parallel(Z, b, Y, A, part, nt)
     else:
-        _dense.loss_blocks(Z, b, Y, int(loss), A, part, 0, part.size)
+        serial(Z, b, Y, A, part, 0, part.size)
     return math.fsum(part) / m
 
 
@@ -288,48 +289,92 @@ def batchnorm_backward(dout, xhat, gamma, invstd, dZ, dgamma, dbeta, n_threads):
 # --------------------------------------------------------------------------
 
 
-def warmup(dtypes=(np.float32, np.float64)):
+def warmup(dtypes=(np.float32, np.float64), progress=None):
     """Compile (or load from the on-disk cache) every kernel, serial and parallel.
 
     Covers writable C-contiguous arrays of each dtype in ``dtypes``: 2-D
     activations and 1-D flat buffers, the types the layers and optimisers
-    pass (other array types, such as read-only inputs, compile on first use).
-    Benchmarks and tests call it to keep compile time out of their timings.
+    pass, every activation (in place and not) and every loss (other array
+    types, such as read-only inputs, compile on first use).  ``progress``,
+    if given, is called as ``progress(done, total)`` after each group of
+    kernels.  :func:`fusednet.kernels.warmup` calls this; benchmarks and
+    tests call it to keep compile time out of their timings.
     """
-    for dtype in dtypes:
-        Z = np.linspace(-2.0, 2.0, 24, dtype=dtype).reshape(3, 8)
-        b, g, v1, v2 = (np.zeros(8, dtype) for _ in range(4))
-        A, dZ, Y = np.empty_like(Z), np.empty_like(Z), np.full_like(Z, 0.125)
-        m, n = Z.shape
-        part = np.empty(m)
-        tiles = np.empty((2, _dense.SCRATCH))
-        row = tiles[0]
-        # the serial kernels, as the functions above call them ...
-        _dense.forward_block(Z, b, LINEAR, 0.01, A, 0, m, 0, n)
-        _dense.backward_band(Y, A, LINEAR, 0.01, dZ, b, 0, n, row)
-        _dense.loss_blocks(Z, b, Y, 2, A, part, 0, m)
-        _dense.loss_backward_band(A, Y, dZ, b, 0, n, row)
-        _dense.batchnorm_train_cols(Z, g, b, 1e-5, A, dZ, v1, v2, g, 0, n, row)
-        _dense.batchnorm_infer_block(Z, g, b, v1, v2, 1e-5, dZ, 0, m, 0, n, row)
-        _dense.batchnorm_backward_cols(Y, A, g, v2, dZ, v1, b, 0, n, row)
-        _flat.gd_span(g, b, 0.1, 0.0, 0, 0, n)
-        _flat.momentum_span(g, b, v1, 0.1, 0.9, 1.0, 0.0, 0, 0, n)
-        _flat.rmsprop_span(g, b, v1, 0.1, 0.9, 1e-8, 0.0, 0, 0, n)
-        _flat.adam_span(g, b, v1, v2, 0.1, 0.9, 0.999, 1e-8, 1.0, 1.0, 0.0, 0, 0, n)
-        _flat.ewa_span(g, b, 0.9, 0, n)
-        # ... and the parallel ones
-        _dense.bias_act_forward_parallel(Z, b, LINEAR, 0.01, A, 2)
-        _dense.act_backward_parallel(Y, A, LINEAR, 0.01, dZ, b, 2, tiles)
-        _dense.loss_blocks_parallel(Z, b, Y, 2, A, part, 2)
-        _dense.loss_backward_parallel(A, Y, dZ, b, 2, tiles)
-        _dense.batchnorm_forward_train_parallel(Z, g, b, 1e-5, A, dZ, v1, v2, g, 2, tiles)
-        _dense.batchnorm_forward_infer_parallel(Z, g, b, v1, v2, 1e-5, dZ, 2, tiles)
-        _dense.batchnorm_backward_parallel(Y, A, g, v2, dZ, v1, b, 2, tiles)
-        _flat.gd_parallel(g, b, 0.1, 0.0, 0, 2)
-        _flat.momentum_parallel(g, b, v1, 0.1, 0.9, 1.0, 0.0, 0, 2)
-        _flat.rmsprop_parallel(g, b, v1, 0.1, 0.9, 1e-8, 0.0, 0, 2)
-        _flat.adam_parallel(g, b, v1, v2, 0.1, 0.9, 0.999, 1e-8, 1.0, 1.0, 0.0, 0, 2)
-        _flat.ewa_parallel(g, b, 0.9, 2)
-        for X in (Z, g):  # dropout runs on activations (2-D) and flat buffers
-            _flat.dropout_span(X, 1, 2, 2**31, False, 2.0, X, 0, X.size)
-            _flat.dropout_parallel(X, 1, 2, 2**31, False, 2.0, X, 2)
+    steps = [(dtype, step) for dtype in dtypes for step in _WARMUP_STEPS]
+    for done, (dtype, step) in enumerate(steps, 1):
+        step(_WarmupArrays(np.dtype(dtype)))
+        if progress is not None:
+            progress(done, len(steps))
+
+
+def warmup_steps(dtypes=(np.float32, np.float64)):
+    """How many times :func:`warmup` calls its ``progress``."""
+    return len(dtypes) * len(_WARMUP_STEPS)
+
+
+class _WarmupArrays:
+    """Small arrays of one dtype for :func:`warmup`'s calls."""
+
+    def __init__(self, dtype):
+        self.Z = np.linspace(-2.0, 2.0, 24, dtype=dtype).reshape(3, 8)
+        self.b, self.g, self.v1, self.v2 = (np.zeros(8, dtype) for _ in range(4))
+        self.A, self.dZ, self.Y = np.empty_like(self.Z), np.empty_like(self.Z), np.full_like(self.Z, 0.125)
+        self.part = np.empty(3)
+        self.tiles = np.empty((2, _dense.SCRATCH))
+
+
+def _warm_activation(act):
+    def step(a):
+        m, n = a.Z.shape
+        for in_place in (False, True):
+            block, parallel = _dense.FORWARD[act][in_place]
+            Z = a.Z.copy() if in_place else a.Z
+            out = Z if in_place else a.A
+            block(Z, a.b, 0.01, out, 0, m, 0, n)
+            parallel(Z, a.b, 0.01, out, 2)
+            band, parallel = _dense.BACKWARD[act][in_place]
+            dA = a.Y.copy() if in_place else a.Y
+            dZ = dA if in_place else a.dZ
+            band(dA, a.A, 0.01, dZ, a.b, 0, n, a.tiles[0])
+            if parallel is not None:
+                parallel(dA, a.A, 0.01, dZ, a.b, 2, a.tiles)
+    return step
+
+
+def _warm_loss(loss):
+    def step(a):
+        blocks, parallel = _dense.LOSS[loss]
+        blocks(a.Z, a.b, a.Y, a.A, a.part, 0, a.part.size)
+        parallel(a.Z, a.b, a.Y, a.A, a.part, 2)
+    return step
+
+
+def _warm_rest(a):
+    Z, A, dZ, Y, b, g, v1, v2, tiles = a.Z, a.A, a.dZ, a.Y, a.b, a.g, a.v1, a.v2, a.tiles
+    m, n = Z.shape
+    row = tiles[0]
+    _dense.loss_backward_band(A, Y, dZ, b, 0, n, row)
+    _dense.loss_backward_parallel(A, Y, dZ, b, 2, tiles)
+    _dense.batchnorm_train_cols(Z, g, b, 1e-5, A, dZ, v1, v2, g, 0, n, row)
+    _dense.batchnorm_infer_block(Z, g, b, v1, v2, 1e-5, dZ, 0, m, 0, n, row)
+    _dense.batchnorm_backward_cols(Y, A, g, v2, dZ, v1, b, 0, n, row)
+    _dense.batchnorm_forward_train_parallel(Z, g, b, 1e-5, A, dZ, v1, v2, g, 2, tiles)
+    _dense.batchnorm_forward_infer_parallel(Z, g, b, v1, v2, 1e-5, dZ, 2, tiles)
+    _dense.batchnorm_backward_parallel(Y, A, g, v2, dZ, v1, b, 2, tiles)
+    _flat.gd_span(g, b, 0.1, 0.0, 0, 0, n)
+    _flat.momentum_span(g, b, v1, 0.1, 0.9, 1.0, 0.0, 0, 0, n)
+    _flat.rmsprop_span(g, b, v1, 0.1, 0.9, 1e-8, 0.0, 0, 0, n)
+    _flat.adam_span(g, b, v1, v2, 0.1, 0.9, 0.999, 1e-8, 1.0, 1.0, 0.0, 0, 0, n)
+    _flat.ewa_span(g, b, 0.9, 0, n)
+    _flat.gd_parallel(g, b, 0.1, 0.0, 0, 2)
+    _flat.momentum_parallel(g, b, v1, 0.1, 0.9, 1.0, 0.0, 0, 2)
+    _flat.rmsprop_parallel(g, b, v1, 0.1, 0.9, 1e-8, 0.0, 0, 2)
+    _flat.adam_parallel(g, b, v1, v2, 0.1, 0.9, 0.999, 1e-8, 1.0, 1.0, 0.0, 0, 2)
+    _flat.ewa_parallel(g, b, 0.9, 2)
+    for X in (Z, g):  # dropout runs on activations (2-D) and flat buffers
+        _flat.dropout_span(X, 1, 2, 2**31, False, 2.0, X, 0, X.size)
+        _flat.dropout_parallel(X, 1, 2, 2**31, False, 2.0, X, 2)
+
+
+_WARMUP_STEPS = ([_warm_activation(act) for act in range(len(_dense.FORWARD))]
+                 + [_warm_loss(loss) for loss in range(len(_dense.LOSS))] + [_warm_rest])

@@ -5,6 +5,21 @@ columns ``[c0, c1)`` (the serial kernel is one block over everything) and a
 ``*_parallel(..., n_chunks)`` function that runs ``n_chunks`` blocks in one
 ``prange``.  Semantics and signatures: :mod:`fusednet.kernels.reference`.
 
+Compiled per activation and per loss.  The activation forward and backward
+and the loss come as one pair of kernels (serial, parallel) per activation or
+loss code, in :data:`FORWARD`, :data:`BACKWARD` and :data:`LOSS`, the forward
+and backward also in an in-place form (``OUT is IN``, which the layers' own
+calls are) that leaves out the out-of-place loops.  Each is built from one
+Python function with the code frozen in as a closure constant: Numba drops
+the branches of the other codes before typing them, so a kernel holds only
+its own loops (a ReLU forward has no exp in it), and a run compiles only the
+activations and losses it uses, on first call.  A parallel kernel calls its
+serial one (see :func:`_variant`).  What a cold start compiles, and for how
+long, is measured by ``benchmarks/test_bench_compile.py``.
+:func:`forward_block`, :func:`backward_band` and the other functions that take
+the code as an argument pick the kernel from its table (tests and benchmarks
+use them).
+
 Sums over rows (``db``, batch-norm statistics) never race and never depend on
 the thread count: a column's sum is always accumulated by one thread walking
 all rows in a fixed order, into float64 tiles of :data:`TILE` columns, so a
@@ -36,13 +51,25 @@ where the tiles live, so the results are the same bits either way.
 """
 
 import math
+import types as pytypes
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
-from ._codes import BCE, CCE, LEAKY_RELU, LINEAR, MSE, RELU, SIGMOID, SOFTMAX, TANH
+from ._codes import ACTIVATION_NAMES, BCE, LEAKY_RELU, LINEAR, LOSS_NAMES, MSE, RELU, SIGMOID, SOFTMAX, TANH
 from ._numba_flat import bound, kernel, loop, parallel_kernel, same_buffer
-from ._numba_math import exp_nonpos, leaky_relu, like, log1p_unit, point, relu, row_point, sigmoid, tanh
+from ._numba_math import (
+    REDUCTION_FASTMATH,
+    exp_nonpos,
+    leaky_relu,
+    like,
+    log1p_unit,
+    point,
+    relu,
+    row_point,
+    sigmoid,
+    tanh,
+)
 
 #: columns per float64 accumulator tile of a row-walking reduction
 TILE = 1024
@@ -54,14 +81,21 @@ LOSS_BLOCKS = 64
 #: (batch-norm backward: two float64 column sums and three per-column factors)
 SCRATCH = 5 * TILE
 
+_ROW_OPTIONS = dict(cache=True, nogil=True, fastmath=set(REDUCTION_FASTMATH), error_model="numpy",
+                    no_cfunc_wrapper=True)
+#: decorators of the loss kernels, whose own loops sum along rows, with the flags of
+#: :data:`._numba_math.row_point`; a row is never split between threads
+row_kernel = njit(**_ROW_OPTIONS)
+row_parallel_kernel = njit(parallel=True, **_ROW_OPTIONS)
 
-@point
+
+@loop
 def tile(scratch, i):
     """Float64 tile ``i`` (``TILE`` elements) of a scratch row."""
     return scratch[i * TILE:(i + 1) * TILE]
 
 
-@point
+@loop
 def tile_like(scratch, i, a):
     """Tile ``i`` of a scratch row as ``TILE`` elements of ``a``'s dtype.
 
@@ -72,13 +106,13 @@ def tile_like(scratch, i, a):
     return tile(scratch, i).view(a.dtype)[:TILE]
 
 
-@point
+@loop
 def _rows(m, n_chunks, k):
     """Start of row chunk ``k`` of ``n_chunks`` over ``m`` rows."""
     return (m * k) // n_chunks
 
 
-@point
+@loop
 def block(m, n, n_chunks, k, by_rows):
     """Rows ``[r0, r1)`` and columns ``[c0, c1)`` of chunk ``k``: a band of whole
     rows when ``by_rows``, else a band of whole, 64-byte-aligned columns."""
@@ -90,6 +124,26 @@ def block(m, n, n_chunks, k, by_rows):
 # --------------------------------------------------------------------------
 # bias + activation forward
 # --------------------------------------------------------------------------
+
+
+#: the serial kernel that a parallel kernel calls: set in each parallel kernel's globals by :func:`_variant`
+_serial = None
+
+
+def _variant(f, name, decorator, **names):
+    """``f`` compiled by ``decorator`` under the name ``name``, seeing ``names`` as globals.
+
+    Each variant gets a name of its own, so each has its own entry in Numba's
+    cache.  A parallel kernel calls its serial kernel through such a global
+    (a closure cell holding a dispatcher would make a cache key that changes
+    from process to process); it then links the serial kernel's compiled code
+    instead of compiling the body a second and a third time (its loop, then
+    the function around it).
+    """
+    g = pytypes.FunctionType(f.__code__, dict(f.__globals__, **names), name, f.__defaults__, f.__closure__)
+    g.__qualname__ = f.__qualname__.rsplit(".", 1)[0] + "." + name if "." in f.__qualname__ else name
+    g.__doc__ = f.__doc__
+    return decorator(g)
 
 
 @loop
@@ -114,6 +168,7 @@ def _softmax_rows(Z, b, A, r0, r1):
     """Row-wise, max-subtracted ``A = softmax(Z + b)`` on rows [r0, r1).
 
     A NaN or +inf in a row makes the whole row NaN, as in the reference.
+    A function of its own, with the reduction flags for the row sums.
     """
     if same_buffer(Z, A):
         for i in range(r0, r1):
@@ -153,51 +208,74 @@ def _activate(a, act):
             a[k] = tanh(a[k])
 
 
-@kernel
-def forward_block(Z, b, act, slope, A, r0, r1, c0, c1):
-    """``A = g(Z + b)`` on rows [r0, r1) x columns [c0, c1).
+def _forward_kernels(act, in_place):
+    """``(block, parallel)``: the forward kernels of activation code ``act``, in place or not.
 
-    Z (m, n) IN, b (n,) IN, A (m, n) OUT (may alias Z).  Softmax couples a
-    row's columns: it takes whole rows r0..r1 and ignores c0, c1.  Sigmoid
-    and tanh take two passes over groups of rows that stay in cache: the
-    bias add by rows, then the activation over one long contiguous span, so
-    the expensive loop vectorises end to end instead of leaving a scalar
-    remainder on every row.
+    ``block(Z, b, slope, A, r0, r1, c0, c1)``: ``A = g(Z + b)`` on rows [r0,
+    r1) x columns [c0, c1); Z (m, n) IN, b (n,) IN, A (m, n) OUT, which is Z
+    itself when ``in_place`` and may alias Z otherwise.  Softmax couples a
+    row's columns: it takes whole rows r0..r1 and ignores c0, c1.  Sigmoid and tanh take
+    two passes over groups of rows that stay in cache: the bias add by rows,
+    then the activation over one long contiguous span, so the expensive loop
+    vectorises end to end instead of leaving a scalar remainder on every row.
+    ``parallel(Z, b, slope, A, n_chunks)`` runs ``n_chunks`` blocks.
     """
-    if act == SOFTMAX:
-        _softmax_rows(Z, b, A, r0, r1)
-        return
-    zero = like(A, 0.0)
-    s = like(A, slope)
-    n = Z.shape[1]
-    w = c1 - c0
-    uw = np.uint64(w)
-    bb = b[c0:c1]
-    zf = Z.reshape(Z.size)
-    af = A.reshape(A.size)
-    same = same_buffer(Z, A)
-    group = max(1, GROUP // max(w, 1))
-    for g0 in range(r0, r1, group):
-        g1 = min(g0 + group, r1)
-        if same:
-            _bias_rows(af, af, bb, n, g0, g1, c0, uw, act, s, zero)
-        else:
-            _bias_rows(zf, af, bb, n, g0, g1, c0, uw, act, s, zero)
-        if act == SIGMOID or act == TANH:
-            if w == n:
-                _activate(af[g0 * n:g1 * n], act)
+
+    def forward_block(Z, b, slope, A, r0, r1, c0, c1):
+        n = Z.shape[1]
+        if act == SOFTMAX:
+            _softmax_rows(Z, b, A, r0, r1)
+            return
+        zero = like(A, 0.0)
+        s = like(A, slope)
+        zf = Z.reshape(Z.size)
+        af = A.reshape(A.size)
+        same = same_buffer(Z, A)
+        w = c1 - c0
+        uw = np.uint64(w)
+        bb = b[c0:c1]
+        group = GROUP // w if w > 0 else GROUP
+        group = group if group > 1 else 1
+        for g0 in range(r0, r1, group):
+            g1 = g0 + group if g0 + group < r1 else r1
+            if in_place:
+                _bias_rows(af, af, bb, n, g0, g1, c0, uw, act, s, zero)
+            elif same:
+                _bias_rows(af, af, bb, n, g0, g1, c0, uw, act, s, zero)
             else:
-                for i in range(g0, g1):
-                    _activate(af[i * n + c0:i * n + c1], act)
+                _bias_rows(zf, af, bb, n, g0, g1, c0, uw, act, s, zero)
+            if act == SIGMOID or act == TANH:
+                if w == n:
+                    _activate(af[g0 * n:g1 * n], act)
+                else:
+                    for i in range(g0, g1):
+                        _activate(af[i * n + c0:i * n + c1], act)
+
+    def forward_parallel(Z, b, slope, A, n_chunks):
+        m, n = Z.shape
+        by_rows = act == SOFTMAX or m >= n_chunks
+        for k in prange(n_chunks):
+            r0, r1, c0, c1 = block(m, n, n_chunks, k, by_rows)
+            _serial(Z, b, slope, A, r0, r1, c0, c1)
+
+    tag = ACTIVATION_NAMES[act] + ("_in_place" if in_place else "")
+    blk = _variant(forward_block, f"forward_{tag}_block", kernel)
+    return blk, _variant(forward_parallel, f"forward_{tag}_parallel", parallel_kernel, _serial=blk)
 
 
-@parallel_kernel
+#: ``FORWARD[act][in_place]``: the ``(block, parallel)`` forward kernels of each activation code,
+#: out of place (``A`` may alias ``Z``) and in place (``A is Z``)
+FORWARD = tuple((_forward_kernels(act, False), _forward_kernels(act, True)) for act in sorted(ACTIVATION_NAMES))
+
+
+def forward_block(Z, b, act, slope, A, r0, r1, c0, c1):
+    """``A = g(Z + b)`` on a block, by activation code: ``FORWARD[act][A is Z][0]``."""
+    FORWARD[act][A is Z][0](Z, b, slope, A, r0, r1, c0, c1)
+
+
 def bias_act_forward_parallel(Z, b, act, slope, A, n_chunks):
-    m, n = Z.shape
-    by_rows = act == SOFTMAX or m >= n_chunks
-    for k in prange(n_chunks):
-        r0, r1, c0, c1 = block(m, n, n_chunks, k, by_rows)
-        forward_block(Z, b, act, slope, A, r0, r1, c0, c1)
+    """``A = g(Z + b)`` by activation code, in ``n_chunks`` chunks: ``FORWARD[act][A is Z][1]``."""
+    FORWARD[act][A is Z][1](Z, b, slope, A, n_chunks)
 
 
 # --------------------------------------------------------------------------
@@ -230,7 +308,7 @@ def _add_rows(xf, n, g0, g1, t0, acc):
             acc[j] += xf[base + j]
 
 
-@kernel
+@loop
 def column_sums(X, out, c0, c1, sums):
     """``out = sum_rows(X)`` on columns [c0, c1), in float64, rows in a fixed order.
 
@@ -239,7 +317,7 @@ def column_sums(X, out, c0, c1, sums):
     m, n = X.shape
     xf = X.reshape(X.size)
     for t0 in range(c0, c1, TILE):
-        t1 = min(t0 + TILE, c1)
+        t1 = t0 + TILE if t0 + TILE < c1 else c1
         acc = sums[:t1 - t0]
         acc[:] = 0.0
         _add_rows(xf, n, 0, m, t0, acc)
@@ -293,60 +371,93 @@ def _softmax_backward_rows(dA, A, dZ):
 
 
 @kernel
-def backward_band(dA, A, act, slope, dZ, db, c0, c1, scratch=None):
-    """``dZ = dA * g'(A)`` and ``db = sum_rows(dZ)`` on columns [c0, c1), all rows.
+def softmax_backward(dA, A, slope, dZ, db, c0, c1, scratch=None):
+    """``dZ = A * (dA - sum_cols(dA * A))`` and ``db = sum_rows(dZ)`` (``slope`` unused).
 
-    dA, A (m, n) IN; dZ (m, n) OUT (may alias dA); db (n,) OUT; scratch
-    (SCRATCH,) float64.  Each derivative is read from the output, as in the
-    reference.  Softmax couples a row's columns: it needs all of them (c0 = 0,
-    c1 = n), so it runs serially.
+    Softmax couples a row's columns: it needs all of them (c0 = 0, c1 = n),
+    so it runs serially; there is no parallel softmax backward.
     """
     if scratch is None:
         scratch = np.empty(SCRATCH)
-    sums = tile(scratch, 0)
-    m, n = dA.shape
+    _softmax_backward_rows(dA, A, dZ)
+    column_sums(dZ, db, c0, c1, tile(scratch, 0))
+
+
+def _backward_kernels(act, in_place):
+    """``(band, parallel)``: the backward kernels of activation code ``act``, in place or not.
+
+    ``band(dA, A, slope, dZ, db, c0, c1, scratch)``: ``dZ = dA * g'(A)`` and
+    ``db = sum_rows(dZ)`` on columns [c0, c1), all rows; dA, A (m, n) IN; dZ
+    (m, n) OUT, which is dA itself when ``in_place`` and may alias dA
+    otherwise; db (n,) OUT; scratch (SCRATCH,) float64.  Each derivative is
+    read from the output, as in the reference.  ``parallel(dA, A, slope, dZ,
+    db, n_chunks, scratch)`` runs bands at least 64 bytes wide, scratch
+    (n_chunks or more, SCRATCH).  Softmax: :func:`softmax_backward`, serial only.
+    """
     if act == SOFTMAX:
-        _softmax_backward_rows(dA, A, dZ)
-        column_sums(dZ, db, c0, c1, sums)
-        return
-    zero = like(A, 0.0)
-    one = like(A, 1.0)
-    s = like(A, slope)
-    xf = dA.reshape(dA.size)
-    af = A.reshape(A.size)
-    df = dZ.reshape(dZ.size)
-    same = same_buffer(dA, dZ)
-    for t0 in range(c0, c1, TILE):
-        t1 = min(t0 + TILE, c1)
-        w = t1 - t0
-        acc = sums[:w]
-        acc[:] = 0.0
-        group = max(4, GROUP // w // 4 * 4)
-        for g0 in range(0, m, group):
-            g1 = min(g0 + group, m)
-            # whole rows are one contiguous span; a band of columns, one span per row
-            first, last, span = (g0, g0 + 1, (g1 - g0) * n) if w == n else (g0, g1, w)
-            for i in range(first, last):
-                base = np.uint64(i * n + t0)
-                if same:
-                    _backward_span(df, af, df, base, np.uint64(span), act, s, zero, one)
-                else:
-                    _backward_span(xf, af, df, base, np.uint64(span), act, s, zero, one)
-            _add_rows(df, n, g0, g1, t0, acc)
-        o = db[t0:t1]
-        for j in range(w):
-            o[j] = acc[j]
+        return softmax_backward, None
+
+    def backward_band(dA, A, slope, dZ, db, c0, c1, scratch=None):
+        if scratch is None:
+            scratch = np.empty(SCRATCH)
+        sums = tile(scratch, 0)
+        m, n = dA.shape
+        zero = like(A, 0.0)
+        one = like(A, 1.0)
+        s = like(A, slope)
+        xf = dA.reshape(dA.size)
+        af = A.reshape(A.size)
+        df = dZ.reshape(dZ.size)
+        same = same_buffer(dA, dZ)
+        for t0 in range(c0, c1, TILE):
+            t1 = t0 + TILE if t0 + TILE < c1 else c1
+            w = t1 - t0
+            acc = sums[:w]
+            acc[:] = 0.0
+            group = GROUP // w // 4 * 4
+            group = group if group > 4 else 4
+            for g0 in range(0, m, group):
+                g1 = g0 + group if g0 + group < m else m
+                # whole rows are one contiguous span; a band of columns, one span per row
+                first, last, span = (g0, g0 + 1, (g1 - g0) * n) if w == n else (g0, g1, w)
+                for i in range(first, last):
+                    base = np.uint64(i * n + t0)
+                    if in_place:
+                        _backward_span(df, af, df, base, np.uint64(span), act, s, zero, one)
+                    elif same:
+                        _backward_span(df, af, df, base, np.uint64(span), act, s, zero, one)
+                    else:
+                        _backward_span(xf, af, df, base, np.uint64(span), act, s, zero, one)
+                _add_rows(df, n, g0, g1, t0, acc)
+            o = db[t0:t1]
+            for j in range(w):
+                o[j] = acc[j]
+
+    def backward_parallel(dA, A, slope, dZ, db, n_chunks, scratch=None):
+        if scratch is None:
+            scratch = np.empty((n_chunks, SCRATCH))
+        n = dA.shape[1]
+        for k in prange(n_chunks):
+            _serial(dA, A, slope, dZ, db, bound(n, n_chunks, k), bound(n, n_chunks, k + 1), scratch[k])
+
+    tag = ACTIVATION_NAMES[act] + ("_in_place" if in_place else "")
+    band = _variant(backward_band, f"backward_{tag}_band", kernel)
+    return band, _variant(backward_parallel, f"backward_{tag}_parallel", parallel_kernel, _serial=band)
 
 
-@parallel_kernel
+#: ``BACKWARD[act][in_place]``: the ``(band, parallel)`` backward kernels of each activation code,
+#: out of place (``dZ`` may alias ``dA``) and in place (``dZ is dA``); softmax has no parallel one
+BACKWARD = tuple((_backward_kernels(act, False), _backward_kernels(act, True)) for act in sorted(ACTIVATION_NAMES))
+
+
+def backward_band(dA, A, act, slope, dZ, db, c0, c1, scratch=None):
+    """``dZ = dA * g'(A)``, ``db = sum_rows(dZ)`` on a band, by activation code: ``BACKWARD[act][dZ is dA][0]``."""
+    BACKWARD[act][dZ is dA][0](dA, A, slope, dZ, db, c0, c1, scratch)
+
+
 def act_backward_parallel(dA, A, act, slope, dZ, db, n_chunks, scratch=None):
-    """Column bands, at least 64 bytes wide; not for softmax (see :func:`backward_band`)."""
-    if scratch is None:
-        scratch = np.empty((n_chunks, SCRATCH))
-    n = dA.shape[1]
-    for k in prange(n_chunks):
-        backward_band(dA, A, act, slope, dZ, db, bound(n, n_chunks, k), bound(n, n_chunks, k + 1),
-                      scratch[k])
+    """The same in ``n_chunks`` column bands (not softmax): ``BACKWARD[act][dZ is dA][1]``."""
+    BACKWARD[act][dZ is dA][1](dA, A, slope, dZ, db, n_chunks, scratch)
 
 
 # --------------------------------------------------------------------------
@@ -365,86 +476,122 @@ def _cce_output(zr, b, ar, zmax, lse):
         ar[j] = exp_nonpos((np.float64(zr[j] + b[j]) - zmax) - lse)
 
 
-@row_point
-def _loss_rows(Z, b, Y, loss, A, r0, r1):
-    """``A = g(Z + b)`` on rows [r0, r1); returns those rows' summed loss (float64).
+@loop
+def _mse_rows(Z, b, Y, A, r0, r1):
+    """``A = Z + b`` on rows [r0, r1); their summed loss ``(a - y)**2 / 2`` (float64).
 
-    The logits are formed in the arrays' dtype and the rest is float64: MSE
-    ``(a - y)**2 / 2``; BCE on the logits, ``max(z, 0) - z y +
+    The logits are formed in the arrays' dtype and the rest is float64, in
+    these three functions: MSE; BCE on the logits, ``max(z, 0) - z y +
     log1p(exp(-|z|))``, which never overflows; CCE through the max-subtracted
     log-sum-exp, ``log1p`` of the terms other than the maximum's 1, so the
     cost of a confident right answer (below eps) keeps its relative precision.
-    (``lse`` below is the log-sum-exp minus the row's max.)
+    The loss kernels carry the reduction flags, so their sums vectorise.
     """
     total = 0.0
-    if loss == MSE:
-        for i in range(r0, r1):
-            zr, yr, ar = Z[i], Y[i], A[i]
-            for j in range(ar.size):
-                zd = zr[j] + b[j]
-                ar[j] = zd
-                d = np.float64(zd) - np.float64(yr[j])
-                total += d * d
-        return 0.5 * total
-    if loss == BCE:
-        for i in range(r0, r1):
-            zr, yr, ar = Z[i], Y[i], A[i]
-            for j in range(ar.size):
-                z = np.float64(zr[j] + b[j])
-                ar[j] = sigmoid(z)
-                total += (z if z > 0.0 else 0.0) - z * np.float64(yr[j]) + log1p_unit(exp_nonpos(-abs(z)))
-        return total
-    if loss == CCE:
-        for i in range(r0, r1):
-            zr, yr, ar = Z[i], Y[i], A[i]
-            zmax = -np.inf
-            for j in range(ar.size):
-                z = np.float64(zr[j] + b[j])
-                zmax = z if z > zmax else zmax
-            # lse = log-sum-exp - zmax = log1p(rest): each maximum's exp(0) = 1
-            # is counted apart, so rest holds the other terms alone (selected, not
-            # subtracted: reassoc could cancel a subtracted 1 against the count).
-            # The cost sum_j y_j (lse - (z_j - zmax)) is lse sum(y) + sum(y (zmax - z)),
-            # whose second sum is 0 for a one-hot y on the max, leaving lse intact.
-            rest = 0.0
-            tops = 0.0
-            ysum = 0.0
-            ygap = 0.0
-            for j in range(ar.size):
-                z = np.float64(zr[j] + b[j])
-                y = np.float64(yr[j])
-                rest += 0.0 if z == zmax else exp_nonpos(z - zmax)
-                tops += 1.0 if z == zmax else 0.0
-                ysum += y
-                ygap += y * (zmax - z)
-            extra = tops - 1.0
-            lse = math.log1p(rest + extra) if extra > 0.0 else math.log1p(rest)
-            lse = lse if zmax < np.inf else np.nan  # +inf: a NaN row
-            _cce_output(zr, b, ar, zmax, lse)
-            total += ysum * lse + ygap
-        return total
-    return np.nan
+    for i in range(r0, r1):
+        zr, yr, ar = Z[i], Y[i], A[i]
+        for j in range(ar.size):
+            zd = zr[j] + b[j]
+            ar[j] = zd
+            d = np.float64(zd) - np.float64(yr[j])
+            total += d * d
+    return 0.5 * total
 
 
-@kernel
-def loss_blocks(Z, b, Y, loss, A, part, k0, k1):
-    """Rows of blocks [k0, k1) of the ``part.size`` fixed row blocks; ``part[k]`` = block k's summed loss.
+@loop
+def _bce_rows(Z, b, Y, A, r0, r1):
+    """``A = sigmoid(Z + b)`` on rows [r0, r1); their summed loss (float64)."""
+    total = 0.0
+    for i in range(r0, r1):
+        zr, yr, ar = Z[i], Y[i], A[i]
+        for j in range(ar.size):
+            z = np.float64(zr[j] + b[j])
+            ar[j] = sigmoid(z)
+            total += (z if z > 0.0 else 0.0) - z * np.float64(yr[j]) + log1p_unit(exp_nonpos(-abs(z)))
+    return total
 
-    Z, Y (m, k) IN, b (k,) IN; A (m, k) OUT; part (n_blocks,) float64 OUT.
-    The caller adds ``part`` in order, so the cost does not depend on how the
-    blocks were shared between threads.
+
+@loop
+def _cce_rows(Z, b, Y, A, r0, r1):
+    """``A = softmax(Z + b)`` on rows [r0, r1); their summed loss ``y (lse - z)`` (float64).
+
+    ``lse`` below is the log-sum-exp minus the row's max.
     """
-    m = Z.shape[0]
-    nb = part.size
-    for blk in range(k0, k1):
-        part[blk] = _loss_rows(Z, b, Y, loss, A, _rows(m, nb, blk), _rows(m, nb, blk + 1))
+    total = 0.0
+    for i in range(r0, r1):
+        zr, yr, ar = Z[i], Y[i], A[i]
+        zmax = -np.inf
+        for j in range(ar.size):
+            z = np.float64(zr[j] + b[j])
+            zmax = z if z > zmax else zmax
+        # lse = log-sum-exp - zmax = log1p(rest): each maximum's exp(0) = 1
+        # is counted apart, so rest holds the other terms alone (selected, not
+        # subtracted: reassoc could cancel a subtracted 1 against the count).
+        # The cost sum_j y_j (lse - (z_j - zmax)) is lse sum(y) + sum(y (zmax - z)),
+        # whose second sum is 0 for a one-hot y on the max, leaving lse intact.
+        rest = 0.0
+        tops = 0.0
+        ysum = 0.0
+        ygap = 0.0
+        for j in range(ar.size):
+            z = np.float64(zr[j] + b[j])
+            y = np.float64(yr[j])
+            rest += 0.0 if z == zmax else exp_nonpos(z - zmax)
+            tops += 1.0 if z == zmax else 0.0
+            ysum += y
+            ygap += y * (zmax - z)
+        extra = tops - 1.0
+        lse = math.log1p(rest + extra) if extra > 0.0 else math.log1p(rest)
+        lse = lse if zmax < np.inf else np.nan  # +inf: a NaN row
+        _cce_output(zr, b, ar, zmax, lse)
+        total += ysum * lse + ygap
+    return total
 
 
-@parallel_kernel
+def _loss_kernels(loss):
+    """``(blocks, parallel)``: the output activation and loss kernels of loss code ``loss``.
+
+    ``blocks(Z, b, Y, A, part, k0, k1)`` does the rows of blocks [k0, k1) of
+    the ``part.size`` fixed row blocks and sets ``part[k]`` to block k's
+    summed loss: Z, Y (m, k) IN, b (k,) IN; A (m, k) OUT; part (n_blocks,)
+    float64 OUT.  ``parallel(Z, b, Y, A, part, n_chunks)`` shares the blocks
+    out in ``n_chunks`` runs.  The caller adds ``part`` in order, so the cost
+    does not depend on how the blocks were shared between threads.
+    """
+
+    def loss_blocks(Z, b, Y, A, part, k0, k1):
+        m, nb = Z.shape[0], part.size
+        for blk in range(k0, k1):
+            r0, r1 = _rows(m, nb, blk), _rows(m, nb, blk + 1)
+            if loss == MSE:
+                part[blk] = _mse_rows(Z, b, Y, A, r0, r1)
+            elif loss == BCE:
+                part[blk] = _bce_rows(Z, b, Y, A, r0, r1)
+            else:
+                part[blk] = _cce_rows(Z, b, Y, A, r0, r1)
+
+    def loss_parallel(Z, b, Y, A, part, n_chunks):
+        nb = part.size
+        for k in prange(n_chunks):
+            _serial(Z, b, Y, A, part, _rows(nb, n_chunks, k), _rows(nb, n_chunks, k + 1))
+
+    tag = LOSS_NAMES[loss]
+    blocks = _variant(loss_blocks, f"loss_{tag}_blocks", row_kernel)
+    return blocks, _variant(loss_parallel, f"loss_{tag}_parallel", row_parallel_kernel, _serial=blocks)
+
+
+#: ``LOSS[loss]``: the ``(blocks, parallel)`` kernels of each loss code
+LOSS = tuple(_loss_kernels(loss) for loss in sorted(LOSS_NAMES))
+
+
+def loss_blocks(Z, b, Y, loss, A, part, k0, k1):
+    """Output activation and the summed loss of row blocks [k0, k1), by loss code: ``LOSS[loss][0]``."""
+    LOSS[loss][0](Z, b, Y, A, part, k0, k1)
+
+
 def loss_blocks_parallel(Z, b, Y, loss, A, part, n_chunks):
-    nb = part.size
-    for k in prange(n_chunks):
-        loss_blocks(Z, b, Y, loss, A, part, _rows(nb, n_chunks, k), _rows(nb, n_chunks, k + 1))
+    """The same over all blocks, in ``n_chunks`` chunks: ``LOSS[loss][1]``."""
+    LOSS[loss][1](Z, b, Y, A, part, n_chunks)
 
 
 @kernel
@@ -462,13 +609,14 @@ def loss_backward_band(A, Y, dZ, db, c0, c1, scratch=None):
     yf = Y.reshape(Y.size)
     df = dZ.reshape(dZ.size)
     for t0 in range(c0, c1, TILE):
-        t1 = min(t0 + TILE, c1)
+        t1 = t0 + TILE if t0 + TILE < c1 else c1
         w = t1 - t0
         acc = sums[:w]
         acc[:] = 0.0
-        group = max(4, GROUP // w // 4 * 4)
+        group = GROUP // w // 4 * 4
+        group = group if group > 4 else 4
         for g0 in range(0, m, group):
-            g1 = min(g0 + group, m)
+            g1 = g0 + group if g0 + group < m else m
             first, last, span = (g0, g0 + 1, (g1 - g0) * n) if w == n else (g0, g1, w)
             for i in range(first, last):
                 base = np.uint64(i * n + t0)
@@ -480,13 +628,16 @@ def loss_backward_band(A, Y, dZ, db, c0, c1, scratch=None):
             o[j] = acc[j]
 
 
-@parallel_kernel
-def loss_backward_parallel(A, Y, dZ, db, n_chunks, scratch=None):
+def _loss_backward_parallel(A, Y, dZ, db, n_chunks, scratch=None):
     if scratch is None:
         scratch = np.empty((n_chunks, SCRATCH))
     n = A.shape[1]
     for k in prange(n_chunks):
-        loss_backward_band(A, Y, dZ, db, bound(n, n_chunks, k), bound(n, n_chunks, k + 1), scratch[k])
+        _serial(A, Y, dZ, db, bound(n, n_chunks, k), bound(n, n_chunks, k + 1), scratch[k])
+
+
+loss_backward_parallel = _variant(_loss_backward_parallel, "loss_backward_parallel", parallel_kernel,
+                                  _serial=loss_backward_band)
 
 
 # --------------------------------------------------------------------------

@@ -22,14 +22,15 @@ import numpy as np
 from numba import njit, prange
 
 from . import _numba_cache  # noqa: F401  (a writable cache directory, before the first decorator)
-from ._numba_math import FASTMATH, dropout_hash, flush, like, point, tiny
+from ._numba_math import FASTMATH, dropout_hash, flush, like, tiny
 
-_OPTIONS = dict(cache=True, nogil=True, fastmath=set(FASTMATH), error_model="numpy")
+#: (no C entry point: only Python and other kernels call them)
+_OPTIONS = dict(cache=True, nogil=True, fastmath=set(FASTMATH), error_model="numpy", no_cfunc_wrapper=True)
 #: decorator of the compiled kernels (serial) ...
 kernel = njit(**_OPTIONS)
 #: ... and of their parallel drivers
 parallel_kernel = njit(parallel=True, **_OPTIONS)
-#: decorator of loop helpers, inlined into the kernel (and its flags) at Numba IR level
+#: decorator of loop and index helpers, inlined into the kernel (and its flags) at Numba IR level
 loop = njit(inline="always")
 
 #: chunk boundaries are multiples of this many elements (64 bytes of float32),
@@ -37,7 +38,7 @@ loop = njit(inline="always")
 ALIGN = 16
 
 
-@point
+@loop
 def bound(n, n_chunks, k):
     """Start of chunk ``k`` (end of chunk ``k - 1``) when ``[0, n)`` is cut in ``n_chunks``."""
     if k >= n_chunks:
@@ -46,7 +47,7 @@ def bound(n, n_chunks, k):
     return b - b % ALIGN
 
 
-@point
+@loop
 def same_buffer(a, b):
     """Whether two arrays start at the same address (an OUT aliasing an IN)."""
     return a.ctypes.data == b.ctypes.data
@@ -106,7 +107,7 @@ def dropout_parallel(X, k1, k2, last_kept, drop_all, scale, out, n_chunks):
 # --------------------------------------------------------------------------
 
 
-@point
+@loop
 def _split(l2, n_decay, start, stop):
     """End of the weight-decayed part of ``[start, stop)``."""
     if l2 == 0.0:

@@ -1,0 +1,91 @@
+"""Compiling ahead of time: ``fusednet warmup`` / ``fusednet.kernels.warmup``, and the kernels a run compiles.
+
+The Numba kernels compile on first use, per activation, loss and dtype, and are
+cached on disk; ``fusednet warmup`` compiles every one the CLI can use, so that
+no later command waits.  How long a cold start takes is measured by
+``benchmarks/test_bench_compile.py``.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fusednet as fn
+from fusednet._cli_train import COMPILE_SECONDS, CompileWatch
+
+numba = pytest.importorskip("numba")
+
+from fusednet.kernels import _codes  # noqa: E402
+from fusednet.kernels import _numba as N  # noqa: E402
+from fusednet.kernels import _numba_dense as D  # noqa: E402
+
+
+def _fusednet(*args, env):
+    return subprocess.run([sys.executable, "-m", "fusednet", *args], capture_output=True, text=True, env=env,
+                          timeout=1800)
+
+
+@pytest.mark.slow
+def test_warmup_compiles_what_the_commands_use(tmp_path):
+    """After ``fusednet warmup`` on an empty cache, train and gradcheck compile nothing."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
+    warm = _fusednet("warmup", env=env)
+    assert warm.returncode == 0, warm.stderr
+    assert "every Numba kernel compiled" in warm.stdout
+    for args in (["train", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "m.npz")],
+                 ["train", "--epochs", "1", "--no-progress", "--dtype", "float64", "--activation", "tanh",
+                  "--batch-norm", "--keep-prob", "0.8", "--optimizer", "rmsprop"],
+                 ["gradcheck"],
+                 ["gradcheck", "--activation", "relu", "--batch-norm"]):
+        run = _fusednet(*args, env=env)
+        assert run.returncode == 0, (args, run.stderr)
+        assert CompileWatch.MESSAGE not in run.stderr, (args, run.stderr)
+
+
+def test_kernels_warmup_reports_progress(monkeypatch):
+    """``progress(done, total)`` counts up to ``total``; the steps themselves are not run here."""
+    calls = []
+    monkeypatch.setattr(N, "_WARMUP_STEPS", [lambda arrays: None] * 3)
+    from fusednet.kernels import _gradcheck_numba
+
+    monkeypatch.setattr(_gradcheck_numba, "CLI_FEATURES", _gradcheck_numba.CLI_FEATURES[:1])  # one walker
+    assert fn.kernels.warmup(progress=lambda done, total: calls.append((done, total))) is True
+    assert calls == [(1, 7), (2, 7), (3, 7), (4, 7), (5, 7), (6, 7), (7, 7)]
+
+
+def test_compile_line_says_about_how_long():
+    said = []
+    with CompileWatch(said.append, estimate=COMPILE_SECONDS["train"]):
+        numba.njit(lambda x: x + 4)(1)  # a new function: never cached
+    assert len(said) == 1 and said[0].startswith(CompileWatch.MESSAGE + ", about ")
+    assert f"about {COMPILE_SECONDS['train']:.0f} s" in said[0] and "fusednet warmup" in said[0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_in_place_calls_take_the_in_place_kernel(dtype):
+    """A call with ``out is Z`` runs the kernel compiled for in-place use only; any other, the general one."""
+    act = _codes.RELU
+    Z = np.linspace(-1.0, 1.0, 12, dtype=dtype).reshape(3, 4)
+    b = np.zeros(4, dtype)
+    general, in_place = D.FORWARD[act][False][0], D.FORWARD[act][True][0]
+    A = np.empty_like(Z)
+    N.bias_act_forward(Z, b, act, 0.0, A, 1)
+    N.bias_act_forward(Z, b, act, 0.0, Z, 1)
+    np.testing.assert_array_equal(Z, A)
+    name = np.dtype(dtype).name
+    assert any(str(sig[0].dtype) == name for sig in in_place.signatures)
+    assert any(str(sig[0].dtype) == name for sig in general.signatures)
+
+
+def test_one_kernel_pair_per_activation_and_loss():
+    assert len(D.FORWARD) == len(D.BACKWARD) == len(_codes.ACTIVATIONS)
+    assert len(D.LOSS) == len(_codes.LOSSES)
+    for code in _codes.ACTIVATIONS.values():
+        for in_place in (False, True):
+            serial, parallel = D.FORWARD[code][in_place]
+            assert serial is not parallel
+            band, parallel = D.BACKWARD[code][in_place]
+            assert (parallel is None) == (code == _codes.SOFTMAX)
