@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from fusednet.kernels import _codes
+from fusednet.kernels._plan import NODE_DTYPE
 from fusednet.layers import Activation, BatchNorm, Dense, Dropout
 from fusednet.model import INFER_CHUNK, Sequential
 
@@ -403,20 +405,26 @@ def test_config_state_and_copy_round_trip():
         twin.load_state_dict(bad)
 
 
-def test_plan_is_plain_data():
+def test_plan_is_typed_records():
     model = Sequential(
         [Dense(4, "relu", use_bias=False), BatchNorm(), Dropout(0.5), Dense(2, "softmax")], input_dim=3
     )
     plan = model.plan()
-    ops, fp = plan["ops"], plan["fparams"]
-    assert ops.dtype == np.int64 and ops.shape == (4, 10) and fp.shape == (4, 4)
-    np.testing.assert_array_equal(ops[:, 0], [0, 3, 2, 0])
-    assert ops[0, 4] == 0 and ops[0, 5] == -1  # dense_0.W at 0, no bias
-    assert ops[3, 4] == 12  # dense_1.W follows dense_0.W
-    assert fp[2, 1] == 0.5 and fp[1, 2] == 0.9
+    nodes = plan["layers"]
+    assert nodes.dtype == NODE_DTYPE and nodes.shape == (4,)
+    assert plan["names"] == ["dense_0", "batchnorm_0", "dropout_0", "dense_1"]
+    np.testing.assert_array_equal(nodes["op"], [_codes.DENSE, _codes.BATCHNORM, _codes.DROPOUT, _codes.DENSE])
+    assert nodes[0]["w_off"] == 0 and nodes[0]["b_off"] == -1  # dense_0.W at 0, no bias
+    assert nodes[3]["w_off"] == 12  # dense_1.W follows dense_0.W
+    assert nodes[0]["act"] == _codes.RELU and nodes[3]["act"] == _codes.SOFTMAX
+    assert nodes[2]["keep_prob"] == 0.5 and nodes[1]["bn_momentum"] == 0.9 and nodes[1]["bn_eps"] == 1e-5
     P = model.state_dict()["params"]
-    gamma = dict(model.parameters())["batchnorm_0.gamma"]
-    np.testing.assert_array_equal(P[ops[1, 6] : ops[1, 6] + 4], gamma)
+    params = dict(model.parameters())
+    np.testing.assert_array_equal(P[nodes[1]["gamma_off"] : nodes[1]["gamma_off"] + 4], params["batchnorm_0.gamma"])
+    np.testing.assert_array_equal(P[nodes[3]["b_off"] : nodes[3]["b_off"] + 2], params["dense_1.b"])
+    stats = dict(model.buffers())
+    S = model.state_dict()["running"]
+    np.testing.assert_array_equal(S[nodes[1]["rvar_off"] : nodes[1]["rvar_off"] + 4], stats["batchnorm_0.running_var"])
 
 
 def test_lazy_build_on_first_forward():

@@ -63,9 +63,9 @@ SERIAL_FLOPS = 12_000_000
 
 def step_flops(model, rows):
     """The floating-point operations of one step's matrix products: 2 x 3 products per Dense layer."""
-    from .model import _DenseNode
-
-    return 6 * rows * sum(n.n_in * n.n_out for n in model._nodes if isinstance(n, _DenseNode))
+    nodes = model.plan()["layers"]
+    dense = nodes[nodes["op"] == _codes.DENSE]
+    return 6 * rows * int(np.dot(dense["n_in"], dense["n_out"]))
 
 
 def team_size(model, rows, n_threads):
@@ -90,7 +90,6 @@ def _cython():
 
 def why_not(model, optimizer):
     """None when ``model`` and ``optimizer`` take the fused step, else the reason (a string)."""
-    from .model import _ActivationNode, _BatchNormNode, _DenseNode, _DropoutNode
     from .optim import Optimizer
 
     if not _blas.AVAILABLE:
@@ -104,80 +103,69 @@ def why_not(model, optimizer):
         return f"the optimiser's backend is {optimizer.backend!r}"
     if type(optimizer)._fused_hypers is Optimizer._fused_hypers:
         return f"{type(optimizer).__name__} has no fused update"
-    nodes = model._nodes
+    plan = model.plan()
+    nodes, names = plan["layers"], plan["names"]
     if len(nodes) > 2 * _MAX_LAYERS:
         return f"more than {_MAX_LAYERS} Dense layers"
     # after each hidden Dense: [BatchNorm] [Activation] [Dropout], in that order
-    order = {_BatchNormNode: 1, _ActivationNode: 2, _DropoutNode: 3}
+    order = {_codes.BATCHNORM: 1, _codes.ACTIVATION: 2, _codes.DROPOUT: 3}
     dense = None
     stage = 0
-    for node in nodes:
-        if isinstance(node, _DenseNode):
-            if node.act == _codes.SOFTMAX and not node.is_output:
-                return f"hidden layer {node.name} has a softmax activation"
+    last = len(nodes) - 1
+    for i, node in enumerate(nodes):
+        op, name = int(node["op"]), names[i]
+        if op == _codes.DENSE:
+            if node["act"] == _codes.SOFTMAX and i != last:
+                return f"hidden layer {name} has a softmax activation"
             dense, stage = node, 0
             continue
-        kind = type(node)
-        if kind not in order:
-            return f"layer {node.name} is not Dense, BatchNorm, Activation or Dropout"
-        if dense is None or node.is_output or order[kind] <= stage:
+        if dense is None or i == last or order[op] <= stage:
             return (
-                f"layer {node.name} does not follow a hidden Dense layer"
+                f"layer {name} does not follow a hidden Dense layer"
                 " in the order Dense, BatchNorm, Activation, Dropout"
             )
-        if kind is not _DropoutNode and (dense.act != _codes.LINEAR or stage > 0 and kind is _BatchNormNode):
-            return f"layer {node.name} follows a Dense layer with an activation of its own"
-        if kind is _ActivationNode and node.act == _codes.SOFTMAX:
-            return f"hidden layer {node.name} has a softmax activation"
-        stage = order[kind]
-    if not isinstance(nodes[-1], _DenseNode):
-        return f"the output layer {nodes[-1].name} is not Dense"
+        if op != _codes.DROPOUT and (dense["act"] != _codes.LINEAR or stage > 0 and op == _codes.BATCHNORM):
+            return f"layer {name} follows a Dense layer with an activation of its own"
+        if op == _codes.ACTIVATION and node["act"] == _codes.SOFTMAX:
+            return f"hidden layer {name} has a softmax activation"
+        stage = order[op]
+    if nodes[last]["op"] != _codes.DENSE:
+        return f"the output layer {names[last]} is not Dense"
     return None
 
 
 def layer_table(model):
-    """The model's Dense layers as :data:`~fusednet.kernels._plan.LAYER_DTYPE` records, and for each
-    the positions of its node and of the BatchNorm, Activation and Dropout nodes after it.
+    """The model's plan (:meth:`~fusednet.Sequential.plan`) grouped into one
+    :data:`~fusednet.kernels._plan.LAYER_DTYPE` record per Dense layer, with the positions of
+    its node and of the BatchNorm, Activation and Dropout nodes after it.
 
     Returns ``(table, blocks)``: ``blocks[l]`` maps ``"dense"``, ``"bn"``, ``"act"``, ``"drop"`` to
-    node positions in ``model._nodes`` (a Dropout of keep_prob 1 is left out: it is the identity).
+    node positions (a Dropout of keep_prob 1 is left out: it is the identity).
     """
-    from .model import _ActivationNode, _BatchNormNode, _DenseNode
-
+    nodes = model.plan()["layers"]
+    key = {_codes.BATCHNORM: "bn", _codes.ACTIVATION: "act", _codes.DROPOUT: "drop"}
     blocks = []
-    for i, node in enumerate(model._nodes):
-        if isinstance(node, _DenseNode):
+    for i, node in enumerate(nodes):
+        if node["op"] == _codes.DENSE:
             blocks.append({"dense": i})
-        elif isinstance(node, _BatchNormNode):
-            blocks[-1]["bn"] = i
-        elif isinstance(node, _ActivationNode):
-            blocks[-1]["act"] = i
-        elif node.keep_prob < 1.0:
-            blocks[-1]["drop"] = i
-    P = model._params
-    base, isz = P.__array_interface__["data"][0], P.itemsize
-
-    def off(view):
-        return (view.__array_interface__["data"][0] - base) // isz
-
-    nodes = model._nodes
+        elif node["op"] != _codes.DROPOUT or node["keep_prob"] < 1.0:
+            blocks[-1][key[int(node["op"])]] = i
     table = _plan.layer_table(len(blocks))
     for rec, blk in zip(table, blocks):
         dense = nodes[blk["dense"]]
         act = nodes[blk["act"]] if "act" in blk else dense
-        rec["n_in"], rec["n_out"], rec["w_off"] = dense.n_in, dense.n_out, off(dense.W)
-        if dense.use_bias:
-            rec["b_off"] = off(dense.b)
-        rec["act"], rec["slope"], rec["act_node"] = act.act, act.slope, int("act" in blk)
+        rec["n_in"], rec["n_out"], rec["w_off"], rec["b_off"] = dense["n_in"], dense["n_out"], dense["w_off"], \
+            dense["b_off"]
+        rec["act"], rec["slope"], rec["act_node"] = act["act"], act["slope"], int("act" in blk)
         if "bn" in blk:
             bn = nodes[blk["bn"]]
-            rec["gamma_off"], rec["beta_off"] = off(bn.gamma), off(bn.beta)
-            rec["bn_eps"], rec["bn_momentum"] = bn.eps, bn.momentum
+            rec["gamma_off"], rec["beta_off"] = bn["gamma_off"], bn["beta_off"]
+            rec["bn_eps"], rec["bn_momentum"] = bn["bn_eps"], bn["bn_momentum"]
         if "drop" in blk:
             drop = nodes[blk["drop"]]
-            rec["drop_index"] = drop.index
-            rec["drop_threshold"] = dropout_threshold(drop.keep_prob)
-            rec["drop_scale"] = 1.0 / drop.keep_prob
+            rec["drop_index"] = drop["index"]
+            rec["drop_threshold"] = dropout_threshold(float(drop["keep_prob"]))
+            rec["drop_scale"] = 1.0 / drop["keep_prob"]
     return table, blocks
 
 
@@ -198,25 +186,7 @@ class FusedStep:
 
     def __init__(self, model, optimizer, v, n_threads):
         table, blocks = layer_table(model)
-        nv = v.nodes
-        nodes = model._nodes
-        ws = model._workspace(v.n, train=True)
-
-        def each(key, get):  # a buffer for each Dense layer that has the node `key` after it, else None
-            return [get(blk[key]) if key in blk else None for blk in blocks]
-
-        buffers = {
-            "Z": [nv[blk["dense"]].Z for blk in blocks],
-            "Dr": each("drop", lambda i: nv[i].A),
-            "xhat": each("bn", lambda i: nv[i].xhat),
-            "Bo": each("bn", lambda i: nv[i].A),
-            "Ao": each("act", lambda i: nv[i].A),
-            "A": nv[-1].A, "D0": ws.delta[0], "D1": ws.delta[1],
-            "zeros": model._zeros, "scratch": model._scratch, "X": v.X, "Y": v.Y,
-        }
-        for name, attr in (("mean", "mean"), ("var", "var"), ("invstd", "invstd"), ("rmean", "running_mean"),
-                           ("rvar", "running_var")):
-            buffers[name] = each("bn", lambda i, attr=attr: getattr(nodes[i], attr))
+        buffers = model._step_buffers(v, blocks)
         P, G = model._params, model._grads
         self.model, self.opt = model, optimizer
         self.rec, s1, s2 = opt_record(optimizer, P, G)
@@ -229,7 +199,7 @@ class FusedStep:
         self.n_threads = team_size(model, v.n, n_threads)
         self.table = table
         self.l2 = model._l2
-        self.drops = [nodes[blk["drop"]].index if "drop" in blk else None for blk in blocks]
+        self.drops = [int(table[l]["drop_index"]) if "drop" in blk else None for l, blk in enumerate(blocks)]
         self.dropout = any(d is not None for d in self.drops)
         self.seed = model.seed
         self.keys = np.zeros(len(blocks), np.uint64)

@@ -21,7 +21,7 @@ coordinates where the two gradients differ most, so the bug can be found.
 
 **Batched.**  The 2P perturbed costs are not 2P forward passes.  By default
 they are evaluated by one compiled kernel, in parallel over the coordinates
-(:mod:`fusednet.kernels._gradcheck_numba`): it walks the model's plain-data
+(:mod:`fusednet.kernels._gradcheck_numba`): it walks the model's typed
 layer plan (:meth:`fusednet.Sequential.plan`) over the flat parameter arena,
 reuses the unperturbed values of every layer below the perturbed one (one
 reference forward pass, the *tape*), updates rather than recomputes the layers
@@ -208,15 +208,15 @@ def _param_layout(plan, params):
     from .kernels import _gradcheck_numba as K
 
     wanted = []
-    for i, row in enumerate(plan["ops"]):
-        op, n_in, n_out = int(row[0]), int(row[1]), int(row[2])
+    for i, node in enumerate(plan["layers"]):
+        op, n_in, n_out = int(node["op"]), int(node["n_in"]), int(node["n_out"])
         if op == K.DENSE:
-            wanted.append(("W", (n_in, n_out), i, K.ROLE_W, int(row[4])))
-            if row[5] >= 0:
-                wanted.append(("b", (n_out,), i, K.ROLE_B, int(row[5])))
+            wanted.append(("W", (n_in, n_out), i, K.ROLE_W, int(node["w_off"])))
+            if node["b_off"] >= 0:
+                wanted.append(("b", (n_out,), i, K.ROLE_B, int(node["b_off"])))
         elif op == K.BATCHNORM:
-            wanted.append(("gamma", (n_out,), i, K.ROLE_GAMMA, int(row[6])))
-            wanted.append(("beta", (n_out,), i, K.ROLE_BETA, int(row[7])))
+            wanted.append(("gamma", (n_out,), i, K.ROLE_GAMMA, int(node["gamma_off"])))
+            wanted.append(("beta", (n_out,), i, K.ROLE_BETA, int(node["beta_off"])))
     if len(wanted) != len(params) or any(
         not name.endswith("." + w[0]) or tuple(shape) != w[1] for (name, shape, _), w in zip(params, wanted)
     ):
@@ -225,24 +225,23 @@ def _param_layout(plan, params):
 
 
 def _tape(plan, P, X, Y):
-    """The unperturbed forward pass laid out for the compiled evaluator: ``(net, netf, tape, cost)``.
+    """The unperturbed forward pass laid out for the compiled evaluator: ``(tape_at, tape, cost)``.
 
     Run by the reference kernels (:mod:`fusednet.kernels.reference`) on rows
     of examples, then stored by unit: ``tape`` is one float64 buffer holding
     X and each layer's input, output and pre-activation as ``(n_units, m)``
     blocks (and a batch norm's input minus its batch mean, and under the
-    softmax loss the softmax of the logits), ``net`` and ``netf`` the
-    evaluator's tables (see its module docstring), ``cost`` the mean loss (no
+    softmax loss the softmax of the logits), ``tape_at`` the offsets of each
+    layer's blocks (see the evaluator's module docstring), ``cost`` the mean loss (no
     L2 term).  The evaluator's costs are differences from this pass, so it
     need not share its rounding.
     """
     from .kernels import _gradcheck_numba as K
     from .kernels import reference as R
 
-    ops, fp = plan["ops"], plan["fparams"]
-    L = ops.shape[0]
-    net = np.full((L, 13), -1, np.int64)
-    net[:, :8] = ops[:, :8]
+    nodes = plan["layers"]
+    L = nodes.shape[0]
+    tape_at = np.full((L, 5), -1, np.int64)
     blocks = [X]  # (m, n) arrays, in tape order
     size = X.size
 
@@ -254,41 +253,41 @@ def _tape(plan, P, X, Y):
 
     A, a_off = X, 0
     for i in range(L):
-        op, n_in, n_out, act = (int(v) for v in ops[i, :4])
-        slope, eps = float(fp[i, 0]), float(fp[i, 3])
+        node = nodes[i]
+        op, n_in, n_out, act = int(node["op"]), int(node["n_in"]), int(node["n_out"]), int(node["act"])
+        slope, eps = float(node["slope"]), float(node["bn_eps"])
         last = i == L - 1
-        net[i, K.T_IN] = a_off
+        tape_at[i, K.T_IN] = a_off
         if op == K.DENSE:
-            w, b = int(ops[i, 4]), int(ops[i, 5])
+            w, b = int(node["w_off"]), int(node["b_off"])
             bias = P[b:b + n_out] if b >= 0 else np.zeros(n_out)
             Z = np.dot(A, P[w:w + n_in * n_out].reshape(n_in, n_out)) + bias
-            net[i, K.T_PRE] = put(Z)
+            tape_at[i, K.T_PRE] = put(Z)
             if last:
-                A, a_off = Z, net[i, K.T_PRE]
+                A, a_off = Z, tape_at[i, K.T_PRE]
             else:
                 A = np.empty_like(Z)
                 R.bias_act_forward(Z, np.zeros(n_out), act, slope, A, 1)
                 a_off = put(A)
         elif op == K.BATCHNORM:
-            g, b = int(ops[i, 6]), int(ops[i, 7])
+            g, b = int(node["gamma_off"]), int(node["beta_off"])
             xhat, out = np.empty_like(A), np.empty_like(A)
             stats = [np.empty(n_out) for _ in range(3)]
             R.batchnorm_forward_train(A, P[g:g + n_out], P[b:b + n_out], eps, xhat, out, *stats, 1)
-            net[i, K.T_PRE] = put(xhat)
-            net[i, K.T_CEN] = put(A - A.mean(axis=0))  # for a rank-one update of its input
+            tape_at[i, K.T_PRE] = put(xhat)
+            tape_at[i, K.T_CEN] = put(A - A.mean(axis=0))  # for a rank-one update of its input
             A, a_off = out, put(out)
         elif op == K.ACTIVATION and not last:
             out = np.empty_like(A)
             R.bias_act_forward(A, np.zeros(n_out), act, slope, out, 1)
             A, a_off = out, put(out)
-        net[i, K.T_OUT] = a_off  # a Dropout's, or the output Activation's, is its input
+        tape_at[i, K.T_OUT] = a_off  # a Dropout's, or the output Activation's, is its input
     probs = np.empty_like(A)
     cost = R.loss_forward(A, np.zeros(A.shape[1]), Y, int(plan["loss"]), probs, 1)
     if int(plan["loss"]) == K.CCE:  # the softmax of the logits, for the loss near the tape
-        net[L - 1, K.T_PROB] = put(probs)
+        tape_at[L - 1, K.T_PROB] = put(probs)
     tape = np.concatenate([block.T.reshape(-1) for block in blocks])
-    netf = np.ascontiguousarray(fp[:, [0, 3]])
-    return net, netf, tape, cost
+    return tape_at, tape, cost
 
 
 def _numeric_compiled(subject, X, y, eps, owner, flats, params):
@@ -299,7 +298,7 @@ def _numeric_compiled(subject, X, y, eps, owner, flats, params):
     P = np.ascontiguousarray(subject.state_dict()["params"], dtype=np.float64)
     m = X.shape[0]
     Y = np.ascontiguousarray(subject._targets(y, m, "y")[0], dtype=np.float64)
-    net, netf, tape, base = _tape(plan, P, X, Y)
+    tape_at, tape, base = _tape(plan, P, X, Y)
 
     layout = np.array(_param_layout(plan, params), np.int64).reshape(-1, 3)[owner]  # layer, role, offset
     n_cols = np.array([shape[-1] for _, shape, _ in params], np.int64)[owner]
@@ -310,12 +309,12 @@ def _numeric_compiled(subject, X, y, eps, owner, flats, params):
 
     n = flats.size
     nt = max(1, min(_kernels.get_num_threads(), n))
-    wmax = int(plan["ops"][:, 2].max())
+    wmax = int(plan["layers"]["n_out"].max())
     scratch = K.scratch(nt, wmax, m)  # per thread, once per check
     dloss = np.zeros(n)  # per coordinate: sum over the examples of loss(theta+) - loss(theta-)
     if n:
-        K.perturbed_losses(net, netf, P, tape, np.ascontiguousarray(Y.T).reshape(-1), int(plan["loss"]), m, coords,
-                           deltas, dloss, *scratch, nt)
+        K.perturbed_losses(plan["layers"], tape_at, P, tape, np.ascontiguousarray(Y.T).reshape(-1), int(plan["loss"]),
+                           m, coords, deltas, dloss, *scratch, nt)
 
     # J = mean loss + lambd/(2m) sum ||W||^2, so J+ - J- = dloss/m + lambd/(2m) (w+^2 - w-^2) for a weight
     l2 = float(subject.l2)

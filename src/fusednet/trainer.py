@@ -35,7 +35,7 @@ from .callbacks import Callback
 from .errors import TrainingDiverged
 from .history import History
 from .kernels import _blas, _codes
-from .model import Sequential, _DropoutNode, as_2d
+from .model import Sequential, as_2d
 from .optim import update_bound
 from .schedules import as_schedule
 
@@ -329,9 +329,9 @@ class _Run:
         else:
             self.pred, self.ids = np.empty(m, np.bool_), ids.astype(np.bool_)
         self.multilabel = model._loss == _codes.BCE and ids is None
-        self.dropout = any(isinstance(n, _DropoutNode) and n.keep_prob < 1.0 for n in model._nodes)
+        self.dropout = model._has_dropout()
         self.P, self.G = model._params, model._grads
-        self.bn_nodes = model._bn_nodes
+        self.bn_stats = model._batch_stats()
         self.limit = float(np.finfo(model.dtype).max) / 4.0
         self.bound = (math.inf, math.inf, math.inf)
         self.n_decay = model._n_decay
@@ -405,8 +405,8 @@ class _Run:
             gsq = _sumsq64(G)
             if not math.isfinite(gsq):
                 raise TrainingDiverged(epoch, step, cost, "gradient", self.history)
-        for node in self.bn_nodes:
-            if not (_absmax(node.mean) < self.limit and _absmax(node.var) < self.limit):
+        for mean, var in self.bn_stats:
+            if not (_absmax(mean) < self.limit and _absmax(var) < self.limit):
                 raise TrainingDiverged(epoch, step, cost, "batch-norm statistics", self.history)
         if not self._bounded(lr, model._l2 / n, gsq):
             raise TrainingDiverged(epoch, step, cost, "update", self.history)

@@ -21,6 +21,12 @@ ACTIVATIONS = {
 }
 ACTIVATION_NAMES = {code: name for name, code in ACTIVATIONS.items()}
 
+#: layer kinds (the ``op`` of a node record, :data:`fusednet.kernels._plan.NODE_DTYPE`)
+DENSE = 0
+ACTIVATION = 1
+DROPOUT = 2
+BATCHNORM = 3
+
 #: losses follow the output activation
 MSE = 0  # linear output, (1/2m) sum (A - Y)^2
 BCE = 1  # sigmoid output, binary cross-entropy

@@ -38,21 +38,20 @@ adds no rounding of its own to a difference of two nearly equal totals.  The
 perturbations are those the course's loop applies, ``fl(theta_i +- eps) -
 theta_i``, computed by the caller.
 
-Tables (plain data built by :mod:`fusednet.gradcheck` from
-:meth:`fusednet.Sequential.plan`):
+Tables (built by :mod:`fusednet.gradcheck` from :meth:`fusednet.Sequential.plan`):
 
-``net`` int64 (L, 13)
-    per layer: ``op`` (0 Dense, 1 Activation, 2 Dropout, 3 BatchNorm),
-    ``n_in, n_out, act``, arena offsets ``w_off, b_off, gamma_off, beta_off``
-    (-1 when absent) and tape offsets ``t_in, t_out, t_pre, t_cen, t_prob`` of
-    the layer's input, output, pre-activation (Dense: ``Z``; BatchNorm:
+``net`` :data:`~fusednet.kernels._plan.NODE_DTYPE` (L,)
+    the model's plan itself: per layer its ``op``, ``n_in``, ``n_out``,
+    ``act``, ``slope``, arena offsets ``w_off``, ``b_off``, ``gamma_off``,
+    ``beta_off`` (-1 when absent) and ``bn_eps``.
+``tape_at`` int64 (L, 5)
+    per layer, offsets into the tape: ``t_in, t_out, t_pre, t_cen, t_prob``
+    of the layer's input, output, pre-activation (Dense: ``Z``; BatchNorm:
     ``xhat``), for a BatchNorm its input minus its batch mean, and for the
     output layer under the softmax loss the softmax of the logits (-1 where
     absent).  The output layer's ``t_out`` holds the logits (its input when it
     is an Activation, ``Z`` when a Dense); a Dropout's ``t_out`` is its
     ``t_in``.
-``netf`` float64 (L, 2)
-    per layer: leaky-ReLU ``slope``, batch-norm ``eps``.
 ``coords`` int64 (n, 4)
     per checked coordinate: layer, role (:data:`ROLE_W`, :data:`ROLE_B`,
     :data:`ROLE_GAMMA`, :data:`ROLE_BETA`), row ``r`` (W only) and unit ``c``.
@@ -96,13 +95,27 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._codes import ACTIVATION_NAMES, BCE, CCE, LEAKY_RELU, LINEAR, MSE, RELU, SIGMOID, SOFTMAX, TANH
+from ._codes import (
+    ACTIVATION,
+    ACTIVATION_NAMES,
+    BATCHNORM,
+    BCE,
+    CCE,
+    DENSE,
+    DROPOUT,
+    LEAKY_RELU,
+    LINEAR,
+    MSE,
+    RELU,
+    SIGMOID,
+    SOFTMAX,
+    TANH,
+)
 from ._numba_math import _f64_from_bits, fma, leaky_relu, log1p_unit, relu
+from ._plan import node_table
 
-#: layer ops (the codes of :meth:`fusednet.Sequential.plan`)
-DENSE, ACTIVATION, DROPOUT, BATCHNORM = 0, 1, 2, 3
-#: columns of ``net``
-OP, N_IN, N_OUT, ACT, W_OFF, B_OFF, G_OFF, BETA_OFF, T_IN, T_OUT, T_PRE, T_CEN, T_PROB = range(13)
+#: columns of ``tape_at``
+T_IN, T_OUT, T_PRE, T_CEN, T_PROB = range(5)
 #: the parameter a coordinate belongs to
 ROLE_W, ROLE_B, ROLE_GAMMA, ROLE_BETA = 0, 1, 2, 3
 #: float64 vectors of length 2 m per thread, beside its two (wmax, 2 m) buffers
@@ -686,14 +699,14 @@ def _pair_cce_near(L, Z0, P0, Y, k, m, s):
 @_helper
 def _unitwise(net, q, last):
     """Whether layer q acts on each unit apart (Dropout, BatchNorm, an element-wise hidden Activation)."""
-    op = net[q, OP]
+    op = net[q].op
     if q == last:  # the output layer's activation belongs to the loss
         return False
-    return op == DROPOUT or op == BATCHNORM or (op == ACTIVATION and net[q, ACT] != SOFTMAX)
+    return op == DROPOUT or op == BATCHNORM or (op == ACTIVATION and net[q].act != SOFTMAX)
 
 
 @_helper
-def _rank_one(net, netf, P, tape, m, q, j, col, cur, mx, s):
+def _rank_one(net, tape_at, P, tape, m, q, j, col, cur, mx, s):
     """Dense layer q with only unit j of its input changed (``col``, 2m): all its units, and the layers above.
 
     ``Z'_c = Z_c + W[j, c] d``, ``d = col - A_in[j]``, for every unit c
@@ -708,13 +721,13 @@ def _rank_one(net, netf, P, tape, m, q, j, col, cur, mx, s):
     L = net.shape[0]
     last = L - 1
     w = 2 * m
-    n_out, act = net[q, N_OUT], net[q, ACT]
-    base = tape[net[q, T_IN] + j * m:net[q, T_IN] + (j + 1) * m]
+    n_out, act = net[q].n_out, net[q].act
+    base = tape[tape_at[q, T_IN] + j * m:tape_at[q, T_IN] + (j + 1) * m]
     for r in range(m):
         col[r] = col[r] - base[r]
         col[m + r] = col[m + r] - base[r]
-    w0 = net[q, W_OFF] + j * n_out
-    zt = net[q, T_PRE]
+    w0 = net[q].w_off + j * n_out
+    zt = tape_at[q, T_PRE]
     if q == last or act == SOFTMAX:  # no unit-wise layers: the rows, then (hidden softmax) the activation
         for c in range(n_out):
             z = tape[zt + c * m:zt + (c + 1) * m]
@@ -732,14 +745,14 @@ def _rank_one(net, netf, P, tape, m, q, j, col, cur, mx, s):
     while qe < L and _unitwise(net, qe, last):
         qe += 1
     qb = q + 1  # the first of them that is not a Dropout
-    while qb < qe and net[qb, OP] == DROPOUT:
+    while qb < qe and net[qb].op == DROPOUT:
         qb += 1
-    centred = _BATCHNORM and act == LINEAR and qb < qe and net[qb, OP] == BATCHNORM and net[qb, T_CEN] >= 0
+    centred = _BATCHNORM and act == LINEAR and qb < qe and net[qb].op == BATCHNORM and tape_at[qb, T_CEN] >= 0
     qa = qb + 1  # an activation on that batch norm, done in the same pass
-    while qa < qe and net[qa, OP] == DROPOUT:
+    while qa < qe and net[qa].op == DROPOUT:
         qa += 1
-    fused = centred and qa < qe and net[qa, OP] == ACTIVATION and (
-        (_TANH and net[qa, ACT] == TANH) or (_SIGMOID and net[qa, ACT] == SIGMOID))
+    fused = centred and qa < qe and net[qa].op == ACTIVATION and (
+        (_TANH and net[qa].act == TANH) or (_SIGMOID and net[qa].act == SIGMOID))
     start = q  # the Dense's own activation first
     if centred:  # d - mean d, per half
         t0 = 0.0
@@ -757,32 +770,32 @@ def _rank_one(net, netf, P, tape, m, q, j, col, cur, mx, s):
         o = cur[c * w:(c + 1) * w]
         wc = P[w0 + c]
         if _BATCHNORM and fused:
-            ct = net[qb, T_CEN] + c * m
-            ti, ta = net[qa, T_IN] + c * m, net[qa, T_OUT] + c * m
-            _bn_centered_act_pair(o, mx, tape[ct:ct + m], wc, col, P[net[qb, G_OFF] + c], P[net[qb, BETA_OFF] + c],
-                                  netf[qb, 1], m, tape[ti:ti + m], tape[ta:ta + m], net[qa, ACT], netf[qa, 0])
+            ct = tape_at[qb, T_CEN] + c * m
+            ti, ta = tape_at[qa, T_IN] + c * m, tape_at[qa, T_OUT] + c * m
+            _bn_centered_act_pair(o, mx, tape[ct:ct + m], wc, col, P[net[qb].gamma_off + c], P[net[qb].beta_off + c],
+                                  net[qb].bn_eps, m, tape[ti:ti + m], tape[ta:ta + m], net[qa].act, net[qa].slope)
         elif _BATCHNORM and centred:
-            ct = net[qb, T_CEN] + c * m
-            _bn_centered_pair(o, tape[ct:ct + m], wc, col, P[net[qb, G_OFF] + c], P[net[qb, BETA_OFF] + c],
-                              netf[qb, 1], m)
+            ct = tape_at[qb, T_CEN] + c * m
+            _bn_centered_pair(o, tape[ct:ct + m], wc, col, P[net[qb].gamma_off + c], P[net[qb].beta_off + c],
+                              net[qb].bn_eps, m)
         else:
             z = tape[zt + c * m:zt + (c + 1) * m]
             for r in range(m):
                 o[r] = z[r] + wc * col[r]
                 o[m + r] = z[r] + wc * col[m + r]
         for q2 in range(start, qe):  # (one call site per layer routine keeps the compiled code small)
-            op2 = net[q2, OP]
+            op2 = net[q2].op
             if _BATCHNORM and op2 == BATCHNORM:
-                _bn_pair(o, P[net[q2, G_OFF] + c], P[net[q2, BETA_OFF] + c], netf[q2, 1], m)
-            elif op2 != DROPOUT and net[q2, ACT] != LINEAR:  # the Dense's activation, or an Activation's
-                ti = (net[q2, T_PRE] if op2 == DENSE else net[q2, T_IN]) + c * m
-                ta = net[q2, T_OUT] + c * m
-                _activate_near(o, tape[ti:ti + m], tape[ta:ta + m], net[q2, ACT], netf[q2, 0], m)
+                _bn_pair(o, P[net[q2].gamma_off + c], P[net[q2].beta_off + c], net[q2].bn_eps, m)
+            elif op2 != DROPOUT and net[q2].act != LINEAR:  # the Dense's activation, or an Activation's
+                ti = (tape_at[q2, T_PRE] if op2 == DENSE else tape_at[q2, T_IN]) + c * m
+                ta = tape_at[q2, T_OUT] + c * m
+                _activate_near(o, tape[ti:ti + m], tape[ta:ta + m], net[q2].act, net[q2].slope, m)
     return qe
 
 
 @_inline
-def _perturbed_pair(net, netf, P, tape, Y, loss, m, p, role, rr, j, dp, dm, buf0, buf1, col, mx, s, ell):
+def _perturbed_pair(net, tape_at, P, tape, Y, loss, m, p, role, rr, j, dp, dm, buf0, buf1, col, mx, s, ell):
     """``sum_r (loss_r(theta + dp e) - loss_r(theta + dm e))`` for parameter (layer p, role, row rr, unit j).
 
     buf0, buf1 (wmax * 2m,) and col, mx, s, ell (2m,) are this thread's
@@ -798,14 +811,14 @@ def _perturbed_pair(net, netf, P, tape, Y, loss, m, p, role, rr, j, dp, dm, buf0
     nxt = buf1
     q = p
     while q < L:
-        op, n_in, n_out, act = net[q, OP], net[q, N_IN], net[q, N_OUT], net[q, ACT]
+        op, n_in, n_out, act = net[q].op, net[q].n_in, net[q].n_out, net[q].act
         if op == DROPOUT:
             q += 1
             continue
         if _BATCHNORM and op == BATCHNORM:
-            g0, b0, eps = net[q, G_OFF], net[q, BETA_OFF], netf[q, 1]
+            g0, b0, eps = net[q].gamma_off, net[q].beta_off, net[q].bn_eps
             if q == p:  # gamma[j] or beta[j] moved: unit j is gamma xhat + beta
-                xh = tape[net[q, T_PRE] + j * m:net[q, T_PRE] + (j + 1) * m]
+                xh = tape[tape_at[q, T_PRE] + j * m:tape_at[q, T_PRE] + (j + 1) * m]
                 g, b = P[g0 + j], P[b0 + j]
                 gp = g + (dp if role == ROLE_GAMMA else 0.0)
                 gm = g + (dm if role == ROLE_GAMMA else 0.0)
@@ -824,9 +837,9 @@ def _perturbed_pair(net, netf, P, tape, Y, loss, m, p, role, rr, j, dp, dm, buf0
             continue
         if op == DENSE:
             if q == p:  # W[rr, j] or b[j] moved: unit j of Z moves by delta * A_in[rr], or by delta
-                z = tape[net[q, T_PRE] + j * m:net[q, T_PRE] + (j + 1) * m]
+                z = tape[tape_at[q, T_PRE] + j * m:tape_at[q, T_PRE] + (j + 1) * m]
                 if role == ROLE_W:
-                    x = tape[net[q, T_IN] + rr * m:net[q, T_IN] + (rr + 1) * m]
+                    x = tape[tape_at[q, T_IN] + rr * m:tape_at[q, T_IN] + (rr + 1) * m]
                     for r in range(m):
                         col[r] = z[r] + dp * x[r]
                         col[m + r] = z[r] + dm * x[r]
@@ -835,10 +848,10 @@ def _perturbed_pair(net, netf, P, tape, Y, loss, m, p, role, rr, j, dp, dm, buf0
                         col[r] = z[r] + dp
                         col[m + r] = z[r] + dm
             elif full:
-                _dense(P, net[q, W_OFF], net[q, B_OFF], n_in, n_out, cur, nxt, w)
+                _dense(P, net[q].w_off, net[q].b_off, n_in, n_out, cur, nxt, w)
                 cur, nxt = nxt, cur
             else:
-                q = _rank_one(net, netf, P, tape, m, q, j, col, cur, mx, s)
+                q = _rank_one(net, tape_at, P, tape, m, q, j, col, cur, mx, s)
                 full = True
                 continue
         # the activation of a Dense or Activation layer (the output layer's belongs to the loss)
@@ -846,7 +859,7 @@ def _perturbed_pair(net, netf, P, tape, Y, loss, m, p, role, rr, j, dp, dm, buf0
             q += 1
             continue
         if _SOFTMAX and act == SOFTMAX and not full:  # couples the units: unit j's change reaches them all
-            t = net[q, T_PRE] if op == DENSE else net[q, T_IN]
+            t = tape_at[q, T_PRE] if op == DENSE else tape_at[q, T_IN]
             for c in range(n_out):
                 a = tape[t + c * m:t + (c + 1) * m]
                 o = cur[c * w:(c + 1) * w]
@@ -857,8 +870,8 @@ def _perturbed_pair(net, netf, P, tape, Y, loss, m, p, role, rr, j, dp, dm, buf0
             for r in range(w):
                 o[r] = col[r]
             full = True
-        ti = net[q, T_PRE] if op == DENSE else net[q, T_IN]  # the tape's input and output of g
-        ta = net[q, T_OUT]
+        ti = tape_at[q, T_PRE] if op == DENSE else tape_at[q, T_IN]  # the tape's input and output of g
+        ta = tape_at[q, T_OUT]
         if _SOFTMAX and act == SOFTMAX:
             _softmax_units(cur[:n_out * w], n_out, w, mx, s)
         else:
@@ -867,11 +880,11 @@ def _perturbed_pair(net, netf, P, tape, Y, loss, m, p, role, rr, j, dp, dm, buf0
             for c in range(c0, c1):
                 u = cur[c * w:(c + 1) * w] if full else col
                 _activate_near(u, tape[ti + c * m:ti + (c + 1) * m], tape[ta + c * m:ta + (c + 1) * m], act,
-                               netf[q, 0], m)
+                               net[q].slope, m)
         q += 1
-    k = net[last, N_OUT]
+    k = net[last].n_out
     if not full:  # the tape's logits in both halves, unit j replaced
-        t = net[last, T_OUT]
+        t = tape_at[last, T_OUT]
         for c in range(k):
             a = tape[t + c * m:t + (c + 1) * m]
             o = cur[c * w:(c + 1) * w]
@@ -882,8 +895,8 @@ def _perturbed_pair(net, netf, P, tape, Y, loss, m, p, role, rr, j, dp, dm, buf0
                 for r in range(m):
                     o[r] = a[r]
                     o[m + r] = a[r]
-    if _CCE and loss == CCE and net[last, T_PROB] >= 0:
-        t, tp = net[last, T_OUT], net[last, T_PROB]
+    if _CCE and loss == CCE and tape_at[last, T_PROB] >= 0:
+        t, tp = tape_at[last, T_OUT], tape_at[last, T_PROB]
         ok, total = _pair_cce_near(cur[:k * w], tape[t:t + k * m], tape[tp:tp + k * m], Y, k, m, s)
         if ok:
             return total
@@ -891,7 +904,7 @@ def _perturbed_pair(net, netf, P, tape, Y, loss, m, p, role, rr, j, dp, dm, buf0
 
 
 @kernel
-def perturbed_losses_share(net, netf, P, tape, Y, loss, m, coords, deltas, out, buf0, buf1, vectors, counter):
+def perturbed_losses_share(net, tape_at, P, tape, Y, loss, m, coords, deltas, out, buf0, buf1, vectors, counter):
     """One thread's share of :func:`perturbed_losses`: coordinates taken :data:`CHUNK` at a time.
 
     buf0, buf1, vectors: this thread's rows of the :func:`scratch` arrays;
@@ -906,7 +919,7 @@ def perturbed_losses_share(net, netf, P, tape, Y, loss, m, coords, deltas, out, 
             break
         i1 = i0 + CHUNK if i0 + CHUNK < n else n
         for i in range(i0, i1):
-            out[i] = _perturbed_pair(net, netf, P, tape, Y, loss, m, coords[i, 0], coords[i, 1], coords[i, 2],
+            out[i] = _perturbed_pair(net, tape_at, P, tape, Y, loss, m, coords[i, 0], coords[i, 1], coords[i, 2],
                                      coords[i, 3], deltas[i, 0], deltas[i, 1], buf0, buf1, col, mx, s, ell)
 
 
@@ -919,11 +932,11 @@ _walkers_lock = threading.Lock()
 
 
 def features_of(net, loss):
-    """The :data:`FEATURES` a model's ``net`` table and loss code use, as a frozenset."""
+    """The :data:`FEATURES` a model's plan (``net``) and loss code use, as a frozenset."""
     found = {("mse", "bce", "cce")[loss]}
     last = net.shape[0] - 1
     for q in range(net.shape[0]):
-        op, act = int(net[q, OP]), int(net[q, ACT])
+        op, act = int(net[q]["op"]), int(net[q]["act"])
         if op == BATCHNORM:
             found.add("batchnorm")
         elif op in (DENSE, ACTIVATION) and q != last and act != LINEAR:
@@ -957,10 +970,10 @@ def walker(features):
         return _walkers[features]
 
 
-def perturbed_losses(net, netf, P, tape, Y, loss, m, coords, deltas, out, bufs0, bufs1, vectors, n_threads):
+def perturbed_losses(net, tape_at, P, tape, Y, loss, m, coords, deltas, out, bufs0, bufs1, vectors, n_threads):
     """``out[i] = sum_r (loss_r(theta + d+) - loss_r(theta + d-))`` for every coordinate i.
 
-    net (L, 13), netf (L, 2), P (n_params,), tape, Y (k * m,) by unit, IN;
+    net (L,) records, tape_at (L, 5), P (n_params,), tape, Y (k * m,) by unit, IN;
     coords (n, 4), deltas (n, 2) IN (``d+, d-``: the perturbations of the
     coordinate); out (n,) OUT; bufs0, bufs1, vectors (:func:`scratch`)
     OUT, one row per thread, allocated once per check.
@@ -991,7 +1004,7 @@ def perturbed_losses(net, netf, P, tape, Y, loss, m, coords, deltas, out, bufs0,
 
     def share(t):
         try:
-            share_kernel(net, netf, P, tape, Y, loss, m, coords, deltas, out, bufs0[t], bufs1[t],
+            share_kernel(net, tape_at, P, tape, Y, loss, m, coords, deltas, out, bufs0[t], bufs1[t],
                                    vectors[t], counter)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
             errors.append(exc)
@@ -1020,14 +1033,14 @@ def warmup(feature_sets=None, progress=None):
     is called as ``progress(done, total)`` after each.
     """
     m = 4
-    net = np.zeros((3, 13), np.int64)
-    netf = np.zeros((3, 2))
+    net = node_table(3)
+    tape_at = np.zeros((3, 5), np.int64)
     P, tape, Y, out = np.zeros(18), np.zeros(68), np.zeros(8), np.zeros(0)
     coords, deltas = np.zeros((0, 4), np.int64), np.zeros((0, 2))  # no coordinates: compile, run nothing
     bufs0, bufs1, vectors = scratch(1, 2, m)
     counter = np.zeros(1, np.int64)
     feature_sets = CLI_FEATURES if feature_sets is None else tuple(feature_sets)
     for done, features in enumerate(feature_sets, 1):
-        walker(features)(net, netf, P, tape, Y, CCE, m, coords, deltas, out, bufs0[0], bufs1[0], vectors[0], counter)
+        walker(features)(net, tape_at, P, tape, Y, CCE, m, coords, deltas, out, bufs0[0], bufs1[0], vectors[0], counter)
         if progress is not None:
             progress(done, len(feature_sets))

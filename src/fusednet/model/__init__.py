@@ -69,7 +69,6 @@ called, in the one section of :mod:`fusednet.model._sequential` that says so.
 """
 
 from .._validation import as_2d, check_finite
-from ._layout import OP_ACTIVATION, OP_BATCHNORM, OP_DENSE, OP_DROPOUT
 from ._network import INFER_CHUNK, Network
 from ._nodes import (
     _ActivationNode,
@@ -86,10 +85,6 @@ from ._sequential import Sequential
 
 __all__ = [
     "INFER_CHUNK",
-    "OP_ACTIVATION",
-    "OP_BATCHNORM",
-    "OP_DENSE",
-    "OP_DROPOUT",
     "Network",
     "Sequential",
     "_ActivationNode",

@@ -21,15 +21,13 @@ views (``W``, ``WT``, ``b``, ``dW``, ``db``, ``gamma``, ``beta``, ``dgamma``,
 
 import numpy as np
 
-from ..kernels import _codes
+from ..kernels import _codes, _plan
 from ..layers import Activation, BatchNorm, Dense, Dropout, init_scale
 from ._nodes import _ActivationNode, _BatchNormNode, _DenseNode, _DropoutNode
 
-__all__ = ["OP_ACTIVATION", "OP_BATCHNORM", "OP_DENSE", "OP_DROPOUT", "Arenas", "init_weights", "plan"]
+__all__ = ["Arenas", "init_weights", "plan"]
 
-#: op codes of :func:`plan`
-OP_DENSE, OP_ACTIVATION, OP_DROPOUT, OP_BATCHNORM = 0, 1, 2, 3
-_OP_OF = {Dense: OP_DENSE, Activation: OP_ACTIVATION, Dropout: OP_DROPOUT, BatchNorm: OP_BATCHNORM}
+_OP_OF = {Dense: _codes.DENSE, Activation: _codes.ACTIVATION, Dropout: _codes.DROPOUT, BatchNorm: _codes.BATCHNORM}
 
 
 class Arenas:
@@ -168,10 +166,8 @@ def init_weights(nodes, rng):
 
 
 def plan(nodes, arenas, loss, input_dim, seed):
-    """The layout as plain numbers (see :meth:`fusednet.model.Sequential.plan`)."""
-    L = len(nodes)
-    ops = np.full((L, 10), -1, np.int64)
-    fp = np.zeros((L, 4), np.float64)
+    """The layout as typed records (see :meth:`fusednet.model.Sequential.plan`)."""
+    table = _plan.node_table(len(nodes))
     P0 = arenas.params.__array_interface__["data"][0]
     S0 = arenas.stats.__array_interface__["data"][0] if arenas.stats.size else 0
     isz = arenas.params.itemsize
@@ -179,29 +175,23 @@ def plan(nodes, arenas, loss, input_dim, seed):
     def off(a, base):
         return (a.__array_interface__["data"][0] - base) // isz
 
-    for i, node in enumerate(nodes):
-        ops[i, :4] = (_OP_OF[type(node.layer)], node.n_in, node.n_out, _codes.LINEAR)
-        fp[i] = (0.01, 1.0, 0.0, 0.0)
+    for rec, node in zip(table, nodes):
+        rec["op"], rec["n_in"], rec["n_out"], rec["index"] = _OP_OF[type(node.layer)], node.n_in, node.n_out, node.index
         if isinstance(node, _DenseNode):
-            ops[i, 3] = node.act
-            ops[i, 4] = off(node.W, P0)
+            rec["act"], rec["slope"], rec["w_off"] = node.act, node.slope, off(node.W, P0)
             if node.use_bias:
-                ops[i, 5] = off(node.b, P0)
-            fp[i, 0] = node.slope
+                rec["b_off"] = off(node.b, P0)
         elif isinstance(node, _ActivationNode):
-            ops[i, 3] = node.act
-            fp[i, 0] = node.slope
+            rec["act"], rec["slope"] = node.act, node.slope
         elif isinstance(node, _DropoutNode):
-            fp[i, 1] = node.keep_prob
+            rec["keep_prob"] = node.keep_prob
         else:
-            ops[i, 6] = off(node.gamma, P0)
-            ops[i, 7] = off(node.beta, P0)
-            ops[i, 8] = off(node.running_mean, S0)
-            ops[i, 9] = off(node.running_var, S0)
-            fp[i, 2:] = (node.momentum, node.eps)
+            rec["gamma_off"], rec["beta_off"] = off(node.gamma, P0), off(node.beta, P0)
+            rec["rmean_off"], rec["rvar_off"] = off(node.running_mean, S0), off(node.running_var, S0)
+            rec["bn_eps"], rec["bn_momentum"] = node.eps, node.momentum
     return {
-        "ops": ops,
-        "fparams": fp,
+        "layers": table,
+        "names": [node.name for node in nodes],
         "loss": loss,
         "n_params": arenas.params.size,
         "n_decay": arenas.n_decay,

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import kernels as _kernels
 from ..kernels import _codes
-from ..layers import BatchNorm, Dense
+from ..layers import BatchNorm, Dense, Dropout
 from . import _inputs
 from ._inputs import as_2d, encode_targets, n_correct
 from ._layout import Arenas, init_weights
@@ -68,6 +68,14 @@ class Network:
 
     def _has_bn(self):
         return any(isinstance(layer, BatchNorm) for layer in self.layers)
+
+    def _has_dropout(self):
+        """Whether a Dropout layer drops anything (a keep_prob below 1) in training."""
+        return any(isinstance(layer, Dropout) and layer.keep_prob < 1.0 for layer in self.layers)
+
+    def _batch_stats(self):
+        """``[(mean, var)]`` of each BatchNorm's last training batch, in layer order (views)."""
+        return [(node.mean, node.var) for node in self._bn_nodes]
 
     # ---- building, kernels, workspaces --------------------------------------------
 
@@ -132,6 +140,34 @@ class Network:
                 lock.release()
         else:
             yield _Workspace(self, n, train=False)
+
+    def _step_buffers(self, v, blocks):
+        """The buffers of the compiled step by name, for the training workspace views ``v``.
+
+        ``blocks`` groups the layers as :func:`fusednet._fused.layer_table` does: per Dense
+        layer, the positions of its node (``"dense"``) and of the BatchNorm (``"bn"``),
+        Activation (``"act"``) and Dropout (``"drop"``) after it.  Per-layer entries are
+        lists with None where a Dense layer has no such node.
+        """
+        nv, nodes = v.nodes, self._nodes
+        ws = self._workspace(v.n, train=True)
+
+        def each(key, get):
+            return [get(blk[key]) if key in blk else None for blk in blocks]
+
+        buffers = {
+            "Z": [nv[blk["dense"]].Z for blk in blocks],
+            "Dr": each("drop", lambda i: nv[i].A),
+            "xhat": each("bn", lambda i: nv[i].xhat),
+            "Bo": each("bn", lambda i: nv[i].A),
+            "Ao": each("act", lambda i: nv[i].A),
+            "A": nv[-1].A, "D0": ws.delta[0], "D1": ws.delta[1],
+            "zeros": self._zeros, "scratch": self._scratch, "X": v.X, "Y": v.Y,
+        }
+        for name, attr in (("mean", "mean"), ("var", "var"), ("invstd", "invstd"), ("rmean", "running_mean"),
+                           ("rvar", "running_var")):
+            buffers[name] = each("bn", lambda i, attr=attr: getattr(nodes[i], attr))
+        return buffers
 
     # ---- the passes (no checks, no allocation) --------------------------------
 

@@ -323,18 +323,25 @@ class Sequential(Network):
         return save_model(self, path)
 
     def plan(self):
-        """The model as plain numbers, for compiled code that walks the layers.
+        """The model as typed records, for compiled code that walks the layers.
+
+        The one description of the model that compiled code reads: the
+        batched gradient check walks it, and the one-call step groups it per
+        Dense layer (:func:`fusednet._fused.layer_table`).
 
         Returns
         -------
         dict
-            ``"ops"``: int64 ``(n_layers, 10)``, columns ``op, n_in, n_out, act,
-            w_off, b_off, gamma_off, beta_off, rmean_off, rvar_off`` (offsets
-            into the parameter / running-stats arenas, -1 when absent; ``op``:
-            0 Dense, 1 Activation, 2 Dropout, 3 BatchNorm); ``"fparams"``:
-            float64 ``(n_layers, 4)``, columns ``slope, keep_prob, momentum,
-            eps``; and ``"loss"``, ``"n_params"``, ``"n_decay"``, ``"n_stats"``,
-            ``"input_dim"``, ``"seed"``.
+            ``"layers"``: one :data:`~fusednet.kernels._plan.NODE_DTYPE`
+            record per layer (``op``: :data:`~fusednet.kernels._codes.DENSE`,
+            ``ACTIVATION``, ``DROPOUT`` or ``BATCHNORM``; ``act``, ``n_in``,
+            ``n_out``; offsets ``w_off``, ``b_off``, ``gamma_off``,
+            ``beta_off`` into the parameter arena and ``rmean_off``,
+            ``rvar_off`` into the running statistics, -1 when absent;
+            ``index``, ``slope``, ``keep_prob``, ``bn_eps``,
+            ``bn_momentum``); ``"names"``: each layer's name; and ``"loss"``,
+            ``"n_params"``, ``"n_decay"``, ``"n_stats"``, ``"input_dim"``,
+            ``"seed"``.
         """
         self._require_built()
         return _layout_plan(self._nodes, self._arenas, self._loss, self.input_dim, self.seed)
