@@ -16,6 +16,7 @@ from .info import info
 from .io import load_model as load
 from .kernels import get_backend, get_num_threads, set_backend, set_num_threads
 from .model import Sequential
+from .population import Population
 from .trainer import Trainer
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "layers",
     "callbacks",
     "Sequential",
+    "Population",
     "Trainer",
     "History",
     "TrainingDiverged",

@@ -1,0 +1,727 @@
+r"""The population engine: K models of one architecture trained together, compiled.
+
+:class:`fusednet.Population` trains K configurations (learning rates, betas,
+L2, keep_prob, initial weights) of one layer list at once.  Every model sees
+the same shuffled mini-batches, so one compiled call runs a range of epochs
+for all of them: per mini-batch the rows are gathered once, the first Dense
+layer's product runs for all the models as one wide loop over the batch,
+and then each model's remaining forward pass, loss, backward pass and
+optimiser update follow, inside the same call.  The models' parameters live
+in one arena of shape ``(K, n_params)``: row ``k`` is model ``k``'s arena in
+:class:`~fusednet.Sequential`'s layout, so the update of all K is one pass
+over it.
+
+Layout.  Activations are stored *by unit*, as in the course's notation:
+a layer of ``n`` units over a batch of ``nb`` examples is an ``(n, nb)``
+array, so every element-wise loop and every product runs along the
+batch, contiguous, whatever the widths (the course's nets are a few units
+wide).  A Dense layer computes :math:`Z = W^T A_{in}` (``W`` of shape
+``(n_in, n_out)`` as in the model), its gradients are
+:math:`dW = A_{in}\, dZ^T` and :math:`dA_{in} = W\, dZ`.  Products of at least
+:data:`BLAS_MACS` multiply-adds go to BLAS (``np.dot``), smaller ones run as
+loops here.  The element index of a dropout mask is the one of the model's
+``(nb, n)`` activation (``row * n + unit``), so the masks are those of the
+trainer.
+
+Threads.  The models are cut into contiguous chunks (:func:`fit_parallel`
+runs one chunk per thread, :func:`fit_chunk` one chunk on the calling
+thread); a chunk runs every epoch and step of the call for its models,
+with no synchronisation between chunks.  Each model's arithmetic is the same
+whichever chunk it is in and however many models the population holds, so
+the results do not depend on the thread count or on K.
+
+Formulas come from their one source: activations, their derivatives from
+the output, the loss rows and the dropout hash from
+:mod:`._numba_math` / :mod:`._numba_dense`, batch norm from
+:func:`._numba_dense.batchnorm_train_cols` and its siblings, the optimiser
+updates from the loops of :mod:`._numba_flat`, the EWA of the running
+statistics from :func:`._numba_flat.ewa_span`, and the bias corrections
+from :func:`fusednet.optim.bias_correction` (a table the caller fills).
+
+A model whose cost, gradient, update or batch statistics turn NaN or inf
+stops: its parameters, optimiser state and running statistics keep their
+values from before that step and ``status[k]`` records why (the codes of
+``fusednet._fused.FAILED``), the epoch and the step; the other models go on.
+
+Tables:
+
+``net`` (L,) :data:`~fusednet.kernels._plan.NODE_DTYPE`
+    :meth:`fusednet.Sequential.plan`'s ``"layers"``, walked as they are (the
+    arena offsets are those of every model's row; a Dropout's ``keep_prob``
+    is per model, in ``hyp``).
+``at`` int64 (L, 4)
+    per layer (:func:`layout`): the workspace offsets of its output
+    (``OUT``), of batch norm's ``xhat`` (``XHAT``) and statistics (``STAT``:
+    mean, var, invstd), and ``NEED_DIN`` (whether the backward pass needs
+    the delta of its input).
+``info`` int64 (:data:`N_INFO`,)
+    the call's scalars and the workspace offsets shared by the layers.
+``hyp`` float64 (K, 6)
+    per model: lr, beta1 (momentum's beta), beta2 (RMSProp's beta), eps, the
+    L2 :math:`\lambda`, keep_prob.
+``keys`` uint64 (K, 2)
+    per model: the seed its dropout keys fold from and the dropout threshold.
+"""
+
+import numpy as np
+from numba import njit, prange
+from numba.extending import overload
+from numba.np.numpy_support import as_dtype
+
+from . import _numba_cache  # noqa: F401  (a writable cache directory, before the first decorator)
+from ._codes import (
+    ACTIVATION,
+    BATCHNORM,
+    BCE,
+    DENSE,
+    DROPOUT,
+    LEAKY_RELU,
+    LINEAR,
+    MSE,
+    OPT_ADAM,
+    OPT_GD,
+    OPT_MOMENTUM,
+    RELU,
+)
+from ._numba_dense import (
+    SCRATCH,
+    _activate,
+    _backward_span,
+    _bce_rows,
+    _cce_rows,
+    _mse_rows,
+    _variant,
+    batchnorm_backward_cols,
+    batchnorm_infer_block,
+    batchnorm_train_cols,
+)
+from ._numba_flat import _adam_loop, _gd_loop, _momentum_loop, _rmsprop_loop, ewa_span, loop
+from ._numba_math import REDUCTION_FASTMATH, dropout_hash, leaky_relu, like, relu, tiny
+
+#: columns of ``at``
+OUT, XHAT, STAT, NEED_DIN = range(4)
+#: entries of ``info``
+(EPOCH0, N_EPOCHS, BATCH, LOSS, OPT, ACC, N_STEPS, XT_AT, YT_AT, D0, D1, Z1W, SAVE, ZEROS, WS_SIZE) = range(15)
+N_INFO = 15
+#: columns of ``hyp``
+LR, BETA1, BETA2, EPS, L2, KEEP = range(6)
+#: accuracy modes: none (a linear output), argmax against class ids (softmax), A > 0.5 against Y > 0.5 (sigmoid)
+ACC_NONE, ACC_ARGMAX, ACC_THRESHOLD = 0, 1, 2
+#: columns of ``out`` (per epoch and model): summed batch costs x batch sizes, correct training
+#: predictions, dev cost, correct dev predictions
+TRAIN_SUM, TRAIN_CORRECT, DEV_LOSS, DEV_CORRECT = range(4)
+#: ``status`` codes (``fusednet._fused.FAILED``): 0 training
+COST, GRADIENT, UPDATE, BN_STATS = 1, 2, 3, 4
+
+#: products of at least this many multiply-adds run on BLAS (``np.dot``), smaller ones as loops here
+#: (benchmarks/test_bench_population.py, ``test_blas_threshold``)
+BLAS_MACS = 32_768
+
+_OPTIONS = dict(nogil=True, fastmath=set(REDUCTION_FASTMATH), error_model="numpy", boundscheck=False)
+#: the chunk kernel and its parallel driver (cached: user-called dispatchers)
+kernel = njit(cache=True, **_OPTIONS)
+#: the passes and products, compiled once each into the kernel that calls them (inlining them at Numba IR
+#: level instead, as the small helpers are, multiplies the kernel's compile time)
+helper = njit(cache=False, no_cpython_wrapper=True, no_cfunc_wrapper=True, **_OPTIONS)
+parallel_kernel = njit(cache=True, parallel=True, **_OPTIONS)
+
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+# --------------------------------------------------------------------------
+# the layout: workspace offsets, built once per population and batch size
+# --------------------------------------------------------------------------
+
+
+def layout(net, n_models, batch, n_params):
+    """``(at, info)``: the workspace of the model described by ``net`` (:meth:`~fusednet.Sequential.plan`'s
+    ``"layers"``) for chunks of ``n_models`` models and batches of ``batch`` rows.
+
+    The workspace of one chunk (one row of ``work`` in :func:`fit_chunk`)
+    holds, each for ``batch`` examples: every layer's output, batch norm's
+    ``xhat`` and statistics, the gathered batch ``X^T`` and ``Y^T``, two delta
+    buffers of the widest layer, the first layer's output for all
+    ``n_models`` models, a copy of one model's parameters and optimiser state
+    (restored if its update fails) and a row of zeros (the bias of a Dense
+    without one and of an Activation).  ``info[WS_SIZE]`` is its length; the
+    call's own scalars (epochs, loss, optimiser, ...) are left 0 for the caller.
+    """
+    L = net.shape[0]
+    at = np.full((L, 4), -1, np.int64)
+    nf = int(net[0]["n_in"])
+    wmax = max(nf, int(net["n_out"].max()))
+    off = 0
+
+    def take(n):
+        nonlocal off
+        start = off
+        off += int(n)
+        return start
+
+    seen = False
+    for i in range(L):
+        n = int(net[i]["n_out"])
+        bn = int(net[i]["op"]) == BATCHNORM
+        at[i, OUT] = take(n * batch)
+        if bn:
+            at[i, XHAT] = take(n * batch)
+            at[i, STAT] = take(3 * n)
+        at[i, NEED_DIN] = int(seen)
+        seen = seen or int(net[i]["op"]) in (DENSE, BATCHNORM)
+    info = np.zeros(N_INFO, np.int64)
+    info[BATCH] = batch
+    info[XT_AT] = take(nf * batch)
+    info[YT_AT] = take(int(net[L - 1]["n_out"]) * batch)
+    info[D0] = take(wmax * batch)
+    info[D1] = take(wmax * batch)
+    info[Z1W] = take(n_models * int(net[0]["n_out"]) * batch)
+    info[SAVE] = take(3 * n_params)
+    info[ZEROS] = take(wmax)
+    info[WS_SIZE] = off
+    return at, info
+
+
+# --------------------------------------------------------------------------
+# small helpers (inlined at Numba IR level)
+# --------------------------------------------------------------------------
+
+
+@loop
+def _splitmix64(x):
+    """One round of SplitMix64 on a uint64 (mirrors ``fusednet.kernels._codes._splitmix64``)."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@loop
+def dropout_key4(seed, epoch, step, layer):
+    """``fusednet.kernels.dropout_key(seed, epoch, step, layer)`` for a uint64 seed."""
+    x = _splitmix64(seed)
+    x = _splitmix64(x ^ np.uint64(epoch))
+    x = _splitmix64(x ^ np.uint64(step))
+    return _splitmix64(x ^ np.uint64(layer))
+
+
+@loop
+def _units(ws, off, n, nb):
+    """The ``(n, nb)`` buffer at ``off`` of a workspace row."""
+    return ws[off:off + n * nb].reshape(n, nb)
+
+
+@loop
+def _param(P, off, n_in, n_out):
+    """A Dense layer's ``(n_in, n_out)`` weights at ``off`` of a model's arena row."""
+    return P[off:off + n_in * n_out].reshape(n_in, n_out)
+
+
+@loop
+def _vector(P, off, n, zeros):
+    """The ``n`` values at ``off`` of an arena row, or ``zeros[:n]`` when ``off`` is -1."""
+    if off < 0:
+        return zeros[:n]
+    return P[off:off + n]
+
+
+@helper
+def _product_t(W, A, Z):
+    """``Z = W^T A``: W (n_in, n_out) IN, A (n_in, nb) IN, Z (n_out, nb) OUT."""
+    n_in, n_out = W.shape
+    nb = A.shape[1]
+    if n_in * n_out * nb >= BLAS_MACS:
+        np.dot(W.T, A, Z)
+        return
+    for j in range(n_out):
+        z = Z[j]
+        w0 = W[0, j]
+        a0 = A[0]
+        for b in range(nb):
+            z[b] = w0 * a0[b]
+        for p in range(1, n_in):
+            w = W[p, j]
+            a = A[p]
+            for b in range(nb):
+                z[b] += w * a[b]
+
+
+@helper
+def _grad_products(A, dZ, W, dW, dA, need_din):
+    """``dW = A dZ^T`` and, when ``need_din``, ``dA = W dZ``: A (n_in, nb), dZ (n_out, nb) IN."""
+    n_in, n_out = W.shape
+    nb = A.shape[1]
+    if n_in * n_out * nb >= BLAS_MACS:
+        np.dot(A, dZ.T, dW)
+        if need_din:
+            np.dot(W, dZ, dA)
+        return
+    for p in range(n_in):
+        a = A[p]
+        for j in range(n_out):
+            d = dZ[j]
+            s = like(a, 0.0)
+            for b in range(nb):
+                s += a[b] * d[b]
+            dW[p, j] = s
+    if need_din:
+        for p in range(n_in):
+            da = dA[p]
+            w0 = W[p, 0]
+            d0 = dZ[0]
+            for b in range(nb):
+                da[b] = w0 * d0[b]
+            for j in range(1, n_out):
+                w = W[p, j]
+                d = dZ[j]
+                for b in range(nb):
+                    da[b] += w * d[b]
+
+
+@helper
+def _bias_act(Z, bias, act, slope, A):
+    """``A = g(Z + b)`` by unit: Z, A (n, nb) (A may be Z), b (n,)."""
+    n, nb = Z.shape
+    zero = like(A, 0.0)
+    s = like(A, slope)
+    for j in range(n):
+        z, a = Z[j], A[j]
+        bj = bias[j]
+        if act == RELU:
+            for b in range(nb):
+                a[b] = relu(z[b] + bj, zero)
+        elif act == LEAKY_RELU:
+            for b in range(nb):
+                a[b] = leaky_relu(z[b] + bj, s, zero)
+        elif act == LINEAR:
+            for b in range(nb):
+                a[b] = z[b] + bj
+        else:  # sigmoid, tanh
+            for b in range(nb):
+                a[b] = z[b] + bj
+            _activate(a, act)
+
+
+@helper
+def _act_backward(dA, A, act, slope, dZ):
+    """``dZ = dA * g'(A)`` (derivatives from the output): dA, A, dZ (n, nb), dZ may be dA."""
+    size = np.uint64(dA.size)
+    _backward_span(dA.reshape(dA.size), A.reshape(A.size), dZ.reshape(dZ.size), np.uint64(0), size, act,
+                   like(A, slope), like(A, 0.0), like(A, 1.0))
+
+
+@helper
+def _unit_sums(D, out):
+    """``out = sum_b D[:, b]`` accumulated in float64: D (n, nb) IN, out (n,) OUT."""
+    n, nb = D.shape
+    for j in range(n):
+        d = D[j]
+        s = 0.0
+        for b in range(nb):
+            s += d[b]
+        out[j] = s
+
+
+@helper
+def _dropout(A, key, last_kept, scale, out):
+    """Inverted dropout by unit; element ``(j, b)`` has the mask of index ``b * n + j`` of the (nb, n) array.
+
+    A (n, nb) IN, out (n, nb) OUT (may be A).  ``last_kept``: the threshold - 1 (uint32 range), or -1: drop all.
+    """
+    n, nb = A.shape
+    k1 = np.uint32(key & np.uint64(0xFFFFFFFF))
+    k2 = np.uint32(key >> np.uint64(32))
+    zero = like(A, 0.0)
+    c = like(A, scale)
+    if last_kept < 0:
+        for j in range(n):
+            out[j, :] = zero
+        return
+    last = np.uint32(last_kept)
+    for j in range(n):
+        a, o = A[j], out[j]
+        for b in range(nb):
+            o[b] = a[b] * c if dropout_hash(b * n + j, k1, k2) <= last else zero
+
+
+@helper
+def _loss_rows(loss, Z, bias, Y, A, nb):
+    """Output activation ``A = g(Z + b)`` and the summed loss over the batch (float64): the trainer's rows."""
+    if loss == MSE:
+        return _mse_rows(Z.T, bias, Y.T, A.T, 0, nb)
+    if loss == BCE:
+        return _bce_rows(Z.T, bias, Y.T, A.T, 0, nb)
+    return _cce_rows(Z.T, bias, Y.T, A.T, 0, nb)
+
+
+@helper
+def _gather(X, Y, order, s, XT, YT):
+    """``XT = X[order[s:s + nb]].T``, ``YT = Y[order[s:s + nb]].T``, nb the width of XT."""
+    nf, nb = XT.shape
+    k = YT.shape[0]
+    for b in range(nb):
+        r = order[s + b]
+        for p in range(nf):
+            XT[p, b] = X[r, p]
+        for j in range(k):
+            YT[j, b] = Y[r, j]
+
+
+@helper
+def _correct(acc, A, Y, ids, order, s):
+    """Correct predictions of a batch: argmax against ``ids[order[s + b]]`` (softmax) or ``A > 0.5``
+    against ``Y > 0.5``."""
+    k, nb = A.shape
+    count = 0
+    if acc == ACC_ARGMAX:
+        for b in range(nb):
+            best = 0
+            for j in range(1, k):
+                if A[j, b] > A[best, b]:
+                    best = j
+            count += 1 if best == ids[order[s + b]] else 0
+    elif acc == ACC_THRESHOLD:
+        half = like(A, 0.5)
+        for j in range(k):
+            for b in range(nb):
+                count += 1 if (A[j, b] > half) == (Y[j, b] > half) else 0
+    return count
+
+
+@loop
+def _sumsq(x, start, stop):
+    s = 0.0
+    for i in range(start, stop):
+        s += np.float64(x[i]) * np.float64(x[i])
+    return s
+
+
+@loop
+def _all_finite(x):
+    for i in range(x.size):
+        if not np.isfinite(x[i]):
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------
+# one model's passes
+# --------------------------------------------------------------------------
+
+
+@loop
+def _out(at, i, off0):
+    """The workspace offset of layer ``i``'s output: ``off0`` for layer 0 (the first product's slot)."""
+    return off0 if i == 0 else at[i, OUT]
+
+
+@helper
+def _forward(net, at, P, R, ws, scratch, XT, YT, nb, loss, keys, keep, epoch, step, train, zeros, off0):
+    """Forward from layer 0's product, already at ``off0``; returns the summed loss of the batch.
+
+    ``train``: batch statistics and dropout (``keys`` = seed and threshold); else running statistics.
+    """
+    L = net.shape[0]
+    A = XT
+    total = 0.0
+    for i in range(L):
+        op, n_in, n = net[i].op, net[i].n_in, net[i].n_out
+        out = _units(ws, _out(at, i, off0), n, nb)
+        last = i == L - 1
+        if op == DENSE:
+            W = _param(P, net[i].w_off, n_in, n)
+            bias = _vector(P, net[i].b_off, n, zeros)
+            if i > 0:
+                _product_t(W, A, out)
+            if last:
+                total = _loss_rows(loss, out, bias, YT, out, nb)
+            else:
+                _bias_act(out, bias, net[i].act, net[i].slope, out)
+        elif op == ACTIVATION:
+            if last:
+                total = _loss_rows(loss, A, zeros[:n], YT, out, nb)
+            else:
+                _bias_act(A, zeros[:n], net[i].act, net[i].slope, out)
+        elif op == DROPOUT:
+            if train:
+                key = dropout_key4(keys[0], epoch, step, net[i].index)
+                threshold = np.int64(keys[1])
+                _dropout(A, key, threshold - 1 if threshold > 0 else -1, 1.0 / keep, out)
+            else:
+                out[:, :] = A
+        else:
+            gamma = P[net[i].gamma_off:net[i].gamma_off + n]
+            beta = P[net[i].beta_off:net[i].beta_off + n]
+            if train:
+                st = at[i, STAT]
+                xhat = _units(ws, at[i, XHAT], n, nb)
+                batchnorm_train_cols(A.T, gamma, beta, net[i].bn_eps, xhat.T, out.T, ws[st:st + n],
+                                     ws[st + n:st + 2 * n], ws[st + 2 * n:st + 3 * n], 0, n, scratch)
+            else:
+                rm = R[net[i].rmean_off:net[i].rmean_off + n]
+                rv = R[net[i].rvar_off:net[i].rvar_off + n]
+                batchnorm_infer_block(A.T, gamma, beta, rm, rv, net[i].bn_eps, out.T, 0, nb, 0, n, scratch)
+        A = out
+    return total
+
+
+@helper
+def _backward(net, at, P, G, ws, scratch, XT, YT, nb, keys, keep, epoch, step, d0, d1, off0):
+    """Backward after :func:`_forward`: fills the model's gradient row (no L2 term)."""
+    L = net.shape[0]
+    cur = d0
+    nxt = d1
+    i = L - 1
+    n = net[i].n_out
+    d = _units(ws, cur, n, nb)
+    A = _units(ws, _out(at, i, off0), n, nb)
+    Y = YT
+    cm = like(A, nb)
+    for j in range(n):
+        a, y, dj = A[j], Y[j], d[j]
+        for b in range(nb):
+            dj[b] = (a[b] - y[b]) / cm
+    for i in range(L - 1, -1, -1):
+        op, n_in, n = net[i].op, net[i].n_in, net[i].n_out
+        d = _units(ws, cur, n, nb)
+        A_in = XT if i == 0 else _units(ws, _out(at, i - 1, off0), n_in, nb)
+        if op == DENSE:
+            if i < L - 1:
+                act = net[i].act
+                if act != LINEAR:
+                    _act_backward(d, _units(ws, _out(at, i, off0), n, nb), act, net[i].slope, d)
+            if net[i].b_off >= 0:
+                _unit_sums(d, G[net[i].b_off:net[i].b_off + n])
+            W = _param(P, net[i].w_off, n_in, n)
+            dW = _param(G, net[i].w_off, n_in, n)
+            need = at[i, NEED_DIN] != 0
+            din = _units(ws, nxt, n_in, nb)
+            _grad_products(A_in, d, W, dW, din, need)
+            cur, nxt = nxt, cur
+        elif op == ACTIVATION:
+            if i < L - 1:
+                _act_backward(d, _units(ws, _out(at, i, off0), n, nb), net[i].act, net[i].slope, d)
+        elif op == DROPOUT:
+            key = dropout_key4(keys[0], epoch, step, net[i].index)
+            threshold = np.int64(keys[1])
+            _dropout(d, key, threshold - 1 if threshold > 0 else -1, 1.0 / keep, d)
+        else:
+            gamma = P[net[i].gamma_off:net[i].gamma_off + n]
+            st = at[i, STAT]
+            xhat = _units(ws, at[i, XHAT], n, nb)
+            batchnorm_backward_cols(d.T, xhat.T, gamma, ws[st + 2 * n:st + 3 * n], d.T,
+                                    G[net[i].gamma_off:net[i].gamma_off + n], G[net[i].beta_off:net[i].beta_off + n],
+                                    0, n, scratch)
+        if at[i, NEED_DIN] == 0:
+            break
+
+
+@helper
+def _update(kind, w, g, s1, s2, h, bc1, bc2, l2, n_decay):
+    """One model's optimiser step over its arena row (the loops of :mod:`._numba_flat`)."""
+    c_lr = like(w, h[LR])
+    c_l2 = like(w, l2)
+    tv = tiny(w)
+    n = w.size
+    for part in range(2):
+        a = 0 if part == 0 else n_decay
+        e = n_decay if part == 0 else n
+        decay = part == 0 and l2 != 0.0
+        if kind == OPT_GD:
+            _gd_loop(w[a:e], g[a:e], decay, c_lr, c_l2)
+        elif kind == OPT_MOMENTUM:
+            _momentum_loop(w[a:e], g[a:e], s1[a:e], decay, c_lr, like(w, h[BETA1]), like(w, 1.0 - h[BETA1]),
+                           like(w, bc1), c_l2, tv)
+        elif kind == OPT_ADAM:
+            _adam_loop(w[a:e], g[a:e], s1[a:e], s2[a:e], decay, c_lr, like(w, h[BETA1]), like(w, 1.0 - h[BETA1]),
+                       like(w, h[BETA2]), like(w, 1.0 - h[BETA2]), like(w, h[EPS]), like(w, bc1), like(w, bc2),
+                       c_l2, tv)
+        else:
+            _rmsprop_loop(w[a:e], g[a:e], s1[a:e], decay, c_lr, like(w, h[BETA2]), like(w, 1.0 - h[BETA2]),
+                          like(w, h[EPS]), c_l2, tv)
+
+
+@helper
+def _update_running(net, at, ws, R):
+    """Fold the step's batch-norm statistics into the model's running averages (``ewa_span``)."""
+    for i in range(net.shape[0]):
+        if net[i].op == BATCHNORM:
+            n = net[i].n_out
+            st = at[i, STAT]
+            ewa_span(R[net[i].rmean_off:net[i].rmean_off + n], ws[st:st + n], net[i].bn_momentum, 0, n)
+            ewa_span(R[net[i].rvar_off:net[i].rvar_off + n], ws[st + n:st + 2 * n], net[i].bn_momentum, 0, n)
+
+
+def _quarter_max(x):
+    """A quarter of the largest finite value of ``x``'s dtype: the bound of the trainer's checks."""
+    raise NotImplementedError("only callable from Numba-compiled code")
+
+
+@overload(_quarter_max, inline="always")
+def _quarter_max_impl(x):
+    value = float(np.finfo(as_dtype(x.dtype)).max) / 4.0
+    return lambda x: value
+
+
+@helper
+def _bn_bounded(net, at, ws, limit):
+    """Whether every batch-norm batch mean and variance of the step is finite and below ``limit``."""
+    for i in range(net.shape[0]):
+        if net[i].op == BATCHNORM:
+            st = at[i, STAT]
+            for j in range(st, st + 2 * net[i].n_out):
+                if not abs(ws[j]) < limit:
+                    return False
+    return True
+
+
+# --------------------------------------------------------------------------
+# the kernels
+# --------------------------------------------------------------------------
+
+
+@kernel
+def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, out, status):
+    """Epochs ``info[EPOCH0] ..`` for models ``k0 .. k1 - 1``, on workspace row ``c`` of ``work``.
+
+    Parameters
+    ----------
+    net, at, info : the model's records and the tables of :func:`layout`, with ``info``'s scalars set
+        (``EPOCH0``, ``N_EPOCHS``, ``LOSS``, ``OPT``, ``ACC``, ``N_STEPS`` per
+        epoch).
+    data : (X, Y, ids, perm)
+        X (m, n_features), Y (m, k) in the dtype, C-contiguous; ids int64 (m,)
+        (class ids, for the softmax accuracy); perm int64 (N_EPOCHS, m): each
+        epoch's row order.
+    dev : (X_dev, Y_dev, ids_dev, order_dev)
+        The same for the dev set (0 rows for none); order_dev = arange(m_dev).
+    arenas : (P, G, S1, S2, R)
+        Parameters, gradients, optimiser state (``(K, 0)`` when unused) and
+        running statistics, one row per model; INOUT.
+    hyp, keys : per-model tables (see the module docstring).
+    bc : float64 (N_EPOCHS * N_STEPS, K, 2)
+        The bias corrections of each step of the call (1 where none).
+    work : (ws, scratch)
+        dtype (n_chunks, info[WS_SIZE]) and float64 (n_chunks, SCRATCH).
+    out : float64 (N_EPOCHS, K, 4)  OUT (columns ``TRAIN_SUM`` ...).
+    status : int64 (K, 3)  INOUT: (code, epoch, step) of a model that stopped, code 0 while training.
+    """
+    X, Y, ids, perm = data
+    Xd, Yd, idsd, dorder = dev
+    P, G, S1, S2, R = arenas
+    ws = work[0][c]
+    scratch = work[1][c]
+    m, nf = X.shape
+    k = Y.shape[1]
+    md = Xd.shape[0]
+    B = info[BATCH]
+    loss, kind, acc = info[LOSS], info[OPT], info[ACC]
+    L = net.shape[0]
+    n1 = net[0].n_out
+    n_decay = 0
+    for i in range(L):
+        if net[i].op == DENSE:
+            n_decay += net[i].n_in * net[i].n_out
+    n_params = P.shape[1]
+    wmax = nf
+    for i in range(L):
+        wmax = max(wmax, net[i].n_out)
+    zeros = ws[info[ZEROS]:info[ZEROS] + wmax]
+    zeros[:] = 0.0
+    save = ws[info[SAVE]:info[SAVE] + 3 * n_params]
+    limit = _quarter_max(P)
+    for ei in range(info[N_EPOCHS]):
+        epoch = info[EPOCH0] + ei
+        order = perm[ei]
+        for kk in range(k0, k1):
+            out[ei, kk, :] = 0.0
+        for step in range(info[N_STEPS]):
+            s = step * B
+            nb = min(B, m - s)
+            XT = _units(ws, info[XT_AT], nf, nb)
+            YT = _units(ws, info[YT_AT], k, nb)
+            _gather(X, Y, order, s, XT, YT)
+            # the first layer's product for every model of the chunk: one pass over the batch
+            for kk in range(k0, k1):
+                if status[kk, 0] == 0:
+                    off0 = info[Z1W] + (kk - k0) * n1 * nb
+                    _product_t(_param(P[kk], net[0].w_off, nf, n1), XT, _units(ws, off0, n1, nb))
+            for kk in range(k0, k1):
+                if status[kk, 0] != 0:
+                    continue
+                h = hyp[kk]
+                Pk, Gk, s1, s2 = P[kk], G[kk], S1[kk], S2[kk]
+                off0 = info[Z1W] + (kk - k0) * n1 * nb
+                cost = _forward(net, at, Pk, R[kk], ws, scratch, XT, YT, nb, loss, keys[kk], h[KEEP], epoch,
+                                step, True, zeros, off0) / nb
+                l2 = h[L2]
+                if l2 != 0.0:
+                    cost += l2 / (2.0 * nb) * _sumsq(Pk, 0, n_decay)
+                code = 0
+                if not np.isfinite(cost):
+                    code = COST
+                else:
+                    correct = _correct(acc, _units(ws, _out(at, L - 1, off0), k, nb), YT, ids, order, s)
+                    _backward(net, at, Pk, Gk, ws, scratch, XT, YT, nb, keys[kk], h[KEEP], epoch, step,
+                              info[D0], info[D1], off0)
+                    if not np.isfinite(_sumsq(Gk, 0, n_params)):
+                        code = GRADIENT
+                    elif not _bn_bounded(net, at, ws, limit):
+                        code = BN_STATS
+                if code == 0:
+                    save[:n_params] = Pk
+                    save[n_params:n_params + s1.size] = s1
+                    save[2 * n_params:2 * n_params + s2.size] = s2
+                    t = ei * info[N_STEPS] + step
+                    _update(kind, Pk, Gk, s1, s2, h, bc[t, kk, 0], bc[t, kk, 1], l2 / nb, n_decay)
+                    if not (_all_finite(Pk) and _all_finite(s1) and _all_finite(s2)):
+                        Pk[:] = save[:n_params]
+                        s1[:] = save[n_params:n_params + s1.size]
+                        s2[:] = save[2 * n_params:2 * n_params + s2.size]
+                        code = UPDATE
+                if code != 0:
+                    status[kk, 0], status[kk, 1], status[kk, 2] = code, epoch, step
+                    continue
+                _update_running(net, at, ws, R[kk])
+                out[ei, kk, TRAIN_SUM] += cost * nb
+                out[ei, kk, TRAIN_CORRECT] += correct
+        # the dev set, in inference mode, in batches of B rows
+        for kk in range(k0, k1):
+            if status[kk, 0] != 0 or md == 0:
+                continue
+            h = hyp[kk]
+            Pk = P[kk]
+            total = 0.0
+            correct = 0
+            off0 = at[0, OUT]
+            for s in range(0, md, B):
+                nb = min(B, md - s)
+                XT = _units(ws, info[XT_AT], nf, nb)
+                YT = _units(ws, info[YT_AT], k, nb)
+                _gather(Xd, Yd, dorder, s, XT, YT)
+                _product_t(_param(Pk, net[0].w_off, nf, n1), XT, _units(ws, off0, n1, nb))
+                total += _forward(net, at, Pk, R[kk], ws, scratch, XT, YT, nb, loss, keys[kk], h[KEEP], epoch,
+                                  0, False, zeros, off0)
+                correct += _correct(acc, _units(ws, _out(at, L - 1, off0), k, nb), YT, idsd, dorder, s)
+            dl = total / md
+            if h[L2] != 0.0:
+                dl += h[L2] / (2.0 * md) * _sumsq(Pk, 0, n_decay)
+            out[ei, kk, DEV_LOSS] = dl
+            out[ei, kk, DEV_CORRECT] = correct
+
+
+#: the serial kernel the parallel one calls, a global of its own (see ``_numba_dense._variant``)
+_serial = None
+
+
+def _fit_parallel(bounds, net, at, info, data, dev, arenas, hyp, keys, bc, work, out, status):
+    for c in prange(bounds.size - 1):
+        _serial(bounds[c], bounds[c + 1], c, net, at, info, data, dev, arenas, hyp, keys, bc, work, out, status)
+
+
+#: :func:`fit_chunk` on chunk ``c`` = models ``bounds[c] .. bounds[c + 1] - 1``, one thread per chunk
+fit_parallel = _variant(_fit_parallel, "fit_parallel", parallel_kernel, _serial=fit_chunk)
+
+
+def scratch(n_chunks, ws_size, dtype):
+    """``work`` for :func:`fit_chunk`: a workspace row and a float64 scratch row per chunk."""
+    return np.zeros((n_chunks, ws_size), dtype), np.zeros((n_chunks, SCRATCH))

@@ -1,0 +1,489 @@
+r"""Many models of one architecture trained together: :class:`Population` (the course's "caviar").
+
+Course 2, week 3 advises training many models in parallel and keeping the
+best.  For the course's small networks one fit is a few milliseconds of
+compute, and fitting K models one after another pays K times the per-fit
+overheads and reads every mini-batch K times.  A :class:`Population` trains
+K configurations of one layer list in one compiled call
+(:mod:`fusednet.kernels._population`): every model sees the same shuffled
+mini-batches, the batch is gathered once and the first layer's product runs
+for all the models in one pass over it, and the K optimiser updates run over
+one ``(K, n_params)`` arena.
+
+Model ``k`` is exactly the model :class:`~fusednet.Trainer` would give::
+
+    Sequential(layers with every Dropout's keep_prob = configs[k]["keep_prob"],
+               input_dim=input_dim, l2=configs[k]["l2"], seed=configs[k]["seed"], dtype=dtype)
+    Trainer(model, optimizer=<Optimizer>(**configs[k]'s optimiser arguments),
+            batch_size=batch_size, epochs=epochs, seed=seed, shuffle=shuffle).fit(X, y, dev)
+
+the same formulas on the same mini-batches, with the same dropout masks
+(keyed by the model's seed, as :class:`~fusednet.Sequential` keys them) --
+only the order of the additions inside the products differs, so float64
+results agree to rounding (``tests/test_population.py`` holds them within
+1e-10 relative after training) and float32 ones within a few ulp per step.
+"""
+
+import math
+import numbers
+import time
+
+import numpy as np
+
+from . import kernels as _kernels
+from . import optim as _optim
+from ._fused import FAILED
+from ._validation import check_bool, check_real
+from .history import History
+from .kernels import _blas, _codes
+from .kernels import _population as _engine
+from .layers import Activation, Dense, Dropout, Layer
+from .model import Sequential, _DropoutNode, as_2d
+from .model import _inputs as _model_inputs
+from .trainer import _seed_int
+
+__all__ = ["Population"]
+
+#: optimiser names -> classes; a class itself is accepted too
+OPTIMIZERS = {"gd": _optim.GD, "momentum": _optim.Momentum, "rmsprop": _optim.RMSProp, "adam": _optim.Adam}
+_KINDS = {_optim.GD: _codes.OPT_GD, _optim.Momentum: _codes.OPT_MOMENTUM, _optim.RMSProp: _codes.OPT_RMSPROP,
+          _optim.Adam: _codes.OPT_ADAM}
+#: per-model keys besides the optimiser's constructor arguments
+MODEL_KEYS = ("l2", "keep_prob", "seed")
+#: a call runs its models on a team of threads (one chunk of models per thread) from this many
+#: floating-point operations in its products (6 x rows x weights x steps x models); below it, on the
+#: calling thread (benchmarks/test_bench_population.py, ``test_population_threads``)
+PARALLEL_FLOPS = 50_000_000
+
+
+def _optimizer_class(optimizer):
+    if isinstance(optimizer, str) and optimizer.lower() in OPTIMIZERS:
+        return OPTIMIZERS[optimizer.lower()]
+    if isinstance(optimizer, type) and optimizer in _KINDS:
+        return optimizer
+    raise ValueError(
+        f"optimizer must be one of {sorted(OPTIMIZERS)} or a fusednet.optim class (GD, Momentum, RMSProp, Adam), "
+        f"got {optimizer!r}"
+    )
+
+
+def _optimizer_args(cls):
+    """The names of ``cls``'s constructor arguments a config may set (``backend`` is not one)."""
+    return tuple(h for h in cls._hypers)
+
+
+def _check_layers(layers):
+    """The layer list checked as :class:`~fusednet.Sequential` checks it, plus what the engine needs."""
+    _model_inputs.check_layers(layers)
+    if not isinstance(layers[0], Dense):
+        raise ValueError(
+            f"layers[0] must be a Dense layer in a Population (its product is shared by the models), "
+            f"got {type(layers[0]).__name__}"
+        )
+    for i, layer in enumerate(layers[:-1]):
+        if isinstance(layer, (Dense, Activation)) and layer.act == _codes.SOFTMAX:
+            raise ValueError(f"layers[{i}]: a hidden softmax activation is not supported in a Population")
+    return list(layers)
+
+
+def _check_config(i, cfg, cls, has_dropout):
+    """Config ``i`` as ``(optimiser kwargs, l2, keep_prob or None, seed or None)``; ValueError naming index and key."""
+    if not isinstance(cfg, dict):
+        raise TypeError(f"configs[{i}] must be a dict, got {type(cfg).__name__}")
+    known = _optimizer_args(cls)
+    opt_args = {}
+    l2, keep, seed = 0.0, None, None
+    for key, value in cfg.items():
+        where = f"configs[{i}][{key!r}]"
+        if key in known:
+            try:
+                cls(**{key: value})
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{where}: {exc}") from None
+            opt_args[key] = value
+        elif key == "l2":
+            l2 = _checked(where, _model_inputs.check_l2, value)
+        elif key == "keep_prob":
+            if not has_dropout:
+                raise ValueError(f"{where}: keep_prob is given but the layers hold no Dropout layer")
+            keep = _checked(where, lambda v: check_real("keep_prob", v, 0, 1, low_open=True), value)
+        elif key == "seed":
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ValueError(f"{where}: seed must be an int >= 0 (the model's initialisation), got {value!r}")
+            seed = int(value)
+        else:
+            raise ValueError(
+                f"{where}: unknown key; a config sets {cls.__name__}'s arguments {list(known)} and "
+                f"{list(MODEL_KEYS)} (widths and layer kinds are the population's layers: models of "
+                f"another shape belong to another population)"
+            )
+    return opt_args, l2, keep, seed
+
+
+def _checked(where, check, value):
+    try:
+        return check(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def _with_keep_prob(layers, keep):
+    """Copies of ``layers`` with every Dropout's keep_prob set to ``keep`` (None: unchanged)."""
+    out = []
+    for layer in layers:
+        layer = Layer.from_config(layer.get_config())
+        if keep is not None and isinstance(layer, Dropout):
+            layer.keep_prob = keep
+        out.append(layer)
+    return out
+
+
+class Population:
+    r"""K models of one layer list, trained together on the same mini-batches.
+
+    Parameters
+    ----------
+    layers : list of Layer
+        As :class:`~fusednet.Sequential` takes it; the first layer must be a
+        Dense one, and hidden layers may not use softmax.
+    input_dim : int
+        ``n_features``.
+    configs : list of dict
+        One per model.  Keys: the optimiser's constructor arguments (``lr``;
+        ``beta`` and ``bias_correction`` for Momentum; ``beta``, ``eps`` for
+        RMSProp; ``beta1``, ``beta2``, ``eps`` for Adam), ``"l2"`` (the model's
+        :math:`\lambda`), ``"keep_prob"`` (of every Dropout layer) and
+        ``"seed"`` (the model's initial weights and dropout masks; default:
+        ``seed``).  Missing keys take the defaults of the optimiser and of
+        :class:`~fusednet.Sequential`.
+    optimizer : {"gd", "momentum", "rmsprop", "adam"} or a fusednet.optim class
+    batch_size : int or None
+        As :class:`~fusednet.Trainer`'s (None: batch gradient descent).
+    epochs : int
+    seed : int
+        Plays the trainer's role for every model: epoch ``e``'s row order is
+        ``numpy.random.default_rng([seed, e]).permutation(m)``.
+    dtype : {"float32", "float64"}
+    shuffle : bool
+
+    Attributes
+    ----------
+    models : list of Sequential
+        The K models (plain :class:`~fusednet.Sequential` objects), with the
+        weights of the last fit.
+    configs : list of dict
+        The configurations, as given.
+    histories : list of History
+        Of the last fit, one per model.
+    diverged : list of dict or None
+        Per model, None, or ``{"epoch", "step", "what"}`` when a NaN or inf
+        (``what``: "cost", "gradient", "update" or "batch-norm statistics")
+        stopped it; its parameters are those from before that step, its
+        history ends with the last whole epoch, and the other models go on.
+
+    Raises
+    ------
+    ValueError, TypeError
+        On a bad argument, before anything is built; a bad config names its
+        index and key (``configs[3]['lr']: ...``).
+    """
+
+    def __init__(self, layers, *, input_dim, configs, optimizer="adam", batch_size=64, epochs=10, seed=0,
+                 dtype="float32", shuffle=True):
+        layers = _check_layers(layers)
+        input_dim = _model_inputs.check_input_dim(input_dim)
+        cls = _optimizer_class(optimizer)
+        if isinstance(configs, dict) or not isinstance(configs, (list, tuple)):
+            raise TypeError(f"configs must be a list of dicts, got {type(configs).__name__}")
+        if len(configs) == 0:
+            raise ValueError("configs must hold at least one config")
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1
+        ):
+            raise ValueError(f"batch_size must be an int >= 1 or None (batch gradient descent), got {batch_size!r}")
+        if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 0:
+            raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        shuffle = check_bool("shuffle", shuffle)
+        dtype = _model_inputs.check_dtype(dtype)
+        has_dropout = any(isinstance(layer, Dropout) for layer in layers)
+        checked = [_check_config(i, cfg, cls, has_dropout) for i, cfg in enumerate(configs)]
+        # ---- state from here on ----
+        self.layers = layers
+        self.input_dim = input_dim
+        self.configs = [dict(cfg) for cfg in configs]
+        self.optimizer = cls
+        self.batch_size = None if batch_size is None else int(batch_size)
+        self.epochs = int(epochs)
+        self.seed = int(seed)
+        self.dtype = dtype
+        self.shuffle = shuffle
+        self.optimizers = [cls(**args) for args, *_ in checked]
+        self.models = [
+            Sequential(_with_keep_prob(layers, keep), input_dim=input_dim, l2=l2,
+                       seed=self.seed if mseed is None else mseed, dtype=dtype)
+            for _, l2, keep, mseed in checked
+        ]
+        first = self.models[0]
+        plan = first.plan()
+        self._net = plan["layers"]
+        self._n_decay = plan["n_decay"]
+        self._loss = first._loss
+        self._kind = _KINDS[cls]
+        K, n = len(self.models), first.n_params
+        self._P = np.stack([mdl._params for mdl in self.models])
+        self._R = np.stack([mdl._stats for mdl in self.models])
+        self._G = np.zeros_like(self._P)
+        slots = len(cls._slots)
+        self._S1 = np.zeros((K, n if slots >= 1 else 0), dtype)
+        self._S2 = np.zeros((K, n if slots >= 2 else 0), dtype)
+        self._hyp, self._keys, self._corrected = self._tables()
+        self._t = 0
+        self.histories = [History() for _ in range(K)]
+        self.diverged = [None] * K
+        self._layout = None
+
+    def _tables(self):
+        """Per-model ``hyp`` (float64 (K, 6)), ``keys`` (uint64 (K, 2)) and which bias corrections apply."""
+        K = len(self.models)
+        hyp = np.zeros((K, 6), np.float64)
+        keys = np.zeros((K, 2), np.uint64)
+        corrected = np.zeros((K, 2), bool)
+        for k, (opt, mdl) in enumerate(zip(self.optimizers, self.models)):
+            hp = opt.hyperparameters()
+            hyp[k, _engine.LR] = hp["lr"]
+            if isinstance(opt, _optim.Adam):
+                hyp[k, _engine.BETA1], hyp[k, _engine.BETA2], hyp[k, _engine.EPS] = hp["beta1"], hp["beta2"], hp["eps"]
+                corrected[k] = True
+            elif isinstance(opt, _optim.Momentum):
+                hyp[k, _engine.BETA1] = hp["beta"]
+                corrected[k, 0] = hp["bias_correction"]
+            elif isinstance(opt, _optim.RMSProp):
+                hyp[k, _engine.BETA2], hyp[k, _engine.EPS] = hp["beta"], hp["eps"]
+            hyp[k, _engine.L2] = mdl.l2
+            drops = [n.keep_prob for n in mdl._nodes if isinstance(n, _DropoutNode)]
+            keep = drops[0] if drops else 1.0
+            hyp[k, _engine.KEEP] = keep
+            keys[k, 0] = mdl.seed & 0xFFFFFFFFFFFFFFFF
+            keys[k, 1] = _codes.dropout_threshold(keep)
+        return hyp, keys, corrected
+
+    # ---- public API --------------------------------------------------------------
+
+    def __len__(self):
+        return len(self.models)
+
+    def fit(self, X, y, dev=None, *, initial_epoch=0):
+        """Train every model; return one :class:`~fusednet.History` per model.
+
+        Parameters
+        ----------
+        X : array_like, shape (m, n_features)
+        y : array_like
+            Labels as :class:`~fusednet.Sequential` takes them.
+        dev : (X_dev, y_dev), optional
+            Evaluated (inference mode) after every epoch, for every model.
+        initial_epoch : int, default 0
+            As :meth:`fusednet.Trainer.fit`'s: run epochs ``initial_epoch ..
+            epochs - 1`` from the models' and optimisers' current state.
+
+        Returns
+        -------
+        list of History
+            ``train_loss``, ``lr``, ``train_accuracy`` (classifiers),
+            ``dev_loss``, ``dev_accuracy`` (with ``dev``) and ``time`` per
+            epoch, as the trainer records them; ``time`` is the wall time of
+            the epoch's share of the call (the K models share each pass).
+        """
+        if (isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral)
+                or not 0 <= initial_epoch <= self.epochs):
+            raise ValueError(f"initial_epoch must be an int in [0, epochs={self.epochs}], got {initial_epoch!r}")
+        data = self._data(X, y, dev)
+        self.histories = [History() for _ in self.models]
+        self._run(data, int(initial_epoch), self.epochs, self.histories)
+        return self.histories
+
+    def best_index(self, metric="dev_loss"):
+        """The index of the best model by the last epoch's ``metric`` (losses: lowest; accuracies: highest).
+
+        Models that diverged are left out.  ValueError when no model recorded ``metric``.
+        """
+        higher = "accuracy" in metric
+        best, value = None, None
+        for k, (h, div) in enumerate(zip(self.histories, self.diverged)):
+            if div is not None or metric not in h or not h[metric]:
+                continue
+            v = h[metric][-1]
+            if not math.isfinite(v):
+                continue
+            if value is None or (v > value if higher else v < value):
+                best, value = k, v
+        if best is None:
+            have = sorted({name for h in self.histories for name in h})
+            raise ValueError(f"metric {metric!r} was not recorded by any model that trained; recorded: {have}"
+                             + ("" if "dev" not in metric else " (give fit a dev set)"))
+        return best
+
+    def best(self, metric="dev_loss"):
+        """The best model (a :class:`~fusednet.Sequential`) by the last epoch's ``metric``: see :meth:`best_index`."""
+        return self.models[self.best_index(metric)]
+
+    def __repr__(self):
+        return (f"Population({len(self.models)} models, optimizer={self.optimizer.__name__}, "
+                f"batch_size={self.batch_size}, epochs={self.epochs}, seed={self.seed}, dtype={self.dtype.name!r})")
+
+    # ---- the run ---------------------------------------------------------------------
+
+    def _data(self, X, y, dev):
+        """The checked and converted data of a fit, as the trainer checks it (nothing changes before)."""
+        tmpl = self.models[0]
+        X = tmpl._check_X(X, "X")
+        m, nf = X.shape
+        Y, ids = tmpl._targets(y, m, "y", n_in=nf)
+        dev_data = None
+        if dev is not None:
+            if not (isinstance(dev, (tuple, list)) and len(dev) == 2):
+                raise TypeError("dev must be a pair (X_dev, y_dev)")
+            Xd = as_2d(dev[0], "dev X")
+            if Xd.shape[1] != nf:
+                raise ValueError(f"dev X has {Xd.shape[1]} features but X has {nf}")
+            Xd = tmpl._check_X(Xd, "dev X")
+            Yd, idsd = tmpl._targets(dev[1], Xd.shape[0], "dev y", n_in=nf)
+            dev_data = (Xd, Yd, idsd)
+        B = m if self.batch_size is None else min(self.batch_size, m)
+        if tmpl._has_bn():
+            if B < 2:
+                raise ValueError(f"batch_size={B}: BatchNorm needs at least 2 examples in every training batch")
+            if m % B == 1:
+                raise ValueError(
+                    f"with m={m} and batch_size={B} the last mini-batch holds one example, and "
+                    f"BatchNorm needs at least 2; choose another batch_size"
+                )
+        dt = self.dtype
+
+        def arrays(X, Y, ids):
+            ids = np.zeros(X.shape[0], np.int64) if ids is None else np.ascontiguousarray(ids, np.int64)
+            return np.ascontiguousarray(X, dt), np.ascontiguousarray(Y, dt), ids
+
+        X, Y, ids = arrays(X, Y, ids)
+        if dev_data is None:
+            dev_arrays = (np.zeros((0, nf), dt), np.zeros((0, Y.shape[1]), dt), np.zeros(0, np.int64))
+        else:
+            dev_arrays = arrays(*dev_data)
+        dev_arrays = dev_arrays + (np.arange(dev_arrays[0].shape[0], dtype=np.int64),)
+        return {"X": X, "Y": Y, "ids": ids, "dev": dev_arrays, "B": B, "has_dev": dev_data is not None}
+
+    def _orders(self, m, B, e0, e1):
+        """Each epoch's row order, as the trainer draws it: (e1 - e0, m) int64."""
+        perm = np.empty((e1 - e0, m), np.int64)
+        perm[:] = np.arange(m)
+        if self.shuffle and B < m:
+            base = _seed_int(self.seed)
+            for i, e in enumerate(range(e0, e1)):
+                np.random.default_rng([base, e]).shuffle(perm[i])
+        return perm
+
+    def _bias_corrections(self, t0, n):
+        """(n, K, 2): each model's bias corrections of steps ``t0 + 1 .. t0 + n`` (``optim.bias_correction``)."""
+        t = np.arange(t0 + 1, t0 + n + 1, dtype=np.float64)[:, None]
+        bc = np.ones((n, len(self.models), 2), np.float64)
+        for col, beta in ((0, _engine.BETA1), (1, _engine.BETA2)):
+            on = self._corrected[:, col]
+            if on.any():
+                bc[:, on, col] = _optim.bias_correction(self._hyp[on, beta][None, :], t)
+        return bc
+
+    def _chunks(self, flops):
+        """Chunk bounds of the models: one chunk (the calling thread) for small work, else one per thread."""
+        K = len(self.models)
+        n = 1 if flops < PARALLEL_FLOPS else min(K, _kernels.get_num_threads())
+        if n > 1:
+            import numba
+
+            n = min(n, numba.get_num_threads())
+        return np.array([(K * c) // n for c in range(n + 1)], np.int64)
+
+    def _run(self, data, e0, e1, histories):
+        """Epochs ``e0 .. e1 - 1`` of every model still training; appends to ``histories``."""
+        if e1 <= e0:
+            return
+        X, Y, m, B = data["X"], data["Y"], data["X"].shape[0], data["B"]
+        K = len(self.models)
+        n_steps = -(-m // B)
+        E = e1 - e0
+        if self._layout is None or self._layout[0] != (B, K):
+            at, info = _engine.layout(self._net, K, B, self._P.shape[1])
+            self._layout = ((B, K), at, info)
+        _, at, info = self._layout
+        info = info.copy()
+        info[_engine.EPOCH0], info[_engine.N_EPOCHS], info[_engine.N_STEPS] = e0, E, n_steps
+        info[_engine.LOSS], info[_engine.OPT] = self._loss, self._kind
+        info[_engine.ACC] = {_codes.CCE: _engine.ACC_ARGMAX, _codes.BCE: _engine.ACC_THRESHOLD}.get(
+            self._loss, _engine.ACC_NONE)
+        dense = self._net["op"] == _codes.DENSE
+        weights = int(np.sum(self._net["n_in"][dense] * self._net["n_out"][dense]))
+        bounds = self._chunks(6 * m * weights * E * K)
+        n_chunks = bounds.size - 1
+        status = np.zeros((K, 3), np.int64)
+        for k, div in enumerate(self.diverged):
+            if div is not None:
+                status[k, 0] = -1  # stopped in an earlier call
+        out = np.zeros((E, K, 4), np.float64)
+        args = (self._net, at, info, (X, Y, data["ids"], self._orders(m, B, e0, e1)), data["dev"],
+                (self._P, self._G, self._S1, self._S2, self._R), self._hyp, self._keys,
+                self._bias_corrections(self._t, E * n_steps), _engine.scratch(n_chunks, int(info[_engine.WS_SIZE]),
+                                                                               self.dtype),
+                out, status)
+        t0 = time.perf_counter()
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"), _blas.single_threaded():
+            if n_chunks == 1:
+                _engine.fit_chunk(0, K, 0, *args)
+            else:
+                _engine.fit_parallel(bounds, *args)
+        elapsed = (time.perf_counter() - t0) / E
+        self._t += E * n_steps
+        self._record(data, e0, out, status, histories, elapsed)
+        self._sync_models()
+
+    def _record(self, data, e0, out, status, histories, elapsed):
+        m = data["X"].shape[0]
+        k_out = data["Y"].shape[1]
+        md = data["dev"][0].shape[0]
+        acc_denom = {_codes.CCE: 1, _codes.BCE: k_out}.get(self._loss)
+        for k, h in enumerate(histories):
+            code, stop_epoch, stop_step = (int(v) for v in status[k])
+            if code < 0:
+                continue
+            for i in range(out.shape[0]):
+                if code > 0 and e0 + i >= stop_epoch:
+                    break
+                logs = {"train_loss": out[i, k, _engine.TRAIN_SUM] / m, "lr": self._hyp[k, _engine.LR]}
+                if acc_denom is not None:
+                    logs["train_accuracy"] = out[i, k, _engine.TRAIN_CORRECT] / (m * acc_denom)
+                if data["has_dev"]:
+                    logs["dev_loss"] = out[i, k, _engine.DEV_LOSS]
+                    if acc_denom is not None:
+                        logs["dev_accuracy"] = out[i, k, _engine.DEV_CORRECT] / (md * acc_denom)
+                logs["time"] = elapsed
+                h.append(logs)
+            if code > 0:
+                self.diverged[k] = {"epoch": stop_epoch, "step": stop_step, "what": FAILED[code]}
+
+    def _sync_models(self):
+        """Copy the arenas' rows into the models (their parameters and running statistics)."""
+        for k, mdl in enumerate(self.models):
+            mdl._params[...] = self._P[k]
+            mdl._stats[...] = self._R[k]
+
+    def _compact(self, keep):
+        """Keep only the models at the indices ``keep`` (in that order): dropped models cost nothing after."""
+        keep = [int(k) for k in keep]
+        self.models = [self.models[k] for k in keep]
+        self.configs = [self.configs[k] for k in keep]
+        self.optimizers = [self.optimizers[k] for k in keep]
+        self.histories = [self.histories[k] for k in keep]
+        self.diverged = [self.diverged[k] for k in keep]
+        for name in ("_P", "_R", "_G", "_S1", "_S2", "_hyp", "_keys", "_corrected"):
+            setattr(self, name, np.ascontiguousarray(getattr(self, name)[keep]))
+        self._layout = None
