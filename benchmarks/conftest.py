@@ -30,6 +30,8 @@ _results = {}
 #: node ids of the tests that reported a figure timed elsewhere (see ``add_external``)
 _external_nodes = set()
 _current = {"nodeid": None}
+#: footnote lines printed under the ratio table (e.g. a peer's compile time, excluded from its figure)
+_notes = []
 
 #: entries that are fusednet itself: its compiled backends, the one-call step taken by
 #: "cython", its own matrix products, the batched gradient check, an epoch timed in turns
@@ -126,6 +128,11 @@ def add_external(group, impl, median_seconds):
     if _current["nodeid"] is not None:
         _external_nodes.add(_current["nodeid"])
     _results.setdefault(group, {})[impl] = median_seconds
+
+
+def add_note(text):
+    """A footnote line under the ratio table (printed in timed runs only)."""
+    _notes.append(text)
 
 
 # ---------------------------------------------------------------- the ratio table
@@ -239,6 +246,8 @@ def pytest_terminal_summary(terminalreporter, config):
     tr.write_line("Above 1: fusednet is faster. 'entry': fusednet's fastest entry in the group (a backend, 'cython'")
     tr.write_line("being the one-call step for the trainer); a peer's range spans its variants (default, fused).")
     for text in lines:
+        tr.write_line(text)
+    for text in _notes:
         tr.write_line(text)
 
 
