@@ -247,8 +247,9 @@ class Population:
     def _tables(self):
         """Per-model ``hyp`` (float64 (K, 6)), ``keys`` (uint64 (K, 2)) and which bias corrections apply."""
         K = len(self.models)
-        hyp = np.zeros((K, 6), np.float64)
-        keys = np.zeros((K, 2), np.uint64)
+        n_layers = len(self.layers)
+        hyp = np.zeros((K, _engine.KEEP + n_layers), np.float64)
+        keys = np.zeros((K, 1 + n_layers), np.uint64)
         corrected = np.zeros((K, 2), bool)
         for k, (opt, mdl) in enumerate(zip(self.optimizers, self.models)):
             hp = opt.hyperparameters()
@@ -262,11 +263,11 @@ class Population:
             elif isinstance(opt, _optim.RMSProp):
                 hyp[k, _engine.BETA2], hyp[k, _engine.EPS] = hp["beta"], hp["eps"]
             hyp[k, _engine.L2] = mdl.l2
-            drops = [n.keep_prob for n in mdl._nodes if isinstance(n, _DropoutNode)]
-            keep = drops[0] if drops else 1.0
-            hyp[k, _engine.KEEP] = keep
             keys[k, 0] = mdl.seed & 0xFFFFFFFFFFFFFFFF
-            keys[k, 1] = _codes.dropout_threshold(keep)
+            for i, node in enumerate(mdl._nodes):
+                keep = node.keep_prob if isinstance(node, _DropoutNode) else 1.0
+                hyp[k, _engine.KEEP + i] = keep
+                keys[k, 1 + i] = _codes.dropout_threshold(keep)
         return hyp, keys, corrected
 
     # ---- public API --------------------------------------------------------------
@@ -447,26 +448,28 @@ class Population:
         self._sync_models()
 
     def _record(self, data, e0, out, status, histories, elapsed):
+        """Append each model's epochs of ``out`` to ``histories`` (replaced by extended copies) and note
+        the models that stopped."""
         m = data["X"].shape[0]
-        k_out = data["Y"].shape[1]
         md = data["dev"][0].shape[0]
-        acc_denom = {_codes.CCE: 1, _codes.BCE: k_out}.get(self._loss)
-        for k, h in enumerate(histories):
+        acc_denom = {_codes.CCE: 1, _codes.BCE: data["Y"].shape[1]}.get(self._loss)
+        E = out.shape[0]
+        columns = {"train_loss": out[:, :, _engine.TRAIN_SUM] / m,
+                   "lr": np.broadcast_to(self._hyp[:, _engine.LR], (E, len(self.models)))}
+        if acc_denom is not None:
+            columns["train_accuracy"] = out[:, :, _engine.TRAIN_CORRECT] / (m * acc_denom)
+        if data["has_dev"]:
+            columns["dev_loss"] = out[:, :, _engine.DEV_LOSS]
+            if acc_denom is not None:
+                columns["dev_accuracy"] = out[:, :, _engine.DEV_CORRECT] / (md * acc_denom)
+        columns["time"] = np.full((E, len(self.models)), elapsed)
+        for k in range(len(self.models)):
             code, stop_epoch, stop_step = (int(v) for v in status[k])
             if code < 0:
                 continue
-            for i in range(out.shape[0]):
-                if code > 0 and e0 + i >= stop_epoch:
-                    break
-                logs = {"train_loss": out[i, k, _engine.TRAIN_SUM] / m, "lr": self._hyp[k, _engine.LR]}
-                if acc_denom is not None:
-                    logs["train_accuracy"] = out[i, k, _engine.TRAIN_CORRECT] / (m * acc_denom)
-                if data["has_dev"]:
-                    logs["dev_loss"] = out[i, k, _engine.DEV_LOSS]
-                    if acc_denom is not None:
-                        logs["dev_accuracy"] = out[i, k, _engine.DEV_CORRECT] / (md * acc_denom)
-                logs["time"] = elapsed
-                h.append(logs)
+            n = E if code == 0 else max(0, stop_epoch - e0)
+            old = histories[k].to_dict()
+            histories[k] = History({name: old.get(name, []) + col[:n, k].tolist() for name, col in columns.items()})
             if code > 0:
                 self.diverged[k] = {"epoch": stop_epoch, "step": stop_step, "what": FAILED[code]}
 

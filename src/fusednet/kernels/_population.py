@@ -56,11 +56,12 @@ Tables:
     the delta of its input).
 ``info`` int64 (:data:`N_INFO`,)
     the call's scalars and the workspace offsets shared by the layers.
-``hyp`` float64 (K, 6)
+``hyp`` float64 (K, 5 + L)
     per model: lr, beta1 (momentum's beta), beta2 (RMSProp's beta), eps, the
-    L2 :math:`\lambda`, keep_prob.
-``keys`` uint64 (K, 2)
-    per model: the seed its dropout keys fold from and the dropout threshold.
+    L2 :math:`\lambda`, then each layer's keep_prob (1 but for Dropout).
+``keys`` uint64 (K, 1 + L)
+    per model: the seed its dropout keys fold from, then each layer's dropout
+    threshold (``fusednet.kernels.dropout_threshold`` of its keep_prob).
 """
 
 import numpy as np
@@ -72,7 +73,7 @@ from . import _numba_cache  # noqa: F401  (a writable cache directory, before th
 from ._codes import (
     ACTIVATION,
     BATCHNORM,
-    BCE,
+    CCE,
     DENSE,
     DROPOUT,
     LEAKY_RELU,
@@ -87,23 +88,31 @@ from ._numba_dense import (
     SCRATCH,
     _activate,
     _backward_span,
-    _bce_rows,
     _cce_rows,
-    _mse_rows,
     _variant,
     batchnorm_backward_cols,
     batchnorm_infer_block,
     batchnorm_train_cols,
 )
 from ._numba_flat import _adam_loop, _gd_loop, _momentum_loop, _rmsprop_loop, ewa_span, loop
-from ._numba_math import REDUCTION_FASTMATH, dropout_hash, leaky_relu, like, relu, tiny
+from ._numba_math import (
+    REDUCTION_FASTMATH,
+    dropout_hash,
+    exp_nonpos,
+    leaky_relu,
+    like,
+    log1p_unit,
+    relu,
+    sigmoid,
+    tiny,
+)
 
 #: columns of ``at``
 OUT, XHAT, STAT, NEED_DIN = range(4)
 #: entries of ``info``
 (EPOCH0, N_EPOCHS, BATCH, LOSS, OPT, ACC, N_STEPS, XT_AT, YT_AT, D0, D1, Z1W, SAVE, ZEROS, WS_SIZE) = range(15)
 N_INFO = 15
-#: columns of ``hyp``
+#: columns of ``hyp`` (layer ``i``'s keep_prob at ``KEEP + i``)
 LR, BETA1, BETA2, EPS, L2, KEEP = range(6)
 #: accuracy modes: none (a linear output), argmax against class ids (softmax), A > 0.5 against Y > 0.5 (sigmoid)
 ACC_NONE, ACC_ARGMAX, ACC_THRESHOLD = 0, 1, 2
@@ -344,13 +353,33 @@ def _dropout(A, key, last_kept, scale, out):
 
 
 @helper
-def _loss_rows(loss, Z, bias, Y, A, nb):
-    """Output activation ``A = g(Z + b)`` and the summed loss over the batch (float64): the trainer's rows."""
-    if loss == MSE:
-        return _mse_rows(Z.T, bias, Y.T, A.T, 0, nb)
-    if loss == BCE:
-        return _bce_rows(Z.T, bias, Y.T, A.T, 0, nb)
-    return _cce_rows(Z.T, bias, Y.T, A.T, 0, nb)
+def _loss(loss, Z, bias, Y, A):
+    """Output activation ``A = g(Z + b)`` and the summed loss of the batch (float64).
+
+    Z, Y, A (k, nb); A may be Z.  The formulas of ``_numba_dense._mse_rows``,
+    ``_bce_rows`` and ``_cce_rows``: the logits in the arrays' dtype, the rest in
+    float64; MSE and BCE run along each unit's examples (a vector loop), softmax
+    couples a row's units and takes the trainer's rows as they are.
+    """
+    k, nb = Z.shape
+    if loss == CCE:
+        return _cce_rows(Z.T, bias, Y.T, A.T, 0, nb)
+    total = 0.0
+    for j in range(k):
+        zr, yr, ar = Z[j], Y[j], A[j]
+        bj = bias[j]
+        if loss == MSE:
+            for b in range(nb):
+                zd = zr[b] + bj
+                ar[b] = zd
+                d = np.float64(zd) - np.float64(yr[b])
+                total += d * d
+        else:
+            for b in range(nb):
+                z = np.float64(zr[b] + bj)
+                ar[b] = sigmoid(z)
+                total += (z if z > 0.0 else 0.0) - z * np.float64(yr[b]) + log1p_unit(exp_nonpos(-abs(z)))
+    return 0.5 * total if loss == MSE else total
 
 
 @helper
@@ -415,10 +444,11 @@ def _out(at, i, off0):
 
 
 @helper
-def _forward(net, at, P, R, ws, scratch, XT, YT, nb, loss, keys, keep, epoch, step, train, zeros, off0):
+def _forward(net, at, P, R, ws, scratch, XT, YT, nb, loss, keys, h, epoch, step, train, zeros, off0):
     """Forward from layer 0's product, already at ``off0``; returns the summed loss of the batch.
 
-    ``train``: batch statistics and dropout (``keys`` = seed and threshold); else running statistics.
+    ``train``: batch statistics and dropout (``keys``, ``h``: the model's rows of ``keys`` and ``hyp``);
+    else running statistics.
     """
     L = net.shape[0]
     A = XT
@@ -433,19 +463,19 @@ def _forward(net, at, P, R, ws, scratch, XT, YT, nb, loss, keys, keep, epoch, st
             if i > 0:
                 _product_t(W, A, out)
             if last:
-                total = _loss_rows(loss, out, bias, YT, out, nb)
+                total = _loss(loss, out, bias, YT, out)
             else:
                 _bias_act(out, bias, net[i].act, net[i].slope, out)
         elif op == ACTIVATION:
             if last:
-                total = _loss_rows(loss, A, zeros[:n], YT, out, nb)
+                total = _loss(loss, A, zeros[:n], YT, out)
             else:
                 _bias_act(A, zeros[:n], net[i].act, net[i].slope, out)
         elif op == DROPOUT:
             if train:
                 key = dropout_key4(keys[0], epoch, step, net[i].index)
-                threshold = np.int64(keys[1])
-                _dropout(A, key, threshold - 1 if threshold > 0 else -1, 1.0 / keep, out)
+                threshold = np.int64(keys[1 + i])
+                _dropout(A, key, threshold - 1 if threshold > 0 else -1, 1.0 / h[KEEP + i], out)
             else:
                 out[:, :] = A
         else:
@@ -465,7 +495,7 @@ def _forward(net, at, P, R, ws, scratch, XT, YT, nb, loss, keys, keep, epoch, st
 
 
 @helper
-def _backward(net, at, P, G, ws, scratch, XT, YT, nb, keys, keep, epoch, step, d0, d1, off0):
+def _backward(net, at, P, G, ws, scratch, XT, YT, nb, keys, h, epoch, step, d0, d1, off0):
     """Backward after :func:`_forward`: fills the model's gradient row (no L2 term)."""
     L = net.shape[0]
     cur = d0
@@ -502,8 +532,8 @@ def _backward(net, at, P, G, ws, scratch, XT, YT, nb, keys, keep, epoch, step, d
                 _act_backward(d, _units(ws, _out(at, i, off0), n, nb), net[i].act, net[i].slope, d)
         elif op == DROPOUT:
             key = dropout_key4(keys[0], epoch, step, net[i].index)
-            threshold = np.int64(keys[1])
-            _dropout(d, key, threshold - 1 if threshold > 0 else -1, 1.0 / keep, d)
+            threshold = np.int64(keys[1 + i])
+            _dropout(d, key, threshold - 1 if threshold > 0 else -1, 1.0 / h[KEEP + i], d)
         else:
             gamma = P[net[i].gamma_off:net[i].gamma_off + n]
             st = at[i, STAT]
@@ -651,7 +681,7 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
                 h = hyp[kk]
                 Pk, Gk, s1, s2 = P[kk], G[kk], S1[kk], S2[kk]
                 off0 = info[Z1W] + (kk - k0) * n1 * nb
-                cost = _forward(net, at, Pk, R[kk], ws, scratch, XT, YT, nb, loss, keys[kk], h[KEEP], epoch,
+                cost = _forward(net, at, Pk, R[kk], ws, scratch, XT, YT, nb, loss, keys[kk], h, epoch,
                                 step, True, zeros, off0) / nb
                 l2 = h[L2]
                 if l2 != 0.0:
@@ -661,7 +691,7 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
                     code = COST
                 else:
                     correct = _correct(acc, _units(ws, _out(at, L - 1, off0), k, nb), YT, ids, order, s)
-                    _backward(net, at, Pk, Gk, ws, scratch, XT, YT, nb, keys[kk], h[KEEP], epoch, step,
+                    _backward(net, at, Pk, Gk, ws, scratch, XT, YT, nb, keys[kk], h, epoch, step,
                               info[D0], info[D1], off0)
                     if not np.isfinite(_sumsq(Gk, 0, n_params)):
                         code = GRADIENT
@@ -699,7 +729,7 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
                 YT = _units(ws, info[YT_AT], k, nb)
                 _gather(Xd, Yd, dorder, s, XT, YT)
                 _product_t(_param(Pk, net[0].w_off, nf, n1), XT, _units(ws, off0, n1, nb))
-                total += _forward(net, at, Pk, R[kk], ws, scratch, XT, YT, nb, loss, keys[kk], h[KEEP], epoch,
+                total += _forward(net, at, Pk, R[kk], ws, scratch, XT, YT, nb, loss, keys[kk], h, epoch,
                                   0, False, zeros, off0)
                 correct += _correct(acc, _units(ws, _out(at, L - 1, off0), k, nb), YT, idsd, dorder, s)
             dl = total / md
