@@ -5,7 +5,7 @@ an empty ``NUMBA_CACHE_DIR`` (cold: what a user sees right after ``pip install
 .``), then again with the cache that run left (warm).  The figure is the wall
 time of the cold run minus that of the warm one, the smallest of
 :data:`ROUNDS` pairs (each with a new empty cache), printed at the end of the
-run beside the target of issue 16:
+run beside its target:
 
 ==============================================  ======  ==================
 command                                          target  before the change

@@ -1,6 +1,6 @@
 """The one-call step on one thread against a team of two, by the size of the step.
 
-Chooses ``fusednet._fused.SERIAL_FLOPS``: below it a team's start and barriers
+Chooses ``fusednet.kernels._policy.STEP_SERIAL_FLOPS``: below it a team's start and barriers
 cost more than the second core saves.  Each net's step is timed in-process,
 alternating one thread and two, as the median of several rounds; the printed
 line gives the step's product flops and time(1 thread) / time(2 threads)
@@ -15,6 +15,7 @@ import pytest
 
 import fusednet as fn
 from fusednet import _fused
+from fusednet.kernels import _policy
 from fusednet.trainer import Trainer, _Run
 
 #: name -> (widths, rows): the course's nets and a few in between
@@ -53,7 +54,7 @@ def test_step_one_thread_against_two(benchmark, name, monkeypatch):
     widths, rows = NETS[name]
     benchmark.group = "one-call step: 1 thread / 2 threads"
     # time both team sizes whatever the threshold says
-    monkeypatch.setattr(_fused, "SERIAL_FLOPS", 0)
+    monkeypatch.setattr(_policy, "STEP_SERIAL_FLOPS", 0)
     rounds, calls = (1, 5) if benchmark.disabled else (7, 300)
     times = {1: [], 2: []}
     for _ in range(rounds):

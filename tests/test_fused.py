@@ -10,7 +10,7 @@ import fusednet as fn
 from fusednet import _fused, kernels, optim
 from fusednet.callbacks import Callback
 from fusednet.errors import TrainingDiverged
-from fusednet.kernels import _blas
+from fusednet.kernels import _blas, _policy
 from fusednet.layers import Activation, BatchNorm, Dense, Dropout
 from fusednet.model import Sequential
 from fusednet.trainer import Trainer, _Run
@@ -80,9 +80,9 @@ def _train(net, opt, dtype, fused, batch_size=32, shuffle=True, l2=0.0, x_dtype=
 
 @pytest.fixture(params=["team", "serial"])
 def team(request, monkeypatch):
-    """Steps on a team of every thread however small ("team"), or as SERIAL_FLOPS decides."""
+    """Steps on a team of every thread however small ("team"), or as STEP_SERIAL_FLOPS decides."""
     if request.param == "team":
-        monkeypatch.setattr(_fused, "SERIAL_FLOPS", 0)
+        monkeypatch.setattr(_policy, "STEP_SERIAL_FLOPS", 0)
     return request.param
 
 
@@ -254,11 +254,11 @@ def test_every_batching_mode_takes_the_fused_step_and_equals_the_per_kernel_path
 def _same_bits_for_any_thread_count(train):
     """Run ``train() -> (model, history)`` on 1, 2 and 3 threads; parameters and losses must be equal bit for bit.
 
-    Every step runs on a team of that many threads, however small (``SERIAL_FLOPS`` set to 0).
+    Every step runs on a team of that many threads, however small (``STEP_SERIAL_FLOPS`` set to 0).
     """
     before = kernels.get_num_threads()
-    serial = _fused.SERIAL_FLOPS
-    _fused.SERIAL_FLOPS = 0
+    serial = _policy.STEP_SERIAL_FLOPS
+    _policy.STEP_SERIAL_FLOPS = 0
     runs = []
     try:
         for n in (1, 2, 3):
@@ -267,7 +267,7 @@ def _same_bits_for_any_thread_count(train):
             runs.append((model._params.copy(), h["train_loss"]))
     finally:
         kernels.set_num_threads(before)
-        _fused.SERIAL_FLOPS = serial
+        _policy.STEP_SERIAL_FLOPS = serial
     for params, loss in runs[1:]:
         np.testing.assert_array_equal(loss, runs[0][1])
         np.testing.assert_array_equal(params, runs[0][0])
@@ -525,5 +525,5 @@ def test_small_steps_run_on_one_thread_and_large_ones_on_the_team():
     assert run.fused.n_threads == 1
     big = Sequential([Dense(600, "relu"), Dense(300, "relu"), Dense(3, "softmax")], input_dim=6)
     run = _Run(Trainer(big, optim.Adam(), batch_size=64, progress=False), X, y, None, 2)
-    assert _fused.step_flops(big, 64) >= _fused.SERIAL_FLOPS
+    assert _fused.step_flops(big, 64) >= _policy.STEP_SERIAL_FLOPS
     assert run.fused.n_threads == 2

@@ -9,7 +9,9 @@ import pytest
 
 import fusednet as fn
 from fusednet import kernels
-from fusednet.gradcheck import verdict_of
+from fusednet.gradcheck import loop_seconds, verdict_of
+from fusednet.kernels import _policy
+from fusednet.layers import Dense
 
 L = fn.layers
 HIDDEN = ["sigmoid", "tanh", "relu", "leaky_relu", "linear"]
@@ -54,10 +56,26 @@ def test_passes_for_every_activation_and_loss(hidden, out):
     k = OUTPUTS[out]
     X, y = data(out=out, k=k)
     model = net(hidden, out, k)
-    g = fn.gradcheck(model, X, y)
+    g = fn.gradcheck(model, X, y, backend="numba")
     assert g.verdict in PASS, g
     assert g.n_checked == n_params(model)
     assert g.backend == "numba"
+
+
+def test_auto_runs_the_loop_when_it_is_quicker_than_compiling_the_batched_kernel():
+    """"auto" (the default): the course's loop for a check the loop does in well under a second, the batched
+    kernel above; both give the same verdict."""
+    X, y = data(m=16, k=3)
+    small = net("tanh", "softmax", 3)
+    g = fn.gradcheck(small, X, y)
+    assert g.backend == "numpy" and g.verdict in PASS
+    assert loop_seconds(small.plan(), 16, g.n_checked) < _policy.GRADCHECK_LOOP_SECONDS
+    rng = np.random.default_rng(3)
+    Xb, yb = rng.standard_normal((64, 60)), rng.integers(0, 3, 64)
+    big = fn.Sequential([Dense(128, "tanh"), Dense(3, "softmax")], input_dim=60, dtype="float64")
+    assert loop_seconds(big.plan(), 64, n_params(big)) > _policy.GRADCHECK_LOOP_SECONDS
+    g = fn.gradcheck(big, Xb, yb)
+    assert g.backend == "numba" and g.verdict in PASS
 
 
 @pytest.mark.parametrize("l2", [0.0, 0.7])

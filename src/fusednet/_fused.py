@@ -38,7 +38,7 @@ fused step (an explicit non-Cython backend, layers in another order, ...).
 import numpy as np
 
 from . import kernels as _kernels
-from .kernels import _blas, _codes, _plan
+from .kernels import _blas, _codes, _plan, _policy
 from .kernels._codes import dropout_key, dropout_threshold
 
 _MAX_LAYERS = 64
@@ -54,11 +54,6 @@ MAX_ROWS = 128
 #: 2048.
 MAX_ROWS_OWN = 1024
 
-#: a step of fewer floating-point operations in its products (6 x rows x the weights) runs on the
-#: calling thread, with no team and no barrier: chosen by benchmarks/test_bench_step_threads.py, where
-#: below it a team's start and barriers cost more than the second core saves (and on a busy machine a
-#: team of tiny steps waits for a descheduled thread at every barrier).
-SERIAL_FLOPS = 12_000_000
 
 
 def step_flops(model, rows):
@@ -69,8 +64,9 @@ def step_flops(model, rows):
 
 
 def team_size(model, rows, n_threads):
-    """The threads of the one-call step for ``model`` at ``rows`` rows: 1 below :data:`SERIAL_FLOPS`."""
-    return 1 if step_flops(model, rows) < SERIAL_FLOPS else int(n_threads)
+    """The threads of the one-call step for ``model`` at ``rows`` rows: 1 below
+    :data:`fusednet.kernels._policy.STEP_SERIAL_FLOPS`."""
+    return 1 if step_flops(model, rows) < _policy.STEP_SERIAL_FLOPS else int(n_threads)
 
 
 #: what a non-zero status of the compiled step names (fusednet.TrainingDiverged.what)

@@ -40,6 +40,7 @@ import numbers
 import numpy as np
 
 from . import kernels as _kernels
+from .kernels import _codes, _policy
 from .model import as_2d
 
 __all__ = ["gradcheck", "GradCheck", "verdict_of", "VERDICTS"]
@@ -146,16 +147,41 @@ def _check_args(eps, sample, backend, top):
 
 
 def _evaluator(backend):
-    """The numeric side's evaluator: an explicit choice, else the process's backend, else the fastest."""
+    """The numeric side's evaluator: an explicit choice, else the process's backend, else "auto"."""
     if backend is None:
         backend = _kernels.get_backend()
         if backend not in EVALUATORS:  # "auto", or "cython", which has no gradient-check kernel
             backend = "auto"
-    if backend == "auto":
-        return "numba" if "numba" in _kernels.available() else "numpy"
     if backend == "numba" and "numba" not in _kernels.available():
         raise ValueError("backend='numba' is not available here (Numba is not installed); use 'numpy'")
     return backend
+
+
+def loop_seconds(plan, m, n_checked):
+    """About how long the course's loop takes to check ``n_checked`` coordinates on ``m`` examples.
+
+    Two forward passes per coordinate, each a fixed cost per layer plus its
+    matrix products (``2 m n_in n_out`` floating-point operations per Dense
+    layer) at the rate of :data:`fusednet.kernels._policy.LOOP_FLOPS_PER_SECOND`.
+    """
+    nodes = plan["layers"]
+    dense = nodes[nodes["op"] == _codes.DENSE]
+    flops = 2.0 * m * float(np.dot(dense["n_in"], dense["n_out"]))
+    one_pass = len(nodes) * _policy.LOOP_SECONDS_PER_LAYER + flops / _policy.LOOP_FLOPS_PER_SECOND
+    return 2.0 * n_checked * one_pass
+
+
+def _auto_evaluator(plan, m, n_checked):
+    """"numba" (the batched kernel) unless Numba is missing or the course's loop is quicker than compiling it.
+
+    The batched kernel is compiled on its first use for a kind of network (and
+    then cached on disk); a check whose loop takes less than
+    :data:`fusednet.kernels._policy.GRADCHECK_LOOP_SECONDS` runs the loop
+    instead, so a small check never waits for a compiler.
+    """
+    if "numba" not in _kernels.available():
+        return "numpy"
+    return "numpy" if loop_seconds(plan, m, n_checked) < _policy.GRADCHECK_LOOP_SECONDS else "numba"
 
 
 def _analytic(model, X64, y):
@@ -375,7 +401,9 @@ def gradcheck(model, X, y, eps=1e-7, *, sample=None, seed=0, backend=None, top=1
         The numeric side's evaluator.  "numba": the compiled batched kernel;
         "numpy": the course's per-coordinate loop over the model's own cost
         (the reference).  None follows :func:`fusednet.set_backend` where it
-        names one of them, else "auto": "numba" when Numba is installed.
+        names one of them, else "auto": the course's loop ("numpy") when it would take less than
+        :data:`fusednet.kernels._policy.GRADCHECK_LOOP_SECONDS` (compiling the batched kernel takes
+        longer), else "numba" when Numba is installed.
     top : int
         How many coordinates :attr:`GradCheck.worst` lists.
 
@@ -431,6 +459,8 @@ def _gradcheck(model, X, y, eps, sample, seed, top, evaluator):
         names += [name] * at.size
         indices += zip(*(v.tolist() for v in np.unravel_index(at, shape)))
 
+    if evaluator == "auto":
+        evaluator = _auto_evaluator(subject.plan(), X.shape[0], which.size)
     if evaluator == "numpy":
         numeric, cost = _numeric_loop(subject, X, y, eps, names, flats.tolist())
     else:

@@ -54,8 +54,7 @@ def info():
         out["openmp"] = getattr(_cython, "OPENMP", None)
         out["cython_isa"] = getattr(_cython, "ISA", None)  # the instruction-set build imported
         out["cython_threads"] = getattr(_cython, "max_threads", lambda: None)()
-    from . import _fused
-    from .kernels import _blas
+    from .kernels import _blas, _policy
 
     # the trainer's one-call step for Dense stacks (see fusednet._fused)
     if "cython" not in out["backends"]:
@@ -65,7 +64,7 @@ def info():
 
         own = "fusednet's AVX-512 kernels for float32 products, " if _cython.FUSED_GEMM else ""
         out["fused_step"] = (f"available, on {own}{_blas.STATUS}; steps of fewer than "
-                             f"{_fused.SERIAL_FLOPS:,} product flops run on one thread")
+                             f"{_policy.STEP_SERIAL_FLOPS:,} product flops run on one thread")
     else:
         out["fused_step"] = f"unavailable: {_blas.STATUS}"
     try:

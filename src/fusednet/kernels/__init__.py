@@ -18,7 +18,7 @@ import threading
 
 import numpy as np
 
-from . import _codes, _openmp
+from . import _codes, _openmp, _policy
 from ._codes import ACTIVATIONS, LOSSES, dropout_key, dropout_threshold
 
 _openmp.configure()  # before the Cython extension or Numba's threading layer loads libgomp
@@ -64,15 +64,10 @@ BACKENDS = {
     "cython": "fusednet.kernels._cython",
 }
 
-#: Kernels whose Cython build measured clearly faster than Numba: geometric mean
-#: over the benchmark groups of time / fastest backend, numba against cython
-#: (``benchmarks/auto_table.py`` on a ``test_bench_kernels.py`` run, float32, 2
-#: threads): batchnorm_backward 1.54 / 1.00, batchnorm_forward_infer 1.63 / 1.00,
-#: dropout_apply 1.18 / 1.00, rmsprop_update 1.15 / 1.00.  Everywhere else Numba
-#: was faster or within 3 % (a tie keeps Numba).  Both backends run their
-#: parallel loops on the same OpenMP runtime (libgomp), so mixing them per
-#: kernel adds no second thread pool.
-CYTHON_FIRST = frozenset({"batchnorm_backward", "batchnorm_forward_infer", "dropout_apply", "rmsprop_update"})
+#: Kernels whose Cython build measured clearly faster than Numba (fusednet.kernels._policy).
+#: Both backends run their parallel loops on the same OpenMP runtime (libgomp), so mixing
+#: them per kernel adds no second thread pool.
+CYTHON_FIRST = _policy.CYTHON_FIRST
 
 #: "auto": per kernel, the backends in order of measured speed (first available wins).
 AUTO = {name: ("cython", "numba", "numpy") if name in CYTHON_FIRST else ("numba", "cython", "numpy")

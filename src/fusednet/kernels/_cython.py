@@ -18,6 +18,7 @@ import importlib
 import numpy as np
 
 from . import _ckernels as _baseline
+from . import _policy
 
 #: extension modules by instruction-set level, best first
 _LEVELS = ((4, "_ckernels_avx512"), (3, "_ckernels_avx2"), (0, "_ckernels"))
@@ -50,6 +51,7 @@ FUSED_GEMM = getattr(_ck, "FUSED_GEMM", False)
 #: OpenMP's thread limit in this process
 max_threads = _ck.max_threads
 #: element counts from which each kernel family uses more than one thread
+_ck.set_parallel_thresholds(**_policy.CYTHON_PARALLEL)
 PARALLEL_THRESHOLDS = _ck.parallel_thresholds()
 #: below this many elements every kernel runs on the calling thread
 SERIAL_THRESHOLD = min(PARALLEL_THRESHOLDS.values())

@@ -113,6 +113,7 @@ from ._codes import (
 )
 from ._numba_math import _f64_from_bits, fma, leaky_relu, log1p_unit, relu
 from ._plan import node_table
+from ._policy import GRADCHECK_FASTMATH
 
 #: columns of ``tape_at``
 T_IN, T_OUT, T_PRE, T_CEN, T_PROB = range(5)
@@ -124,8 +125,8 @@ N_VECTORS = 4
 CHUNK = 8
 
 #: No ``nnan``/``ninf`` (NaN propagates into the difference and reads "wrong"),
-#: no ``afn``/``arcp`` (no approximate functions or reciprocals).
-FASTMATH = frozenset({"nsz", "contract", "reassoc"})
+#: no ``afn``/``arcp`` (no approximate functions or reciprocals): see fusednet.kernels._policy.
+FASTMATH = GRADCHECK_FASTMATH
 
 _OPTIONS = dict(nogil=True, fastmath=set(FASTMATH), error_model="numpy", boundscheck=False)
 #: only ever called from compiled code: no Python or C entry point to build

@@ -33,32 +33,18 @@ from . import _numba_dense as _dense
 from . import _numba_flat as _flat
 from ._codes import SIGMOID, SOFTMAX, TANH
 
-# Serial thresholds in elements: a kernel runs serially up to and including
-# its threshold and in parallel above it.  Measured on this 2-core machine,
-# float32, by timing the serial kernel against the parallel one on 2 threads
-# at 2**13 .. 2**18 elements (medians of interleaved runs; benchmarks/
-# bench_numba_scratch.py thresholds) and taking the last size where the
-# parallel one does not win clearly; never below 2**15, so sizes up to 32k
-# elements never pay a launch (2.4 to 4.5 microseconds).
-#: elementwise forward (linear, ReLU, leaky ReLU): 2 threads win 1.1x at 64k, 1.25x at 128k
-ELEMENTWISE_SERIAL_THRESHOLD = 65_536
-#: sigmoid, tanh and softmax forward: 2 threads win 1.2x at 16k, 1.4x at 32k
-TRANSCENDENTAL_SERIAL_THRESHOLD = 32_768
-#: loss forward (float64 exp and log per element), compute bound like the above
-LOSS_SERIAL_THRESHOLD = 32_768
-#: dropout: 2 threads win 1.2x at 8k, 1.65x at 32k
-DROPOUT_SERIAL_THRESHOLD = 32_768
-#: Adam and RMSProp: 2 threads lose at 16k (0.87x), win 1.6x at 32k
-ADAPTIVE_SERIAL_THRESHOLD = 32_768
-#: GD, momentum and the EWA step (a few flops per element): 1.14x at 64k, 1.2x at 128k
-OPTIMISER_SERIAL_THRESHOLD = 65_536
-#: activation/loss backward and batch norm: their row sums are split by
-#: column bands, each thread walking every row; that pays only for large
-#: arrays with wide bands (2 threads: 0.75x at 256k with 128 columns, 1.2x at
-#: 1e7 with 1000 columns, 0.9x at 1e7 with 100 columns)
-REDUCTION_SERIAL_THRESHOLD = 262_144
-#: ... and at least this many columns per band
-REDUCTION_MIN_BAND = 256
+# Serial thresholds in elements (a kernel runs serially up to and including its threshold):
+# fusednet.kernels._policy, the one place every backend's cut-offs live.
+from ._policy import (  # noqa: E402
+    ADAPTIVE_SERIAL_THRESHOLD,
+    DROPOUT_SERIAL_THRESHOLD,
+    ELEMENTWISE_SERIAL_THRESHOLD,
+    LOSS_SERIAL_THRESHOLD,
+    OPTIMISER_SERIAL_THRESHOLD,
+    REDUCTION_MIN_BAND,
+    REDUCTION_SERIAL_THRESHOLD,
+    TRANSCENDENTAL_SERIAL_THRESHOLD,
+)
 
 _FORWARD_THRESHOLD = {SIGMOID: TRANSCENDENTAL_SERIAL_THRESHOLD,
                       TANH: TRANSCENDENTAL_SERIAL_THRESHOLD,

@@ -55,18 +55,9 @@ from numba.extending import intrinsic, overload
 # imports this one, settled before any of them is decorated
 from . import _numba_cache  # noqa: F401
 
-#: The fast-math flags of the kernels' elementwise work.  No ``nnan``/``ninf``,
-#: so NaN and inf tests still work and NaN propagates.  No ``reassoc`` either:
-#: with ``reassoc`` and ``contract`` together LLVM fuses differently in a
-#: loop's vector body and in its scalar remainder, so an element's bits would
-#: depend on where a thread's chunk starts (measured: a third of the elements
-#: of a sigmoid backward differed by 1 ulp between 1 and 2 threads).
-FASTMATH = frozenset({"nsz", "arcp", "contract", "afn"})
-
-#: Flags of loops that reduce along one row (softmax and loss sums, row dot
-#: products), which need ``reassoc`` to vectorise.  A row is never split
-#: between threads, so its reduction order does not depend on the thread count.
-REDUCTION_FASTMATH = FASTMATH | {"reassoc"}
+#: The fast-math flags of the kernels' element-wise work (FASTMATH) and of loops that reduce
+#: along one row (REDUCTION_FASTMATH): fusednet.kernels._policy says why these.
+from ._policy import FASTMATH, REDUCTION_FASTMATH  # noqa: E402
 
 #: Point functions are ordinary compiled functions that LLVM inlines into the
 #: calling kernel's loop (each is small enough), so the loop vectorises;
