@@ -235,23 +235,24 @@ def _vector(P, off, n, zeros):
 
 @helper
 def _product_t(W, A, Z):
-    """``Z = W^T A``: W (n_in, n_out) IN, A (n_in, nb) IN, Z (n_out, nb) OUT."""
+    """``Z = W^T A``: W (n_in, n_out) IN, A (n_in, nb) IN, Z (n_out, nb) OUT.
+
+    The loops index the arrays in two dimensions and take no row views: each view
+    would count a reference of the workspace, an atomic operation.
+    """
     n_in, n_out = W.shape
     nb = A.shape[1]
     if n_in * n_out * nb >= BLAS_MACS:
         np.dot(W.T, A, Z)
         return
     for j in range(n_out):
-        z = Z[j]
         w0 = W[0, j]
-        a0 = A[0]
         for b in range(nb):
-            z[b] = w0 * a0[b]
+            Z[j, b] = w0 * A[0, b]
         for p in range(1, n_in):
             w = W[p, j]
-            a = A[p]
             for b in range(nb):
-                z[b] += w * a[b]
+                Z[j, b] += w * A[p, b]
 
 
 @helper
@@ -265,25 +266,20 @@ def _grad_products(A, dZ, W, dW, dA, need_din):
             np.dot(W, dZ, dA)
         return
     for p in range(n_in):
-        a = A[p]
         for j in range(n_out):
-            d = dZ[j]
-            s = like(a, 0.0)
+            s = like(A, 0.0)
             for b in range(nb):
-                s += a[b] * d[b]
+                s += A[p, b] * dZ[j, b]
             dW[p, j] = s
     if need_din:
         for p in range(n_in):
-            da = dA[p]
             w0 = W[p, 0]
-            d0 = dZ[0]
             for b in range(nb):
-                da[b] = w0 * d0[b]
+                dA[p, b] = w0 * dZ[0, b]
             for j in range(1, n_out):
                 w = W[p, j]
-                d = dZ[j]
                 for b in range(nb):
-                    da[b] += w * d[b]
+                    dA[p, b] += w * dZ[j, b]
 
 
 @helper
@@ -293,21 +289,18 @@ def _bias_act(Z, bias, act, slope, A):
     zero = like(A, 0.0)
     s = like(A, slope)
     for j in range(n):
-        z, a = Z[j], A[j]
         bj = bias[j]
         if act == RELU:
             for b in range(nb):
-                a[b] = relu(z[b] + bj, zero)
+                A[j, b] = relu(Z[j, b] + bj, zero)
         elif act == LEAKY_RELU:
             for b in range(nb):
-                a[b] = leaky_relu(z[b] + bj, s, zero)
-        elif act == LINEAR:
+                A[j, b] = leaky_relu(Z[j, b] + bj, s, zero)
+        else:
             for b in range(nb):
-                a[b] = z[b] + bj
-        else:  # sigmoid, tanh
-            for b in range(nb):
-                a[b] = z[b] + bj
-            _activate(a, act)
+                A[j, b] = Z[j, b] + bj
+    if act != RELU and act != LEAKY_RELU and act != LINEAR:  # sigmoid, tanh: over the whole buffer
+        _activate(A.reshape(A.size), act)
 
 
 @helper
@@ -323,10 +316,9 @@ def _unit_sums(D, out):
     """``out = sum_b D[:, b]`` accumulated in float64: D (n, nb) IN, out (n,) OUT."""
     n, nb = D.shape
     for j in range(n):
-        d = D[j]
         s = 0.0
         for b in range(nb):
-            s += d[b]
+            s += D[j, b]
         out[j] = s
 
 
@@ -347,9 +339,8 @@ def _dropout(A, key, last_kept, scale, out):
         return
     last = np.uint32(last_kept)
     for j in range(n):
-        a, o = A[j], out[j]
         for b in range(nb):
-            o[b] = a[b] * c if dropout_hash(b * n + j, k1, k2) <= last else zero
+            out[j, b] = A[j, b] * c if dropout_hash(b * n + j, k1, k2) <= last else zero
 
 
 @helper
@@ -366,19 +357,18 @@ def _loss(loss, Z, bias, Y, A):
         return _cce_rows(Z.T, bias, Y.T, A.T, 0, nb)
     total = 0.0
     for j in range(k):
-        zr, yr, ar = Z[j], Y[j], A[j]
         bj = bias[j]
         if loss == MSE:
             for b in range(nb):
-                zd = zr[b] + bj
-                ar[b] = zd
-                d = np.float64(zd) - np.float64(yr[b])
+                zd = Z[j, b] + bj
+                A[j, b] = zd
+                d = np.float64(zd) - np.float64(Y[j, b])
                 total += d * d
         else:
             for b in range(nb):
-                z = np.float64(zr[b] + bj)
-                ar[b] = sigmoid(z)
-                total += (z if z > 0.0 else 0.0) - z * np.float64(yr[b]) + log1p_unit(exp_nonpos(-abs(z)))
+                z = np.float64(Z[j, b] + bj)
+                A[j, b] = sigmoid(z)
+                total += (z if z > 0.0 else 0.0) - z * np.float64(Y[j, b]) + log1p_unit(exp_nonpos(-abs(z)))
     return 0.5 * total if loss == MSE else total
 
 

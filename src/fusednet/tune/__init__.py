@@ -42,7 +42,9 @@ The package, one concern a module:
 * :mod:`~fusednet.tune.results`: trial records and :class:`SearchResults`;
 * :mod:`~fusednet.tune.journal`: the JSON-lines results file, for resuming;
 * :mod:`~fusednet.tune.runner`: worker processes and executors;
-* :mod:`~fusednet.tune.search`: :func:`random_search` and :func:`coarse_to_fine`.
+* :mod:`~fusednet.tune.search`: :func:`random_search` and :func:`coarse_to_fine`;
+* :mod:`~fusednet.tune.halving`: successive halving over populations
+  (:class:`Halving`, :class:`PopulationTask`).
 """
 
 from .distributions import (
@@ -54,6 +56,7 @@ from .distributions import (
     OneMinusLogUniform,
     Uniform,
 )
+from .halving import Halving, PopulationTask
 from .results import SearchResults
 from .search import coarse_to_fine, random_search
 from .space import narrow_space, sample_params
@@ -67,6 +70,8 @@ __all__ = [
     "LogIntUniform",
     "Choice",
     "SearchResults",
+    "Halving",
+    "PopulationTask",
     "random_search",
     "coarse_to_fine",
     "sample_params",

@@ -13,9 +13,10 @@ import warnings
 import numpy as np
 
 from . import _checks
+from . import halving as _halving
 from .journal import _Journal
 from .results import SearchResults, _make_record, _ok_score, _rank
-from .runner import _check_executor, _Runner
+from .runner import _check_executor, _Runner, limit_threads
 from .space import _normalise_space, _sample, narrow_space
 
 __all__ = ["random_search", "coarse_to_fine"]
@@ -106,7 +107,7 @@ class _Search:
 
 
 def random_search(train_fn, space, n_trials, seed=0, executor=None, *, n_workers=None, out=None,
-                  progress=False, retry_failed=False):
+                  progress=False, retry_failed=False, halving=None):
     """Random search: ``n_trials`` models trained in parallel, each with randomly drawn hyperparameters.
 
     Parameters
@@ -155,13 +156,23 @@ def random_search(train_fn, space, n_trials, seed=0, executor=None, *, n_workers
     retry_failed : bool, keyword-only
         With ``out``: run again the trials the file records as failed
         (default: a failed trial counts as done).
+    halving : fusednet.tune.Halving, dict or None, keyword-only
+        Successive halving (:mod:`fusednet.tune.halving`): ``train_fn`` must be
+        a :class:`~fusednet.tune.PopulationTask`; the trials of each
+        architecture train as one population, and at each rung the best
+        ``1 / factor`` of all the trials go on with ``factor`` times the epochs.
+        Each group and rung is one job: here, on this process's threads, with
+        ``executor=None`` (or in ``n_workers`` processes when given), else on
+        ``executor``.
 
     Returns
     -------
     SearchResults
         A list of one dict per trial, best first, failed trials last (keys:
         see :class:`SearchResults`); ``.best``, ``.best_params``,
-        ``.best_score``, ``.spaces``, ``.seeds``.
+        ``.best_score``, ``.spaces``, ``.seeds``.  With ``halving``, the trials
+        that reached a later rung come first, and ``metrics`` holds each trial's
+        ``rung`` and ``epochs``.
 
     Raises
     ------
@@ -185,6 +196,10 @@ def random_search(train_fn, space, n_trials, seed=0, executor=None, *, n_workers
                                 out="search.jsonl", progress=True)
         results.best_params     # {'lr': 0.0031...}
     """
+    halving = _halving.check(halving)
+    if halving is not None:
+        return _halving_search(train_fn, space, n_trials, 1, None, seed, executor, n_workers, out, progress,
+                               retry_failed, halving)
     n_trials, executor, n_workers = _check_args(train_fn, n_trials, executor, n_workers, out, progress, retry_failed)
     space = _normalise_space(space)
     seed = _checks.seed(seed)
@@ -194,6 +209,40 @@ def random_search(train_fn, space, n_trials, seed=0, executor=None, *, n_workers
     return SearchResults(sorted(records, key=_rank), spaces=[space], seeds=[seed])
 
 
+def _halving_search(task, space, n_trials, rounds, keep, seed, executor, n_workers, out, progress, retry_failed,
+                    halving):
+    """:func:`random_search` (``rounds`` None) or :func:`coarse_to_fine` with successive halving over populations."""
+    given_workers = n_workers
+    n_trials, executor, n_workers = _check_args(task, n_trials, executor, n_workers, out, progress, retry_failed)
+    if not isinstance(task, _halving.PopulationTask):
+        raise TypeError(f"halving needs a fusednet.tune.PopulationTask as train_fn; got {type(task).__name__}")
+    space = _normalise_space(space)
+    seed = _checks.seed(seed)
+    own = None
+    if executor is None and given_workers is not None:
+        import concurrent.futures as cf
+        import multiprocessing
+
+        own = executor = cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=limit_threads)
+    spaces, seeds, everything = [], [], []
+    try:
+        for round_ in range(rounds):
+            round_seed = _round_seed(seed, round_)
+            spaces.append(space)
+            seeds.append(round_seed)
+            trials = [(trial, _sample(space, round_seed, trial)) for trial in range(n_trials)]
+            records = _halving.run(task, trials, halving, executor, out, progress, retry_failed,
+                                   round_=None if keep is None else round_)
+            everything.extend(records)
+            if round_ + 1 < rounds and sum(_ok_score(r) is not None for r in records) >= 2:
+                space = narrow_space(space, records, keep)
+    finally:
+        if own is not None:
+            own.shutdown(wait=True)
+    return SearchResults(_halving.sort_records(everything), spaces=spaces, seeds=seeds)
+
+
 def _round_seed(seed, round_):
     if round_ == 0:  # round 0 is random_search(..., seed=seed)
         return seed
@@ -201,7 +250,7 @@ def _round_seed(seed, round_):
 
 
 def coarse_to_fine(train_fn, space, n_trials, rounds=2, keep=0.25, seed=0, executor=None, *, n_workers=None,
-                   out=None, progress=False, retry_failed=False):
+                   out=None, progress=False, retry_failed=False, halving=None):
     """Coarse-to-fine random search: rounds of :func:`random_search`, each in a narrower space.
 
     After each round, every numeric range shrinks to the span of that
@@ -210,9 +259,9 @@ def coarse_to_fine(train_fn, space, n_trials, rounds=2, keep=0.25, seed=0, execu
 
     Parameters
     ----------
-    train_fn, space, executor, n_workers, out, progress, retry_failed
-        As for :func:`random_search`. With ``executor=None`` the worker
-        processes are started once and reused by every round. One ``out``
+    train_fn, space, executor, n_workers, out, progress, retry_failed, halving
+        As for :func:`random_search` (with ``halving``, each round is a halving search). With
+        ``executor=None`` the worker processes are started once and reused by every round. One ``out``
         file holds every round's trials (each line with its ``"round"``);
         rerunning with it resumes where the search stopped.
     n_trials : int
@@ -244,6 +293,11 @@ def coarse_to_fine(train_fn, space, n_trials, rounds=2, keep=0.25, seed=0, execu
         results = coarse_to_fine(train_fn, {"lr": LogUniform(1e-5, 1.0)}, n_trials=16, rounds=3)
         results.spaces  # [{'lr': LogUniform(1e-05, 1.0)}, {'lr': LogUniform(0.0008..., 0.03...)}, ...]
     """
+    halving = _halving.check(halving)
+    if halving is not None:
+        rounds = _checks.integer_at_least("rounds", rounds, 1, "a positive int")
+        return _halving_search(train_fn, space, n_trials, rounds, _checks.keep(keep), seed, executor, n_workers,
+                               out, progress, retry_failed, halving)
     n_trials, executor, n_workers = _check_args(train_fn, n_trials, executor, n_workers, out, progress, retry_failed)
     space = _normalise_space(space)
     seed = _checks.seed(seed)
