@@ -1,5 +1,9 @@
-# The point functions applied element-wise, for the parity tests against fusednet.kernels.reference.
+# The point functions applied element-wise, for the parity tests against fusednet.kernels.reference,
+# and _vmath.h's functions, for their accuracy tests.
 # Included by _ckernels.pyx (one extension module per instruction-set level).
+
+from _point cimport (vm_expf, vm_exp, vm_logf, vm_log, vm_log1pf, vm_log1p, vm_tanhf, vm_tanh,
+                     vm_sigmoidf, vm_sigmoid)
 
 # ==================================================================================
 # the point functions, applied element-wise: for the parity tests only
@@ -53,3 +57,59 @@ def point_fmix32(const uint32_t[::1] h, uint32_t[::1] out):
     cdef Py_ssize_t k
     for k in range(h.shape[0]):
         out[k] = fmix32(h[k])
+
+
+# ==================================================================================
+# _vmath.h's functions, applied element-wise: for their accuracy tests only
+# ==================================================================================
+
+#: the functions of :func:`vmath`
+VMATH = ("exp", "log", "log1p", "tanh", "sigmoid")
+
+
+def vmath(str name, const floating[::1] x, floating[::1] out):
+    """out[i] = <name>(x[i]) by _vmath.h's function of that name (float or double by the type).
+
+    Each loop is the kind the kernels run, vectorised by the compiler, with a scalar
+    remainder for the last elements.
+    """
+    cdef Py_ssize_t i, n = x.shape[0]
+    cdef int f
+    if out.shape[0] != n:
+        raise ValueError(f"out must hold {n} values, got {out.shape[0]}")
+    if name not in VMATH:
+        raise ValueError(f"no vector function {name!r}")
+    f = VMATH.index(name)
+    with nogil:
+        if floating is float:
+            if f == 0:
+                for i in range(n):
+                    out[i] = vm_expf(x[i])
+            elif f == 1:
+                for i in range(n):
+                    out[i] = vm_logf(x[i])
+            elif f == 2:
+                for i in range(n):
+                    out[i] = vm_log1pf(x[i])
+            elif f == 3:
+                for i in range(n):
+                    out[i] = vm_tanhf(x[i])
+            else:
+                for i in range(n):
+                    out[i] = vm_sigmoidf(x[i])
+        else:
+            if f == 0:
+                for i in range(n):
+                    out[i] = vm_exp(x[i])
+            elif f == 1:
+                for i in range(n):
+                    out[i] = vm_log(x[i])
+            elif f == 2:
+                for i in range(n):
+                    out[i] = vm_log1p(x[i])
+            elif f == 3:
+                for i in range(n):
+                    out[i] = vm_tanh(x[i])
+            else:
+                for i in range(n):
+                    out[i] = vm_sigmoid(x[i])

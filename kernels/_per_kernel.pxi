@@ -1,6 +1,8 @@
 # The per-kernel backend: activations, losses, dropout, optimiser updates, batch norm.
 # Included by _ckernels.pyx (one extension module per instruction-set level).
 
+from _point cimport vm_exp, vm_log1p   # _vmath.h: the float64 exp and log1p of the losses
+
 # ==================================================================================
 # bias + activation forward
 # ==================================================================================
@@ -295,7 +297,7 @@ cdef double _loss_span(const floating* z, const floating* b, const floating* y, 
             d = <double>(z[k] + b[k])
             a[k] = <floating>sigmoid(d)
             # -(y log a + (1-y) log(1-a)), written on the logit so it never overflows
-            t[k] = (d if d > 0 else 0.0) - d * <double>y[k] + log1p(exp(-fabs(d)))
+            t[k] = (d if d > 0 else 0.0) - d * <double>y[k] + vm_log1p(vm_exp(-fabs(d)))
     return _sum(t, L)
 
 
@@ -317,18 +319,18 @@ cdef double _cce_row(const floating* z, const floating* b, const floating* y, fl
         L = TILE if n - k0 > TILE else n - k0
         for k in range(L):
             d = <double>(z[k0 + k] + b[k0 + k]) - mx
-            t[k] = exp(d) - (1.0 if d == 0.0 else 0.0)
+            t[k] = vm_exp(d) - (1.0 if d == 0.0 else 0.0)
         s += _sum(t, L)
         k0 += L
     for k in range(n):
         if <double>(z[k] + b[k]) == mx:
             tops += 1
-    lse = log1p(s + <double>(tops - 1))
+    lse = vm_log1p(s + <double>(tops - 1))
     for k in range(n):
         d = <double>(z[k] + b[k]) - mx
         total += <double>y[k] * (lse - d)
     for k in range(n):
-        a[k] = <floating>exp(<double>(z[k] + b[k]) - mx - lse)
+        a[k] = <floating>vm_exp(<double>(z[k] + b[k]) - mx - lse)
     return total
 
 

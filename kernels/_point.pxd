@@ -9,40 +9,33 @@
 
 from cython cimport floating
 from libc.stdint cimport uint32_t, uint64_t
-from libc.math cimport exp, expf, tanh as c_tanh, tanhf, fabs, fabsf, sqrt, sqrtf
+from libc.math cimport fabs, fabsf, sqrt, sqrtf
 from libc.float cimport FLT_MIN, DBL_MIN
 
-# glibc ships vector versions of these functions (libmvec) but only declares
-# them as such under -ffast-math.  Declaring them here lets gcc vectorise the
-# kernels' loops with -fno-math-errno alone, so NaN and inf keep their meaning.
-# (tanh, log1p: glibc >= 2.35; exp, log: >= 2.22.)
-cdef extern from *:
-    """
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) \
-        && defined(__GLIBC__) && !defined(__FAST_MATH__) && !defined(FUSEDNET_NO_LIBMVEC)
-    #  if __GLIBC_PREREQ(2, 22)
-    __attribute__((__simd__("notinbranch"))) extern float expf(float);
-    __attribute__((__simd__("notinbranch"))) extern double exp(double);
-    __attribute__((__simd__("notinbranch"))) extern float logf(float);
-    __attribute__((__simd__("notinbranch"))) extern double log(double);
-    #  endif
-    #  if __GLIBC_PREREQ(2, 35)
-    __attribute__((__simd__("notinbranch"))) extern float tanhf(float);
-    __attribute__((__simd__("notinbranch"))) extern double tanh(double);
-    __attribute__((__simd__("notinbranch"))) extern double log1p(double);
-    #  endif
-    #endif
-    """
+# Vectorisable exp, log, log1p, tanh and sigmoid (_vmath.h): branch-free C that gcc inlines
+# into the kernels' loops and vectorises in every instruction-set copy, where a libm call
+# stays one call per element.  Each states its measured error bound in ulp (at most 2.5;
+# tests/kernels/test_vmath.py holds them to it over the whole range).
+cdef extern from "_vmath.h" nogil:
+    float vm_expf(float x)
+    double vm_exp(double x)
+    float vm_logf(float x)
+    double vm_log(double x)
+    float vm_log1pf(float x)
+    double vm_log1p(double x)
+    float vm_tanhf(float x)
+    double vm_tanh(double x)
+    float vm_sigmoidf(float x)
+    double vm_sigmoid(double x)
 
 
 # mirrors fusednet.kernels.reference.sigmoid
+# (on e = exp(-|z|): 1 / (1 + e) for z >= 0, e / (1 + e) below, so subnormal results are kept)
 cdef inline floating sigmoid(floating z) noexcept nogil:
-    cdef floating e
     if floating is float:
-        e = expf(-fabsf(z))
+        return vm_sigmoidf(z)
     else:
-        e = exp(-fabs(z))
-    return (<floating>1 if z >= 0 else e) / (<floating>1 + e)
+        return vm_sigmoid(z)
 
 
 # mirrors fusednet.kernels.reference.sigmoid_grad
@@ -53,9 +46,9 @@ cdef inline floating sigmoid_grad(floating a) noexcept nogil:
 # mirrors fusednet.kernels.reference.tanh
 cdef inline floating tanh(floating z) noexcept nogil:
     if floating is float:
-        return tanhf(z)
+        return vm_tanhf(z)
     else:
-        return c_tanh(z)
+        return vm_tanh(z)
 
 
 # mirrors fusednet.kernels.reference.tanh_grad
@@ -102,9 +95,9 @@ cdef inline uint32_t dropout_hash(uint64_t i, uint32_t k1, uint32_t k2) noexcept
 
 cdef inline floating exp_(floating x) noexcept nogil:
     if floating is float:
-        return expf(x)
+        return vm_expf(x)
     else:
-        return exp(x)
+        return vm_exp(x)
 
 
 cdef inline floating sqrt_(floating x) noexcept nogil:

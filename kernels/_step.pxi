@@ -201,6 +201,20 @@ cdef void _step_gather(const floating* X, const floating* Y, const Py_ssize_t* i
         memcpy(yb + i * ny, Y + idx[i] * ny, ny * sizeof(floating))
 
 
+cdef inline void _fwd_cols(const floating* src, const floating* b, floating* dst, Py_ssize_t m,
+                           Py_ssize_t n, Py_ssize_t j0, Py_ssize_t j1, int act,
+                           floating slope) noexcept nogil:
+    """dst[:, j0:j1] = g(src[:, j0:j1] + b[j0:j1]) (dst may be src).  A thread that owns every
+    column (a narrow layer) runs them in spans of whole rows, as bias_act_forward does, so the
+    vectorised transcendental functions see long spans however few units the layer has."""
+    cdef Py_ssize_t i
+    if j0 == 0 and j1 == n:
+        _fwd_piece(src, b, dst, m, n, act, slope, 0, _spans(m, n))
+        return
+    for i in range(m):
+        _fwd_span(src + i * n + j0, b + j0, dst + i * n + j0, j1 - j0, act, slope)
+
+
 cdef void _step_forward(const floating* dummy, Net* net, int l, int t) noexcept nogil:
     """Units J_t of layer l: Z[:, J] = A_prev @ W[:, J], then g(Z + b) in place (hidden layers)."""
     cdef Py_ssize_t m = net.m, k = net.n[l], n = net.n[l + 1], i, j, w
@@ -220,13 +234,10 @@ cdef void _step_forward(const floating* dummy, Net* net, int l, int t) noexcept 
     if l == net.L - 1:
         return
     if not net.bn[l] and not net.actnode[l]:
-        for i in range(m):
-            _fwd_span(Z + i * n + j0, b + j0, Z + i * n + j0, j1 - j0, net.act[l],
-                      <floating>net.slope[l])
+        _fwd_cols(Z, b, Z, m, n, j0, j1, net.act[l], <floating>net.slope[l])
     else:
         if net.has_bias[l]:
-            for i in range(m):
-                _fwd_span(Z + i * n + j0, b + j0, Z + i * n + j0, j1 - j0, LINEAR, 0)
+            _fwd_cols(Z, b, Z, m, n, j0, j1, LINEAR, 0)
         src = Z
         if net.bn[l]:
             j = j0
@@ -238,9 +249,8 @@ cdef void _step_forward(const floating* dummy, Net* net, int l, int t) noexcept 
                 j += w
             src = <floating*>net.Bo[l]
         if net.actnode[l]:
-            for i in range(m):
-                _fwd_span(src + i * n + j0, <floating*>net.zeros + j0, <floating*>net.Ao[l] + i * n + j0,
-                          j1 - j0, net.act[l], <floating>net.slope[l])
+            _fwd_cols(src, <floating*>net.zeros, <floating*>net.Ao[l], m, n, j0, j1, net.act[l],
+                      <floating>net.slope[l])
     if net.drop[l]:
         A = <floating*>_out(net, l)
         for i in range(m):
