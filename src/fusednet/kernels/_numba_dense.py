@@ -62,13 +62,17 @@ from ._numba_math import (
     REDUCTION_FASTMATH,
     exp_nonpos,
     leaky_relu,
+    leaky_relu_grad,
     like,
     log1p_unit,
     point,
     relu,
+    relu_grad,
     row_point,
     sigmoid,
+    sigmoid_grad,
     tanh,
+    tanh_grad,
 )
 
 #: columns per float64 accumulator tile of a row-walking reduction
@@ -327,7 +331,7 @@ def column_sums(X, out, c0, c1, sums):
 
 
 @loop
-def _backward_span(x, a, d, base, w, act, s, zero, one):
+def _backward_span(x, a, d, base, w, act, s):
     """``d = x * g'(a)`` on ``w`` (unsigned) elements from flat ``base``, g' read from the output."""
     if act == LINEAR:
         for k in range(w):
@@ -335,17 +339,17 @@ def _backward_span(x, a, d, base, w, act, s, zero, one):
     elif act == SIGMOID:
         for k in range(w):
             ak = a[base + k]
-            d[base + k] = x[base + k] * (ak * (one - ak))
+            d[base + k] = x[base + k] * sigmoid_grad(ak)
     elif act == TANH:
         for k in range(w):
             ak = a[base + k]
-            d[base + k] = x[base + k] * (one - ak * ak)
+            d[base + k] = x[base + k] * tanh_grad(ak)
     elif act == RELU:
         for k in range(w):
-            d[base + k] = x[base + k] * (one if a[base + k] > zero else zero)
+            d[base + k] = x[base + k] * relu_grad(a[base + k])
     elif act == LEAKY_RELU:
         for k in range(w):
-            d[base + k] = x[base + k] * (one if a[base + k] > zero else s)
+            d[base + k] = x[base + k] * leaky_relu_grad(a[base + k], s)
 
 
 @loop
@@ -402,8 +406,6 @@ def _backward_kernels(act, in_place):
             scratch = np.empty(SCRATCH)
         sums = tile(scratch, 0)
         m, n = dA.shape
-        zero = like(A, 0.0)
-        one = like(A, 1.0)
         s = like(A, slope)
         xf = dA.reshape(dA.size)
         af = A.reshape(A.size)
@@ -423,11 +425,11 @@ def _backward_kernels(act, in_place):
                 for i in range(first, last):
                     base = np.uint64(i * n + t0)
                     if in_place:
-                        _backward_span(df, af, df, base, np.uint64(span), act, s, zero, one)
+                        _backward_span(df, af, df, base, np.uint64(span), act, s)
                     elif same:
-                        _backward_span(df, af, df, base, np.uint64(span), act, s, zero, one)
+                        _backward_span(df, af, df, base, np.uint64(span), act, s)
                     else:
-                        _backward_span(xf, af, df, base, np.uint64(span), act, s, zero, one)
+                        _backward_span(xf, af, df, base, np.uint64(span), act, s)
                 _add_rows(df, n, g0, g1, t0, acc)
             o = db[t0:t1]
             for j in range(w):

@@ -22,7 +22,19 @@ import numpy as np
 from numba import njit, prange
 
 from . import _numba_cache  # noqa: F401  (a writable cache directory, before the first decorator)
-from ._numba_math import FASTMATH, dropout_hash, flush, like, tiny
+from ._numba_math import (
+    FASTMATH,
+    adam_step,
+    decayed,
+    dropout_hash,
+    ewa,
+    flush,
+    gd_step,
+    like,
+    momentum_step,
+    rmsprop_step,
+    tiny,
+)
 
 #: (no C entry point: only Python and other kernels call them)
 _OPTIONS = dict(cache=True, nogil=True, fastmath=set(FASTMATH), error_model="numpy", no_cfunc_wrapper=True)
@@ -118,8 +130,8 @@ def _split(l2, n_decay, start, stop):
 @loop
 def _gd_loop(w, g, decay, c_lr, c_l2):
     for i in range(w.size):
-        gp = g[i] + c_l2 * w[i] if decay else g[i]
-        w[i] -= c_lr * gp
+        gp = decayed(g[i], w[i], c_l2) if decay else g[i]
+        w[i] = gd_step(w[i], gp, c_lr)
 
 
 @kernel
@@ -142,10 +154,10 @@ def gd_parallel(w, g, lr, l2, n_decay, n_chunks):
 @loop
 def _momentum_loop(w, g, v, decay, c_lr, c_beta, c_1mb, c_bc, c_l2, tv):
     for i in range(w.size):
-        gp = g[i] + c_l2 * w[i] if decay else g[i]
-        vi = flush(c_beta * flush(v[i], tv) + c_1mb * gp, tv)
+        gp = decayed(g[i], w[i], c_l2) if decay else g[i]
+        vi = flush(ewa(flush(v[i], tv), gp, c_beta, c_1mb), tv)
         v[i] = vi
-        w[i] -= c_lr * (vi / c_bc)
+        w[i] = momentum_step(w[i], vi, c_lr, c_bc)
 
 
 @kernel
@@ -175,10 +187,10 @@ def momentum_parallel(w, g, v, lr, beta, bc, l2, n_decay, n_chunks):
 @loop
 def _rmsprop_loop(w, g, s, decay, c_lr, c_beta, c_1mb, c_eps, c_l2, tv):
     for i in range(w.size):
-        gp = g[i] + c_l2 * w[i] if decay else g[i]
-        si = flush(c_beta * flush(s[i], tv) + c_1mb * (gp * gp), tv)
+        gp = decayed(g[i], w[i], c_l2) if decay else g[i]
+        si = flush(ewa(flush(s[i], tv), gp * gp, c_beta, c_1mb), tv)
         s[i] = si
-        w[i] -= c_lr * gp / (np.sqrt(si) + c_eps)
+        w[i] = rmsprop_step(w[i], gp, si, c_lr, c_eps)
 
 
 @kernel
@@ -208,12 +220,12 @@ def rmsprop_parallel(w, g, s, lr, beta, eps, l2, n_decay, n_chunks):
 @loop
 def _adam_loop(w, g, m, v, decay, c_lr, c_b1, c_1mb1, c_b2, c_1mb2, c_eps, c_bc1, c_bc2, c_l2, tv):
     for i in range(w.size):
-        gp = g[i] + c_l2 * w[i] if decay else g[i]
-        mi = flush(c_b1 * flush(m[i], tv) + c_1mb1 * gp, tv)
-        vi = flush(c_b2 * flush(v[i], tv) + c_1mb2 * (gp * gp), tv)
+        gp = decayed(g[i], w[i], c_l2) if decay else g[i]
+        mi = flush(ewa(flush(m[i], tv), gp, c_b1, c_1mb1), tv)
+        vi = flush(ewa(flush(v[i], tv), gp * gp, c_b2, c_1mb2), tv)
         m[i] = mi
         v[i] = vi
-        w[i] -= c_lr * (mi / c_bc1) / (np.sqrt(vi / c_bc2) + c_eps)
+        w[i] = adam_step(w[i], mi, vi, c_lr, c_bc1, c_bc2, c_eps)
 
 
 @kernel
@@ -257,7 +269,7 @@ def ewa_span(v, x, beta, start, stop):
     c_beta = like(v, beta)
     c_1mb = like(v, 1.0 - beta)
     for i in range(vs.size):
-        vs[i] = c_beta * vs[i] + c_1mb * xs[i]
+        vs[i] = ewa(vs[i], xs[i], c_beta, c_1mb)
 
 
 @parallel_kernel

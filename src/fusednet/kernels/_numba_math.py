@@ -401,6 +401,82 @@ def leaky_relu(z, slope, zero):
     return z if z > zero else slope * z
 
 
+# mirrors reference.sigmoid_grad
+@_jit
+def sigmoid_grad(a):
+    """``a (1 - a)``: the sigmoid's derivative from its output."""
+    return a * (like(a, 1.0) - a)
+
+
+# mirrors reference.tanh_grad
+@_jit
+def tanh_grad(a):
+    """``1 - a^2``: tanh's derivative from its output."""
+    return like(a, 1.0) - a * a
+
+
+# mirrors reference.relu_grad
+@_jit
+def relu_grad(a):
+    """1 where ``a > 0``, else 0."""
+    return like(a, 1.0) if a > like(a, 0.0) else like(a, 0.0)
+
+
+# mirrors reference.leaky_relu_grad (``slope`` in ``a``'s dtype)
+@_jit
+def leaky_relu_grad(a, slope):
+    """1 where ``a > 0``, else ``slope``."""
+    return like(a, 1.0) if a > like(a, 0.0) else slope
+
+
+# --------------------------------------------------------------------------
+# optimiser point functions: mirrors of reference.decayed, ewa, gd_step,
+# momentum_step, rmsprop_step and adam_step (scalars in the parameters' dtype)
+# --------------------------------------------------------------------------
+
+
+# mirrors reference.decayed
+@_jit
+def decayed(g, w, l2):
+    """``g + l2 w``."""
+    return g + l2 * w
+
+
+# mirrors reference.ewa
+@_jit
+def ewa(v, x, beta, one_minus_beta):
+    """``beta v + (1 - beta) x``."""
+    return beta * v + one_minus_beta * x
+
+
+# mirrors reference.gd_step
+@_jit
+def gd_step(w, gp, lr):
+    """``w - lr g'``."""
+    return w - lr * gp
+
+
+# mirrors reference.momentum_step
+@_jit
+def momentum_step(w, v, lr, bc):
+    """``w - lr v / bc``."""
+    return w - lr * (v / bc)
+
+
+# mirrors reference.rmsprop_step
+@_jit
+def rmsprop_step(w, gp, s, lr, eps):
+    """``w - lr g' / (sqrt(s) + eps)``."""
+    return w - lr * gp / (np.sqrt(s) + eps)
+
+
+# mirrors reference.adam_step
+@_jit
+def adam_step(w, m, v, lr, bc1, bc2, eps):
+    """``w - lr (m / bc1) / (sqrt(v / bc2) + eps)``."""
+    return w - lr * (m / bc1) / (np.sqrt(v / bc2) + eps)
+
+
 # --------------------------------------------------------------------------
 # dropout hash: reference.fmix32 / reference.dropout_hash in 32-bit
 # arithmetic.  Numba widens uint32 arithmetic to 64 bits, so every step is

@@ -219,6 +219,43 @@ def dropout_apply(X, key, threshold, scale, out, n_threads):
     out[...] = np.where(keep, X * X.dtype.type(scale), X.dtype.type(0))
 
 
+# --------------------------------------------------------------------------
+# optimiser point functions: each update's formula, once.  Scalars come in the
+# parameters' dtype (``one_minus_beta`` is ``1 - beta`` rounded to it); the
+# bias corrections ``bc = 1 - beta**t`` come from fusednet.optim.bias_correction.
+# --------------------------------------------------------------------------
+
+
+def decayed(g, w, l2):
+    r"""The gradient with the L2 term: :math:`g' = g + rac{\lambda}{m} w` (``l2`` is :math:`\lambda / m`)."""
+    return g + l2 * w
+
+
+def ewa(v, x, beta, one_minus_beta):
+    r"""An exponentially weighted average: :math:`v \leftarrow eta v + (1 - eta) x`."""
+    return beta * v + one_minus_beta * x
+
+
+def gd_step(w, gp, lr):
+    r"""Gradient descent: :math:`w - lpha g'`."""
+    return w - lr * gp
+
+
+def momentum_step(w, v, lr, bc):
+    r"""Momentum, after :math:`v = eta v + (1 - eta) g'`: :math:`w - lpha \, v / bc`."""
+    return w - lr * (v / bc)
+
+
+def rmsprop_step(w, gp, s, lr, eps):
+    r"""RMSProp, after :math:`s = eta s + (1 - eta) g'^2`: :math:`w - lpha g' / (\sqrt{s} + arepsilon)`."""
+    return w - lr * gp / (np.sqrt(s) + eps)
+
+
+def adam_step(w, m, v, lr, bc1, bc2, eps):
+    r"""Adam, after both averages: :math:`w - lpha \, (m / bc_1) / (\sqrt{v / bc_2} + arepsilon)`."""
+    return w - lr * (m / bc1) / (np.sqrt(v / bc2) + eps)
+
+
 def _flush(x):
     x[np.abs(x) < np.finfo(x.dtype).tiny] = 0
 
@@ -226,39 +263,39 @@ def _flush(x):
 def _decayed(w, g, l2, n_decay):
     gp = g.copy()
     if l2 != 0.0:
-        gp[:n_decay] += w.dtype.type(l2) * w[:n_decay]
+        gp[:n_decay] = decayed(g[:n_decay], w[:n_decay], w.dtype.type(l2))
     return gp
 
 
 def gd_update(w, g, lr, l2, n_decay, n_threads):
     gp = _decayed(w, g, l2, n_decay)
-    w -= w.dtype.type(lr) * gp
+    w[...] = gd_step(w, gp, w.dtype.type(lr))
 
 
 def momentum_update(w, g, v, lr, beta, bc, l2, n_decay, n_threads):
     t = w.dtype.type
     gp = _decayed(w, g, l2, n_decay)
-    v[...] = t(beta) * v + t(1.0 - beta) * gp
+    v[...] = ewa(v, gp, t(beta), t(1.0 - beta))
     _flush(v)
-    w -= t(lr) * (v / t(bc))
+    w[...] = momentum_step(w, v, t(lr), t(bc))
 
 
 def rmsprop_update(w, g, s, lr, beta, eps, l2, n_decay, n_threads):
     t = w.dtype.type
     gp = _decayed(w, g, l2, n_decay)
-    s[...] = t(beta) * s + t(1.0 - beta) * gp * gp
+    s[...] = ewa(s, gp * gp, t(beta), t(1.0 - beta))
     _flush(s)
-    w -= t(lr) * gp / (np.sqrt(s) + t(eps))
+    w[...] = rmsprop_step(w, gp, s, t(lr), t(eps))
 
 
 def adam_update(w, g, m, v, lr, beta1, beta2, eps, bc1, bc2, l2, n_decay, n_threads):
     t = w.dtype.type
     gp = _decayed(w, g, l2, n_decay)
-    m[...] = t(beta1) * m + t(1.0 - beta1) * gp
-    v[...] = t(beta2) * v + t(1.0 - beta2) * gp * gp
+    m[...] = ewa(m, gp, t(beta1), t(1.0 - beta1))
+    v[...] = ewa(v, gp * gp, t(beta2), t(1.0 - beta2))
     _flush(m)
     _flush(v)
-    w -= t(lr) * (m / t(bc1)) / (np.sqrt(v / t(bc2)) + t(eps))
+    w[...] = adam_step(w, m, v, t(lr), t(bc1), t(bc2), t(eps))
 
 
 def batchnorm_forward_train(Z, gamma, beta, eps, xhat, out, mean, var, invstd, n_threads):
@@ -283,4 +320,4 @@ def batchnorm_backward(dout, xhat, gamma, invstd, dZ, dgamma, dbeta, n_threads):
 
 def ewa_update(v, x, beta, n_threads):
     t = v.dtype.type
-    v[...] = t(beta) * v + t(1.0 - beta) * x
+    v[...] = ewa(v, x, t(beta), t(1.0 - beta))
