@@ -308,7 +308,7 @@ def _act_backward(dA, A, act, slope, dZ):
     """``dZ = dA * g'(A)`` (derivatives from the output): dA, A, dZ (n, nb), dZ may be dA."""
     size = np.uint64(dA.size)
     _backward_span(dA.reshape(dA.size), A.reshape(A.size), dZ.reshape(dZ.size), np.uint64(0), size, act,
-                   like(A, slope), like(A, 0.0), like(A, 1.0))
+                   like(A, slope))
 
 
 @helper
