@@ -26,7 +26,7 @@
 
 #include <stddef.h>
 
-#define FG_MAX_K 4096    /* fg_nn keeps a (K, 32) panel of B in L2; longer K goes to BLAS */
+#define FG_MAX_K 4096    /* depth of a chunk: fg_nn keeps a (FG_MAX_K, 32) panel of B in L2 */
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -134,46 +134,85 @@ fg_panel(ptrdiff_t n, ptrdiff_t j, int *nv, __mmask16 *tail)
 
 /* Walk C in column panels of FG_NB (B's panel stays in cache) and, inside a
  * panel, in blocks of FG_MR rows; the last panel masks its last vector.
- * FG_NN reads A's row i at rows[i] when rows is given, else at A + i * lda. */
+ * FG_NN reads A's row i at rows[i] when rows is given, else at A + i * lda.
+ * Depths beyond FG_MAX_K are walked in chunks of FG_MAX_K (B's panel of a chunk stays
+ * in L2), each chunk's blocks starting from C's values: a float accumulator stored and
+ * reloaded is the same number, so each element of C is still one chain over k in order. */
 static inline void
 fg_walk(int mode, ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda,
         const float *const *rows, const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc)
 {
     const float *rp[FG_MR];
-    ptrdiff_t i, j, r;
-    int nv, mr;
+    ptrdiff_t i, j, r, k0, kw;
+    int nv, mr, add;
     __mmask16 tail;
-    for (j = 0; j < n; j += FG_NB) {
-        fg_panel(n, j, &nv, &tail);
-        for (i = 0; i < m; i += FG_MR) {
-            mr = (int)(m - i < FG_MR ? m - i : FG_MR);
-            if (mode == FG_NN) {
-                for (r = 0; r < mr; r++)
-                    rp[r] = rows ? rows[i + r] : A + (i + r) * lda;
-                fg_block_nn(mr, nv, K, NULL, 0, rp, B + j, ldb, C + i * ldc + j, ldc, tail, 0);
-            } else if (mode == FG_TN) {
-                fg_block_tn(mr, nv, K, A + i, lda, NULL, B + j, ldb, C + i * ldc + j, ldc, tail, 0);
-            } else {
-                fg_block_tn_rows(mr, nv, K, NULL, lda + i, rows, B + j, ldb, C + i * ldc + j, ldc, tail,
-                                 0);
+    for (k0 = 0; k0 < K; k0 += FG_MAX_K) {
+        kw = K - k0 < FG_MAX_K ? K - k0 : FG_MAX_K;
+        add = k0 > 0;
+        for (j = 0; j < n; j += FG_NB) {
+            fg_panel(n, j, &nv, &tail);
+            for (i = 0; i < m; i += FG_MR) {
+                mr = (int)(m - i < FG_MR ? m - i : FG_MR);
+                if (mode == FG_NN) {
+                    for (r = 0; r < mr; r++)
+                        rp[r] = (rows ? rows[i + r] : A + (i + r) * lda) + k0;
+                    fg_block_nn(mr, nv, kw, NULL, 0, rp, B + k0 * ldb + j, ldb, C + i * ldc + j, ldc,
+                                tail, add);
+                } else if (mode == FG_TN) {
+                    fg_block_tn(mr, nv, kw, A + k0 * lda + i, lda, NULL, B + k0 * ldb + j, ldb,
+                                C + i * ldc + j, ldc, tail, add);
+                } else {
+                    fg_block_tn_rows(mr, nv, kw, NULL, lda + i, rows + k0, B + k0 * ldb + j, ldb,
+                                     C + i * ldc + j, ldc, tail, add);
+                }
             }
         }
     }
 }
 
-/* C (m, n) = A (m, K) @ B (K, n), A's row i at rows[i] (rows not NULL) or A + i * lda.
- * Returns 0, touching nothing, when the shape is left to BLAS (K > FG_MAX_K). */
+/* C (m, n) = A (m, K) @ B (K, n), A's row i at rows[i] (rows not NULL) or A + i * lda. */
 static inline int
 fg_nn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda,
       const float *const *rows, const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc)
 {
-    if (K > FG_MAX_K)
-        return 0;
     fg_walk(FG_NN, m, n, K, A, lda, rows, B, ldb, C, ldc);
     return 1;
 }
 
-/* C (m, n) = A (K, m)^T @ B (K, n): A's row k at rows[k] + col (rows not NULL) or A + k * lda. */
+/* Lanes of the vectors that cover x columns that hold one (FG_NB panels of 16-wide vectors). */
+static inline double
+fg_lanes(ptrdiff_t x)
+{
+    return (double)x / (double)(16 * ((x + 15) / 16));
+}
+
+/* fg_tn of a narrow C (a weight gradient of few units, n not a multiple of 16, m wide), as
+ * C^T (n, m) = B^T A: the vectors run along C's m columns of C^T, full, where along n their
+ * last one would be mostly masked; each (FG_MR, FG_NB) block of C^T is stored transposed
+ * through a tile on the stack.  An element's chain, fma(b, a, acc) over k in order, is
+ * fg_tn's fma(a, b, acc): the same bits. */
+static inline void
+fg_tn_narrow(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda, const float *B,
+             ptrdiff_t ldb, float *C, ptrdiff_t ldc)
+{
+    float tile[FG_MR * FG_NB] __attribute__((aligned(64)));
+    ptrdiff_t i, j, w, r, jj;
+    int nv, mr;
+    __mmask16 tail;
+    for (j = 0; j < m; j += FG_NB) {
+        w = fg_panel(m, j, &nv, &tail);
+        for (i = 0; i < n; i += FG_MR) {
+            mr = (int)(n - i < FG_MR ? n - i : FG_MR);
+            fg_block_tn(mr, nv, K, B + i, ldb, NULL, A + j, lda, tile, FG_NB, tail, 0);
+            for (jj = 0; jj < w; jj++)
+                for (r = 0; r < mr; r++)
+                    C[(j + jj) * ldc + i + r] = tile[r * FG_NB + jj];
+        }
+    }
+}
+
+/* C (m, n) = A (K, m)^T @ B (K, n): A's row k at rows[k] + col (rows not NULL) or A + k * lda.
+ * A narrow C whose vectors along n would be mostly masked goes through fg_tn_narrow. */
 static inline int
 fg_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda,
       const float *const *rows, ptrdiff_t col, const float *B, ptrdiff_t ldb, float *C,
@@ -181,6 +220,8 @@ fg_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda,
 {
     if (rows)
         fg_walk(FG_TN_ROWS, m, n, K, NULL, col, rows, B, ldb, C, ldc);
+    else if (n < 4 * FG_NB && K >= FG_MR && fg_lanes(m) > fg_lanes(n) + 0.125)
+        fg_tn_narrow(m, n, K, A, lda, B, ldb, C, ldc);
     else
         fg_walk(FG_TN, m, n, K, A, lda, NULL, B, ldb, C, ldc);
     return 1;

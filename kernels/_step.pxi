@@ -37,7 +37,6 @@ ctypedef void (*dgemm_t)(char*, char*, int*, int*, int*, double*, double*, int*,
 # single-precision products in AVX-512 where the variant is built for it (else FG_AVAILABLE is 0)
 cdef extern from "_gemm.h" nogil:
     int FG_AVAILABLE
-    int FG_MAX_K
     int fg_nn(Py_ssize_t m, Py_ssize_t n, Py_ssize_t K, const float* A, Py_ssize_t lda,
               const float* const* rows, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc)
     int fg_tn(Py_ssize_t m, Py_ssize_t n, Py_ssize_t K, const float* A, Py_ssize_t lda,
@@ -215,8 +214,38 @@ cdef inline void _fwd_cols(const floating* src, const floating* b, floating* dst
         _fwd_span(src + i * n + j0, b + j0, dst + i * n + j0, j1 - j0, act, slope)
 
 
+cdef enum:
+    ROWS_WORK = 1048576   # m * k * n of a product from which a narrow layer splits it by rows
+
+
+cdef inline bint _rows_split(Net* net, int l) noexcept nogil:
+    """Whether the team splits layer l's forward product by rows instead of by units: when a
+    split of its units on 16-column boundaries would leave a thread without any (a narrow layer,
+    such as a first layer of many inputs and few units) and the product is large.  Every element
+    of a product is computed the same way whatever block it falls in, so the split changes which
+    thread computes it, not its bits; the element-wise work stays split by units."""
+    return (net.nt > 1 and net.n[l + 1] < 16 * net.nt and net.m >= 16 * net.nt
+            and net.m * net.n[l] * net.n[l + 1] >= ROWS_WORK)
+
+
+cdef void _step_forward_rows(const floating* dummy, Net* net, int l, int t) noexcept nogil:
+    """Rows R_t of layer l's product, every unit: Z[R, :] = A_prev[R, :] @ W (_rows_split layers)."""
+    cdef Py_ssize_t m = net.m, k = net.n[l], n = net.n[l + 1]
+    cdef Py_ssize_t r0 = _cut(m, net.nt, t), r1 = _cut(m, net.nt, t + 1)
+    cdef const floating* Ap = <const floating*>_input(net, l)
+    cdef floating* Z = <floating*>net.Z[l]
+    if r1 <= r0:
+        return
+    if l == 0 and net.in_place:
+        fg_nn(r1 - r0, n, k, NULL, 0, net.xrows + r0, <float*>net.W[l], n, <float*>Z + r0 * n, n)
+    else:
+        _mm(net.gemm, False, False, <int>(r1 - r0), <int>n, <int>k, Ap + r0 * k, <int>k,
+            <floating*>net.W[l], <int>n, Z + r0 * n, <int>n, _own(net, Ap, l))
+
+
 cdef void _step_forward(const floating* dummy, Net* net, int l, int t) noexcept nogil:
-    """Units J_t of layer l: Z[:, J] = A_prev @ W[:, J], then g(Z + b) in place (hidden layers)."""
+    """Units J_t of layer l: Z[:, J] = A_prev @ W[:, J] (unless _rows_split computed Z), then
+    g(Z + b) in place (hidden layers)."""
     cdef Py_ssize_t m = net.m, k = net.n[l], n = net.n[l + 1], i, j, w
     cdef Py_ssize_t j0 = _cut16(n, net.nt, t), j1 = _cut16(n, net.nt, t + 1)
     cdef const floating* Ap = <const floating*>_input(net, l)
@@ -226,7 +255,9 @@ cdef void _step_forward(const floating* dummy, Net* net, int l, int t) noexcept 
     cdef const floating* b = <floating*>net.b[l]
     if j1 <= j0:
         return
-    if l == 0 and net.in_place:
+    if _rows_split(net, l):
+        pass
+    elif l == 0 and net.in_place:
         fg_nn(m, j1 - j0, k, NULL, 0, net.xrows, <float*>net.W[l] + j0, n, <float*>Z + j0, n)
     else:
         _mm(net.gemm, False, False, <int>m, <int>(j1 - j0), <int>k, Ap, <int>k,
@@ -571,6 +602,9 @@ cdef int _step_core(floating* pp, const floating* gp, floating* s1, floating* s2
                 for t in prange(nt, schedule="static", chunksize=1):
                     _step_gather(xp, yp, ip, net, t)
             for l in range(L):
+                if _rows_split(net, <int>l):
+                    for t in prange(nt, schedule="static", chunksize=1):
+                        _step_forward_rows(pp, net, <int>l, t)
                 for t in prange(nt, schedule="static", chunksize=1):
                     _step_forward(pp, net, <int>l, t)
             for t in prange(nt, schedule="static", chunksize=1):
@@ -997,7 +1031,7 @@ cdef int _batch(StepPlan plan, object Xb, object Yb, Py_ssize_t m) except -1:
     net.Y = _data(Yb, plan.dtype, m * net.n[net.L], "Yb", False)
     net.m = m
     if plan.isz == 4:
-        net.in_place = _own(net, <const float*>net.X, 0) and m <= MAXR and net.n[0] <= FG_MAX_K
+        net.in_place = _own(net, <const float*>net.X, 0) and m <= MAXR
     else:
         net.in_place = False
     plan._last_xb, plan._last_yb, plan._last_m = Xb, Yb, m

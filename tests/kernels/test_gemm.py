@@ -5,12 +5,20 @@
   and read-only inputs;
 * any block of C, computed on its own as a thread computes its share, has the
   same bits as the whole product;
+* products deeper than a chunk (4096) chain the chunks, and narrow weight
+  gradients (few units) walk C transposed, each with the bits of any other walk;
 * the AVX-512 copy of the extension has the kernels and the others do not;
-  shapes left to BLAS leave C untouched.
+* a training step with a first layer of many inputs and few units (its forward
+  product split by rows among the team) has the same bits on any thread count.
 """
 
 import numpy as np
 import pytest
+
+from fusednet import kernels, optim
+from fusednet.layers import Dense
+from fusednet.model import Sequential
+from fusednet.trainer import Trainer
 
 _cython = pytest.importorskip("fusednet.kernels._cython", reason="the Cython extension is not built")
 
@@ -121,11 +129,46 @@ def test_any_block_of_c_has_the_bits_of_the_whole_product(ck, form):
         np.testing.assert_array_equal(part, whole[r0:r1, c0:c1])
 
 
-def test_long_products_are_left_to_blas(ck):
-    k = 4097  # FG_MAX_K + 1: B's (K, 32) panel would not stay in L2
-    C = np.zeros((2, 20), np.float32)
-    assert ck.gemm_f32(np.ones((2, k), np.float32), np.ones((k, 20), np.float32), C) is False
-    assert not C.any()
+@pytest.mark.parametrize("k", [4097, 9000, 12288])
+def test_long_products_chain_their_depth_chunks(ck, k):
+    """Beyond FG_MAX_K (4096) A @ B runs in depth chunks, each starting from C: still one chain per element.
+
+    The narrow A.T @ B (few columns, many rows: C^T's vectors along the rows) walks the whole
+    depth at once, so it equals the chunked product bit for bit only if chunking changed no
+    rounding.
+    """
+    rng = np.random.default_rng(k)
+    m, n = 64, 20  # the cats network's first layer: 12288 inputs, 20 units
+    A, B = _operands(rng, (m, k), (k, n))
+    C = np.full((m, n), np.nan, np.float32)
+    assert ck.gemm_f32(A, B, C)
+    _check(C, A, B)
+    CT = np.full((m, n), np.nan, np.float32)
+    assert ck.gemm_f32(np.ascontiguousarray(A.T), B, CT, trans_a=True)
+    np.testing.assert_array_equal(CT, C)
+
+
+def test_narrow_weight_gradients_have_the_bits_of_the_wide_walk(ck):
+    """A.T @ B with few columns (a layer of few units) takes the transposed walk; any other walk of
+    the same product (blocks of few rows, rows read by index) gives the same bits."""
+    rng = np.random.default_rng(6)
+    K, m, n = 209, 300, 20
+    A, B = _operands(rng, (K, m), (K, n))
+    whole = np.full((m, n), np.nan, np.float32)
+    assert ck.gemm_f32(A, B, whole, trans_a=True)
+    _check(whole, A.T, B)
+    for r0, r1 in [(0, 17), (17, 50), (50, 51), (283, 300)]:
+        part = np.empty((r1 - r0, n), np.float32)
+        assert ck.gemm_f32(A[:, r0:r1], B, part, trans_a=True)
+        np.testing.assert_array_equal(part, whole[r0:r1])
+    by_index = np.empty((m, n), np.float32)
+    assert ck.gemm_f32(A, B, by_index, trans_a=True, idx=np.arange(K, dtype=np.intp))
+    np.testing.assert_array_equal(by_index, whole)
+    for n in (1, 4, 7, 33):  # other narrow widths, against float64
+        Bn = np.ascontiguousarray(B[:, :1].repeat(n, axis=1) * rng.standard_normal(n).astype(np.float32))
+        C = np.full((m, n), np.nan, np.float32)
+        assert ck.gemm_f32(A, Bn, C, trans_a=True)
+        _check(C, A.T, Bn)
 
 
 def test_bad_shapes_raise(ck):
@@ -139,3 +182,31 @@ def test_bad_shapes_raise(ck):
                     idx=np.array([0, 1, 3], np.intp))
     with pytest.raises(ValueError, match="must be contiguous"):
         ck.gemm_f32(np.ones((3, 10), np.float32)[:, ::2], np.ones((5, 4), np.float32), C)
+
+
+@pytest.mark.skipif(not OWN, reason="no copy of the extension with the own products")
+@pytest.mark.parametrize("batch_size", [None, 48], ids=["batch", "gathered"])
+def test_a_wide_first_layer_trains_with_the_same_bits_on_any_thread_count(batch_size):
+    """4100 inputs (two depth chunks), 20 units: the forward product split by rows, the narrow
+    weight gradient walked transposed; the per-kernel path (NumPy's products) agrees."""
+    rng = np.random.default_rng(8)
+    X = rng.random((96, 4100), dtype=np.float32)
+    y = (rng.random(96) < 0.4).astype(np.int64)
+
+    def train(n_threads, fused=True):
+        kernels.set_num_threads(n_threads)
+        model = Sequential([Dense(20, "relu"), Dense(7, "tanh"), Dense(1, "sigmoid")], input_dim=4100,
+                           dtype="float32", seed=2)
+        h = Trainer(model, optim.GD(0.01), batch_size=batch_size, epochs=3, progress=False,
+                    fused_step=fused).fit(X, y)
+        return model._params.copy(), np.array(h["train_loss"])
+
+    before = kernels.get_num_threads()
+    try:
+        one, two, ref = train(1), train(2), train(2, fused=False)
+    finally:
+        kernels.set_num_threads(before)
+    np.testing.assert_array_equal(two[0], one[0])
+    np.testing.assert_array_equal(two[1], one[1])
+    np.testing.assert_allclose(one[1], ref[1], rtol=1e-5)
+    np.testing.assert_allclose(one[0], ref[0], rtol=1e-3, atol=1e-5)
