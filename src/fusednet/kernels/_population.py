@@ -65,8 +65,9 @@ Tables:
 """
 
 import numpy as np
-from numba import njit, prange
-from numba.extending import overload
+from numba import carray, njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
 
 from . import _numba_cache  # noqa: F401  (a writable cache directory, before the first decorator)
@@ -213,16 +214,38 @@ def dropout_key4(seed, epoch, step, layer):
     return _splitmix64(x ^ np.uint64(layer))
 
 
+@intrinsic
+def _voidptr(typingctx, address):
+    """An integer address as a ``void *`` (for :func:`numba.carray`)."""
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return types.voidptr(types.intp), codegen
+
+
+@loop
+def _view(a, off, n, m):
+    """The ``(n, m)`` C-ordered block at element ``off`` of the 1-D C-contiguous ``a``, borrowed.
+
+    A plain view (``a[off:off + n * m].reshape(n, m)``) calls into the runtime
+    for the reshape and counts a reference of ``a`` with an atomic operation,
+    which the threads of a team contend for on the shared workspace; a step makes
+    dozens of these views.  The block borrows ``a``'s memory instead: it lives
+    only inside the kernel's call, while ``a`` does.
+    """
+    return carray(_voidptr(a.ctypes.data + off * a.itemsize), (n, m), a.dtype)
+
+
 @loop
 def _units(ws, off, n, nb):
     """The ``(n, nb)`` buffer at ``off`` of a workspace row."""
-    return ws[off:off + n * nb].reshape(n, nb)
+    return _view(ws, off, n, nb)
 
 
 @loop
 def _param(P, off, n_in, n_out):
     """A Dense layer's ``(n_in, n_out)`` weights at ``off`` of a model's arena row."""
-    return P[off:off + n_in * n_out].reshape(n_in, n_out)
+    return _view(P, off, n_in, n_out)
 
 
 @loop
