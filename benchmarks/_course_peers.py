@@ -1,30 +1,36 @@
 """The peers of the course benchmarks, each run as a script in a process of its own.
 
-    python _course_peers.py IMPL WORKLOAD.npz THREADS
+    python _course_peers.py IMPL THREADS
 
 IMPL is ``textbook`` (the course's NumPy loop), ``torch`` (PyTorch eager),
 ``jax`` (the whole fit in one ``jax.jit``: ``lax.fori_loop`` over the epochs,
 ``lax.scan`` over the mini-batches of each shuffled epoch) or ``sklearn``
-(scikit-learn's ``MLPClassifier``).  WORKLOAD.npz, written by
-``test_bench_course.py``, holds the data (``X`` float64, examples in rows;
-``y`` int class ids), the initial weights (``W0``, ``b0``, ... of shapes
-``(n_in, n_out)`` and ``(n_out,)``, fusednet's layout) and a JSON ``spec``: layer
-sizes, hidden activation, output (``sigmoid`` or ``softmax``), optimiser (``gd``
-or ``adam``), learning rate, batch size (0: the whole set), epochs of the timed
-fit, and the epochs and rows of the agreement check.
+(scikit-learn's ``MLPClassifier``).  The process serves the commands it reads
+on stdin, one a line, so that it starts (imports) once for every workload:
 
-The program prints ``check LOSS`` (when the spec asks for a check: the last
-epoch's cost of a float64 fit from the given weights, mini-batches in order,
-the cost defined as fusednet's ``history["train_loss"]``), then ``ready
-COMPILE_SECONDS`` once its float32 fit is built and run once (JAX: the time of
-``lower(...).compile()``; 0 for the others), then, for every line read on
-stdin, runs one whole float32 fit of ``epochs`` epochs (shuffled each epoch)
-and prints its wall time in seconds.
+``load TAG WORKLOAD.npz``
+    WORKLOAD.npz, written by ``test_bench_course.py``, holds the data (``X``
+    float64, examples in rows; ``y`` int class ids), the initial weights
+    (``W0``, ``b0``, ... of shapes ``(n_in, n_out)`` and ``(n_out,)``,
+    fusednet's layout) and a JSON ``spec``: layer sizes, hidden activation,
+    output (``sigmoid`` or ``softmax``), optimiser (``gd`` or ``adam``),
+    learning rate, batch size (0: the whole set), epochs of the timed fit, and
+    the epochs and rows of the agreement check.  The program answers ``check TAG
+    LOSS`` (when the spec asks for a check: the last epoch's cost of a float64
+    fit from the given weights, mini-batches in order, the cost defined as
+    fusednet's ``history["train_loss"]``), then ``ready TAG COMPILE_SECONDS`` once
+    its float32 fit is built and run once (JAX: the time of
+    ``lower(...).compile()``; 0 for the others), or ``error TAG MESSAGE``.
+``go``
+    One whole float32 fit of the loaded workload's ``epochs`` epochs (shuffled
+    each epoch); the answer is its wall time in seconds.
 """
 
+import importlib
 import json
 import sys
 import time
+import traceback
 
 import numpy as np
 
@@ -349,23 +355,41 @@ def sklearn_program(spec, X, y, weights, threads):
 
 
 PROGRAMS = {"textbook": textbook_program, "torch": torch_program, "jax": jax_program, "sklearn": sklearn_program}
+#: imported as the process starts, before the first workload comes
+MODULES = {"textbook": "fusednet._textbook", "torch": "torch", "jax": "jax", "sklearn": "sklearn.neural_network"}
 
 
-def main(argv):
-    impl, path, threads = argv[1], argv[2], int(argv[3])
+def serve(program, path, threads, tag):
+    """Answer a ``load`` command; return the timed fit."""
     spec, X, y, weights = load(path)
-    program = PROGRAMS[impl]
     if spec["check_epochs"] > 0:
         rows = spec["check_rows"]
         check = program(spec, X[:rows], y[:rows], weights, threads)(np.float64, False)
-        print("check", repr(check(spec["check_epochs"])), flush=True)
+        print("check", tag, repr(check(spec["check_epochs"])), flush=True)
     fit = program(spec, X, y, weights, threads)(np.float32, True)
     fit(spec["epochs"])
-    print("ready", getattr(fit, "compile_seconds", 0.0), flush=True)
-    for _ in sys.stdin:
-        start = time.perf_counter()
-        fit(spec["epochs"])
-        print(time.perf_counter() - start, flush=True)
+    print("ready", tag, getattr(fit, "compile_seconds", 0.0), flush=True)
+    return lambda: fit(spec["epochs"])
+
+
+def main(argv):
+    program, threads = PROGRAMS[argv[1]], int(argv[2])
+    importlib.import_module(MODULES[argv[1]])
+    fit = None
+    for line in sys.stdin:
+        command, _, argument = line.strip().partition(" ")
+        if command == "load":
+            tag, _, path = argument.partition(" ")
+            fit = None
+            try:
+                fit = serve(program, path, threads, tag)
+            except Exception as exc:
+                traceback.print_exc()
+                print("error", tag, f"{type(exc).__name__}: {exc}".replace("\n", " "), flush=True)
+        elif command == "go":
+            start = time.perf_counter()
+            fit()
+            print(time.perf_counter() - start, flush=True)
 
 
 if __name__ == "__main__":

@@ -155,21 +155,27 @@ def missing_peers(entries):
             for e in entries if importlib.util.find_spec(PEERS[e][1]) is None}
 
 
-class Peer:
-    """A peer program in a process of its own: it checks, builds and warms its fit, then times one per request."""
+class PeerProcess:
+    """A peer program in a process of its own, started once for every workload of this module.
 
-    def __init__(self, entry, workload_path, threads, log_path):
+    ``load`` sends a workload (the process checks, builds and warms its fit meanwhile), ``ready``
+    waits for it and returns ``(check cost or None, compile seconds)``, ``time`` times one fit.
+    """
+
+    def __init__(self, program, threads, log_path):
         env = dict(os.environ)
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(threads)
-        self.entry = entry
+        self.program = program
         self.log_path = log_path
         self.log = open(log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, PEER_SCRIPT, PEERS[entry][0], workload_path, str(threads)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     env=env)
-        self.check = None
-        self.compile_seconds = 0.0
+        self.proc = subprocess.Popen([sys.executable, PEER_SCRIPT, program, str(threads)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
+        self.loads = 0
+
+    def _send(self, line):
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
 
     def _line(self):
         line = self.proc.stdout.readline()
@@ -177,21 +183,28 @@ class Peer:
             self.proc.wait(timeout=60)
             with open(self.log_path) as f:
                 tail = f.read().strip().splitlines()[-5:]
-            raise RuntimeError(f"the {self.entry} process stopped: " + " | ".join(tail))
-        return line.split()
+            raise RuntimeError(f"the {self.program} process stopped: " + " | ".join(tail))
+        return line.split(maxsplit=2)
+
+    def load(self, path):
+        self.loads += 1
+        self._send(f"load {self.loads} {path}")
 
     def ready(self):
-        while True:
+        check = None
+        while True:  # the answers to this load (any left from an earlier, failed test are skipped)
             words = self._line()
+            if len(words) < 3 or words[1] != str(self.loads):
+                continue
             if words[0] == "check":
-                self.check = float(words[1])
+                check = float(words[2])
             elif words[0] == "ready":
-                self.compile_seconds = float(words[1])
-                return self
+                return check, float(words[2])
+            elif words[0] == "error":
+                raise RuntimeError(f"the {self.program} program failed: {words[2]}")
 
     def time(self):
-        self.proc.stdin.write("go\n")
-        self.proc.stdin.flush()
+        self._send("go")
         return float(self._line()[0])
 
     def close(self):
@@ -208,24 +221,21 @@ class Peer:
         self.log.close()
 
 
-def start_peers(entries, workload_path, threads, log_dir):
-    """Start every peer at once: their imports and compiles overlap each other and the caller's own work."""
-    peers = []
+@pytest.fixture(scope="module")
+def peer_processes(tmp_path_factory):
+    """{program: PeerProcess} of every installed peer, all started at once (their imports overlap)."""
+    log_dir = tmp_path_factory.mktemp("peers")
+    programs = sorted({program for entry, (program, _) in PEERS.items() if not missing_peers([entry])})
+    procs = {}
     try:
-        for entry in entries:
-            peers.append(Peer(entry, workload_path, threads, os.path.join(log_dir, f"{PEERS[entry][0]}.log")))
-    except BaseException:
-        close_peers(peers)
-        raise
-    return peers
-
-
-def close_peers(peers):
-    """End the peers' processes, all at once (their interpreters' exits overlap)."""
-    for peer in peers:
-        peer.close()
-    for peer in peers:
-        peer.wait()
+        for program in programs:
+            procs[program] = PeerProcess(program, fn.get_num_threads(), str(log_dir / f"{program}.log"))
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.close()
+        for proc in procs.values():
+            proc.wait()
 
 
 def fusednet_trainer(w, weights, epochs, dtype, shuffle):
@@ -246,12 +256,12 @@ def fusednet_check(w, X, y, weights, epochs):
     return trainer.fit(np.asarray(X, np.float64), y)["train_loss"][-1]
 
 
-def assert_agree(reference, peers):
-    for peer in peers:
-        if peer.check is not None:
-            rtol = RTOL.get(peer.entry, RTOL_DEFAULT)
-            assert peer.check == pytest.approx(reference, rel=rtol), (
-                f"{peer.entry}'s float64 cost {peer.check!r} differs from fusednet's {reference!r}")
+def assert_agree(reference, checks):
+    """Each peer's float64 check cost (``{entry: cost or None}``) equals fusednet's."""
+    for entry, cost in checks.items():
+        if cost is not None:
+            assert cost == pytest.approx(reference, rel=RTOL.get(entry, RTOL_DEFAULT)), (
+                f"{entry}'s float64 cost {cost!r} differs from fusednet's {reference!r}")
 
 
 def in_turns(runners, rounds):
@@ -272,7 +282,7 @@ def timed(func, *args):
     return time.perf_counter() - start
 
 
-def report(benchmark, peers, per_unit, targets, unit):
+def report(benchmark, per_unit, compile_seconds, targets, unit):
     """Medians into the ratio table and ``extra_info``; each peer's median ratio (and target) printed."""
     group = benchmark.group
     for name, ts in per_unit.items():
@@ -287,40 +297,46 @@ def report(benchmark, peers, per_unit, targets, unit):
         benchmark.extra_info[f"ratio {name}"] = ratios
         target = f" (target >= {targets[name]}x)" if name in targets else ""
         print(f"  {name}: {statistics.median(ts) * 1e6:.1f} us, median ratio {statistics.median(ratios):.2f}{target}")
-    for peer in peers:
-        if peer.compile_seconds:
-            benchmark.extra_info[f"{peer.entry} compile seconds"] = peer.compile_seconds
-            print(f"  {peer.entry} compile time (excluded): {peer.compile_seconds:.2f} s")
-            add_note(f"{group}: {peer.entry} compile time {peer.compile_seconds:.2f} s, excluded")
+    for name, seconds in compile_seconds.items():
+        if seconds:
+            benchmark.extra_info[f"{name} compile seconds"] = seconds
+            print(f"  {name} compile time (excluded): {seconds:.2f} s")
+            add_note(f"{group}: {name} compile time {seconds:.2f} s, excluded")
+
+
+def load_peers(peer_processes, entries, path):
+    """Send the workload to each entry's process; return {entry: process}."""
+    peers = {entry: peer_processes[PEERS[entry][0]] for entry in entries}
+    for proc in peers.values():
+        proc.load(path)
+    return peers
 
 
 @pytest.mark.parametrize("name", list(WORKLOADS))
-def test_course_fit_in_turns(benchmark, tmp_path, name):
+def test_course_fit_in_turns(benchmark, tmp_path, peer_processes, name):
     w = WORKLOADS[name]
     benchmark.group = w.group
     epochs, rounds = (w.quick_epochs, 1) if benchmark.disabled else (w.epochs, ROUNDS)
     X, y = w.data()
     weights = initial_weights(w.dims, w.init)
-    threads = fn.get_num_threads()
     missing = missing_peers(w.peers)
     for reason in missing.values():
         print(f"\n{w.group}: {reason}")
         benchmark.extra_info.setdefault("left out", []).append(reason)
     path = write_workload(tmp_path / "workload.npz", w.spec(epochs, len(X)), X, y, weights)
-    peers = start_peers([e for e in w.peers if e not in missing], path, threads, str(tmp_path))
-    try:
-        reference = fusednet_check(w, X, y, weights, w.check_epochs)
-        trainer = fusednet_trainer(w, weights, epochs, "float32", shuffle=True)
-        X32 = np.asarray(X, np.float32)
-        trainer.fit(X32, y)  # warm the workspace and the kernels
-        assert_agree(reference, [peer.ready() for peer in peers])
-        runners = {"fusednet": lambda: timed(trainer.fit, X32, y), **{p.entry: p.time for p in peers}}
-        times = in_turns(runners, rounds)
-    finally:
-        close_peers(peers)
+    peers = load_peers(peer_processes, [e for e in w.peers if e not in missing], path)
+    # fusednet's check and warm-up while the peers load theirs
+    reference = fusednet_check(w, X, y, weights, w.check_epochs)
+    trainer = fusednet_trainer(w, weights, epochs, "float32", shuffle=True)
+    X32 = np.asarray(X, np.float32)
+    trainer.fit(X32, y)
+    answers = {entry: proc.ready() for entry, proc in peers.items()}
+    assert_agree(reference, {entry: check for entry, (check, _) in answers.items()})
+    runners = {"fusednet": lambda: timed(trainer.fit, X32, y), **{e: proc.time for e, proc in peers.items()}}
+    times = in_turns(runners, rounds)
     steps = epochs * steps_per_epoch(len(X), w.batch)
     per_step = {name: [t / steps for t in ts] for name, ts in times.items()}
-    report(benchmark, peers, per_step, w.targets, "per step")
+    report(benchmark, per_step, {entry: c for entry, (_, c) in answers.items()}, w.targets, "per step")
     benchmark.pedantic(lambda: None, rounds=1)
 
 
@@ -335,7 +351,7 @@ MLP = Workload(group="", data=mnist_like, dims=tuple(MLP_DIMS), hidden="relu", o
 
 
 @pytest.mark.parametrize("batch", [64, 128, 512])
-def test_jax_mlp_epoch(benchmark, tmp_path, batch):
+def test_jax_mlp_epoch(benchmark, tmp_path, peer_processes, batch):
     """One shuffled epoch compiled as one function (``scan`` over its mini-batches), beside test_mlp_epoch."""
     missing = missing_peers(MLP.peers)
     if missing:
@@ -346,18 +362,16 @@ def test_jax_mlp_epoch(benchmark, tmp_path, batch):
     w = replace(MLP, batch=batch)
     weights = initial_weights(w.dims, w.init)
     path = write_workload(tmp_path / "mlp.npz", w.spec(1, CHECK_ROWS), X, y, weights)
-    (peer,) = start_peers(MLP.peers, path, fn.get_num_threads(), str(tmp_path))
-    try:
-        reference = fusednet_check(w, X[:CHECK_ROWS], y[:CHECK_ROWS], weights, 1)
-        assert_agree(reference, [peer.ready()])
-        times = [peer.time() for _ in range(reps)]
-    finally:
-        close_peers([peer])
-    add_external(benchmark.group, peer.entry, statistics.median(times))
-    benchmark.extra_info[peer.entry] = times
-    benchmark.extra_info["compile seconds"] = peer.compile_seconds
-    print(f"\n{benchmark.group}: {peer.entry} {statistics.median(times) * 1e3:.0f} ms per epoch "
-          f"(compile time {peer.compile_seconds:.2f} s, excluded; target: fusednet's epoch "
-          f">= {MLP.targets[peer.entry]}x faster)")
-    add_note(f"{benchmark.group}: {peer.entry} compile time {peer.compile_seconds:.2f} s, excluded")
+    ((entry, proc),) = load_peers(peer_processes, MLP.peers, path).items()
+    reference = fusednet_check(w, X[:CHECK_ROWS], y[:CHECK_ROWS], weights, 1)
+    check, compile_seconds = proc.ready()
+    assert_agree(reference, {entry: check})
+    times = [proc.time() for _ in range(reps)]
+    add_external(benchmark.group, entry, statistics.median(times))
+    benchmark.extra_info[entry] = times
+    benchmark.extra_info["compile seconds"] = compile_seconds
+    print(f"\n{benchmark.group}: {entry} {statistics.median(times) * 1e3:.0f} ms per epoch "
+          f"(compile time {compile_seconds:.2f} s, excluded; target: fusednet's epoch "
+          f">= {MLP.targets[entry]}x faster)")
+    add_note(f"{benchmark.group}: {entry} compile time {compile_seconds:.2f} s, excluded")
     benchmark.pedantic(lambda: None, rounds=1)
