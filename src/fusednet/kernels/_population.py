@@ -237,6 +237,19 @@ def _view(a, off, n, m):
 
 
 @loop
+def _slice(a, off, n):
+    """``a[off:off + n]`` of a 1-D C-contiguous ``a``, borrowed (see :func:`_view`)."""
+    return carray(_voidptr(a.ctypes.data + off * a.itemsize), (n,), a.dtype)
+
+
+@loop
+def _row(a, k):
+    """Row ``k`` of a 2-D C-contiguous ``a``, borrowed (see :func:`_view`)."""
+    n = a.shape[1]
+    return carray(_voidptr(a.ctypes.data + k * n * a.itemsize), (n,), a.dtype)
+
+
+@loop
 def _units(ws, off, n, nb):
     """The ``(n, nb)`` buffer at ``off`` of a workspace row."""
     return _view(ws, off, n, nb)
@@ -250,10 +263,10 @@ def _param(P, off, n_in, n_out):
 
 @loop
 def _vector(P, off, n, zeros):
-    """The ``n`` values at ``off`` of an arena row, or ``zeros[:n]`` when ``off`` is -1."""
+    """The ``n`` values at ``off`` of an arena row, or ``_slice(zeros, 0, n)`` when ``off`` is -1."""
     if off < 0:
-        return zeros[:n]
-    return P[off:off + n]
+        return _slice(zeros, 0, n)
+    return _slice(P, off, n)
 
 
 @helper
@@ -481,9 +494,9 @@ def _forward(net, at, P, R, ws, scratch, XT, YT, nb, loss, keys, h, epoch, step,
                 _bias_act(out, bias, net[i].act, net[i].slope, out)
         elif op == ACTIVATION:
             if last:
-                total = _loss(loss, A, zeros[:n], YT, out)
+                total = _loss(loss, A, _slice(zeros, 0, n), YT, out)
             else:
-                _bias_act(A, zeros[:n], net[i].act, net[i].slope, out)
+                _bias_act(A, _slice(zeros, 0, n), net[i].act, net[i].slope, out)
         elif op == DROPOUT:
             if train:
                 key = dropout_key4(keys[0], epoch, step, net[i].index)
@@ -492,16 +505,16 @@ def _forward(net, at, P, R, ws, scratch, XT, YT, nb, loss, keys, h, epoch, step,
             else:
                 out[:, :] = A
         else:
-            gamma = P[net[i].gamma_off:net[i].gamma_off + n]
-            beta = P[net[i].beta_off:net[i].beta_off + n]
+            gamma = _slice(P, net[i].gamma_off, n)
+            beta = _slice(P, net[i].beta_off, n)
             if train:
                 st = at[i, STAT]
                 xhat = _units(ws, at[i, XHAT], n, nb)
-                batchnorm_train_cols(A.T, gamma, beta, net[i].bn_eps, xhat.T, out.T, ws[st:st + n],
-                                     ws[st + n:st + 2 * n], ws[st + 2 * n:st + 3 * n], 0, n, scratch)
+                batchnorm_train_cols(A.T, gamma, beta, net[i].bn_eps, xhat.T, out.T, _slice(ws, st, n),
+                                     _slice(ws, st + n, n), _slice(ws, st + 2 * n, n), 0, n, scratch)
             else:
-                rm = R[net[i].rmean_off:net[i].rmean_off + n]
-                rv = R[net[i].rvar_off:net[i].rvar_off + n]
+                rm = _slice(R, net[i].rmean_off, n)
+                rv = _slice(R, net[i].rvar_off, n)
                 batchnorm_infer_block(A.T, gamma, beta, rm, rv, net[i].bn_eps, out.T, 0, nb, 0, n, scratch)
         A = out
     return total
@@ -533,7 +546,7 @@ def _backward(net, at, P, G, ws, scratch, XT, YT, nb, keys, h, epoch, step, d0, 
                 if act != LINEAR:
                     _act_backward(d, _units(ws, _out(at, i, off0), n, nb), act, net[i].slope, d)
             if net[i].b_off >= 0:
-                _unit_sums(d, G[net[i].b_off:net[i].b_off + n])
+                _unit_sums(d, _slice(G, net[i].b_off, n))
             W = _param(P, net[i].w_off, n_in, n)
             dW = _param(G, net[i].w_off, n_in, n)
             need = at[i, NEED_DIN] != 0
@@ -548,11 +561,11 @@ def _backward(net, at, P, G, ws, scratch, XT, YT, nb, keys, h, epoch, step, d0, 
             threshold = np.int64(keys[1 + i])
             _dropout(d, key, threshold - 1 if threshold > 0 else -1, 1.0 / h[KEEP + i], d)
         else:
-            gamma = P[net[i].gamma_off:net[i].gamma_off + n]
+            gamma = _slice(P, net[i].gamma_off, n)
             st = at[i, STAT]
             xhat = _units(ws, at[i, XHAT], n, nb)
-            batchnorm_backward_cols(d.T, xhat.T, gamma, ws[st + 2 * n:st + 3 * n], d.T,
-                                    G[net[i].gamma_off:net[i].gamma_off + n], G[net[i].beta_off:net[i].beta_off + n],
+            batchnorm_backward_cols(d.T, xhat.T, gamma, _slice(ws, st + 2 * n, n), d.T,
+                                    _slice(G, net[i].gamma_off, n), _slice(G, net[i].beta_off, n),
                                     0, n, scratch)
         if at[i, NEED_DIN] == 0:
             break
@@ -564,23 +577,24 @@ def _update(kind, w, g, s1, s2, h, bc1, bc2, l2, n_decay):
     c_lr = like(w, h[LR])
     c_l2 = like(w, l2)
     tv = tiny(w)
+    c_b1, c_1mb1 = like(w, h[BETA1]), like(w, 1.0 - h[BETA1])
+    c_b2, c_1mb2 = like(w, h[BETA2]), like(w, 1.0 - h[BETA2])
+    c_eps, c_bc1, c_bc2 = like(w, h[EPS]), like(w, bc1), like(w, bc2)
     n = w.size
     for part in range(2):
         a = 0 if part == 0 else n_decay
         e = n_decay if part == 0 else n
         decay = part == 0 and l2 != 0.0
+        wp, gp = _slice(w, a, e - a), _slice(g, a, e - a)
         if kind == OPT_GD:
-            _gd_loop(w[a:e], g[a:e], decay, c_lr, c_l2)
+            _gd_loop(wp, gp, decay, c_lr, c_l2)
         elif kind == OPT_MOMENTUM:
-            _momentum_loop(w[a:e], g[a:e], s1[a:e], decay, c_lr, like(w, h[BETA1]), like(w, 1.0 - h[BETA1]),
-                           like(w, bc1), c_l2, tv)
+            _momentum_loop(wp, gp, _slice(s1, a, e - a), decay, c_lr, c_b1, c_1mb1, c_bc1, c_l2, tv)
         elif kind == OPT_ADAM:
-            _adam_loop(w[a:e], g[a:e], s1[a:e], s2[a:e], decay, c_lr, like(w, h[BETA1]), like(w, 1.0 - h[BETA1]),
-                       like(w, h[BETA2]), like(w, 1.0 - h[BETA2]), like(w, h[EPS]), like(w, bc1), like(w, bc2),
-                       c_l2, tv)
+            _adam_loop(wp, gp, _slice(s1, a, e - a), _slice(s2, a, e - a), decay, c_lr, c_b1, c_1mb1, c_b2, c_1mb2,
+                       c_eps, c_bc1, c_bc2, c_l2, tv)
         else:
-            _rmsprop_loop(w[a:e], g[a:e], s1[a:e], decay, c_lr, like(w, h[BETA2]), like(w, 1.0 - h[BETA2]),
-                          like(w, h[EPS]), c_l2, tv)
+            _rmsprop_loop(wp, gp, _slice(s1, a, e - a), decay, c_lr, c_b2, c_1mb2, c_eps, c_l2, tv)
 
 
 @helper
@@ -590,8 +604,8 @@ def _update_running(net, at, ws, R):
         if net[i].op == BATCHNORM:
             n = net[i].n_out
             st = at[i, STAT]
-            ewa_span(R[net[i].rmean_off:net[i].rmean_off + n], ws[st:st + n], net[i].bn_momentum, 0, n)
-            ewa_span(R[net[i].rvar_off:net[i].rvar_off + n], ws[st + n:st + 2 * n], net[i].bn_momentum, 0, n)
+            ewa_span(_slice(R, net[i].rmean_off, n), _slice(ws, st, n), net[i].bn_momentum, 0, n)
+            ewa_span(_slice(R, net[i].rvar_off, n), _slice(ws, st + n, n), net[i].bn_momentum, 0, n)
 
 
 def _quarter_max(x):
@@ -687,14 +701,14 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
             for kk in range(k0, k1):
                 if status[kk, 0] == 0:
                     off0 = info[Z1W] + (kk - k0) * n1 * nb
-                    _product_t(_param(P[kk], net[0].w_off, nf, n1), XT, _units(ws, off0, n1, nb))
+                    _product_t(_param(_row(P, kk), net[0].w_off, nf, n1), XT, _units(ws, off0, n1, nb))
             for kk in range(k0, k1):
                 if status[kk, 0] != 0:
                     continue
-                h = hyp[kk]
-                Pk, Gk, s1, s2 = P[kk], G[kk], S1[kk], S2[kk]
+                h = _row(hyp, kk)
+                Pk, Gk, s1, s2 = _row(P, kk), _row(G, kk), _row(S1, kk), _row(S2, kk)
                 off0 = info[Z1W] + (kk - k0) * n1 * nb
-                cost = _forward(net, at, Pk, R[kk], ws, scratch, XT, YT, nb, loss, keys[kk], h, epoch,
+                cost = _forward(net, at, Pk, _row(R, kk), ws, scratch, XT, YT, nb, loss, _row(keys, kk), h, epoch,
                                 step, True, zeros, off0) / nb
                 l2 = h[L2]
                 if l2 != 0.0:
@@ -704,7 +718,7 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
                     code = COST
                 else:
                     correct = _correct(acc, _units(ws, _out(at, L - 1, off0), k, nb), YT, ids, order, s)
-                    _backward(net, at, Pk, Gk, ws, scratch, XT, YT, nb, keys[kk], h, epoch, step,
+                    _backward(net, at, Pk, Gk, ws, scratch, XT, YT, nb, _row(keys, kk), h, epoch, step,
                               info[D0], info[D1], off0)
                     if not np.isfinite(_sumsq(Gk, 0, n_params)):
                         code = GRADIENT
@@ -724,15 +738,15 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
                 if code != 0:
                     status[kk, 0], status[kk, 1], status[kk, 2] = code, epoch, step
                     continue
-                _update_running(net, at, ws, R[kk])
+                _update_running(net, at, ws, _row(R, kk))
                 out[ei, kk, TRAIN_SUM] += cost * nb
                 out[ei, kk, TRAIN_CORRECT] += correct
         # the dev set, in inference mode, in batches of B rows
         for kk in range(k0, k1):
             if status[kk, 0] != 0 or md == 0:
                 continue
-            h = hyp[kk]
-            Pk = P[kk]
+            h = _row(hyp, kk)
+            Pk = _row(P, kk)
             total = 0.0
             correct = 0
             off0 = at[0, OUT]
@@ -742,7 +756,7 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
                 YT = _units(ws, info[YT_AT], k, nb)
                 _gather(Xd, Yd, dorder, s, XT, YT)
                 _product_t(_param(Pk, net[0].w_off, nf, n1), XT, _units(ws, off0, n1, nb))
-                total += _forward(net, at, Pk, R[kk], ws, scratch, XT, YT, nb, loss, keys[kk], h, epoch,
+                total += _forward(net, at, Pk, _row(R, kk), ws, scratch, XT, YT, nb, loss, _row(keys, kk), h, epoch,
                                   0, False, zeros, off0)
                 correct += _correct(acc, _units(ws, _out(at, L - 1, off0), k, nb), YT, idsd, dorder, s)
             dl = total / md
