@@ -112,19 +112,19 @@ class Workload:
 
 WORKLOADS = {
     "planar": Workload(
-        group="planar 2-4-1 tanh/sigmoid, 400 points, batch GD (C1W3), per step", data=_planar, dims=(2, 4, 1),
+        group="C1W3 planar 2-4-1 tanh, batch GD, per step", data=_planar, dims=(2, 4, 1),
         hidden="tanh", output="sigmoid", optimizer="gd", lr=1.2, batch=0, epochs=2000, quick_epochs=50,
         check_epochs=10, init="random", targets={"torch-eager": 40, "jax-jit-fit": 2}),
     "moons": Workload(
-        group="moons 2-5-2-1 ReLU, 320 points, Adam, batch 64 (C2W2), per step", data=_moons, dims=(2, 5, 2, 1),
+        group="C2W2 moons 2-5-2-1 ReLU, Adam b64, per step", data=_moons, dims=(2, 5, 2, 1),
         hidden="relu", output="sigmoid", optimizer="adam", lr=7e-4, batch=64, epochs=400, quick_epochs=10,
         check_epochs=3, init="he", targets={"torch-eager": 40, "jax-jit-fit": 2}),
     "cats": Workload(
-        group="cats 12288-20-7-5-1 ReLU, 209 images, batch GD (C1W4), per step", data=_cats,
+        group="C1W4 cats 12288-20-7-5-1, batch GD, per step", data=_cats,
         dims=(12288, 20, 7, 5, 1), hidden="relu", output="sigmoid", optimizer="gd", lr=0.0075, batch=0,
         epochs=100, quick_epochs=3, check_epochs=3, init="xavier", targets={"torch-eager": 2.5, "jax-jit-fit": 3.3}),
     "digits": Workload(
-        group="digits 64-100-10 ReLU, 1797 images, Adam, batch 200, per step", data=_digits, dims=(64, 100, 10),
+        group="digits 64-100-10 ReLU, Adam b200, per step", data=_digits, dims=(64, 100, 10),
         hidden="relu", output="softmax", optimizer="adam", lr=1e-3, batch=200, epochs=50, quick_epochs=2,
         check_epochs=2, init="he", peers=("textbook", "torch-eager", "jax-jit-fit", "sklearn-mlp"),
         targets={"sklearn-mlp": 5}),
