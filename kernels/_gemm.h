@@ -35,6 +35,7 @@
 #define FG_MR 8          /* rows of C per micro-kernel */
 #define FG_NB 32         /* columns of C per micro-kernel (two vectors) */
 #define FG_KC 256        /* fg_nt transposes B in (FG_KC, FG_NB) panels on the stack */
+#define FG_JB 256        /* fg_tn_narrow reads A in super-panels of FG_JB columns */
 
 /* How a block reads A's element a(r, k) (r: row of C, k: depth) */
 #define FG_NN 0          /* rows[r][k]: A's rows, by pointer (contiguous or gathered) */
@@ -196,17 +197,22 @@ fg_tn_narrow(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t ld
              ptrdiff_t ldb, float *C, ptrdiff_t ldc)
 {
     float tile[FG_MR * FG_NB] __attribute__((aligned(64)));
-    ptrdiff_t i, j, w, r, jj;
+    ptrdiff_t i, j, j0, w, r, jj;
     int nv, mr;
     __mmask16 tail;
-    for (j = 0; j < m; j += FG_NB) {
-        w = fg_panel(m, j, &nv, &tail);
+    /* super-panels of FG_JB columns of A: A's rows are read FG_JB wide (whole runs of cache
+     * lines the prefetcher follows, where 32 columns of hundreds of rows apart are not), and
+     * the super-panel stays in L2 for C^T's later row blocks */
+    for (j0 = 0; j0 < m; j0 += FG_JB) {
         for (i = 0; i < n; i += FG_MR) {
             mr = (int)(n - i < FG_MR ? n - i : FG_MR);
-            fg_block_tn(mr, nv, K, B + i, ldb, NULL, A + j, lda, tile, FG_NB, tail, 0);
-            for (jj = 0; jj < w; jj++)
-                for (r = 0; r < mr; r++)
-                    C[(j + jj) * ldc + i + r] = tile[r * FG_NB + jj];
+            for (j = j0; j < m && j < j0 + FG_JB; j += FG_NB) {
+                w = fg_panel(m, j, &nv, &tail);
+                fg_block_tn(mr, nv, K, B + i, ldb, NULL, A + j, lda, tile, FG_NB, tail, 0);
+                for (jj = 0; jj < w; jj++)
+                    for (r = 0; r < mr; r++)
+                        C[(j + jj) * ldc + i + r] = tile[r * FG_NB + jj];
+            }
         }
     }
 }
