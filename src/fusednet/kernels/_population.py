@@ -111,8 +111,9 @@ from ._numba_math import (
 #: columns of ``at``
 OUT, XHAT, STAT, NEED_DIN = range(4)
 #: entries of ``info``
-(EPOCH0, N_EPOCHS, BATCH, LOSS, OPT, ACC, N_STEPS, XT_AT, YT_AT, D0, D1, Z1W, SAVE, ZEROS, WS_SIZE) = range(15)
-N_INFO = 15
+(EPOCH0, N_EPOCHS, BATCH, LOSS, OPT, ACC, N_STEPS, XT_AT, YT_AT, D0, D1, Z1W, SAVE, ZEROS, STATS, STAT_SIZE,
+ W1T_AT, DZ1_AT, DW1T_AT, WS_SIZE) = range(20)
+N_INFO = 20
 #: columns of ``hyp`` (layer ``i``'s keep_prob at ``KEEP + i``)
 LR, BETA1, BETA2, EPS, L2, KEEP = range(6)
 #: accuracy modes: none (a linear output), argmax against class ids (softmax), A > 0.5 against Y > 0.5 (sigmoid)
@@ -123,8 +124,9 @@ TRAIN_SUM, TRAIN_CORRECT, DEV_LOSS, DEV_CORRECT = range(4)
 #: ``status`` codes (``fusednet._fused.FAILED``): 0 training
 COST, GRADIENT, UPDATE, BN_STATS = 1, 2, 3, 4
 
-#: products of at least this many multiply-adds run on BLAS (``np.dot``), smaller ones as loops here
-#: (benchmarks/test_bench_population.py, ``test_blas_threshold``)
+#: products of at least this many multiply-adds run on BLAS (``np.dot``), smaller ones as loops here:
+#: chosen with the two workloads of benchmarks/test_bench_population.py, whose digits net's products
+#: (40960 multiply-adds and up) ran faster on BLAS and whose moons net's (640 at most) as loops
 BLAS_MACS = 32_768
 
 _OPTIONS = dict(nogil=True, fastmath=set(REDUCTION_FASTMATH), error_model="numpy", boundscheck=False)
@@ -149,11 +151,12 @@ def layout(net, n_models, batch, n_params):
 
     The workspace of one chunk (one row of ``work`` in :func:`fit_chunk`)
     holds, each for ``batch`` examples: every layer's output, batch norm's
-    ``xhat`` and statistics, the gathered batch ``X^T`` and ``Y^T``, two delta
-    buffers of the widest layer, the first layer's output for all
-    ``n_models`` models, a copy of one model's parameters and optimiser state
-    (restored if its update fails) and a row of zeros (the bias of a Dense
-    without one and of an Activation).  ``info[WS_SIZE]`` is its length; the
+    ``xhat``, the gathered batch ``X^T`` and ``Y^T``, two delta buffers of the
+    widest layer, and for all ``n_models`` models the first layer's output,
+    its delta, its weights and their gradient, transposed and stacked (the wide
+    products), and each model's batch-norm statistics; then a copy of one
+    model's parameters and optimiser state (restored if its update fails) and a
+    row of zeros (the bias of a Dense without one and of an Activation).  ``info[WS_SIZE]`` is its length; the
     call's own scalars (epochs, loss, optimiser, ...) are left 0 for the caller.
     """
     L = net.shape[0]
@@ -169,16 +172,24 @@ def layout(net, n_models, batch, n_params):
         return start
 
     seen = False
+    stat_size = 0
     for i in range(L):
         n = int(net[i]["n_out"])
         bn = int(net[i]["op"]) == BATCHNORM
         at[i, OUT] = take(n * batch)
         if bn:
             at[i, XHAT] = take(n * batch)
-            at[i, STAT] = take(3 * n)
+            at[i, STAT] = stat_size  # within each model's block of statistics
+            stat_size += 3 * n
         at[i, NEED_DIN] = int(seen)
         seen = seen or int(net[i]["op"]) in (DENSE, BATCHNORM)
+    n1 = int(net[0]["n_out"])
     info = np.zeros(N_INFO, np.int64)
+    info[STAT_SIZE] = stat_size
+    info[STATS] = take(n_models * stat_size)
+    info[W1T_AT] = take(n_models * n1 * nf)
+    info[DZ1_AT] = take(n_models * n1 * batch)
+    info[DW1T_AT] = take(n_models * n1 * nf)
     info[BATCH] = batch
     info[XT_AT] = take(nf * batch)
     info[YT_AT] = take(int(net[L - 1]["n_out"]) * batch)
@@ -442,6 +453,15 @@ def _correct(acc, A, Y, ids, order, s):
     return count
 
 
+@helper
+def _transpose_into(A, out):
+    """``out = A^T``: A (n, m) IN, out (m, n) OUT."""
+    n, m = A.shape
+    for i in range(n):
+        for j in range(m):
+            out[j, i] = A[i, j]
+
+
 @loop
 def _sumsq(x, start, stop):
     s = 0.0
@@ -470,11 +490,11 @@ def _out(at, i, off0):
 
 
 @helper
-def _forward(net, at, P, R, ws, scratch, XT, YT, nb, loss, keys, h, epoch, step, train, zeros, off0):
+def _forward(net, at, P, R, ws, scratch, XT, YT, nb, loss, keys, h, epoch, step, train, zeros, off0, sb):
     """Forward from layer 0's product, already at ``off0``; returns the summed loss of the batch.
 
-    ``train``: batch statistics and dropout (``keys``, ``h``: the model's rows of ``keys`` and ``hyp``);
-    else running statistics.
+    ``train``: batch statistics (kept at ``sb``) and dropout (``keys``, ``h``: the model's rows of ``keys``
+    and ``hyp``); else running statistics.
     """
     L = net.shape[0]
     A = XT
@@ -508,7 +528,7 @@ def _forward(net, at, P, R, ws, scratch, XT, YT, nb, loss, keys, h, epoch, step,
             gamma = _slice(P, net[i].gamma_off, n)
             beta = _slice(P, net[i].beta_off, n)
             if train:
-                st = at[i, STAT]
+                st = sb + at[i, STAT]
                 xhat = _units(ws, at[i, XHAT], n, nb)
                 batchnorm_train_cols(A.T, gamma, beta, net[i].bn_eps, xhat.T, out.T, _slice(ws, st, n),
                                      _slice(ws, st + n, n), _slice(ws, st + 2 * n, n), 0, n, scratch)
@@ -521,8 +541,12 @@ def _forward(net, at, P, R, ws, scratch, XT, YT, nb, loss, keys, h, epoch, step,
 
 
 @helper
-def _backward(net, at, P, G, ws, scratch, XT, YT, nb, keys, h, epoch, step, d0, d1, off0):
-    """Backward after :func:`_forward`: fills the model's gradient row (no L2 term)."""
+def _backward(net, at, P, G, ws, scratch, XT, YT, nb, keys, h, epoch, step, d0, d1, off0, sb, dz1):
+    """Backward after :func:`_forward`: fills the model's gradient row (no L2 term).
+
+    With ``dz1 >= 0`` the first layer's weight gradient is left to the wide product: its delta is
+    copied to ``dz1`` instead.
+    """
     L = net.shape[0]
     cur = d0
     nxt = d1
@@ -550,8 +574,10 @@ def _backward(net, at, P, G, ws, scratch, XT, YT, nb, keys, h, epoch, step, d0, 
             W = _param(P, net[i].w_off, n_in, n)
             dW = _param(G, net[i].w_off, n_in, n)
             need = at[i, NEED_DIN] != 0
-            din = _units(ws, nxt, n_in, nb)
-            _grad_products(A_in, d, W, dW, din, need)
+            if i == 0 and dz1 >= 0:
+                _units(ws, dz1, n, nb)[:, :] = d
+            else:
+                _grad_products(A_in, d, W, dW, _units(ws, nxt, n_in, nb), need)
             cur, nxt = nxt, cur
         elif op == ACTIVATION:
             if i < L - 1:
@@ -562,7 +588,7 @@ def _backward(net, at, P, G, ws, scratch, XT, YT, nb, keys, h, epoch, step, d0, 
             _dropout(d, key, threshold - 1 if threshold > 0 else -1, 1.0 / h[KEEP + i], d)
         else:
             gamma = _slice(P, net[i].gamma_off, n)
-            st = at[i, STAT]
+            st = sb + at[i, STAT]
             xhat = _units(ws, at[i, XHAT], n, nb)
             batchnorm_backward_cols(d.T, xhat.T, gamma, _slice(ws, st + 2 * n, n), d.T,
                                     _slice(G, net[i].gamma_off, n), _slice(G, net[i].beta_off, n),
@@ -598,12 +624,12 @@ def _update(kind, w, g, s1, s2, h, bc1, bc2, l2, n_decay):
 
 
 @helper
-def _update_running(net, at, ws, R):
+def _update_running(net, at, ws, R, sb):
     """Fold the step's batch-norm statistics into the model's running averages (``ewa_span``)."""
     for i in range(net.shape[0]):
         if net[i].op == BATCHNORM:
             n = net[i].n_out
-            st = at[i, STAT]
+            st = sb + at[i, STAT]
             ewa_span(_slice(R, net[i].rmean_off, n), _slice(ws, st, n), net[i].bn_momentum, 0, n)
             ewa_span(_slice(R, net[i].rvar_off, n), _slice(ws, st + n, n), net[i].bn_momentum, 0, n)
 
@@ -620,11 +646,11 @@ def _quarter_max_impl(x):
 
 
 @helper
-def _bn_bounded(net, at, ws, limit):
+def _bn_bounded(net, at, ws, limit, sb):
     """Whether every batch-norm batch mean and variance of the step is finite and below ``limit``."""
     for i in range(net.shape[0]):
         if net[i].op == BATCHNORM:
-            st = at[i, STAT]
+            st = sb + at[i, STAT]
             for j in range(st, st + 2 * net[i].n_out):
                 if not abs(ws[j]) < limit:
                     return False
@@ -686,6 +712,14 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
     zeros[:] = 0.0
     save = ws[info[SAVE]:info[SAVE] + 3 * n_params]
     limit = _quarter_max(P)
+    Kc = k1 - k0
+    wide = nf * n1 * B * Kc >= BLAS_MACS  # the first layer's products as one BLAS call each for the chunk
+    w1t = _units(ws, info[W1T_AT], Kc * n1, nf)  # model kk's W1^T: rows (kk - k0) n1 ...
+    for kk in range(k0, k1):
+        _transpose_into(_param(_row(P, kk), net[0].w_off, nf, n1), _units(ws, info[W1T_AT] + (kk - k0) * n1 * nf,
+                                                                          n1, nf))
+    costs = np.zeros(Kc)
+    corrects = np.zeros(Kc, np.int64)
     for ei in range(info[N_EPOCHS]):
         epoch = info[EPOCH0] + ei
         order = perm[ei]
@@ -698,38 +732,55 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
             YT = _units(ws, info[YT_AT], k, nb)
             _gather(X, Y, order, s, XT, YT)
             # the first layer's product for every model of the chunk: one pass over the batch
+            if wide:
+                np.dot(w1t, XT, _units(ws, info[Z1W], Kc * n1, nb))
+            else:
+                for kk in range(k0, k1):
+                    if status[kk, 0] == 0:
+                        _product_t(_param(_row(P, kk), net[0].w_off, nf, n1), XT,
+                                   _units(ws, info[Z1W] + (kk - k0) * n1 * nb, n1, nb))
+            # each model's forward and backward pass
             for kk in range(k0, k1):
-                if status[kk, 0] == 0:
-                    off0 = info[Z1W] + (kk - k0) * n1 * nb
-                    _product_t(_param(_row(P, kk), net[0].w_off, nf, n1), XT, _units(ws, off0, n1, nb))
+                if status[kk, 0] != 0:
+                    continue
+                h = _row(hyp, kk)
+                Pk = _row(P, kk)
+                off0 = info[Z1W] + (kk - k0) * n1 * nb
+                sb = info[STATS] + (kk - k0) * info[STAT_SIZE]
+                cost = _forward(net, at, Pk, _row(R, kk), ws, scratch, XT, YT, nb, loss, _row(keys, kk), h, epoch,
+                                step, True, zeros, off0, sb) / nb
+                if h[L2] != 0.0:
+                    cost += h[L2] / (2.0 * nb) * _sumsq(Pk, 0, n_decay)
+                costs[kk - k0] = cost
+                if not np.isfinite(cost):
+                    status[kk, 0], status[kk, 1], status[kk, 2] = COST, epoch, step
+                    continue
+                corrects[kk - k0] = _correct(acc, _units(ws, _out(at, L - 1, off0), k, nb), YT, ids, order, s)
+                _backward(net, at, Pk, _row(G, kk), ws, scratch, XT, YT, nb, _row(keys, kk), h, epoch, step,
+                          info[D0], info[D1], off0, sb, info[DZ1_AT] + (kk - k0) * n1 * nb if wide else -1)
+            if wide:  # every model's first-layer weight gradient, transposed: dZ1 X^T
+                np.dot(_units(ws, info[DZ1_AT], Kc * n1, nb), XT.T, _units(ws, info[DW1T_AT], Kc * n1, nf))
+            # each model's checks and update
             for kk in range(k0, k1):
                 if status[kk, 0] != 0:
                     continue
                 h = _row(hyp, kk)
                 Pk, Gk, s1, s2 = _row(P, kk), _row(G, kk), _row(S1, kk), _row(S2, kk)
-                off0 = info[Z1W] + (kk - k0) * n1 * nb
-                cost = _forward(net, at, Pk, _row(R, kk), ws, scratch, XT, YT, nb, loss, _row(keys, kk), h, epoch,
-                                step, True, zeros, off0) / nb
-                l2 = h[L2]
-                if l2 != 0.0:
-                    cost += l2 / (2.0 * nb) * _sumsq(Pk, 0, n_decay)
+                sb = info[STATS] + (kk - k0) * info[STAT_SIZE]
+                if wide:
+                    _transpose_into(_units(ws, info[DW1T_AT] + (kk - k0) * n1 * nf, n1, nf),
+                                    _param(Gk, net[0].w_off, nf, n1))
                 code = 0
-                if not np.isfinite(cost):
-                    code = COST
-                else:
-                    correct = _correct(acc, _units(ws, _out(at, L - 1, off0), k, nb), YT, ids, order, s)
-                    _backward(net, at, Pk, Gk, ws, scratch, XT, YT, nb, _row(keys, kk), h, epoch, step,
-                              info[D0], info[D1], off0)
-                    if not np.isfinite(_sumsq(Gk, 0, n_params)):
-                        code = GRADIENT
-                    elif not _bn_bounded(net, at, ws, limit):
-                        code = BN_STATS
+                if not np.isfinite(_sumsq(Gk, 0, n_params)):
+                    code = GRADIENT
+                elif not _bn_bounded(net, at, ws, limit, sb):
+                    code = BN_STATS
                 if code == 0:
                     save[:n_params] = Pk
                     save[n_params:n_params + s1.size] = s1
                     save[2 * n_params:2 * n_params + s2.size] = s2
                     t = ei * info[N_STEPS] + step
-                    _update(kind, Pk, Gk, s1, s2, h, bc[t, kk, 0], bc[t, kk, 1], l2 / nb, n_decay)
+                    _update(kind, Pk, Gk, s1, s2, h, bc[t, kk, 0], bc[t, kk, 1], h[L2] / nb, n_decay)
                     if not (_all_finite(Pk) and _all_finite(s1) and _all_finite(s2)):
                         Pk[:] = save[:n_params]
                         s1[:] = save[n_params:n_params + s1.size]
@@ -738,9 +789,11 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
                 if code != 0:
                     status[kk, 0], status[kk, 1], status[kk, 2] = code, epoch, step
                     continue
-                _update_running(net, at, ws, _row(R, kk))
-                out[ei, kk, TRAIN_SUM] += cost * nb
-                out[ei, kk, TRAIN_CORRECT] += correct
+                _transpose_into(_param(Pk, net[0].w_off, nf, n1),
+                                _units(ws, info[W1T_AT] + (kk - k0) * n1 * nf, n1, nf))
+                _update_running(net, at, ws, _row(R, kk), sb)
+                out[ei, kk, TRAIN_SUM] += costs[kk - k0] * nb
+                out[ei, kk, TRAIN_CORRECT] += corrects[kk - k0]
         # the dev set, in inference mode, in batches of B rows
         for kk in range(k0, k1):
             if status[kk, 0] != 0 or md == 0:
@@ -757,7 +810,7 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
                 _gather(Xd, Yd, dorder, s, XT, YT)
                 _product_t(_param(Pk, net[0].w_off, nf, n1), XT, _units(ws, off0, n1, nb))
                 total += _forward(net, at, Pk, _row(R, kk), ws, scratch, XT, YT, nb, loss, _row(keys, kk), h, epoch,
-                                  0, False, zeros, off0)
+                                  0, False, zeros, off0, info[STATS])
                 correct += _correct(acc, _units(ws, _out(at, L - 1, off0), k, nb), YT, idsd, dorder, s)
             dl = total / md
             if h[L2] != 0.0:
