@@ -35,7 +35,6 @@
 #define FG_MR 8          /* rows of C per micro-kernel */
 #define FG_NB 32         /* columns of C per micro-kernel (two vectors) */
 #define FG_KC 256        /* fg_nt transposes B in (FG_KC, FG_NB) panels on the stack */
-#define FG_JB 256        /* fg_tn_narrow reads A in super-panels of FG_JB columns */
 
 /* How a block reads A's element a(r, k) (r: row of C, k: depth) */
 #define FG_NN 0          /* rows[r][k]: A's rows, by pointer (contiguous or gathered) */
@@ -190,29 +189,25 @@ fg_lanes(ptrdiff_t x)
 /* fg_tn of a narrow C (a weight gradient of few units, n not a multiple of 16, m wide), as
  * C^T (n, m) = B^T A: the vectors run along C's m columns of C^T, full, where along n their
  * last one would be mostly masked; each (FG_MR, FG_NB) block of C^T is stored transposed
- * through a tile on the stack.  An element's chain, fma(b, a, acc) over k in order, is
+ * through a tile on the stack.  Each panel of A (the rows' 32 columns) stays in L1 for the
+ * blocks of C^T's rows (wider super-panels, read from L2, measured slower).  An element's chain, fma(b, a, acc) over k in order, is
  * fg_tn's fma(a, b, acc): the same bits. */
 static inline void
 fg_tn_narrow(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda, const float *B,
              ptrdiff_t ldb, float *C, ptrdiff_t ldc)
 {
     float tile[FG_MR * FG_NB] __attribute__((aligned(64)));
-    ptrdiff_t i, j, j0, w, r, jj;
+    ptrdiff_t i, j, w, r, jj;
     int nv, mr;
     __mmask16 tail;
-    /* super-panels of FG_JB columns of A: A's rows are read FG_JB wide (whole runs of cache
-     * lines the prefetcher follows, where 32 columns of hundreds of rows apart are not), and
-     * the super-panel stays in L2 for C^T's later row blocks */
-    for (j0 = 0; j0 < m; j0 += FG_JB) {
+    for (j = 0; j < m; j += FG_NB) {
+        w = fg_panel(m, j, &nv, &tail);
         for (i = 0; i < n; i += FG_MR) {
             mr = (int)(n - i < FG_MR ? n - i : FG_MR);
-            for (j = j0; j < m && j < j0 + FG_JB; j += FG_NB) {
-                w = fg_panel(m, j, &nv, &tail);
-                fg_block_tn(mr, nv, K, B + i, ldb, NULL, A + j, lda, tile, FG_NB, tail, 0);
-                for (jj = 0; jj < w; jj++)
-                    for (r = 0; r < mr; r++)
-                        C[(j + jj) * ldc + i + r] = tile[r * FG_NB + jj];
-            }
+            fg_block_tn(mr, nv, K, B + i, ldb, NULL, A + j, lda, tile, FG_NB, tail, 0);
+            for (jj = 0; jj < w; jj++)
+                for (r = 0; r < mr; r++)
+                    C[(j + jj) * ldc + i + r] = tile[r * FG_NB + jj];
         }
     }
 }
