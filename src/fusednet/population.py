@@ -19,9 +19,20 @@ Model ``k`` is exactly the model :class:`~fusednet.Trainer` would give::
 
 the same formulas on the same mini-batches, with the same dropout masks
 (keyed by the model's seed, as :class:`~fusednet.Sequential` keys them) --
-only the order of the additions inside the products differs, so float64
-results agree to rounding (``tests/test_population.py`` holds them within
-1e-10 relative after training) and float32 ones within a few ulp per step.
+only the order of the additions inside the products differs, so the results
+agree to rounding: ``tests/test_population.py`` holds the weights, running
+statistics and histories of every optimiser, with dropout, batch norm and L2,
+within 1e-10 (relative to the largest weight) of the trainer's in float64 and
+within 1e-4 in float32, after three epochs.  A model's numbers do not depend on
+the number of threads, nor on the other models of its population -- except
+when its first layer's products are batched into one BLAS product over the
+models (a first layer of at least ``kernels._population.BLAS_MACS``
+multiply-adds per batch), whose rows BLAS may round differently for another
+number of models.
+
+Not taken from the trainer: learning-rate schedules and callbacks (a config's
+``lr`` is constant), and data larger than memory (``X`` is converted to one
+C-contiguous array of the dtype once per fit).
 """
 
 import math
@@ -50,9 +61,10 @@ _KINDS = {_optim.GD: _codes.OPT_GD, _optim.Momentum: _codes.OPT_MOMENTUM, _optim
           _optim.Adam: _codes.OPT_ADAM}
 #: per-model keys besides the optimiser's constructor arguments
 MODEL_KEYS = ("l2", "keep_prob", "seed")
-#: a call runs its models on a team of threads (one chunk of models per thread) from this many
-#: floating-point operations in its products (6 x rows x weights x steps x models); below it, on the
-#: calling thread (benchmarks/test_bench_population.py, ``test_population_threads``)
+#: a call runs its models on a team of threads (one chunk of models per thread, no synchronisation
+#: between them) from this many floating-point operations in its products (6 x rows x weights x
+#: epochs x models); below it, on the calling thread.  Chosen with benchmarks/test_bench_population.py,
+#: whose smallest workload (moons, 245 MFLOP) already ran faster on the team.
 PARALLEL_FLOPS = 50_000_000
 
 

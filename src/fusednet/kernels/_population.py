@@ -28,7 +28,10 @@ runs one chunk per thread, :func:`fit_chunk` one chunk on the calling
 thread); a chunk runs every epoch and step of the call for its models,
 with no synchronisation between chunks.  Each model's arithmetic is the same
 whichever chunk it is in and however many models the population holds, so
-the results do not depend on the thread count or on K.
+the results do not depend on the thread count or on K -- but for a first
+layer of at least :data:`BLAS_MACS` multiply-adds, whose forward product and
+weight gradient run as one BLAS product over the chunk's models, and whose
+rows BLAS may round differently for another number of them.
 
 Formulas come from their one source: activations, their derivatives from
 the output, the loss rows and the dropout hash from
@@ -63,6 +66,8 @@ Tables:
     per model: the seed its dropout keys fold from, then each layer's dropout
     threshold (``fusednet.kernels.dropout_threshold`` of its keep_prob).
 """
+
+import math
 
 import numpy as np
 from numba import carray, njit, prange, types
@@ -391,17 +396,19 @@ def _dropout(A, key, last_kept, scale, out):
 
 
 @helper
-def _loss(loss, Z, bias, Y, A):
+def _loss(loss, Z, bias, Y, A, scratch):
     """Output activation ``A = g(Z + b)`` and the summed loss of the batch (float64).
 
-    Z, Y, A (k, nb); A may be Z.  The formulas of ``_numba_dense._mse_rows``,
-    ``_bce_rows`` and ``_cce_rows``: the logits in the arrays' dtype, the rest in
-    float64; MSE and BCE run along each unit's examples (a vector loop), softmax
-    couples a row's units and takes the trainer's rows as they are.
+    Z, Y, A (k, nb); A may be Z; scratch: float64, at least 5 nb for softmax.
+    The formulas of ``_numba_dense._mse_rows``, ``_bce_rows`` and ``_cce_rows``:
+    the logits in the arrays' dtype, the rest in float64, every loop along the
+    examples (a vector loop).
     """
     k, nb = Z.shape
     if loss == CCE:
-        return _cce_rows(Z.T, bias, Y.T, A.T, 0, nb)
+        if 5 * nb > scratch.size:
+            return _cce_rows(Z.T, bias, Y.T, A.T, 0, nb)
+        return _cce_units(Z, bias, Y, A, scratch)
     total = 0.0
     for j in range(k):
         bj = bias[j]
@@ -417,6 +424,52 @@ def _loss(loss, Z, bias, Y, A):
                 A[j, b] = sigmoid(z)
                 total += (z if z > 0.0 else 0.0) - z * np.float64(Y[j, b]) + log1p_unit(exp_nonpos(-abs(z)))
     return 0.5 * total if loss == MSE else total
+
+
+@helper
+def _cce_units(Z, bias, Y, A, scratch):
+    """``_numba_dense._cce_rows`` by unit: softmax and its cost from the max-subtracted log-sum-exp.
+
+    Per example: ``zmax``, ``rest`` (the other terms' exponentials), ``tops``
+    (how many reach the max), ``ysum`` and ``ygap``, each a float64 vector of the
+    scratch, summed over the units in order; then ``lse = log1p(rest)`` and
+    ``A = exp((z - zmax) - lse)``.
+    """
+    k, nb = Z.shape
+    zmax, rest, tops = scratch[:nb], scratch[nb:2 * nb], scratch[2 * nb:3 * nb]
+    ysum, ygap = scratch[3 * nb:4 * nb], scratch[4 * nb:5 * nb]
+    zmax[:] = -np.inf
+    rest[:] = 0.0
+    tops[:] = 0.0
+    ysum[:] = 0.0
+    ygap[:] = 0.0
+    for j in range(k):
+        bj = bias[j]
+        for b in range(nb):
+            z = np.float64(Z[j, b] + bj)
+            zmax[b] = z if z > zmax[b] else zmax[b]
+    for j in range(k):
+        bj = bias[j]
+        for b in range(nb):
+            z = np.float64(Z[j, b] + bj)
+            y = np.float64(Y[j, b])
+            top = z == zmax[b]
+            rest[b] += 0.0 if top else exp_nonpos(z - zmax[b])
+            tops[b] += 1.0 if top else 0.0
+            ysum[b] += y
+            ygap[b] += y * (zmax[b] - z)
+    total = 0.0
+    for b in range(nb):
+        extra = tops[b] - 1.0
+        lse = math.log1p(rest[b] + extra) if extra > 0.0 else math.log1p(rest[b])
+        lse = lse if zmax[b] < np.inf else np.nan
+        rest[b] = lse
+        total += ysum[b] * lse + ygap[b]
+    for j in range(k):
+        bj = bias[j]
+        for b in range(nb):
+            A[j, b] = exp_nonpos((np.float64(Z[j, b] + bj) - zmax[b]) - rest[b])
+    return total
 
 
 @helper
@@ -509,12 +562,12 @@ def _forward(net, at, P, R, ws, scratch, XT, YT, nb, loss, keys, h, epoch, step,
             if i > 0:
                 _product_t(W, A, out)
             if last:
-                total = _loss(loss, out, bias, YT, out)
+                total = _loss(loss, out, bias, YT, out, scratch)
             else:
                 _bias_act(out, bias, net[i].act, net[i].slope, out)
         elif op == ACTIVATION:
             if last:
-                total = _loss(loss, A, _slice(zeros, 0, n), YT, out)
+                total = _loss(loss, A, _slice(zeros, 0, n), YT, out, scratch)
             else:
                 _bias_act(A, _slice(zeros, 0, n), net[i].act, net[i].slope, out)
         elif op == DROPOUT:
@@ -713,7 +766,9 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
     save = ws[info[SAVE]:info[SAVE] + 3 * n_params]
     limit = _quarter_max(P)
     Kc = k1 - k0
-    wide = nf * n1 * B * Kc >= BLAS_MACS  # the first layer's products as one BLAS call each for the chunk
+    # the first layer's products as one BLAS call each for the chunk, when one model's would go to BLAS (a
+    # property of the net and batch, so that a model takes the same path in any chunk and population)
+    wide = nf * n1 * B >= BLAS_MACS
     w1t = _units(ws, info[W1T_AT], Kc * n1, nf)  # model kk's W1^T: rows (kk - k0) n1 ...
     for kk in range(k0, k1):
         _transpose_into(_param(_row(P, kk), net[0].w_off, nf, n1), _units(ws, info[W1T_AT] + (kk - k0) * n1 * nf,
