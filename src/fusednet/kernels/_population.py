@@ -117,7 +117,7 @@ from ._numba_math import (
 OUT, XHAT, STAT, NEED_DIN = range(4)
 #: entries of ``info``
 (EPOCH0, N_EPOCHS, BATCH, LOSS, OPT, ACC, N_STEPS, XT_AT, YT_AT, D0, D1, Z1W, SAVE, ZEROS, STATS, STAT_SIZE,
- W1T_AT, DZ1_AT, DW1T_AT, WS_SIZE) = range(20)
+ W1S_AT, DZ1_AT, DW1S_AT, WS_SIZE) = range(20)
 N_INFO = 20
 #: columns of ``hyp`` (layer ``i``'s keep_prob at ``KEEP + i``)
 LR, BETA1, BETA2, EPS, L2, KEEP = range(6)
@@ -158,7 +158,7 @@ def layout(net, n_models, batch, n_params):
     holds, each for ``batch`` examples: every layer's output, batch norm's
     ``xhat``, the gathered batch ``X^T`` and ``Y^T``, two delta buffers of the
     widest layer, and for all ``n_models`` models the first layer's output,
-    its delta, its weights and their gradient, transposed and stacked (the wide
+    its delta, its weights and their gradient side by side (the wide
     products), and each model's batch-norm statistics; then a copy of one
     model's parameters and optimiser state (restored if its update fails) and a
     row of zeros (the bias of a Dense without one and of an Activation).  ``info[WS_SIZE]`` is its length; the
@@ -192,9 +192,9 @@ def layout(net, n_models, batch, n_params):
     info = np.zeros(N_INFO, np.int64)
     info[STAT_SIZE] = stat_size
     info[STATS] = take(n_models * stat_size)
-    info[W1T_AT] = take(n_models * n1 * nf)
+    info[W1S_AT] = take(n_models * n1 * nf)
     info[DZ1_AT] = take(n_models * n1 * batch)
-    info[DW1T_AT] = take(n_models * n1 * nf)
+    info[DW1S_AT] = take(n_models * n1 * nf)
     info[BATCH] = batch
     info[XT_AT] = take(nf * batch)
     info[YT_AT] = take(int(net[L - 1]["n_out"]) * batch)
@@ -507,12 +507,21 @@ def _correct(acc, A, Y, ids, order, s):
 
 
 @helper
-def _transpose_into(A, out):
-    """``out = A^T``: A (n, m) IN, out (m, n) OUT."""
-    n, m = A.shape
-    for i in range(n):
-        for j in range(m):
-            out[j, i] = A[i, j]
+def _columns_from(S, q, W):
+    """``S[:, q n : (q + 1) n] = W``: W (n_in, n) IN, S (n_in, Q n) OUT; row by row, contiguous."""
+    n_in, n = W.shape
+    for p in range(n_in):
+        for j in range(n):
+            S[p, q * n + j] = W[p, j]
+
+
+@helper
+def _columns_to(S, q, W):
+    """``W = S[:, q n : (q + 1) n]``: the reverse of :func:`_columns_from`."""
+    n_in, n = W.shape
+    for p in range(n_in):
+        for j in range(n):
+            W[p, j] = S[p, q * n + j]
 
 
 @loop
@@ -769,10 +778,10 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
     # the first layer's products as one BLAS call each for the chunk, when one model's would go to BLAS (a
     # property of the net and batch, so that a model takes the same path in any chunk and population)
     wide = nf * n1 * B >= BLAS_MACS
-    w1t = _units(ws, info[W1T_AT], Kc * n1, nf)  # model kk's W1^T: rows (kk - k0) n1 ...
+    w1s = _units(ws, info[W1S_AT], nf, Kc * n1)  # every model's W1 side by side: model kk's in columns
+    dw1s = _units(ws, info[DW1S_AT], nf, Kc * n1)  # (kk - k0) n1 ..., and their gradients
     for kk in range(k0, k1):
-        _transpose_into(_param(_row(P, kk), net[0].w_off, nf, n1), _units(ws, info[W1T_AT] + (kk - k0) * n1 * nf,
-                                                                          n1, nf))
+        _columns_from(w1s, kk - k0, _param(_row(P, kk), net[0].w_off, nf, n1))
     costs = np.zeros(Kc)
     corrects = np.zeros(Kc, np.int64)
     for ei in range(info[N_EPOCHS]):
@@ -788,7 +797,7 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
             _gather(X, Y, order, s, XT, YT)
             # the first layer's product for every model of the chunk: one pass over the batch
             if wide:
-                np.dot(w1t, XT, _units(ws, info[Z1W], Kc * n1, nb))
+                np.dot(w1s.T, XT, _units(ws, info[Z1W], Kc * n1, nb))
             else:
                 for kk in range(k0, k1):
                     if status[kk, 0] == 0:
@@ -813,8 +822,8 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
                 corrects[kk - k0] = _correct(acc, _units(ws, _out(at, L - 1, off0), k, nb), YT, ids, order, s)
                 _backward(net, at, Pk, _row(G, kk), ws, scratch, XT, YT, nb, _row(keys, kk), h, epoch, step,
                           info[D0], info[D1], off0, sb, info[DZ1_AT] + (kk - k0) * n1 * nb if wide else -1)
-            if wide:  # every model's first-layer weight gradient, transposed: dZ1 X^T
-                np.dot(_units(ws, info[DZ1_AT], Kc * n1, nb), XT.T, _units(ws, info[DW1T_AT], Kc * n1, nf))
+            if wide:  # every model's first-layer weight gradient: X dZ1^T
+                np.dot(XT, _units(ws, info[DZ1_AT], Kc * n1, nb).T, dw1s)
             # each model's checks and update
             for kk in range(k0, k1):
                 if status[kk, 0] != 0:
@@ -823,8 +832,7 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
                 Pk, Gk, s1, s2 = _row(P, kk), _row(G, kk), _row(S1, kk), _row(S2, kk)
                 sb = info[STATS] + (kk - k0) * info[STAT_SIZE]
                 if wide:
-                    _transpose_into(_units(ws, info[DW1T_AT] + (kk - k0) * n1 * nf, n1, nf),
-                                    _param(Gk, net[0].w_off, nf, n1))
+                    _columns_to(dw1s, kk - k0, _param(Gk, net[0].w_off, nf, n1))
                 code = 0
                 if not np.isfinite(_sumsq(Gk, 0, n_params)):
                     code = GRADIENT
@@ -844,8 +852,7 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
                 if code != 0:
                     status[kk, 0], status[kk, 1], status[kk, 2] = code, epoch, step
                     continue
-                _transpose_into(_param(Pk, net[0].w_off, nf, n1),
-                                _units(ws, info[W1T_AT] + (kk - k0) * n1 * nf, n1, nf))
+                _columns_from(w1s, kk - k0, _param(Pk, net[0].w_off, nf, n1))
                 _update_running(net, at, ws, _row(R, kk), sb)
                 out[ei, kk, TRAIN_SUM] += costs[kk - k0] * nb
                 out[ei, kk, TRAIN_CORRECT] += corrects[kk - k0]
