@@ -16,9 +16,13 @@ number of epochs as the resource):
 
 A dropped trial stops costing compute: its population compacts.  Training
 continues from rung to rung (a trial at rung ``i`` has trained ``r_i``
-epochs in all, exactly as one fit of ``r_i`` epochs), and a model's
-trajectory does not depend on which other models share its population, so
-the results are the same for any executor and number of workers.
+epochs in all, exactly as one fit of ``r_i`` epochs).  Each group and rung
+is the same job wherever it runs, so the results are the same for any
+executor and number of workers.  A model's trajectory does not depend on
+which other models share its population either (but for first layers wide
+enough to be batched on BLAS, see :class:`~fusednet.Population`, where it
+agrees to rounding), which is what lets a resumed search train the missing
+trials alone.
 
 Each trial is written to the search's JSON-lines file when it stops: its
 score and metrics at the last rung it reached (``metrics["rung"]``,
