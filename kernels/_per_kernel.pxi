@@ -1,7 +1,7 @@
 # The per-kernel backend: activations, losses, dropout, optimiser updates, batch norm.
 # Included by _ckernels.pyx (one extension module per instruction-set level).
 
-from _point cimport vm_exp, vm_log1p   # _vmath.h: the float64 exp and log1p of the losses
+from _point cimport vm_exp, vm_exp_nonpos, vm_log1p   # _vmath.h: the float64 exp and log1p of the losses
 
 # ==================================================================================
 # bias + activation forward
@@ -297,7 +297,7 @@ cdef double _loss_span(const floating* z, const floating* b, const floating* y, 
             d = <double>(z[k] + b[k])
             a[k] = <floating>sigmoid(d)
             # -(y log a + (1-y) log(1-a)), written on the logit so it never overflows
-            t[k] = (d if d > 0 else 0.0) - d * <double>y[k] + vm_log1p(vm_exp(-fabs(d)))
+            t[k] = (d if d > 0 else 0.0) - d * <double>y[k] + vm_log1p(vm_exp_nonpos(-fabs(d)))  # the exp of sigmoid(d)
     return _sum(t, L)
 
 

@@ -6,9 +6,10 @@
  * instruction-set copy of the extension (SSE2, AVX2, AVX-512) under its flags
  * (-O3 -fno-trapping-math), where a libm call would stay one call per element, and
  * glibc's vector variants (libmvec) neither round like the scalar ones nor exist
- * outside glibc.  No fused multiply-adds: with -ffp-contract=off every operation rounds
- * as written, so a loop's vector body and its scalar remainder give the same bits, and
- * so does every instruction-set copy.
+ * outside glibc.  The polynomials use fused multiply-adds where the instruction set has
+ * them (VM_FMA: x86-64-v3 and v4), plain products and sums elsewhere; with
+ * -ffp-contract=off nothing else is fused, so a loop's vector body and its scalar
+ * remainder give the same bits, and so do the copies that share an instruction set's FMA.
  *
  * Accuracy: the bound after each function is the largest error measured in ulp of the
  * exact value rounded to the type (below the smallest normal number, in units of the
@@ -29,6 +30,14 @@ static inline uint32_t vm_bits_f(float x) { uint32_t u; __builtin_memcpy(&u, &x,
 static inline float vm_from_bits_f(uint32_t u) { float x; __builtin_memcpy(&x, &u, sizeof x); return x; }
 static inline uint64_t vm_bits_d(double x) { uint64_t u; __builtin_memcpy(&u, &x, sizeof u); return u; }
 static inline double vm_from_bits_d(uint64_t u) { double x; __builtin_memcpy(&x, &u, sizeof x); return x; }
+
+#if defined(__FMA__)
+#define VM_FMAF(a, b, c) __builtin_fmaf((a), (b), (c))
+#define VM_FMA(a, b, c) __builtin_fma((a), (b), (c))
+#else
+#define VM_FMAF(a, b, c) ((a) * (b) + (c))
+#define VM_FMA(a, b, c) ((a) * (b) + (c))
+#endif
 
 /* Adding these rounds a value below 2**22 (2**51) in magnitude to an integer k, held in the
  * low bits of the sum's mantissa: bits(sum) - bits(R) == k.  1.5 * 2**23 and 1.5 * 2**52. */
@@ -52,7 +61,42 @@ static inline double vm_pow2i_d(double k)
  * numbers), so a subnormal result rounds once.
  * ------------------------------------------------------------------------------------- */
 
-/* exp(x), float: <= 1 ulp (subnormal results within 1 subnormal step). */
+/* exp(r) of the reduced argument r = x - n ln2, float (the polynomial of Cephes' expf) */
+static inline float vm_expf_reduced(float x, float n)
+{
+    float r = VM_FMAF(n, -0.693359375f, x);             /* exact */
+    r = VM_FMAF(n, 2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = VM_FMAF(p, r, 1.3981999507e-3f);
+    p = VM_FMAF(p, r, 8.3334519073e-3f);
+    p = VM_FMAF(p, r, 4.1665795894e-2f);
+    p = VM_FMAF(p, r, 1.6666665459e-1f);
+    p = VM_FMAF(p, r, 5.0000001201e-1f);
+    return VM_FMAF(p, r * r, r) + 1.0f;
+}
+
+/* exp(r) of the reduced argument, double (Taylor polynomial of degree 13: truncation below
+ * 1e-17, relative) */
+static inline double vm_exp_reduced(double x, double n)
+{
+    double r = VM_FMA(n, -6.93145751953125e-1, x);      /* exact */
+    r = VM_FMA(n, -1.42860682030941723212e-6, r);
+    double p = 1.6059043836821613e-10;
+    p = VM_FMA(p, r, 2.08767569878681e-09);
+    p = VM_FMA(p, r, 2.505210838544172e-08);
+    p = VM_FMA(p, r, 2.755731922398589e-07);
+    p = VM_FMA(p, r, 2.7557319223985893e-06);
+    p = VM_FMA(p, r, 2.48015873015873e-05);
+    p = VM_FMA(p, r, 0.0001984126984126984);
+    p = VM_FMA(p, r, 0.001388888888888889);
+    p = VM_FMA(p, r, 0.008333333333333333);
+    p = VM_FMA(p, r, 0.041666666666666664);
+    p = VM_FMA(p, r, 0.16666666666666666);
+    p = VM_FMA(p, r, 0.5);
+    return VM_FMA(p, r * r, r) + 1.0;
+}
+
+/* exp(x), float: <= 1.5 ulp (subnormal results within 1 subnormal step). */
 static inline float vm_expf(float x)
 {
     const float hi = 88.72283935546875f;  /* the float above log(FLT_MAX): inf from here on */
@@ -60,16 +104,7 @@ static inline float vm_expf(float x)
     float xc = x < hi ? x : hi;           /* NaN goes to hi here and is restored at the end */
     xc = xc > lo ? xc : lo;
     float n = (xc * 1.44269504088896341f + VM_ROUND_F) - VM_ROUND_F;
-    float r = xc - n * 0.693359375f;      /* exact */
-    r = r - n * -2.12194440e-4f;
-    /* exp(r) - 1 - r = r**2 P(r), the polynomial of Cephes' expf */
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = (p * (r * r) + r) + 1.0f;
+    float p = vm_expf_reduced(xc, n);
     float n1 = (n * 0.5f + VM_ROUND_F) - VM_ROUND_F;
     float y = (p * vm_pow2i_f(n1)) * vm_pow2i_f(n - n1);
     y = x < hi ? y : __builtin_inff();
@@ -77,7 +112,27 @@ static inline float vm_expf(float x)
     return x == x ? y : x;
 }
 
-/* exp(x), double: <= 1 ulp (subnormal results within 1 subnormal step). */
+/* exp(x) of x <= 0, float, as vm_expf: one scaling, p * 2**(n + 64) (a normal number) then
+ * times 2**-64, which rounds once also to a subnormal number.  NaN gives 0 (callers select). */
+static inline float vm_expf_nonpos(float x)
+{
+    const float lo = -104.0f;
+    float xc = x > lo ? x : lo;
+    float t = xc * 1.44269504088896341f + (VM_ROUND_F + 64.0f);
+    float p = vm_expf_reduced(xc, t - (VM_ROUND_F + 64.0f));
+    float y = p * vm_from_bits_f((vm_bits_f(t) - vm_bits_f(VM_ROUND_F) + 127u) << 23) * 5.42101086e-20f;
+    return x > lo ? y : 0.0f;
+}
+
+/* exp(x) of x in [0, 80], float: one scaling by 2**n (a normal number). */
+static inline float vm_expf_small(float x)
+{
+    float t = x * 1.44269504088896341f + VM_ROUND_F;
+    float p = vm_expf_reduced(x, t - VM_ROUND_F);
+    return p * vm_from_bits_f((vm_bits_f(t) - vm_bits_f(VM_ROUND_F) + 127u) << 23);
+}
+
+/* exp(x), double: <= 1.5 ulp (subnormal results within 1 subnormal step). */
 static inline double vm_exp(double x)
 {
     const double hi = 709.782712893384;  /* the double above log(DBL_MAX): inf from here on */
@@ -85,27 +140,31 @@ static inline double vm_exp(double x)
     double xc = x < hi ? x : hi;
     xc = xc > lo ? xc : lo;
     double n = (xc * 1.4426950408889634074 + VM_ROUND_D) - VM_ROUND_D;
-    double r = xc - n * 6.93145751953125e-1;  /* exact */
-    r = r - n * 1.42860682030941723212e-6;
-    /* exp(r) by its Taylor polynomial of degree 13 (truncation below 1e-17, relative) */
-    double p = 1.6059043836821613e-10;
-    p = p * r + 2.08767569878681e-09;
-    p = p * r + 2.505210838544172e-08;
-    p = p * r + 2.755731922398589e-07;
-    p = p * r + 2.7557319223985893e-06;
-    p = p * r + 2.48015873015873e-05;
-    p = p * r + 0.0001984126984126984;
-    p = p * r + 0.001388888888888889;
-    p = p * r + 0.008333333333333333;
-    p = p * r + 0.041666666666666664;
-    p = p * r + 0.16666666666666666;
-    p = p * r + 0.5;
-    p = (p * (r * r) + r) + 1.0;
+    double p = vm_exp_reduced(xc, n);
     double n1 = (n * 0.5 + VM_ROUND_D) - VM_ROUND_D;
     double y = (p * vm_pow2i_d(n1)) * vm_pow2i_d(n - n1);
     y = x < hi ? y : __builtin_inf();
     y = x > lo ? y : 0.0;
     return x == x ? y : x;
+}
+
+/* exp(x) of x <= 0, double, as vm_expf_nonpos. */
+static inline double vm_exp_nonpos(double x)
+{
+    const double lo = -746.0;
+    double xc = x > lo ? x : lo;
+    double t = xc * 1.4426950408889634074 + (VM_ROUND_D + 64.0);
+    double p = vm_exp_reduced(xc, t - (VM_ROUND_D + 64.0));
+    double y = p * vm_from_bits_d((vm_bits_d(t) - vm_bits_d(VM_ROUND_D) + 1023u) << 52) * 5.421010862427522e-20;
+    return x > lo ? y : 0.0;
+}
+
+/* exp(x) of x in [0, 700], double: one scaling by 2**n. */
+static inline double vm_exp_small(double x)
+{
+    double t = x * 1.4426950408889634074 + VM_ROUND_D;
+    double p = vm_exp_reduced(x, t - VM_ROUND_D);
+    return p * vm_from_bits_d((vm_bits_d(t) - vm_bits_d(VM_ROUND_D) + 1023u) << 52);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -130,9 +189,9 @@ static inline float vm_logf(float x)
     float s = t / (2.0f + t);
     float s2 = s * s;
     float p = 0.11111111f;
-    p = p * s2 + 0.14285715f;
-    p = p * s2 + 0.2f;
-    p = p * s2 + 0.33333334f;
+    p = VM_FMAF(p, s2, 0.14285715f);
+    p = VM_FMAF(p, s2, 0.2f);
+    p = VM_FMAF(p, s2, 0.33333334f);
     float ts = s + s;
     float y = k * 0.693359375f + (k * -2.12194440e-4f + (ts + ts * (s2 * p)));
     y = x > 0.0f ? y : (x == 0.0f ? -__builtin_inff() : __builtin_nanf(""));
@@ -156,17 +215,17 @@ static inline double vm_log(double x)
     double s = t / (2.0 + t);
     double s2 = s * s;
     double p = 0.04;
-    p = p * s2 + 0.043478260869565216;
-    p = p * s2 + 0.047619047619047616;
-    p = p * s2 + 0.05263157894736842;
-    p = p * s2 + 0.058823529411764705;
-    p = p * s2 + 0.06666666666666667;
-    p = p * s2 + 0.07692307692307693;
-    p = p * s2 + 0.09090909090909091;
-    p = p * s2 + 0.1111111111111111;
-    p = p * s2 + 0.14285714285714285;
-    p = p * s2 + 0.2;
-    p = p * s2 + 0.3333333333333333;
+    p = VM_FMA(p, s2, 0.043478260869565216);
+    p = VM_FMA(p, s2, 0.047619047619047616);
+    p = VM_FMA(p, s2, 0.05263157894736842);
+    p = VM_FMA(p, s2, 0.058823529411764705);
+    p = VM_FMA(p, s2, 0.06666666666666667);
+    p = VM_FMA(p, s2, 0.07692307692307693);
+    p = VM_FMA(p, s2, 0.09090909090909091);
+    p = VM_FMA(p, s2, 0.1111111111111111);
+    p = VM_FMA(p, s2, 0.14285714285714285);
+    p = VM_FMA(p, s2, 0.2);
+    p = VM_FMA(p, s2, 0.3333333333333333);
     double ts = s + s;
     /* ln2 = 6.93147180369123816490e-01 (32 bits: k times it is exact) + 1.90821492927058770002e-10 */
     double y = k * 6.93147180369123816490e-01 + (k * 1.90821492927058770002e-10 + (ts + ts * (s2 * p)));
@@ -210,12 +269,12 @@ static inline float vm_tanhf(float x)
     float z = ax * ax;
     /* Cephes' tanhf below 0.625 */
     float p = -5.70498872745e-3f;
-    p = p * z + 2.06390887954e-2f;
-    p = p * z - 5.37397155531e-2f;
-    p = p * z + 1.33314422036e-1f;
-    p = p * z - 3.33332819422e-1f;
+    p = VM_FMAF(p, z, 2.06390887954e-2f);
+    p = VM_FMAF(p, z, -5.37397155531e-2f);
+    p = VM_FMAF(p, z, 1.33314422036e-1f);
+    p = VM_FMAF(p, z, -3.33332819422e-1f);
     float small = ax + ax * (z * p);
-    float e = vm_expf(2.0f * (ax < 20.0f ? ax : 20.0f));
+    float e = vm_expf_small(2.0f * (ax < 20.0f ? ax : 20.0f));
     float big = 1.0f - 2.0f / (e + 1.0f);
     float y = ax > 0.625f ? big : small;                /* NaN: small, NaN */
     return vm_from_bits_f(vm_bits_f(y) | (vm_bits_f(x) & 0x80000000u));
@@ -229,7 +288,7 @@ static inline double vm_tanh(double x)
     double s = ax * ax;
     double ps = (-9.64399179425052238628e-1 * s - 9.92877231001918586564e1) * s - 1.61468768441708447952e3;
     double qs = ((s + 1.12811678491632931402e2) * s + 2.23548839060100448583e3) * s + 4.84406305325125486048e3;
-    double e = vm_exp(2.0 * (ax < 20.0 ? ax : 20.0));
+    double e = vm_exp_small(2.0 * (ax < 20.0 ? ax : 20.0));
     int big = ax > 0.625;                               /* NaN: the small branch, NaN */
     double a = big ? 1.0 : ax;
     double num = big ? -2.0 : ax * s * ps;
@@ -247,15 +306,17 @@ static inline double vm_tanh(double x)
 /* sigmoid(z), float: <= 2.5 ulp (subnormal results within 1 subnormal step). */
 static inline float vm_sigmoidf(float z)
 {
-    float e = vm_expf(-__builtin_fabsf(z));
-    return (z >= 0.0f ? 1.0f : e) / (1.0f + e);
+    float e = vm_expf_nonpos(-__builtin_fabsf(z));
+    float y = (z >= 0.0f ? 1.0f : e) / (1.0f + e);
+    return z == z ? y : z;
 }
 
 /* sigmoid(z), double: <= 2.5 ulp (subnormal results within 1 subnormal step). */
 static inline double vm_sigmoid(double z)
 {
-    double e = vm_exp(-__builtin_fabs(z));
-    return (z >= 0.0 ? 1.0 : e) / (1.0 + e);
+    double e = vm_exp_nonpos(-__builtin_fabs(z));
+    double y = (z >= 0.0 ? 1.0 : e) / (1.0 + e);
+    return z == z ? y : z;
 }
 
 #endif

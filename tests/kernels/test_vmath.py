@@ -8,7 +8,7 @@
 * special values follow NumPy: inf, 0 and subnormal results of exp, -inf and
   NaN of log, the sign of a zero, NaN in -> NaN out;
 * a loop's vector body and its scalar remainder give the same bits, and so do
-  all instruction-set copies (no fused multiply-adds anywhere).
+  the instruction-set copies that share fused multiply-adds (or their absence).
 """
 
 import numpy as np
@@ -21,7 +21,7 @@ DTYPES = [np.float32, np.float64]
 NAMES = ["exp", "log", "log1p", "tanh", "sigmoid"]
 
 #: the bounds stated in kernels/_vmath.h (the same in either dtype)
-ULP = {"exp": 1.0, "log": 2.0, "log1p": 2.5, "tanh": 1.5, "sigmoid": 2.5}
+ULP = {"exp": 1.5, "log": 2.0, "log1p": 2.5, "tanh": 1.5, "sigmoid": 2.5}
 
 
 def _kind(dtype):
@@ -136,17 +136,25 @@ def test_tiny_results_are_not_flushed(dtype):
             assert ulp_error(got, ref, dtype).max() <= 1.0
 
 
+#: the copies whose instruction set has fused multiply-adds (the polynomials use them there)
+FMA = {"x86-64-v3", "x86-64-v4"}
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v.ISA for v in VARIANTS])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("name", NAMES)
-def test_vector_and_scalar_code_and_every_isa_copy_give_the_same_bits(name, dtype):
+def test_vector_and_scalar_code_give_the_same_bits(name, dtype, variant):
+    """What lets a kernel cut its work anywhere: an element's bits do not depend on its position."""
     rng = np.random.default_rng(3)
-    x = grid(name, dtype)[rng.integers(0, grid(name, dtype).size, 3000)]
-    whole = run(VARIANTS[0], name, x)
-    one_by_one = np.array([run(VARIANTS[0], name, x[i:i + 1])[0] for i in range(x.size)], dtype)
+    x = grid(name, dtype)
+    x = x[rng.integers(0, x.size, 3000)]
+    whole = run(variant, name, x)
+    one_by_one = np.array([run(variant, name, x[i:i + 1])[0] for i in range(x.size)], dtype)
     np.testing.assert_array_equal(one_by_one.view(np.uint8), whole.view(np.uint8))
-    for variant in VARIANTS[1:]:
-        np.testing.assert_array_equal(run(variant, name, x).view(np.uint8), whole.view(np.uint8),
-                                      err_msg=variant.ISA)
+    for other in VARIANTS:  # and the copies that share this one's multiply-adds
+        if (other.ISA in FMA) == (variant.ISA in FMA):
+            np.testing.assert_array_equal(run(other, name, x).view(np.uint8), whole.view(np.uint8),
+                                          err_msg=other.ISA)
 
 
 def test_bad_arguments_raise():
