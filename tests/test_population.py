@@ -253,19 +253,19 @@ def test_dropout_keys_mirror_the_trainer():
 def test_wide_first_layer_products(dtype):
     """A first layer wide enough for one BLAS product over the chunk's models (BLAS_MACS): still each model's fit."""
     rng = np.random.default_rng(3)
-    X = rng.standard_normal((100, 24))
+    X = rng.standard_normal((100, 64))
     y = np.argmax(X[:, :3] + X[:, 3:6] ** 2, axis=1)
-    layers = [L.Dense(48, activation=None, use_bias=False), L.BatchNorm(), L.Activation("tanh"), L.Dropout(0.9),
+    layers = [L.Dense(64, activation=None, use_bias=False), L.BatchNorm(), L.Activation("tanh"), L.Dropout(0.9),
               L.Dense(3, activation="softmax")]
     cfgs = _configs(OPTIMIZERS["adam"][1], 3)
-    assert 24 * 48 * 32 >= engine.BLAS_MACS
-    pop = fn.Population(layers, input_dim=24, configs=cfgs, batch_size=32, epochs=3, seed=5, dtype=dtype)
+    assert 64 * 64 * 32 >= engine.BLAS_MACS
+    pop = fn.Population(layers, input_dim=64, configs=cfgs, batch_size=32, epochs=3, seed=5, dtype=dtype)
     histories = pop.fit(X, y, dev=(X[:30], y[:30]))
     rtol = 1e-10 if dtype == "float64" else FLOAT32_RTOL
     for k, cfg in enumerate(cfgs):
         model, history = _alone(layers, cfg, fn.optim.Adam, dtype, X, y, (X[:30], y[:30]))
         _close(pop.models[k]._params, model._params, rtol)
         _close(histories[k]["train_loss"], history["train_loss"], rtol)
-    alone = fn.Population(layers, input_dim=24, configs=cfgs[1:2], batch_size=32, epochs=3, seed=5, dtype=dtype)
+    alone = fn.Population(layers, input_dim=64, configs=cfgs[1:2], batch_size=32, epochs=3, seed=5, dtype=dtype)
     alone.fit(X, y)  # the same model, alone: BLAS may round the rows of a taller product differently
     _close(alone.models[0]._params, pop.models[1]._params, 1e-12 if dtype == "float64" else 1e-5)

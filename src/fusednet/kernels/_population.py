@@ -130,9 +130,10 @@ TRAIN_SUM, TRAIN_CORRECT, DEV_LOSS, DEV_CORRECT = range(4)
 COST, GRADIENT, UPDATE, BN_STATS = 1, 2, 3, 4
 
 #: products of at least this many multiply-adds run on BLAS (``np.dot``), smaller ones as loops here:
-#: chosen with the two workloads of benchmarks/test_bench_population.py, whose digits net's products
-#: (40960 multiply-adds and up) ran faster on BLAS and whose moons net's (640 at most) as loops
-BLAS_MACS = 32_768
+#: chosen with the digits workload of benchmarks/test_bench_population.py, whose first layer's products
+#: (262144 multiply-adds per model) ran faster on BLAS than as loops, and whose second layer's (40960)
+#: ran as fast either way
+BLAS_MACS = 131_072
 
 _OPTIONS = dict(nogil=True, fastmath=set(REDUCTION_FASTMATH), error_model="numpy", boundscheck=False)
 #: the chunk kernel and its parallel driver (cached: user-called dispatchers)
@@ -534,10 +535,12 @@ def _sumsq(x, start, stop):
 
 @loop
 def _all_finite(x):
+    """Whether every element of ``x`` is finite: ``sum(x * 0)`` is 0, or NaN when one is NaN or inf
+    (a vector loop without an early exit)."""
+    s = 0.0
     for i in range(x.size):
-        if not np.isfinite(x[i]):
-            return False
-    return True
+        s += np.float64(x[i]) * 0.0
+    return s == 0.0
 
 
 # --------------------------------------------------------------------------
