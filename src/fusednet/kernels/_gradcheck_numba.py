@@ -71,19 +71,18 @@ row, or the logits, with any larger deviation (a large eps, NaN, inf) takes
 the functions themselves, so the finite difference stays that of the
 course's loop, kinks and all.
 
-The functions themselves (:func:`exp_poly`, :func:`tanh_1div`,
-:func:`sigmoid_1div`, :func:`log_pos`) are float64 and within a few ulp of
-NumPy (pinned by the tests), like those of :mod:`._numba_math`, but with at
-most one division each (division is the one vector instruction that is not
-pipelined) and always inlined, so the loops that call them vectorise: left
-to itself LLVM declines to inline ``tanh`` with its ``exp`` into a loop, and
-the loop then runs one call per element.
+The functions themselves are the Numba backend's point functions
+(``exp``, ``tanh``, ``sigmoid``, ``log1p_unit`` of :mod:`._numba_math`, the
+formulas of :mod:`.reference`), so the check computes a cost with the
+formulas training uses; a check that used its own division-light copies
+measured no faster (within the machine's noise, under 10 %).  Only the log
+of the log-sum-exp is its own (:func:`log_pos`): the backend has no log
+point function, it takes one per column, not per value.
 
 Precision: float64 throughout.  The fast-math flags are :data:`FASTMATH`:
 ``reassoc`` lets the sums over examples vectorise and ``contract`` fuses
-multiply-adds; neither approximates a function or a reciprocal, and each
-coordinate runs on one thread through a fixed instruction sequence, so the
-results are the same for any thread count.
+multiply-adds; each coordinate runs on one thread through a fixed
+instruction sequence, so the results are the same for any thread count.
 """
 
 import threading
@@ -111,7 +110,7 @@ from ._codes import (
     SOFTMAX,
     TANH,
 )
-from ._numba_math import _f64_from_bits, fma, leaky_relu, log1p_unit, relu
+from ._numba_math import _f64_from_bits, exp, fma, leaky_relu, log1p_unit, relu, sigmoid, tanh
 from ._plan import node_table
 from ._policy import GRADCHECK_FASTMATH
 
@@ -199,79 +198,6 @@ def _fetch_add(typingctx, counter, inc):
 #: ln 2 in two parts: the first has few enough bits that ``n * _LN2_HI`` is exact
 _LN2_HI = 6.93145751953125e-1
 _LN2_LO = 1.42860682030941723212e-6
-
-
-@_point
-def exp_poly(x):
-    """``exp(x)`` of a float64, |rel. error| <= 2 ulp, without a division; NaN in, NaN out.
-
-    The Cody-Waite reduction of ``_numba_math.exp_f64``, ``x = n ln2 + r``
-    with |r| <= ln2 / 2, then the Taylor polynomial of degree 13 of
-    ``exp(r)`` (its truncation error is below 1e-17, relative) instead of a
-    Pade quotient, and the scaling by ``2**n`` from its bits.  inf above the
-    overflow point, subnormals then 0 below the underflow point, as NumPy.
-    """
-    hi = 709.782712893384
-    lo = -745.1332191019412
-    xc = x if x < hi else hi  # NaN goes to hi here and is restored below
-    xc = xc if xc > lo else lo
-    n = np.floor(xc * 1.4426950408889634073599 + 0.5)
-    r = fma(n, -_LN2_HI, xc)
-    r = fma(n, -_LN2_LO, r)
-    p = 1.6059043836821613e-10
-    p = p * r + 2.08767569878681e-09
-    p = p * r + 2.505210838544172e-08
-    p = p * r + 2.755731922398589e-07
-    p = p * r + 2.7557319223985893e-06
-    p = p * r + 2.48015873015873e-05
-    p = p * r + 0.0001984126984126984
-    p = p * r + 0.001388888888888889
-    p = p * r + 0.008333333333333333
-    p = p * r + 0.041666666666666664
-    p = p * r + 0.16666666666666666
-    p = p * r + 0.5
-    p = p * r + 1.0
-    p = p * r + 1.0
-    # times 2**n in two steps for n in [-1075, 1024]: p * 2**n1 by adding n1 to p's
-    # exponent field (p is near 1, so it stays a normal number), then one
-    # product with the normal number 2**n2 (one rounding, also to a subnormal).
-    # Two products would do, but ``reassoc`` may pair the two powers of 2 first.
-    ni = np.int64(n)
-    n1 = ni >> 1
-    n2 = ni - n1
-    y = _f64_from_bits(_bits_of(p) + (n1 << 52)) * _f64_from_bits((n2 + 1023) << 52)
-    y = y if x < hi else np.inf
-    y = y if x > lo else 0.0
-    return y if x == x else x
-
-
-@_point
-def tanh_1div(x):
-    """``tanh(x)`` of a float64, |rel. error| <= 4 ulp, with one division; NaN in, NaN out.
-
-    Cephes tanh, as ``_numba_math.tanh``: ``x + x s P(s) / Q(s)`` (s = x**2)
-    up to |x| = 0.625, ``sign(x) (1 - 2 / (exp(2|x|) + 1))`` above, written
-    as ``a + num / den`` with the branch chosen before the division.  The
-    argument of exp is capped at 40, where ``1 - 2 / (e + 1)`` is already
-    exactly 1.
-    """
-    ax = abs(x)
-    s = x * x
-    ps = (-9.64399179425052238628e-1 * s - 9.92877231001918586564e1) * s - 1.61468768441708447952e3
-    qs = ((s + 1.12811678491632931402e2) * s + 2.23548839060100448583e3) * s + 4.84406305325125486048e3
-    e = exp_poly(2.0 * (ax if ax < 20.0 else 20.0))  # NaN takes the small branch below
-    one = 1.0 if x >= 0.0 else -1.0
-    small = not (ax > 0.625)
-    a = x if small else one
-    num = x * s * ps if small else -2.0 * one
-    den = qs if small else e + 1.0
-    return a + num / den
-
-
-@_point
-def sigmoid_1div(z):
-    """``1 / (1 + exp(-z))`` of a float64, |rel. error| <= 4 ulp, the formula of ``reference.sigmoid``."""
-    return 1.0 / (1.0 + exp_poly(-z))
 
 
 @_point
@@ -381,10 +307,10 @@ def _activate(a, act, slope):
     """``a = g(a)`` in place, element-wise (not softmax; LINEAR leaves it)."""
     if _SIGMOID and act == SIGMOID:
         for r in range(a.size):
-            a[r] = sigmoid_1div(a[r])
+            a[r] = sigmoid(a[r])
     elif _TANH and act == TANH:
         for r in range(a.size):
-            a[r] = tanh_1div(a[r])
+            a[r] = tanh(a[r])
     elif _RELU and act == RELU:
         for r in range(a.size):
             a[r] = relu(a[r], 0.0)
@@ -434,7 +360,7 @@ def _softmax_units(buf, n, w, mx, s):
     for c in range(n):
         a = buf[c * w:(c + 1) * w]
         for r in range(w):
-            e = exp_poly(a[r] - mx[r])
+            e = exp(a[r] - mx[r])
             a[r] = e
             s[r] += e
     for c in range(n):
@@ -625,8 +551,8 @@ def _pair_loss(L, Y, k, m, loss, ell, mx, s):
             for r in range(m):
                 z0 = z[r]
                 z1 = z[m + r]
-                ell[r] += (z0 if z0 > 0.0 else 0.0) - z0 * y[r] + log1p_unit(exp_poly(-abs(z0)))
-                ell[m + r] += (z1 if z1 > 0.0 else 0.0) - z1 * y[r] + log1p_unit(exp_poly(-abs(z1)))
+                ell[r] += (z0 if z0 > 0.0 else 0.0) - z0 * y[r] + log1p_unit(exp(-abs(z0)))
+                ell[m + r] += (z1 if z1 > 0.0 else 0.0) - z1 * y[r] + log1p_unit(exp(-abs(z1)))
     elif _CCE:
         for r in range(w):
             mx[r] = -np.inf
@@ -638,7 +564,7 @@ def _pair_loss(L, Y, k, m, loss, ell, mx, s):
         for c in range(k):
             z = L[c * w:(c + 1) * w]
             for r in range(w):
-                s[r] += exp_poly(z[r] - mx[r])
+                s[r] += exp(z[r] - mx[r])
         for r in range(w):
             mx[r] = mx[r] + log_pos(s[r])  # log-sum-exp of the column
         for c in range(k):
