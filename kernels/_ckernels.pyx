@@ -221,14 +221,18 @@ cdef inline Py_ssize_t _span(Py_ssize_t it, Py_ssize_t m, Py_ssize_t n,
     return it * r * n
 
 
-cdef inline void _tile(const floating* b, floating* bt, Py_ssize_t n) noexcept nogil:
-    """bt = b repeated over TILE // n rows (b itself is used when n > TILE)."""
-    cdef Py_ssize_t q, j
+cdef inline void _tile(const floating* b, floating* bt, Py_ssize_t n, Py_ssize_t m) noexcept nogil:
+    """bt = b repeated over the rows one span holds, min(TILE // n, m) (b itself is used when
+    n > TILE): b once, then the filled part copied onto the rest, doubling."""
+    cdef Py_ssize_t have = n, want, w
     if n > TILE:
         return
-    for q in range(TILE // n):
-        for j in range(n):
-            bt[q * n + j] = b[j]
+    want = (TILE // n if TILE // n < m else m) * n
+    memcpy(bt, b, n * sizeof(floating))
+    while have < want:
+        w = have if 2 * have <= want else want - have
+        memcpy(bt + have, bt, w * sizeof(floating))
+        have += w
 
 
 cdef inline double _sum(const double* t, Py_ssize_t L) noexcept nogil:

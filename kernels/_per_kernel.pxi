@@ -55,7 +55,7 @@ cdef void _fwd_piece(const floating* Z, const floating* b, floating* A, Py_ssize
         for it in range(i0, i1):
             _softmax_row(Z + it * n, b, A + it * n, n)
         return
-    _tile(b, bt, n)
+    _tile(b, bt, n, m)
     for it in range(i0, i1):
         off = _span(it, m, n, &L, &boff)
         _fwd_span(Z + off, bb + boff, A + off, L, act, slope)
@@ -346,7 +346,7 @@ cdef double _loss_piece(const floating* Z, const floating* b, const floating* Y,
         for it in range(i0, i1):
             total += _cce_row(Z + it * n, b, Y + it * n, A + it * n, n, t)
         return total
-    _tile(b, bt, n)
+    _tile(b, bt, n, m)
     for it in range(i0, i1):
         off = _span(it, m, n, &L, &boff)
         total += _loss_span(Z + off, bb + boff, Y + off, A + off, L, loss, t)
