@@ -227,32 +227,32 @@ def dropout_apply(X, key, threshold, scale, out, n_threads):
 
 
 def decayed(g, w, l2):
-    r"""The gradient with the L2 term: :math:`g' = g + rac{\lambda}{m} w` (``l2`` is :math:`\lambda / m`)."""
+    r"""The gradient with the L2 term: :math:`g' = g + \frac{\lambda}{m} w` (``l2`` is :math:`\lambda / m`)."""
     return g + l2 * w
 
 
 def ewa(v, x, beta, one_minus_beta):
-    r"""An exponentially weighted average: :math:`v \leftarrow eta v + (1 - eta) x`."""
+    r"""An exponentially weighted average: :math:`v \leftarrow \beta v + (1 - \beta) x`."""
     return beta * v + one_minus_beta * x
 
 
 def gd_step(w, gp, lr):
-    r"""Gradient descent: :math:`w - lpha g'`."""
+    r"""Gradient descent: :math:`w - \alpha g'`."""
     return w - lr * gp
 
 
 def momentum_step(w, v, lr, bc):
-    r"""Momentum, after :math:`v = eta v + (1 - eta) g'`: :math:`w - lpha \, v / bc`."""
+    r"""Momentum, after :math:`v = \beta v + (1 - \beta) g'`: :math:`w - \alpha \, v / bc`."""
     return w - lr * (v / bc)
 
 
 def rmsprop_step(w, gp, s, lr, eps):
-    r"""RMSProp, after :math:`s = eta s + (1 - eta) g'^2`: :math:`w - lpha g' / (\sqrt{s} + arepsilon)`."""
+    r"""RMSProp, after :math:`s = \beta s + (1 - \beta) g'^2`: :math:`w - \alpha g' / (\sqrt{s} + \varepsilon)`."""
     return w - lr * gp / (np.sqrt(s) + eps)
 
 
 def adam_step(w, m, v, lr, bc1, bc2, eps):
-    r"""Adam, after both averages: :math:`w - lpha \, (m / bc_1) / (\sqrt{v / bc_2} + arepsilon)`."""
+    r"""Adam, after both averages: :math:`w - \alpha \, (m / bc_1) / (\sqrt{v / bc_2} + \varepsilon)`."""
     return w - lr * (m / bc1) / (np.sqrt(v / bc2) + eps)
 
 
