@@ -36,7 +36,8 @@ from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_GetName, PyCapsul
 import numpy as np
 
 from _point cimport (floating, sigmoid, sigmoid_grad, tanh, tanh_grad, relu, relu_grad,
-                     leaky_relu, leaky_relu_grad, fmix32, dropout_hash, exp_, sqrt_, flush)
+                     leaky_relu, leaky_relu_grad, fmix32, dropout_hash, exp_, flush,
+                     decayed, ewa, gd_step, momentum_step, rmsprop_step, adam_step)
 
 cdef extern from *:
     """

@@ -44,6 +44,48 @@ def point(str name, const floating[::1] x, double slope, floating[::1] out):
         raise ValueError(f"no point function {name!r}")
 
 
+#: the optimiser point functions of :func:`point_update`: name -> (array arguments, scalar arguments)
+UPDATES = {"decayed": (2, 1), "ewa": (2, 2), "gd_step": (2, 1), "momentum_step": (2, 2),
+           "rmsprop_step": (3, 2), "adam_step": (3, 4)}
+
+
+def point_update(str name, const floating[::1] a, const floating[::1] b, const floating[::1] c,
+                 const double[::1] s, floating[::1] out):
+    """out[i] = <name>(a[i], b[i][, c[i]], *s) with the compiled optimiser point function of that name.
+
+    ``s`` holds the scalar arguments in the reference's order, cast to the arrays' type.
+    """
+    cdef Py_ssize_t i, n = out.shape[0]
+    if name not in UPDATES:
+        raise ValueError(f"no optimiser point function {name!r}")
+    if a.shape[0] != n or b.shape[0] != n or (UPDATES[name][0] == 3 and c.shape[0] != n):
+        raise ValueError(f"a, b (and c) must hold {n} values each")
+    if s.shape[0] != UPDATES[name][1]:
+        raise ValueError(f"{name} takes {UPDATES[name][1]} scalars, got {s.shape[0]}")
+    cdef floating s0 = <floating>s[0]
+    cdef floating s1 = <floating>s[1] if s.shape[0] > 1 else 0
+    cdef floating s2 = <floating>s[2] if s.shape[0] > 2 else 0
+    cdef floating s3 = <floating>s[3] if s.shape[0] > 3 else 0
+    if name == "decayed":
+        for i in range(n):
+            out[i] = decayed(a[i], b[i], s0)
+    elif name == "ewa":
+        for i in range(n):
+            out[i] = ewa(a[i], b[i], s0, s1)
+    elif name == "gd_step":
+        for i in range(n):
+            out[i] = gd_step(a[i], b[i], s0)
+    elif name == "momentum_step":
+        for i in range(n):
+            out[i] = momentum_step(a[i], b[i], s0, s1)
+    elif name == "rmsprop_step":
+        for i in range(n):
+            out[i] = rmsprop_step(a[i], b[i], c[i], s0, s1)
+    else:
+        for i in range(n):
+            out[i] = adam_step(a[i], b[i], c[i], s0, s1, s2, s3)
+
+
 def point_hash(const uint64_t[::1] i, uint64_t key, uint32_t[::1] out):
     """out = dropout_hash(i, key), the compiled point function."""
     cdef Py_ssize_t k

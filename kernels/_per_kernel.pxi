@@ -456,10 +456,8 @@ cdef void _gd_span(floating* w, const floating* g, Py_ssize_t L, const Hyper* h,
     cdef floating lr = <floating>h.lr, l2 = <floating>h.l2, gp
     cdef Py_ssize_t k
     for k in range(L):
-        gp = g[k]
-        if decay:
-            gp = gp + l2 * w[k]
-        w[k] = w[k] - lr * gp
+        gp = decayed(g[k], w[k], l2) if decay else g[k]
+        w[k] = gd_step(w[k], gp, lr)
 
 
 cdef void _momentum_span(floating* w, const floating* g, floating* v, Py_ssize_t L,
@@ -469,12 +467,10 @@ cdef void _momentum_span(floating* w, const floating* g, floating* v, Py_ssize_t
     cdef floating gp, vk
     cdef Py_ssize_t k
     for k in range(L):
-        gp = g[k]
-        if decay:
-            gp = gp + l2 * w[k]
-        vk = flush(b1 * v[k] + c1 * gp)
+        gp = decayed(g[k], w[k], l2) if decay else g[k]
+        vk = flush(ewa(v[k], gp, b1, c1))
         v[k] = vk
-        w[k] = w[k] - lr * (vk / bc)
+        w[k] = momentum_step(w[k], vk, lr, bc)
 
 
 cdef void _rmsprop_span(floating* w, const floating* g, floating* s, Py_ssize_t L,
@@ -484,12 +480,10 @@ cdef void _rmsprop_span(floating* w, const floating* g, floating* s, Py_ssize_t 
     cdef floating gp, sk
     cdef Py_ssize_t k
     for k in range(L):
-        gp = g[k]
-        if decay:
-            gp = gp + l2 * w[k]
-        sk = flush(b2 * s[k] + c2 * gp * gp)
+        gp = decayed(g[k], w[k], l2) if decay else g[k]
+        sk = flush(ewa(s[k], gp * gp, b2, c2))
         s[k] = sk
-        w[k] = w[k] - lr * gp / (sqrt_(sk) + eps)
+        w[k] = rmsprop_step(w[k], gp, sk, lr, eps)
 
 
 cdef void _adam_span(floating* w, const floating* g, floating* m, floating* v, Py_ssize_t L,
@@ -500,21 +494,19 @@ cdef void _adam_span(floating* w, const floating* g, floating* m, floating* v, P
     cdef floating gp, mk, vk
     cdef Py_ssize_t k
     for k in range(L):
-        gp = g[k]
-        if decay:
-            gp = gp + l2 * w[k]
-        mk = flush(b1 * m[k] + c1 * gp)
-        vk = flush(b2 * v[k] + c2 * gp * gp)
+        gp = decayed(g[k], w[k], l2) if decay else g[k]
+        mk = flush(ewa(m[k], gp, b1, c1))
+        vk = flush(ewa(v[k], gp * gp, b2, c2))
         m[k] = mk
         v[k] = vk
-        w[k] = w[k] - lr * (mk / bc1) / (sqrt_(vk / bc2) + eps)
+        w[k] = adam_step(w[k], mk, vk, lr, bc1, bc2, eps)
 
 
 cdef void _ewa_span(floating* v, const floating* x, Py_ssize_t L, const Hyper* h) noexcept nogil:
     cdef floating b = <floating>h.beta1, c = <floating>(1.0 - h.beta1)
     cdef Py_ssize_t k
     for k in range(L):
-        v[k] = b * v[k] + c * x[k]
+        v[k] = ewa(v[k], x[k], b, c)
 
 
 cdef void _opt_span(floating* w, const floating* g, floating* s1, floating* s2,

@@ -121,3 +121,37 @@ cdef inline floating flush(floating x) noexcept nogil:
         return 0 if fabsf(x) < FLT_MIN else x
     else:
         return 0 if fabs(x) < DBL_MIN else x
+
+
+# the optimisers' updates, one formula each (the kernels flush the averages after ewa)
+
+# mirrors fusednet.kernels.reference.decayed
+cdef inline floating decayed(floating g, floating w, floating l2) noexcept nogil:
+    return g + l2 * w
+
+
+# mirrors fusednet.kernels.reference.ewa
+cdef inline floating ewa(floating v, floating x, floating beta, floating one_minus_beta) noexcept nogil:
+    return beta * v + one_minus_beta * x
+
+
+# mirrors fusednet.kernels.reference.gd_step
+cdef inline floating gd_step(floating w, floating gp, floating lr) noexcept nogil:
+    return w - lr * gp
+
+
+# mirrors fusednet.kernels.reference.momentum_step
+cdef inline floating momentum_step(floating w, floating v, floating lr, floating bc) noexcept nogil:
+    return w - lr * (v / bc)
+
+
+# mirrors fusednet.kernels.reference.rmsprop_step
+cdef inline floating rmsprop_step(floating w, floating gp, floating s, floating lr,
+                                  floating eps) noexcept nogil:
+    return w - lr * gp / (sqrt_(s) + eps)
+
+
+# mirrors fusednet.kernels.reference.adam_step
+cdef inline floating adam_step(floating w, floating m, floating v, floating lr, floating bc1,
+                               floating bc2, floating eps) noexcept nogil:
+    return w - lr * (m / bc1) / (sqrt_(v / bc2) + eps)

@@ -40,6 +40,17 @@ POINTS = {
 }
 
 
+# optimiser point function -> its scalar arguments, in the reference's order
+UPDATES = {
+    "decayed": (0.003,),
+    "ewa": (0.9, 0.1),
+    "gd_step": (0.05,),
+    "momentum_step": (0.05, 0.271),
+    "rmsprop_step": (0.05, 1e-8),
+    "adam_step": (0.05, 0.1, 0.001, 1e-8),
+}
+
+
 def _special(dtype):
     fi = np.finfo(dtype)
     x = [0.0, -0.0, 1.0, -1.0, 0.5, 1e-3, -1e-3, 8.0, -8.0, 20.0, -20.0, 50.0, -50.0, 100.0, -100.0,
@@ -67,7 +78,7 @@ def test_pxd_mirrors_are_all_tested():
     assert mirrored, "no '# mirrors' comments found"
     for name in mirrored:
         assert hasattr(reference, name), f"_point.pxd mirrors a missing reference.{name}"
-    tested = {"_flush" if n == "flush" else n for n in POINTS} | {"fmix32", "dropout_hash"}
+    tested = {"_flush" if n == "flush" else n for n in POINTS} | {"fmix32", "dropout_hash"} | set(UPDATES)
     assert mirrored <= tested, f"untested point functions: {sorted(mirrored - tested)}"
 
 
@@ -82,6 +93,26 @@ def test_point_function_parity(variant, dtype, name):
     rtol = 4e-7 if dtype == np.float32 else 4e-15
     np.testing.assert_allclose(got, ref, rtol=rtol, atol=0)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", sorted(UPDATES))
+def test_optimiser_point_function_parity(variant, dtype, name):
+    """The compiled optimiser updates give NumPy's bits: no contraction (-ffp-contract=off), same order."""
+    x = _special(dtype)
+    rng = np.random.default_rng(11)
+    a, b, c = (rng.permutation(x) for _ in range(3))
+    c = np.abs(c)  # a second moment is never negative
+    n_arrays = variant.UPDATES[name][0]
+    assert variant.UPDATES[name][1] == len(UPDATES[name])
+    got = np.empty_like(x)
+    variant.point_update["float" if dtype == np.float32 else "double"](
+        name, a, b, c, np.array(UPDATES[name], np.float64), got)
+    scalars = tuple(dtype(v) for v in UPDATES[name])
+    with np.errstate(all="ignore"):
+        ref = np.asarray(getattr(reference, name)(*(a, b, c)[:n_arrays], *scalars), dtype)
+    np.testing.assert_array_equal(got, ref)
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
