@@ -201,6 +201,25 @@ def test_follows_the_process_backend_unless_told():
         fn.set_backend(before)
 
 
+@pytest.mark.parametrize("analytic", [b for b in ("numba", "cython", "numpy") if b in kernels.available()])
+def test_analytic_backend_is_the_one_checked_and_the_choice_is_restored(analytic):
+    X, y = data(m=8)
+    model = net(bn=True, l2=0.3)
+    before = kernels.get_backend()
+    try:
+        fn.set_backend("auto")
+        g = fn.gradcheck(model, X, y, backend="numpy", analytic_backend=analytic)
+        assert kernels.get_backend() == "auto"
+        same = fn.gradcheck(model, X, y, backend="numpy")
+        fn.set_backend(analytic)
+        expected = np.concatenate([a.reshape(-1) for _, a in model.loss_and_grads(X, y)[1]])
+    finally:
+        fn.set_backend(before)
+    np.testing.assert_array_equal(g.analytic, expected)
+    np.testing.assert_array_equal(g.numeric, same.numeric)  # the numeric side follows the process's choice
+    assert g.verdict in PASS
+
+
 # --------------------------------------------------------------------------
 # planted bugs
 # --------------------------------------------------------------------------
@@ -371,7 +390,7 @@ def test_repr_and_str_read_well():
 
 @pytest.mark.parametrize("kw", [{"eps": 0}, {"eps": -1e-7}, {"eps": np.nan}, {"eps": True}, {"sample": 0},
                                 {"sample": 2.5}, {"sample": True}, {"backend": "fast"}, {"backend": "cython"},
-                                {"top": -1}])
+                                {"top": -1}, {"analytic_backend": "fast"}])
 def test_bad_arguments(kw):
     X, y = data()
     with pytest.raises(ValueError):

@@ -35,6 +35,7 @@ own loop instead: set one coordinate to ``theta + eps``, then ``theta - eps``,
 evaluating the model's cost each time.
 """
 
+import contextlib
 import numbers
 
 import numpy as np
@@ -134,7 +135,7 @@ class GradCheck:
 # --------------------------------------------------------------------------
 
 
-def _check_args(eps, sample, backend, top):
+def _check_args(eps, sample, backend, top, analytic_backend):
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (np.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
     if sample is not None and (isinstance(sample, bool) or not isinstance(sample, numbers.Integral) or sample < 1):
@@ -144,6 +145,8 @@ def _check_args(eps, sample, backend, top):
     choices = (None, "auto") + EVALUATORS
     if backend not in choices:
         raise ValueError(f"backend must be one of {choices}, got {backend!r}")
+    if analytic_backend is not None:
+        _kernels._check_backend(analytic_backend, "analytic_backend")
 
 
 def _evaluator(backend):
@@ -182,6 +185,20 @@ def _auto_evaluator(plan, m, n_checked):
     if "numba" not in _kernels.available():
         return "numpy"
     return "numpy" if loop_seconds(plan, m, n_checked) < _policy.GRADCHECK_LOOP_SECONDS else "numba"
+
+
+@contextlib.contextmanager
+def _process_backend(name):
+    """Run the block with :func:`fusednet.set_backend` ``(name)``, restoring the choice after; None: unchanged."""
+    if name is None:
+        yield
+        return
+    saved = _kernels.get_backend()
+    _kernels.set_backend(name)
+    try:
+        yield
+    finally:
+        _kernels.set_backend(saved)
 
 
 def _analytic(model, X64, y):
@@ -368,7 +385,7 @@ def _numeric_loop(subject, X, y, eps, names, flats):
     return numeric, float(cost())
 
 
-def gradcheck(model, X, y, eps=1e-7, *, sample=None, seed=0, backend=None, top=10):
+def gradcheck(model, X, y, eps=1e-7, *, sample=None, seed=0, backend=None, top=10, analytic_backend=None):
     r"""Check ``model``'s backpropagation against two-sided differences of its cost.
 
     .. math::
@@ -406,6 +423,15 @@ def gradcheck(model, X, y, eps=1e-7, *, sample=None, seed=0, backend=None, top=1
         longer), else "numba" when Numba is installed.
     top : int
         How many coordinates :attr:`GradCheck.worst` lists.
+    analytic_backend : {None, "auto", "numba", "cython", "numpy"}
+        The kernel backend of the analytic side, ``model.loss_and_grads``: the
+        backpropagation that is checked.  None: the process's choice
+        (:func:`fusednet.get_backend`).  Otherwise it is the process's choice
+        for the length of that one pass (:func:`fusednet.set_backend`, restored
+        after), so do not pass it while other threads run kernels.  ``fusednet
+        gradcheck`` passes "cython" when the choice is "auto" and the extension
+        is built: it is compiled ahead of time, so a first check on an empty
+        Numba cache waits only for the forward kernels of the numeric side.
 
     Returns
     -------
@@ -419,27 +445,28 @@ def gradcheck(model, X, y, eps=1e-7, *, sample=None, seed=0, backend=None, top=1
        backpropagation.  Libraries disagree on the normalisation of the
        difference; this is the course's.
     """
-    _check_args(eps, sample, backend, top)
+    _check_args(eps, sample, backend, top, analytic_backend)
     evaluator = _evaluator(backend)
     eps = float(eps)
     X = as_2d(X)
     norm = model.normalizer
     if norm is None:
-        return _gradcheck(model, X, y, eps, sample, seed, top, evaluator)
+        return _gradcheck(model, X, y, eps, sample, seed, top, evaluator, analytic_backend)
     # the check is of the network: its input is the normalised X, on either side
     X = norm.transform(X)
     model.normalizer = None
     try:
-        return _gradcheck(model, X, y, eps, sample, seed, top, evaluator)
+        return _gradcheck(model, X, y, eps, sample, seed, top, evaluator, analytic_backend)
     finally:
         model.normalizer = norm
 
 
-def _gradcheck(model, X, y, eps, sample, seed, top, evaluator):
+def _gradcheck(model, X, y, eps, sample, seed, top, evaluator, analytic_backend):
     if not model.built:
         model.build(X.shape[1])
     X = np.ascontiguousarray(X, dtype=np.float64)
-    subject, grads = _analytic(model, X, y)  # checks X and y first
+    with _process_backend(analytic_backend):
+        subject, grads = _analytic(model, X, y)  # checks X and y first
     params = _flat_gradients(subject, grads)
 
     # the coordinates to check, in parameter order: owner parameter and flat index in it
