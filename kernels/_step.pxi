@@ -28,6 +28,8 @@
 # faster than sgemm on the large ones), and the first layer reads the gathered
 # rows where they lie in X, so the gather copies only the targets.
 
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
 ctypedef void (*sgemm_t)(char*, char*, int*, int*, int*, float*, float*, int*, float*, int*,
                          float*, float*, int*) noexcept nogil
 ctypedef void (*dgemm_t)(char*, char*, int*, int*, int*, double*, double*, int*, double*, int*,
@@ -676,12 +678,42 @@ ctypedef struct OptSpec:         # mirrors fusednet.kernels._plan.OPT_DTYPE fiel
     Py_ssize_t t                 # steps taken before this call
 
 
+ctypedef struct FitSpec:         # mirrors fusednet.kernels._plan.FIT_DTYPE field by field
+    Py_ssize_t epoch0            # the number of the call's first epoch
+    Py_ssize_t epochs            # the epochs of the call
+    Py_ssize_t patience          # early stopping: stop after this many epochs without improvement (0 as 1)
+    Py_ssize_t wait              # IN/OUT epochs in a row without improvement so far
+    uint64_t seed_key            # splitmix64(seed): epoch e's dropout seed is splitmix64(seed_key ^ e)
+    double min_delta             # the smallest change that counts as an improvement
+    double best                  # IN/OUT the best monitored value so far
+    int monitor                  # FIT_MONITOR_*: what early stopping watches (0: no early stopping)
+    int maximize                 # 1: higher is better
+    int restore                  # 1: keep the best epoch's parameters and statistics in the snapshot
+    int stop                     # OUT 1: early stopping ended the fit after the call's last epoch
+
+
+ctypedef struct HistRow:         # mirrors fusednet.kernels._plan.HIST_DTYPE field by field
+    double train_loss            # sum over the epoch's batches of cost x rows, / M
+    double seconds               # the epoch's wall time
+    Py_ssize_t correct           # rows whose training prediction equals their class id
+
+
+cdef enum:                       # what FitSpec.monitor watches (fusednet.kernels._codes)
+    FIT_MONITOR_NONE = 0
+    FIT_MONITOR_TRAIN_LOSS = 1
+    FIT_MONITOR_TRAIN_ACCURACY = 2
+
+
 def layouts():
     """``{name: (itemsize, {field: offset})}`` of the C structs the plan's dtypes mirror."""
     cdef LayerSpec ls
     cdef OptSpec os_
     cdef size_t b = <size_t>&ls
     cdef size_t o = <size_t>&os_
+    cdef FitSpec fs
+    cdef HistRow hs
+    cdef size_t fb = <size_t>&fs
+    cdef size_t hb = <size_t>&hs
     return {
         "LayerSpec": (sizeof(LayerSpec), {
             "n_in": <size_t>&ls.n_in - b, "n_out": <size_t>&ls.n_out - b, "w_off": <size_t>&ls.w_off - b,
@@ -695,6 +727,16 @@ def layouts():
             "kind": <size_t>&os_.kind - o, "bias_correction": <size_t>&os_.bias_correction - o,
             "beta1": <size_t>&os_.beta1 - o, "beta2": <size_t>&os_.beta2 - o, "eps": <size_t>&os_.eps - o,
             "t": <size_t>&os_.t - o}),
+        "FitSpec": (sizeof(FitSpec), {
+            "epoch0": <size_t>&fs.epoch0 - fb, "epochs": <size_t>&fs.epochs - fb,
+            "patience": <size_t>&fs.patience - fb, "wait": <size_t>&fs.wait - fb,
+            "seed_key": <size_t>&fs.seed_key - fb, "min_delta": <size_t>&fs.min_delta - fb,
+            "best": <size_t>&fs.best - fb, "monitor": <size_t>&fs.monitor - fb,
+            "maximize": <size_t>&fs.maximize - fb, "restore": <size_t>&fs.restore - fb,
+            "stop": <size_t>&fs.stop - fb}),
+        "HistRow": (sizeof(HistRow), {
+            "train_loss": <size_t>&hs.train_loss - hb, "seconds": <size_t>&hs.seconds - hb,
+            "correct": <size_t>&hs.correct - hb}),
     }
 
 
@@ -702,7 +744,9 @@ def codes():
     """The codes compiled in, by name, for the test that pins them to fusednet.kernels._codes."""
     return {"LINEAR": LINEAR, "SIGMOID": SIGMOID, "TANH": TANH, "RELU": RELU, "LEAKY_RELU": LEAKY_RELU,
             "SOFTMAX": SOFTMAX, "MSE": MSE, "BCE": BCE, "CCE": CCE, "OPT_GD": OPT_GD,
-            "OPT_MOMENTUM": OPT_MOMENTUM, "OPT_RMSPROP": OPT_RMSPROP, "OPT_ADAM": OPT_ADAM}
+            "OPT_MOMENTUM": OPT_MOMENTUM, "OPT_RMSPROP": OPT_RMSPROP, "OPT_ADAM": OPT_ADAM,
+            "FIT_MONITOR_NONE": FIT_MONITOR_NONE, "FIT_MONITOR_TRAIN_LOSS": FIT_MONITOR_TRAIN_LOSS,
+            "FIT_MONITOR_TRAIN_ACCURACY": FIT_MONITOR_TRAIN_ACCURACY}
 
 
 _STRUCTS = None
@@ -716,6 +760,11 @@ _FIELD_TYPES = {
                       bn_momentum=("f", 8)),
     "OptSpec": dict(kind=("i", sizeof(int)), bias_correction=("i", sizeof(int)), beta1=("f", 8),
                     beta2=("f", 8), eps=("f", 8), t=("i", sizeof(Py_ssize_t))),
+    "FitSpec": dict(epoch0=("i", sizeof(Py_ssize_t)), epochs=("i", sizeof(Py_ssize_t)),
+                    patience=("i", sizeof(Py_ssize_t)), wait=("i", sizeof(Py_ssize_t)), seed_key=("u", 8),
+                    min_delta=("f", 8), best=("f", 8), monitor=("i", sizeof(int)), maximize=("i", sizeof(int)),
+                    restore=("i", sizeof(int)), stop=("i", sizeof(int))),
+    "HistRow": dict(train_loss=("f", 8), seconds=("f", 8), correct=("i", sizeof(Py_ssize_t))),
 }
 _CHECKED = {}  # struct -> the last dtype found to mirror it (the common case: the same dtype object)
 
@@ -1185,3 +1234,218 @@ def dense_epoch(StepPlan plan,               # IN/OUT as dense_step; its buffers
                 _predictions(net, net.A, isz, pred, s, e - s)
             i += 1
     return i, status, res[0]
+
+
+# ----------------------------------------------------------------------------------
+# a whole fit in one call: every epoch's steps, its history and early stopping
+# ----------------------------------------------------------------------------------
+
+cdef Py_ssize_t _n_correct(Net* net, int itemsize, const Py_ssize_t* ids, const Py_ssize_t* rows,
+                           Py_ssize_t s, Py_ssize_t n) noexcept nogil:
+    """How many of the batch's n rows (rows[s:s + n] of the data, or rows s:s + n when rows is NULL)
+    have the prediction of _predictions equal to their class id (one sigmoid: A > 0.5 == (id != 0))."""
+    cdef Py_ssize_t r, j, best, n_out = net.n[net.L], row, hits = 0
+    cdef const float* a32 = <const float*>net.A
+    cdef const double* a64 = <const double*>net.A
+    cdef bint p
+    for r in range(n):
+        row = rows[s + r] if rows != NULL else s + r
+        if net.loss == CCE:
+            best = 0
+            for j in range(1, n_out):
+                if (a32[r * n_out + j] > a32[r * n_out + best]) if itemsize == 4 else \
+                        (a64[r * n_out + j] > a64[r * n_out + best]):
+                    best = j
+            hits += best == ids[row]
+        else:
+            p = (a32[r * n_out] > 0.5) if itemsize == 4 else (a64[r * n_out] > 0.5)
+            hits += p == (ids[row] != 0)
+    return hits
+
+
+cdef inline double _seconds() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <double>ts.tv_sec + 1e-9 * <double>ts.tv_nsec
+
+
+cdef bint _stopping(FitSpec* f, double value) noexcept nogil:
+    """One epoch's early-stopping decision (mirrors fusednet.callbacks.EarlyStopping.observe):
+    whether the value improved on f.best; f.best, f.wait and f.stop updated."""
+    cdef bint better
+    if not (fabs(value) < INFINITY):
+        better = False
+    elif f.maximize:
+        better = value > f.best + f.min_delta
+    else:
+        better = value < f.best - f.min_delta
+    if better:
+        f.best = value
+        f.wait = 0
+    else:
+        f.wait += 1
+        if f.wait >= (f.patience if f.patience > 1 else 1):
+            f.stop = 1
+    return better
+
+
+def dense_fit(StepPlan plan,                    # IN/OUT as dense_epoch
+              opt,                              # IN an OPT_DTYPE record (t: the steps taken before the call)
+              data,                             # IN (X, Y, ids): (M, n_in), (M, n_out), class ids (M,) or (0,)
+              fit,                              # IN/OUT a FIT_DTYPE record: the epochs, dropout, early stopping
+              const Py_ssize_t[:, ::1] perms,   # IN (epochs, M) each epoch's row order, (1, M) one for all,
+                                                #    or (0, M): no gather, X is every epoch's one batch
+              const double[:, ::1] lrs,         # IN (epochs, steps) the learning rate of each step
+              hist,                             # OUT (epochs,) HIST_DTYPE records, one per epoch run
+              snapshot):                        # OUT None, or (params copy, stats arena, stats copy)
+    """Epochs fit.epoch0 .. fit.epoch0 + fit.epochs - 1 of a fit, each as dense_epoch (or, without
+    perms, as one dense_step on the whole of X), with no Python between them.
+
+    Epoch e starts with the update bounds read off the arenas and the dropout seed
+    splitmix64(fit.seed_key ^ e); step i of the call (counting across epochs) takes the optimiser's
+    step count opt.t + i + 1.  Each epoch writes its train loss, training-prediction hits and wall
+    time to hist.  With fit.monitor, early stopping decides after each epoch as EarlyStopping does
+    (fit.best and fit.wait carry between calls), copies the parameters and the statistics arena into
+    snapshot at each improvement when fit.restore, and ends the call (fit.stop = 1) when patience
+    runs out.  Returns (epochs run, status, step, cost, steps applied): status 0, or the status of
+    the step that was not applied (as dense_step), its index within its epoch and its cost; that
+    epoch is not counted as run.
+    """
+    cdef Net* net = &plan.net
+    cdef const OptSpec* o = _opt_spec(plan, opt)
+    cdef FitSpec* f
+    cdef HistRow* hr
+    cdef Py_ssize_t M, B, E, steps, ep, i = 0, s, e, done = 0, epoch, hits, n_stats = 0, r, j
+    cdef int status = 0, l, isz = plan.isz
+    cdef bint gathered, better
+    cdef double res[2]
+    cdef double total, t0, value
+    cdef uint64_t x
+    cdef const void* xp
+    cdef const void* yp
+    cdef const Py_ssize_t[::1] ids
+    cdef const Py_ssize_t* ip = NULL
+    cdef const Py_ssize_t* row = NULL
+    cdef void* snap_p = NULL
+    cdef void* stats = NULL
+    cdef void* snap_s = NULL
+    res[0] = 0.0
+    if not (isinstance(data, tuple) and len(data) == 3):
+        raise ValueError("data must be a tuple (X, Y, ids)")
+    X, Y, ids_ = data
+    M = getattr(X, "shape", (0,))[0]
+    if M < 1 or getattr(X, "shape", None) != (M, net.n[0]) or getattr(Y, "shape", None) != (M, net.n[net.L]):
+        raise ValueError(f"data: X and Y must be (M, {net.n[0]}) and (M, {net.n[net.L]}) with M >= 1")
+    ids = ids_
+    if ids.shape[0] != 0 and ids.shape[0] != M:
+        raise ValueError(f"data: ids must hold one class id per row ({M}) or none, got {ids.shape[0]}")
+    for fld in ("fit", "hist"):
+        arr = fit if fld == "fit" else hist
+        if not getattr(getattr(arr, "flags", None), "writeable", False):
+            raise ValueError(f"{fld} must be a writable structured array")
+    f = <FitSpec*>_records(fit, "FitSpec", "fit", 1)
+    E = f.epochs
+    if E < 1 or f.epoch0 < 0:
+        raise ValueError(f"fit.epochs must be >= 1 and fit.epoch0 >= 0, got {E}, {f.epoch0}")
+    if f.monitor < FIT_MONITOR_NONE or f.monitor > FIT_MONITOR_TRAIN_ACCURACY:
+        raise ValueError(f"fit.monitor: unknown code {f.monitor}")
+    if f.monitor == FIT_MONITOR_TRAIN_ACCURACY and ids.shape[0] == 0:
+        raise ValueError("fit.monitor: train accuracy needs the class ids (data[2])")
+    if f.patience < 0 or f.wait < 0 or not (f.min_delta >= 0.0):
+        raise ValueError(f"fit.patience, fit.wait and fit.min_delta must be >= 0, got {f.patience}, {f.wait}, "
+                         f"{f.min_delta}")
+    hr = <HistRow*>_records(hist, "HistRow", "hist", E)
+    gathered = perms.shape[0] != 0
+    if gathered:
+        B = plan.rows
+        if perms.shape[1] != M or (perms.shape[0] != 1 and perms.shape[0] != E):
+            raise ValueError(f"perms must be ({E}, {M}) or (1, {M}) (or hold no rows), got "
+                             f"({perms.shape[0]}, {perms.shape[1]})")
+        for ep in range(perms.shape[0]):
+            for r in range(M):
+                if perms[ep, r] < 0 or perms[ep, r] >= M:
+                    raise ValueError(f"perms[{ep}, {r}] = {perms[ep, r]} is not a row of X")
+        if plan._batch_x is None:
+            raise ValueError("a gathered fit gathers its batches into buffers['X'] and buffers['Y']: "
+                             "build the plan with them")
+    else:
+        B = M
+        if M > plan.rows:
+            raise ValueError(f"without perms X is the batch: at most {plan.rows} rows (the plan's), got {M}")
+    steps = (M + B - 1) // B
+    if lrs.shape[0] != E or lrs.shape[1] != steps:
+        raise ValueError(f"lrs must be ({E}, {steps}): {M} rows in batches of {B} make {steps} steps per epoch")
+    if f.restore:
+        if not (isinstance(snapshot, tuple) and len(snapshot) == 3):
+            raise ValueError("fit.restore: snapshot must be a tuple (params copy, stats arena, stats copy)")
+        snap_p = _data(snapshot[0], plan.dtype, plan.n_params, "snapshot[0]")
+        n_stats = getattr(snapshot[1], "size", -1)
+        if n_stats < 0 or getattr(snapshot[2], "size", -2) != n_stats:
+            raise ValueError("snapshot[1] and snapshot[2] must be arrays of one size")
+        if n_stats:
+            stats = _data(snapshot[1], plan.dtype, n_stats, "snapshot[1]", False)
+            snap_s = _data(snapshot[2], plan.dtype, n_stats, "snapshot[2]")
+    xp = _data(X, plan.dtype, M * net.n[0], "data X", False)
+    yp = _data(Y, plan.dtype, M * net.n[net.L], "data Y", False)
+    if gathered:
+        _batch(plan, plan._batch_x, plan._batch_y, B)
+    else:
+        _batch(plan, X, Y, M)
+        xp = NULL
+        yp = NULL
+    f.stop = 0
+    ep = 0
+    with nogil:
+        while ep < E:
+            t0 = _seconds()
+            epoch = f.epoch0 + ep
+            plan.dropout_seed = _splitmix64(f.seed_key ^ <uint64_t>epoch)
+            net.bound[0] = INFINITY  # each epoch starts from the arenas (as the per-epoch path does)
+            _refresh(plan)
+            if gathered:
+                row = &perms[ep if perms.shape[0] > 1 else 0, 0]
+            total = 0.0
+            hits = 0
+            i = 0
+            while i < steps:
+                s = i * B
+                e = s + B if s + B < M else M
+                net.m = e - s
+                plan.h.lr = lrs[ep, i]
+                _bias_corrections(o, o.t + done + 1, &plan.h)
+                x = _splitmix64(plan.dropout_seed ^ <uint64_t>i)
+                for l in range(net.L):
+                    if net.drop[l]:
+                        _set_key(net, l, _splitmix64(x ^ <uint64_t>net.dindex[l]))
+                ip = row + s if gathered else NULL
+                if isz == 4:
+                    status = _step_core(<float*>plan.P, <float*>plan.G, <float*>plan.S1, <float*>plan.S2, net,
+                                        &plan.h, plan._lam, plan.n_params, <const float*>xp, <const float*>yp,
+                                        ip, res)
+                else:
+                    status = _step_core(<double*>plan.P, <double*>plan.G, <double*>plan.S1, <double*>plan.S2,
+                                        net, &plan.h, plan._lam, plan.n_params, <const double*>xp,
+                                        <const double*>yp, ip, res)
+                if status != 0:
+                    break
+                done += 1
+                total = total + res[0] * <double>(e - s)
+                if ids.shape[0] != 0:
+                    hits += _n_correct(net, isz, &ids[0], row, s, e - s)
+                i += 1
+            if status != 0:
+                break
+            hr[ep].train_loss = total / <double>M
+            hr[ep].correct = hits
+            if f.monitor != FIT_MONITOR_NONE:
+                value = hr[ep].train_loss if f.monitor == FIT_MONITOR_TRAIN_LOSS else <double>hits / <double>M
+                better = _stopping(f, value)
+                if better and f.restore:
+                    memcpy(snap_p, plan.P, plan.n_params * isz)
+                    if n_stats:
+                        memcpy(snap_s, stats, n_stats * isz)
+            hr[ep].seconds = _seconds() - t0
+            ep += 1
+            if f.stop:
+                break
+    return ep, status, i, res[0], done

@@ -10,7 +10,9 @@ the row gather, forward (dropout masks included), loss, backward, the
 finiteness checks and the optimiser update -- is one call of the extension's
 ``dense_step``; a shuffled epoch over a C-contiguous ``X`` of the model's dtype
 is one call of ``dense_epoch`` (every step's learning rate asked of the
-schedule first).  Each step runs in one OpenMP team that owns the cores; each
+schedule first), and when nothing needs Python between epochs, several
+epochs -- the whole fit -- are one call of ``dense_fit``
+(:class:`fusednet.trainer._WholeFit`).  Each step runs in one OpenMP team that owns the cores; each
 thread calls SciPy's BLAS (kept on one thread, see
 :mod:`fusednet.kernels._blas`) on its share of every matrix product and then
 runs the element-wise work on the block it has just written.  In float32 on
@@ -202,6 +204,7 @@ class FusedStep:
         self.out = np.zeros(2, np.float64)
         self._step = _cython()._ck.dense_step
         self._epoch = _cython()._ck.dense_epoch
+        self._fit = _cython()._ck.dense_fit
 
     def reset_bounds(self):
         """Forget the update bounds (callbacks may have changed the weights): see ``fusednet.optim.update_bound``."""
@@ -252,3 +255,17 @@ class FusedStep:
         steps, status, cost = self._epoch(self.plan, rec, X, Y, perm, lrs, costs, pred)
         self.opt._t += steps
         return steps, status, cost
+
+    def fit(self, data, fit, perms, lrs, hist, snapshot=None):
+        """Several epochs in one call (``dense_fit``): see :class:`fusednet.trainer._WholeFit`.
+
+        ``data`` is ``(X, Y, ids)``; ``fit`` a :data:`~fusednet.kernels._plan.FIT_DTYPE` record,
+        ``perms`` each epoch's order (or none), ``lrs`` each step's learning rate, ``hist`` receives
+        one :data:`~fusednet.kernels._plan.HIST_DTYPE` record per epoch.  Returns ``(epochs, status,
+        step, cost)``: the epochs run, and when that is not all, the status (as :meth:`__call__`), step
+        and cost of the step that stopped; ``_t`` has moved by the steps applied.
+        """
+        rec = self._opt()
+        epochs, status, step, cost, steps = self._fit(self.plan, rec, data, fit, perms, lrs, hist, snapshot)
+        self.opt._t += steps
+        return epochs, status, step, cost

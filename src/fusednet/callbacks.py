@@ -123,20 +123,30 @@ class EarlyStopping(Callback):
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
 
-    def on_epoch_end(self, trainer, epoch, logs):
-        value = float(logs[self.monitor])
+    def observe(self, epoch, value):
+        """Record epoch ``epoch``'s monitored value; return whether it improved on the best.
+
+        The whole decision of :meth:`on_epoch_end` but the snapshot and the trainer's flag
+        (``stopped_epoch`` is set when patience runs out).  The trainer's whole-fit call makes
+        the same decision in compiled code (``dense_fit``) and replays it here afterwards.
+        """
         self.curve.append(value)
         if self._improved(value):
             self.best = value
             self.best_epoch = epoch
             self.wait = 0
+            return True
+        self.wait += 1
+        if self.wait >= max(self.patience, 1):
+            self.stopped_epoch = epoch
+        return False
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if self.observe(epoch, float(logs[self.monitor])):
             if self.restore_best:
                 self._save(trainer.model)
-        else:
-            self.wait += 1
-            if self.wait >= max(self.patience, 1):
-                self.stopped_epoch = epoch
-                trainer.stop_training = True
+        elif self.stopped_epoch == epoch:
+            trainer.stop_training = True
 
     def _save(self, model):
         params, stats = model._params, model._stats

@@ -34,7 +34,7 @@ from . import optim as _optim
 from .callbacks import Callback
 from .errors import TrainingDiverged
 from .history import History
-from .kernels import _blas, _codes
+from .kernels import _blas, _codes, _plan
 from .model import Sequential, as_2d
 from .optim import update_bound
 from .schedules import as_schedule
@@ -359,6 +359,10 @@ class _Run:
                     self.pred_i = self.pred
                 else:
                     self.pred_i = np.empty(m, np.intp)
+        self.whole = None
+        self.whole_why_not = _WholeFit.why_not(self)
+        if self.whole_why_not is None:
+            self.whole = _WholeFit(self)
 
     # ---- the hot path ------------------------------------------------------------
 
@@ -556,7 +560,10 @@ class _Run:
         for cb in callbacks:
             cb.on_train_begin(trainer)
         shown = 0.0
-        for epoch in range(self.first_epoch, trainer.epochs):
+        start = self.first_epoch
+        if self.whole is not None:
+            start = self.whole.train(bar)
+        for epoch in range(start, trainer.epochs):
             for cb in callbacks:
                 cb.on_epoch_begin(trainer, epoch)
             logs = self.run_epoch(epoch)
@@ -576,3 +583,153 @@ class _Run:
                 break
         for cb in callbacks:
             cb.on_train_end(trainer)
+
+
+class _WholeFit:
+    """Every epoch of a fit in one compiled call (``dense_fit``), or in a few.
+
+    Taken when nothing needs Python between epochs: the fit takes the one-call step, with
+    batch gradient descent or mini-batches of a C-contiguous ``X`` of the model's dtype, no dev
+    set, class ids or none (not multi-label), and no callback but one
+    :class:`~fusednet.callbacks.EarlyStopping` watching ``train_loss`` or ``train_accuracy``
+    (:meth:`why_not` names what stops it).  Before each call the schedule is asked for every
+    step's learning rate, epoch by epoch in step order, and each epoch's shuffling permutation
+    is drawn exactly as :meth:`_Run.run_epoch` draws it; the call writes each epoch's train loss,
+    hits and time, decides early stopping as ``EarlyStopping.observe`` does (copying the best
+    epoch's weights) and stops at a step whose cost, gradient, update or batch-norm statistics
+    are not finite, leaving the last finite values.  Afterwards the history, the callback's state
+    and the optimiser's step count are what the per-epoch path leaves, bit for bit.
+
+    The calls cover at most :data:`MAX_PERM` permutation entries each (epochs x m), and with a
+    progress bar about :data:`BAR_SECONDS` of training, so the bar moves between them.  A
+    schedule that gives a bad learning rate ends the calls before that epoch, and the per-epoch
+    path runs it (and raises its error).
+    """
+
+    #: the most permutation entries (epochs x rows) one call precomputes: 32 MiB of indices
+    MAX_PERM = 1 << 22
+    #: with a progress bar, the training time one call aims at, so the bar moves between calls
+    BAR_SECONDS = 0.25
+
+    @staticmethod
+    def why_not(run):
+        """None when ``run`` can take the whole-fit call, else the reason."""
+        from .callbacks import EarlyStopping
+
+        if run.fused is None:
+            return "the fit does not take the one-call step"
+        if run.mode != _FULL and not run.direct:
+            return "X is not a C-contiguous array of the model's dtype"
+        if run.multilabel:
+            return "multi-label accuracy is counted per step in Python"
+        if run.dev is not None:
+            return "the dev set is evaluated in Python after each epoch"
+        cbs = run.trainer.callbacks
+        for cb in cbs:
+            if type(cb) is not EarlyStopping:
+                return f"the callback {type(cb).__name__} runs Python between epochs"
+            if cb.monitor not in _codes.FIT_MONITORS:
+                return f"EarlyStopping monitors {cb.monitor!r}, which is computed in Python"
+        if len(cbs) > 1:
+            return "more than one EarlyStopping"
+        return None
+
+    def __init__(self, run):
+        self.run = run
+        self.es = run.trainer.callbacks[0] if run.trainer.callbacks else None
+        self.steps = len(run.bounds)
+        self.ids = np.empty(0, np.intp) if run.pred is None else np.ascontiguousarray(run.ids, np.intp)
+        self.data = (run.X, run.Y, self.ids)
+        if run.mode == _FULL:
+            self.perm_rows = 0
+        else:
+            self.perm_rows = 1 if run.mode == _SLICE else None  # None: one per epoch
+        self.snapshot = None
+
+    def _chunk(self, first, last, per_epoch):
+        """``(end, lrs, complete)``: epochs ``first`` .. ``end - 1`` for the next call and their
+        learning rates; not complete when the schedule gave a bad one for epoch ``end`` (the per-epoch
+        path asks again and raises it)."""
+        run = self.run
+        n = last - first
+        if self.perm_rows is None:
+            n = min(n, max(1, self.MAX_PERM // run.m))
+        if per_epoch is not None:
+            n = min(n, max(1, int(self.BAR_SECONDS / max(per_epoch, 1e-9))))
+        lrs = np.empty((n, self.steps), np.float64)
+        sched = run.schedule
+        if sched is None:
+            lrs.fill(run.opt.lr)
+            return first + n, lrs, True
+        for k in range(n):
+            epoch = first + k
+            try:
+                for i in range(self.steps):
+                    lrs[k, i] = _checked_lr(sched(epoch, i), epoch, i)
+            except ValueError:
+                return epoch, lrs[:k], False
+        return first + n, lrs, True
+
+    def _perms(self, first, end):
+        run = self.run
+        if self.perm_rows == 0:
+            return np.empty((0, run.m), np.intp)
+        if self.perm_rows == 1:
+            return np.arange(run.m)[None, :]
+        perms = np.empty((end - first, run.m), np.intp)
+        for k in range(end - first):
+            perms[k] = np.arange(run.m)
+            np.random.default_rng([run.base_seed, first + k]).shuffle(perms[k])
+        return perms
+
+    def train(self, bar):
+        """Run the fit's epochs in whole-fit calls; return the first epoch left to the per-epoch path
+        (the fit's end when none is)."""
+        run = self.run
+        trainer, model, es = run.trainer, run.model, self.es
+        history, m = run.history, run.m
+        epoch, last = run.first_epoch, trainer.epochs
+        per_epoch = math.inf  # with a bar, the first call runs one epoch and times it
+        rec = _plan.fit_record(0, 1, _codes.dropout_key(model.seed))  # splitmix64(seed)
+        snapshot = None
+        if es is not None:
+            rec["monitor"] = _codes.FIT_MONITORS[es.monitor]
+            rec["maximize"] = int(es.mode == "max")
+            rec["patience"], rec["min_delta"] = es.patience, es.min_delta
+            rec["best"], rec["wait"] = es.best, es.wait
+            if es.restore_best:
+                rec["restore"] = 1
+                snapshot = self.snapshot = (np.empty_like(model._params), model._stats,
+                                            np.empty_like(model._stats))
+        names = trainer.metric_names
+        while epoch < last:
+            end, lrs, complete = self._chunk(epoch, last, per_epoch if bar is not None else None)
+            if end == epoch:
+                return epoch
+            n = end - epoch
+            rec["epoch0"], rec["epochs"] = epoch, n
+            hist = np.zeros(n, _plan.HIST_DTYPE)
+            t0 = time.perf_counter()
+            done, status, step, cost = run.fused.fit(self.data, rec, self._perms(epoch, end), lrs, hist, snapshot)
+            per_epoch = (time.perf_counter() - t0) / max(done, 1)
+            for k in range(done):
+                h = hist[k]
+                logs = {"train_loss": float(h["train_loss"]), "lr": float(lrs[k, 0])}
+                if "train_accuracy" in names:
+                    logs["train_accuracy"] = int(h["correct"]) / m
+                logs["time"] = float(h["seconds"])
+                history.append(logs)
+                if es is not None and es.observe(epoch + k, float(logs[es.monitor])) and snapshot is not None:
+                    es._snapshot = snapshot[0], snapshot[2]
+            if bar is not None and done:
+                bar.update(done)
+                bar.set_postfix({"loss": f"{history['train_loss'][-1]:.4g}"}, refresh=False)
+            if status:
+                raise TrainingDiverged(epoch + done, step, cost, _fused.FAILED[status], history)
+            epoch += done
+            if rec["stop"][0]:
+                trainer.stop_training = True
+                return last
+            if not complete:
+                return epoch
+        return epoch

@@ -84,3 +84,9 @@ def dropout_threshold(keep_prob):
     ``keep_prob = 1`` gives ``2**32`` (every element kept).
     """
     return int(keep_prob * 4294967296.0)
+
+#: what the whole-fit call's early stopping watches (FIT_DTYPE's ``monitor``)
+FIT_MONITOR_NONE = 0
+FIT_MONITOR_TRAIN_LOSS = 1
+FIT_MONITOR_TRAIN_ACCURACY = 2
+FIT_MONITORS = {"train_loss": FIT_MONITOR_TRAIN_LOSS, "train_accuracy": FIT_MONITOR_TRAIN_ACCURACY}

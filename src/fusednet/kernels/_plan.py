@@ -7,8 +7,11 @@ Dense layer with the BatchNorm, Activation and Dropout after it
 (:func:`fusednet._fused.layer_table`), and takes its optimiser as an
 :data:`OPT_DTYPE` record.
 
-The last two mirror a C struct of the Cython extension (``LayerSpec`` and
-``OptSpec`` in ``kernels/_ckernels.pyx``) field by field, with C's alignment;
+A whole fit in one call takes a :data:`FIT_DTYPE` record and writes one
+:data:`HIST_DTYPE` record per epoch.
+
+The last four mirror a C struct of the Cython extension (``LayerSpec``,
+``OptSpec``, ``FitSpec`` and ``HistRow`` in ``kernels/_step.pxi``) field by field, with C's alignment;
 ``tests/kernels/test_plan.py`` pins the two together through the extension's
 ``layouts()``, and the extension checks the names, offsets and size of every
 table it is given, so a mismatch is a ``ValueError`` naming the field, never a
@@ -75,6 +78,34 @@ OPT_DTYPE = np.dtype(
     align=True,
 )
 
+#: a whole fit in one call (``dense_fit``): which epochs, the dropout seed, early stopping
+FIT_DTYPE = np.dtype(
+    [
+        ("epoch0", np.intp),  # the number of the call's first epoch
+        ("epochs", np.intp),  # the epochs of the call
+        ("patience", np.intp),  # early stopping: epochs without improvement before it stops (0 as 1)
+        ("wait", np.intp),  # IN/OUT epochs in a row without improvement so far
+        ("seed_key", np.uint64),  # splitmix64(seed): epoch e's dropout seed is dropout_key(seed, e)
+        ("min_delta", np.float64),
+        ("best", np.float64),  # IN/OUT the best monitored value so far
+        ("monitor", np.intc),  # _codes.FIT_MONITOR_*: 0, no early stopping
+        ("maximize", np.intc),  # 1: higher is better
+        ("restore", np.intc),  # 1: copy the parameters and statistics at each improvement
+        ("stop", np.intc),  # OUT 1: early stopping ended the fit
+    ],
+    align=True,
+)
+
+#: one epoch of a whole-fit call, as it writes it
+HIST_DTYPE = np.dtype(
+    [
+        ("train_loss", np.float64),  # sum over the epoch's batches of cost x rows, / m
+        ("seconds", np.float64),  # the epoch's wall time
+        ("correct", np.intp),  # rows whose training prediction equals their class id
+    ],
+    align=True,
+)
+
 
 def node_table(n_nodes):
     """An empty table of ``n_nodes`` node records: linear Dense layers with nothing bound."""
@@ -103,4 +134,12 @@ def opt_record(kind, bias_correction, beta1, beta2, eps, t):
     """One optimiser record (a 1-element array of :data:`OPT_DTYPE`)."""
     rec = np.zeros(1, OPT_DTYPE)
     rec[0] = (kind, bias_correction, beta1, beta2, eps, t)
+    return rec
+
+
+def fit_record(epoch0, epochs, seed_key, monitor=0, maximize=False, patience=0, min_delta=0.0, best=0.0, wait=0,
+               restore=False):
+    """One whole-fit record (a 1-element array of :data:`FIT_DTYPE`)."""
+    rec = np.zeros(1, FIT_DTYPE)
+    rec[0] = (epoch0, epochs, patience, wait, seed_key, min_delta, best, monitor, int(maximize), int(restore), 0)
     return rec

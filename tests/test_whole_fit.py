@@ -1,0 +1,246 @@
+"""A whole fit in one compiled call (``dense_fit``, fusednet.trainer._WholeFit) against the per-epoch path."""
+
+import numpy as np
+import pytest
+
+from fusednet import _fused, kernels, optim
+from fusednet import trainer as _trainer
+from fusednet.callbacks import Callback, EarlyStopping
+from fusednet.errors import TrainingDiverged
+from fusednet.kernels import _blas, _plan
+from fusednet.layers import Activation, BatchNorm, Dense, Dropout
+from fusednet.model import Sequential
+from fusednet.trainer import Trainer
+
+pytestmark = pytest.mark.skipif(
+    not _blas.AVAILABLE or "cython" not in kernels.available(),
+    reason=f"the fused step is unavailable here: {_blas.STATUS}",
+)
+
+NETS = {
+    "planar": (lambda: [Dense(4, "tanh"), Dense(1, "sigmoid")], "binary"),
+    "moons": (lambda: [Dense(5, "relu"), Dense(2, "relu"), Dense(1, "sigmoid")], "binary"),
+    "softmax": (lambda: [Dense(9, "leaky_relu"), Dense(3, "softmax")], "labels"),
+    "regression": (lambda: [Dense(4, "tanh"), Dense(2, None)], "regression"),
+    "batchnorm": (lambda: [Dense(8, None, use_bias=False), BatchNorm(), Activation("relu"), Dropout(0.8),
+                           Dense(3, "softmax")], "labels"),
+}
+OPTIMISERS = {
+    "gd": lambda: optim.GD(0.5),
+    "momentum": lambda: optim.Momentum(0.05, beta=0.9, bias_correction=True),
+    "rmsprop": lambda: optim.RMSProp(0.01),
+    "adam": lambda: optim.Adam(0.01),
+}
+
+
+def data(kind, m=120, seed=0, dtype="float64"):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, m)
+    X = (rng.standard_normal((m, 5)) + 1.5 * np.eye(3, 5)[y]).astype(dtype)
+    if kind == "binary":
+        return X, (y == 1).astype(np.float64)
+    if kind == "regression":
+        return X, np.stack([X[:, 0] - X[:, 1], 0.5 * X[:, 2]], axis=1)
+    return X, y
+
+
+@pytest.fixture
+def per_epoch(monkeypatch):
+    """Turns the whole-fit call off: every epoch is its own call, as before it existed."""
+
+    def off():
+        monkeypatch.setattr(_trainer._WholeFit, "why_not", staticmethod(lambda run: "off for the test"))
+
+    return off
+
+
+def _fit(net, opt="adam", dtype="float64", batch_size=32, shuffle=True, epochs=6, callbacks=(), schedule=None,
+         dev=False, l2=0.0, m=120):
+    make, kind = NETS[net]
+    X, y = data(kind, m=m, dtype=dtype)
+    model = Sequential(make(), input_dim=5, dtype=dtype, l2=l2, seed=2)
+    o = OPTIMISERS[opt]()
+    trainer = Trainer(model, o, schedule=schedule, batch_size=batch_size, epochs=epochs, shuffle=shuffle, seed=7,
+                      callbacks=callbacks, progress=False)
+    run = {}
+    real = _trainer._Run.__init__
+
+    def spy(self, *a, **k):
+        real(self, *a, **k)
+        run["run"] = self
+
+    _trainer._Run.__init__ = spy
+    try:
+        h = trainer.fit(X, y, dev=(X[:30], y[:30]) if dev else None)
+    finally:
+        _trainer._Run.__init__ = real
+    return model, o, h, run["run"]
+
+
+def _same(a, b):
+    (ma, oa, ha, _), (mb, ob, hb, _) = a, b
+    np.testing.assert_array_equal(ma._params, mb._params)
+    np.testing.assert_array_equal(ma._stats, mb._stats)
+    for k in ("train_loss", "lr", "train_accuracy", "dev_loss", "dev_accuracy"):
+        assert ha.get(k) == hb.get(k), k
+    assert set(ha.keys()) == set(hb.keys())
+    assert oa.t == ob.t
+    for sa, sb in zip(oa._fused(ma._params, ma._grads)[6:], ob._fused(mb._params, mb._grads)[6:]):
+        np.testing.assert_array_equal(sa, sb)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("batch_size, shuffle", [(None, True), (32, True), (32, False), (1000, True)])
+@pytest.mark.parametrize("net", sorted(NETS))
+def test_the_whole_fit_equals_the_per_epoch_path_bit_for_bit(net, batch_size, shuffle, dtype, per_epoch):
+    opt = "adam" if net != "planar" else "gd"
+    whole = _fit(net, opt, dtype, batch_size, shuffle)
+    assert whole[3].whole is not None, whole[3].whole_why_not
+    per_epoch()
+    _same(whole, _fit(net, opt, dtype, batch_size, shuffle))
+
+
+@pytest.mark.parametrize("opt", sorted(OPTIMISERS))
+def test_every_optimiser_with_l2_and_a_schedule_per_step(opt, per_epoch):
+    def sched(epoch, step):
+        return 0.02 / (1 + epoch + 0.1 * step)
+
+    whole = _fit("softmax", opt, l2=0.3, schedule=sched)
+    assert whole[3].whole is not None
+    per_epoch()
+    _same(whole, _fit("softmax", opt, l2=0.3, schedule=sched))
+
+
+@pytest.mark.parametrize("monitor, restore", [("train_loss", True), ("train_accuracy", True),
+                                              ("train_loss", False)])
+def test_early_stopping_in_the_whole_fit_restores_the_best_weights_as_the_callback_does(monitor, restore,
+                                                                                        per_epoch):
+    def run():
+        # GD with a large rate: the train loss goes up and down, so patience runs out
+        es = EarlyStopping(monitor=monitor, patience=2, min_delta=1e-4, restore_best=restore)
+        return _fit("batchnorm", "gd", batch_size=16, epochs=40, callbacks=[es]), es
+
+    whole, es_whole = run()
+    assert whole[3].whole is not None
+    per_epoch()
+    ref, es_ref = run()
+    _same(whole, ref)
+    for attr in ("curve", "best", "best_epoch", "stopped_epoch", "wait"):
+        assert getattr(es_whole, attr) == getattr(es_ref, attr), attr
+    assert es_ref.stopped_epoch is not None and es_ref.stopped_epoch < 39  # the test stops early
+
+
+def test_early_stopping_that_never_stops_runs_every_epoch(per_epoch):
+    es = EarlyStopping(monitor="train_loss", patience=100)
+    whole = _fit("moons", epochs=12, callbacks=[es])
+    assert whole[2].epochs == 12 and es.stopped_epoch is None and es.best_epoch is not None
+
+
+class _Boom:
+    """A schedule whose learning rate explodes in epoch 2."""
+
+    def __call__(self, epoch, step):
+        return 1e300 if epoch == 2 else 0.01
+
+
+@pytest.mark.parametrize("batch_size", [None, 16])
+def test_divergence_names_epoch_and_step_and_keeps_the_last_finite_values(batch_size, per_epoch):
+    def run():
+        with pytest.raises(TrainingDiverged) as err:
+            _fit("softmax", "momentum", batch_size=batch_size, schedule=_Boom(), epochs=5)
+        return err.value
+
+    whole = run()
+    per_epoch()
+    ref = run()
+    assert (whole.epoch, whole.step, whole.what) == (ref.epoch, ref.step, ref.what)
+    assert whole.epoch >= 2 and whole.history.epochs == whole.epoch
+    assert whole.history.to_dict().keys() == ref.history.to_dict().keys()
+    for k in ("train_loss", "lr", "train_accuracy"):
+        assert whole.history[k] == ref.history[k]
+
+
+class _Counting(Callback):
+    def __init__(self):
+        self.epochs = []
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        self.epochs.append(epoch)
+
+
+def test_a_python_callback_or_a_dev_set_falls_back_to_one_call_per_epoch():
+    cb = _Counting()
+    *_, run = _fit("moons", epochs=4, callbacks=[cb])
+    assert run.whole is None and "_Counting" in run.whole_why_not
+    assert cb.epochs == [0, 1, 2, 3]
+    *_, run = _fit("moons", epochs=2, dev=True)
+    assert run.whole is None and "dev set" in run.whole_why_not
+    *_, run = _fit("moons", epochs=2, callbacks=[EarlyStopping(monitor="dev_loss")], dev=True)
+    assert run.whole is None
+
+
+def test_a_bad_learning_rate_is_raised_at_its_epoch_after_the_ones_before_ran():
+    def sched(epoch, step):
+        return -1.0 if epoch == 3 else 0.01
+
+    with pytest.raises(ValueError, match="epoch 3, step 0"):
+        _fit("moons", schedule=sched)
+
+
+def test_a_progress_bar_splits_the_fit_into_calls_with_the_same_result(per_epoch):
+    make, kind = NETS["moons"]
+    X, y = data(kind)
+    out = []
+    for progress in (True, False):
+        model = Sequential(make(), input_dim=5, seed=2)
+        h = Trainer(model, optim.Adam(0.01), batch_size=32, epochs=9, seed=1, progress=progress).fit(X, y)
+        out.append((model._params.copy(), h["train_loss"]))
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    assert out[0][1] == out[1][1]
+
+
+def test_a_fit_record_that_does_not_fit_is_named():
+    _, _, _, run = _fit("moons", epochs=1)
+    fused = run.fused
+    ids = np.ascontiguousarray(run.ids, np.intp)
+    perms = np.arange(run.m)[None, :]
+    lrs = np.full((1, len(run.bounds)), 0.01)
+
+    def call(rec=None, hist=None, data=None, perms_=perms, lrs_=lrs):
+        rec = _plan.fit_record(0, 1, 0) if rec is None else rec
+        hist = np.zeros(1, _plan.HIST_DTYPE) if hist is None else hist
+        return fused.fit(data or (run.X, run.Y, ids), rec, perms_, lrs_, hist)
+
+    call()  # the record as built is accepted
+    bad = _plan.fit_record(0, 1, 0)
+    bad = bad.astype([(n, "<i8" if n == "monitor" else bad.dtype.fields[n][0]) for n in bad.dtype.names])
+    with pytest.raises(ValueError, match="fit"):
+        call(rec=bad)
+    rec = _plan.fit_record(0, 1, 0, monitor=7)
+    with pytest.raises(ValueError, match=r"fit.monitor"):
+        call(rec=rec)
+    with pytest.raises(ValueError, match=r"fit.epochs"):
+        call(rec=_plan.fit_record(0, 0, 0))
+    with pytest.raises(ValueError, match="hist must be a contiguous 1-D array of 2 records"):
+        call(rec=_plan.fit_record(0, 2, 0))  # hist holds one record
+    hist = np.zeros(1, [("train_loss", "<f8"), ("correct", "<i8"), ("seconds", "<f8")])
+    with pytest.raises(ValueError, match="hist: the fields"):
+        call(hist=hist)
+    with pytest.raises(ValueError, match="lrs must be"):
+        call(lrs_=np.full((1, 3), 0.01))
+    with pytest.raises(ValueError, match=r"perms\[0, 0\]"):
+        call(perms_=np.full((1, run.m), -1, np.intp))
+    with pytest.raises(ValueError, match="data: ids"):
+        call(data=(run.X, run.Y, ids[:5]))
+    with pytest.raises(ValueError, match="fit.restore"):
+        call(rec=_plan.fit_record(0, 1, 0, restore=True))
+
+
+def test_the_fit_dtypes_mirror_the_c_structs_field_by_field():
+    ck = _fused._cython()
+    for dtype, struct in ((_plan.FIT_DTYPE, "FitSpec"), (_plan.HIST_DTYPE, "HistRow")):
+        size, offsets = ck._ck.layouts()[struct]
+        assert dtype.itemsize == size, struct
+        assert dtype.names == tuple(offsets), struct
+        for name, off in offsets.items():
+            assert dtype.fields[name][1] == off, (struct, name)
