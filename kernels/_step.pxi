@@ -695,6 +695,8 @@ ctypedef struct FitSpec:         # mirrors fusednet.kernels._plan.FIT_DTYPE fiel
 ctypedef struct HistRow:         # mirrors fusednet.kernels._plan.HIST_DTYPE field by field
     double train_loss            # sum over the epoch's batches of cost x rows, / M
     double seconds               # the epoch's wall time
+    double dev_loss              # the dev set's cost and accuracy after the epoch (NaN: none)
+    double dev_accuracy
     Py_ssize_t correct           # rows whose training prediction equals their class id
 
 
@@ -702,6 +704,8 @@ cdef enum:                       # what FitSpec.monitor watches (fusednet.kernel
     FIT_MONITOR_NONE = 0
     FIT_MONITOR_TRAIN_LOSS = 1
     FIT_MONITOR_TRAIN_ACCURACY = 2
+    FIT_MONITOR_DEV_LOSS = 3
+    FIT_MONITOR_DEV_ACCURACY = 4
 
 
 def layouts():
@@ -736,6 +740,7 @@ def layouts():
             "stop": <size_t>&fs.stop - fb}),
         "HistRow": (sizeof(HistRow), {
             "train_loss": <size_t>&hs.train_loss - hb, "seconds": <size_t>&hs.seconds - hb,
+            "dev_loss": <size_t>&hs.dev_loss - hb, "dev_accuracy": <size_t>&hs.dev_accuracy - hb,
             "correct": <size_t>&hs.correct - hb}),
     }
 
@@ -746,7 +751,8 @@ def codes():
             "SOFTMAX": SOFTMAX, "MSE": MSE, "BCE": BCE, "CCE": CCE, "OPT_GD": OPT_GD,
             "OPT_MOMENTUM": OPT_MOMENTUM, "OPT_RMSPROP": OPT_RMSPROP, "OPT_ADAM": OPT_ADAM,
             "FIT_MONITOR_NONE": FIT_MONITOR_NONE, "FIT_MONITOR_TRAIN_LOSS": FIT_MONITOR_TRAIN_LOSS,
-            "FIT_MONITOR_TRAIN_ACCURACY": FIT_MONITOR_TRAIN_ACCURACY}
+            "FIT_MONITOR_TRAIN_ACCURACY": FIT_MONITOR_TRAIN_ACCURACY, "FIT_MONITOR_DEV_LOSS": FIT_MONITOR_DEV_LOSS,
+            "FIT_MONITOR_DEV_ACCURACY": FIT_MONITOR_DEV_ACCURACY}
 
 
 _STRUCTS = None
@@ -764,7 +770,8 @@ _FIELD_TYPES = {
                     patience=("i", sizeof(Py_ssize_t)), wait=("i", sizeof(Py_ssize_t)), seed_key=("u", 8),
                     min_delta=("f", 8), best=("f", 8), monitor=("i", sizeof(int)), maximize=("i", sizeof(int)),
                     restore=("i", sizeof(int)), stop=("i", sizeof(int))),
-    "HistRow": dict(train_loss=("f", 8), seconds=("f", 8), correct=("i", sizeof(Py_ssize_t))),
+    "HistRow": dict(train_loss=("f", 8), seconds=("f", 8), dev_loss=("f", 8), dev_accuracy=("f", 8),
+                    correct=("i", sizeof(Py_ssize_t))),
 }
 _CHECKED = {}  # struct -> the last dtype found to mirror it (the common case: the same dtype object)
 
@@ -1291,7 +1298,8 @@ cdef bint _stopping(FitSpec* f, double value) noexcept nogil:
 
 def dense_fit(StepPlan plan,                    # IN/OUT as dense_epoch
               opt,                              # IN an OPT_DTYPE record (t: the steps taken before the call)
-              data,                             # IN (X, Y, ids): (M, n_in), (M, n_out), class ids (M,) or (0,)
+              data,                             # IN (X, Y, ids, dev): (M, n_in), (M, n_out), class ids (M,) or
+                                                #    (0,), and None or dev() -> (dev loss, dev accuracy)
               fit,                              # IN/OUT a FIT_DTYPE record: the epochs, dropout, early stopping
               const Py_ssize_t[:, ::1] perms,   # IN (epochs, M) each epoch's row order, (1, M) one for all,
                                                 #    or (0, M): no gather, X is every epoch's one batch
@@ -1304,7 +1312,9 @@ def dense_fit(StepPlan plan,                    # IN/OUT as dense_epoch
     Epoch e starts with the update bounds read off the arenas and the dropout seed
     splitmix64(fit.seed_key ^ e); step i of the call (counting across epochs) takes the optimiser's
     step count opt.t + i + 1.  Each epoch writes its train loss, training-prediction hits and wall
-    time to hist.  With fit.monitor, early stopping decides after each epoch as EarlyStopping does
+    time to hist, and with dev, what dev() returns: it is called with the GIL after each epoch (the
+    trainer passes the model's own inference-mode evaluation, so the numbers are those of the
+    per-epoch path; an exception it raises ends the call and propagates).  With fit.monitor, early stopping decides after each epoch as EarlyStopping does
     (fit.best and fit.wait carry between calls), copies the parameters and the statistics arena into
     snapshot at each improvement when fit.restore, and ends the call (fit.stop = 1) when patience
     runs out.  Returns (epochs run, status, step, cost, steps applied): status 0, or the status of
@@ -1329,10 +1339,15 @@ def dense_fit(StepPlan plan,                    # IN/OUT as dense_epoch
     cdef void* snap_p = NULL
     cdef void* stats = NULL
     cdef void* snap_s = NULL
+    cdef bint has_dev = False, failed = False
     res[0] = 0.0
-    if not (isinstance(data, tuple) and len(data) == 3):
-        raise ValueError("data must be a tuple (X, Y, ids)")
-    X, Y, ids_ = data
+    error = None
+    if not (isinstance(data, tuple) and len(data) == 4):
+        raise ValueError("data must be a tuple (X, Y, ids, dev)")
+    X, Y, ids_, dev = data
+    if dev is not None and not callable(dev):
+        raise ValueError(f"data: dev must be None or a callable, got {type(dev).__name__}")
+    has_dev = dev is not None
     M = getattr(X, "shape", (0,))[0]
     if M < 1 or getattr(X, "shape", None) != (M, net.n[0]) or getattr(Y, "shape", None) != (M, net.n[net.L]):
         raise ValueError(f"data: X and Y must be (M, {net.n[0]}) and (M, {net.n[net.L]}) with M >= 1")
@@ -1347,8 +1362,10 @@ def dense_fit(StepPlan plan,                    # IN/OUT as dense_epoch
     E = f.epochs
     if E < 1 or f.epoch0 < 0:
         raise ValueError(f"fit.epochs must be >= 1 and fit.epoch0 >= 0, got {E}, {f.epoch0}")
-    if f.monitor < FIT_MONITOR_NONE or f.monitor > FIT_MONITOR_TRAIN_ACCURACY:
+    if f.monitor < FIT_MONITOR_NONE or f.monitor > FIT_MONITOR_DEV_ACCURACY:
         raise ValueError(f"fit.monitor: unknown code {f.monitor}")
+    if f.monitor >= FIT_MONITOR_DEV_LOSS and dev is None:
+        raise ValueError("fit.monitor: the dev set's values need dev (data[3])")
     if f.monitor == FIT_MONITOR_TRAIN_ACCURACY and ids.shape[0] == 0:
         raise ValueError("fit.monitor: train accuracy needs the class ids (data[2])")
     if f.patience < 0 or f.wait < 0 or not (f.min_delta >= 0.0):
@@ -1437,8 +1454,26 @@ def dense_fit(StepPlan plan,                    # IN/OUT as dense_epoch
                 break
             hr[ep].train_loss = total / <double>M
             hr[ep].correct = hits
+            hr[ep].dev_loss = NAN
+            hr[ep].dev_accuracy = NAN
+            if has_dev:
+                with gil:
+                    try:
+                        hr[ep].dev_loss, hr[ep].dev_accuracy = dev()
+                    except BaseException as exc:
+                        error = exc
+                        failed = True
+                if failed:
+                    break
             if f.monitor != FIT_MONITOR_NONE:
-                value = hr[ep].train_loss if f.monitor == FIT_MONITOR_TRAIN_LOSS else <double>hits / <double>M
+                if f.monitor == FIT_MONITOR_TRAIN_LOSS:
+                    value = hr[ep].train_loss
+                elif f.monitor == FIT_MONITOR_TRAIN_ACCURACY:
+                    value = <double>hits / <double>M
+                elif f.monitor == FIT_MONITOR_DEV_LOSS:
+                    value = hr[ep].dev_loss
+                else:
+                    value = hr[ep].dev_accuracy
                 better = _stopping(f, value)
                 if better and f.restore:
                     memcpy(snap_p, plan.P, plan.n_params * isz)
@@ -1448,4 +1483,6 @@ def dense_fit(StepPlan plan,                    # IN/OUT as dense_epoch
             ep += 1
             if f.stop:
                 break
+    if failed:
+        raise error
     return ep, status, i, res[0], done

@@ -168,15 +168,48 @@ class _Counting(Callback):
         self.epochs.append(epoch)
 
 
-def test_a_python_callback_or_a_dev_set_falls_back_to_one_call_per_epoch():
+def test_a_python_callback_falls_back_to_one_call_per_epoch():
     cb = _Counting()
     *_, run = _fit("moons", epochs=4, callbacks=[cb])
     assert run.whole is None and "_Counting" in run.whole_why_not
     assert cb.epochs == [0, 1, 2, 3]
-    *_, run = _fit("moons", epochs=2, dev=True)
-    assert run.whole is None and "dev set" in run.whole_why_not
-    *_, run = _fit("moons", epochs=2, callbacks=[EarlyStopping(monitor="dev_loss")], dev=True)
+    *_, run = _fit("moons", epochs=2, callbacks=[_Counting(), EarlyStopping(monitor="dev_loss")], dev=True)
     assert run.whole is None
+
+
+@pytest.mark.parametrize("net", ["softmax", "regression", "batchnorm"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_dev_set_is_evaluated_inside_the_whole_fit_as_the_per_epoch_path_does(net, dtype, per_epoch):
+    whole = _fit(net, dtype=dtype, dev=True)
+    assert whole[3].whole is not None, whole[3].whole_why_not
+    assert len(whole[2]["dev_loss"]) == 6
+    per_epoch()
+    _same(whole, _fit(net, dtype=dtype, dev=True))
+
+
+@pytest.mark.parametrize("monitor", ["dev_loss", "dev_accuracy"])
+def test_early_stopping_on_the_dev_set_in_the_whole_fit(monitor, per_epoch):
+    def run():
+        es = EarlyStopping(monitor=monitor, patience=2)
+        return _fit("batchnorm", "gd", batch_size=16, epochs=40, callbacks=[es], dev=True), es
+
+    whole, es_whole = run()
+    assert whole[3].whole is not None
+    per_epoch()
+    ref, es_ref = run()
+    _same(whole, ref)
+    for attr in ("curve", "best", "best_epoch", "stopped_epoch", "wait"):
+        assert getattr(es_whole, attr) == getattr(es_ref, attr), attr
+    assert es_ref.stopped_epoch is not None and es_ref.stopped_epoch < 39
+
+
+def test_an_error_of_the_dev_evaluation_propagates(monkeypatch):
+    def boom(self):
+        raise RuntimeError("dev evaluation failed")
+
+    monkeypatch.setattr(_trainer._WholeFit, "_dev", boom)
+    with pytest.raises(RuntimeError, match="dev evaluation failed"):
+        _fit("moons", dev=True)
 
 
 def test_a_bad_learning_rate_is_raised_at_its_epoch_after_the_ones_before_ran():
@@ -209,7 +242,7 @@ def test_a_fit_record_that_does_not_fit_is_named():
     def call(rec=None, hist=None, data=None, perms_=perms, lrs_=lrs):
         rec = _plan.fit_record(0, 1, 0) if rec is None else rec
         hist = np.zeros(1, _plan.HIST_DTYPE) if hist is None else hist
-        return fused.fit(data or (run.X, run.Y, ids), rec, perms_, lrs_, hist)
+        return fused.fit(data or (run.X, run.Y, ids, None), rec, perms_, lrs_, hist)
 
     call()  # the record as built is accepted
     bad = _plan.fit_record(0, 1, 0)
@@ -231,7 +264,11 @@ def test_a_fit_record_that_does_not_fit_is_named():
     with pytest.raises(ValueError, match=r"perms\[0, 0\]"):
         call(perms_=np.full((1, run.m), -1, np.intp))
     with pytest.raises(ValueError, match="data: ids"):
-        call(data=(run.X, run.Y, ids[:5]))
+        call(data=(run.X, run.Y, ids[:5], None))
+    with pytest.raises(ValueError, match="data must be a tuple"):
+        call(data=(run.X, run.Y, ids))
+    with pytest.raises(ValueError, match=r"fit.monitor: the dev set"):
+        call(rec=_plan.fit_record(0, 1, 0, monitor=3))
     with pytest.raises(ValueError, match="fit.restore"):
         call(rec=_plan.fit_record(0, 1, 0, restore=True))
 
@@ -244,3 +281,29 @@ def test_the_fit_dtypes_mirror_the_c_structs_field_by_field():
         assert dtype.names == tuple(offsets), struct
         for name, off in offsets.items():
             assert dtype.fields[name][1] == off, (struct, name)
+
+
+def test_the_serial_or_team_choice_is_made_once_per_fit_and_reported(monkeypatch):
+    import fusednet as fn
+    from fusednet.kernels import _policy
+
+    calls = []
+    real = _fused.team_choice
+
+    def counted(*a):
+        calls.append(a[1])
+        return real(*a)
+
+    monkeypatch.setattr(_fused, "team_choice", counted)
+    *_, run = _fit("moons", batch_size=32, epochs=3)
+    assert calls == [32] and run.fused.n_threads == 1
+    last = fn.info()["last_fit"]
+    assert last["model"] == "5 -> 5 -> 2 -> 1" and last["batch_rows"] == 32
+    assert last["step"].startswith("one-call step; serial") and "STEP_SERIAL_FLOPS" in last["step"]
+    assert last["epochs"] == "all epochs in one compiled call"
+    monkeypatch.setattr(_policy, "STEP_SERIAL_FLOPS", 0)
+    *_, run = _fit("moons", batch_size=32, epochs=3, callbacks=[_Counting()])
+    if kernels.get_num_threads() > 1:
+        assert run.fused.n_threads == kernels.get_num_threads()
+        assert fn.info()["last_fit"]["step"].startswith(f"one-call step; a team of {run.fused.n_threads}")
+    assert fn.info()["last_fit"]["epochs"].startswith("one call per epoch: the callback _Counting")

@@ -68,7 +68,49 @@ def step_flops(model, rows):
 def team_size(model, rows, n_threads):
     """The threads of the one-call step for ``model`` at ``rows`` rows: 1 below
     :data:`fusednet.kernels._policy.STEP_SERIAL_FLOPS`."""
-    return 1 if step_flops(model, rows) < _policy.STEP_SERIAL_FLOPS else int(n_threads)
+    return team_choice(model, rows, n_threads)[0]
+
+
+def team_choice(model, rows, n_threads):
+    """``(threads, reason)``: how the one-call step of ``model`` runs a batch of ``rows`` rows.
+
+    Below :data:`fusednet.kernels._policy.STEP_SERIAL_FLOPS` product flops a step runs on the
+    calling thread, with no parallel region and no barrier; from there on, on a team of
+    ``n_threads``.  A fit decides it once, when it builds its plan (``FusedStep``).
+    """
+    flops = step_flops(model, rows)
+    limit = _policy.STEP_SERIAL_FLOPS
+    n_threads = max(1, int(n_threads))
+    if flops < limit or n_threads == 1:
+        why = f"below STEP_SERIAL_FLOPS ({limit:,})" if flops < limit else "one thread available"
+        return 1, (f"serial, no parallel region or barrier: {flops:,} product flops per step of {rows} rows, "
+                   f"{why}")
+    return n_threads, (f"a team of {n_threads} threads: {flops:,} product flops per step of {rows} rows, "
+                       f"from STEP_SERIAL_FLOPS ({limit:,}) on")
+
+
+#: how the last fit in this process trains (``fusednet.info()["last_fit"]``); None before one
+LAST_FIT = None
+
+
+def record_fit(model, rows, step, whole_fit):
+    """Note how a fit of ``model`` in batches of ``rows`` trains, for :func:`fusednet.info`.
+
+    ``step`` is the :class:`FusedStep` of the fit or the reason there is none; ``whole_fit`` None
+    when every epoch runs in one call, else the reason each runs in its own.
+    """
+    global LAST_FIT
+    if isinstance(step, FusedStep):
+        path = f"one-call step; {step.team}"
+        whole = "all epochs in one compiled call" if whole_fit is None else f"one call per epoch: {whole_fit}"
+    else:
+        path = f"per-kernel path: {step}"
+        whole = "one call per kernel"
+    nodes = model.plan()["layers"]
+    widths = [model.input_dim] + nodes["n_out"][nodes["op"] == _codes.DENSE].tolist()
+    LAST_FIT = {"model": " -> ".join(map(str, widths)), "dtype": str(np.dtype(model.dtype)), "batch_rows": int(rows),
+                "step": path, "epochs": whole}
+    return LAST_FIT
 
 
 #: what a non-zero status of the compiled step names (fusednet.TrainingDiverged.what)
@@ -187,14 +229,15 @@ class FusedStep:
         buffers = model._step_buffers(v, blocks)
         P, G = model._params, model._grads
         self.model, self.opt = model, optimizer
+        # serial or a team: decided once per fit, for the plan's batch capacity
+        self.n_threads, self.team = team_choice(model, v.n, n_threads)
         self.rec, s1, s2 = opt_record(optimizer, P, G)
         self.state = (s1, s2)
         self.plan = _cython()._ck.StepPlan(
             table, params=P, grads=G, state1=s1, state2=s2, buffers=buffers,
             gemm=_blas.gemm_capsule(model.dtype), rows=v.n, loss=model._loss, l2=model._l2,
-            n_decay=model._n_decay, n_threads=team_size(model, v.n, n_threads),
+            n_decay=model._n_decay, n_threads=self.n_threads,
         )
-        self.n_threads = team_size(model, v.n, n_threads)
         self.table = table
         self.l2 = model._l2
         self.drops = [int(table[l]["drop_index"]) if "drop" in blk else None for l, blk in enumerate(blocks)]

@@ -67,6 +67,10 @@ def info():
                              f"{_policy.STEP_SERIAL_FLOPS:,} product flops run on one thread")
     else:
         out["fused_step"] = f"unavailable: {_blas.STATUS}"
+    from . import _fused
+
+    # how the last Trainer fit in this process trains: serial step or team, whole fit or per epoch
+    out["last_fit"] = _fused.LAST_FIT if _fused.LAST_FIT is not None else "no fit yet in this process"
     try:
         from threadpoolctl import threadpool_info
 

@@ -363,6 +363,17 @@ class _Run:
         self.whole_why_not = _WholeFit.why_not(self)
         if self.whole_why_not is None:
             self.whole = _WholeFit(self)
+        _fused.record_fit(model, B, self.fused if self.fused is not None else self._why_not_fused(n_threads),
+                          self.whole_why_not)
+
+    def _why_not_fused(self, n_threads):
+        """Why this fit runs the per-kernel path (for ``fusednet.info()["last_fit"]``)."""
+        if not self.trainer.fused_step:
+            return "Trainer(fused_step=False)"
+        reason = _fused.why_not(self.model, self.opt)
+        if reason is None:
+            return f"batches of {self.B} rows, above the step's {_fused.max_rows(self.model.dtype)}"
+        return reason
 
     # ---- the hot path ------------------------------------------------------------
 
@@ -589,10 +600,12 @@ class _WholeFit:
     """Every epoch of a fit in one compiled call (``dense_fit``), or in a few.
 
     Taken when nothing needs Python between epochs: the fit takes the one-call step, with
-    batch gradient descent or mini-batches of a C-contiguous ``X`` of the model's dtype, no dev
-    set, class ids or none (not multi-label), and no callback but one
-    :class:`~fusednet.callbacks.EarlyStopping` watching ``train_loss`` or ``train_accuracy``
-    (:meth:`why_not` names what stops it).  Before each call the schedule is asked for every
+    batch gradient descent or mini-batches of a C-contiguous ``X`` of the model's dtype, class
+    ids or none (not multi-label), and no callback but one
+    :class:`~fusednet.callbacks.EarlyStopping` (:meth:`why_not` names what stops it).  With a dev
+    set, the call evaluates it after each epoch through :meth:`_dev`, the model's own
+    inference-mode evaluation (per-kernel backend and NumPy's matrix products, as the per-epoch
+    path runs it), called back with the GIL: a compiled evaluation would round differently.  Before each call the schedule is asked for every
     step's learning rate, epoch by epoch in step order, and each epoch's shuffling permutation
     is drawn exactly as :meth:`_Run.run_epoch` draws it; the call writes each epoch's train loss,
     hits and time, decides early stopping as ``EarlyStopping.observe`` does (copying the best
@@ -622,8 +635,6 @@ class _WholeFit:
             return "X is not a C-contiguous array of the model's dtype"
         if run.multilabel:
             return "multi-label accuracy is counted per step in Python"
-        if run.dev is not None:
-            return "the dev set is evaluated in Python after each epoch"
         cbs = run.trainer.callbacks
         for cb in cbs:
             if type(cb) is not EarlyStopping:
@@ -639,12 +650,17 @@ class _WholeFit:
         self.es = run.trainer.callbacks[0] if run.trainer.callbacks else None
         self.steps = len(run.bounds)
         self.ids = np.empty(0, np.intp) if run.pred is None else np.ascontiguousarray(run.ids, np.intp)
-        self.data = (run.X, run.Y, self.ids)
+        self.data = (run.X, run.Y, self.ids, None if run.dev is None else self._dev)
         if run.mode == _FULL:
             self.perm_rows = 0
         else:
             self.perm_rows = 1 if run.mode == _SLICE else None  # None: one per epoch
         self.snapshot = None
+
+    def _dev(self):
+        """The dev set's cost and accuracy after an epoch: the per-epoch path's own evaluation."""
+        d = self.run.model._evaluate(*self.run.dev)
+        return d["loss"], d.get("accuracy", math.nan)
 
     def _chunk(self, first, last, per_epoch):
         """``(end, lrs, complete)``: epochs ``first`` .. ``end - 1`` for the next call and their
@@ -717,13 +733,20 @@ class _WholeFit:
                 logs = {"train_loss": float(h["train_loss"]), "lr": float(lrs[k, 0])}
                 if "train_accuracy" in names:
                     logs["train_accuracy"] = int(h["correct"]) / m
+                if "dev_loss" in names:
+                    logs["dev_loss"] = float(h["dev_loss"])
+                if "dev_accuracy" in names:
+                    logs["dev_accuracy"] = float(h["dev_accuracy"])
                 logs["time"] = float(h["seconds"])
                 history.append(logs)
                 if es is not None and es.observe(epoch + k, float(logs[es.monitor])) and snapshot is not None:
                     es._snapshot = snapshot[0], snapshot[2]
             if bar is not None and done:
                 bar.update(done)
-                bar.set_postfix({"loss": f"{history['train_loss'][-1]:.4g}"}, refresh=False)
+                post = {"loss": f"{history['train_loss'][-1]:.4g}"}
+                if "dev_loss" in names:
+                    post["dev"] = f"{history['dev_loss'][-1]:.4g}"
+                bar.set_postfix(post, refresh=False)
             if status:
                 raise TrainingDiverged(epoch + done, step, cost, _fused.FAILED[status], history)
             epoch += done

@@ -101,6 +101,8 @@ HIST_DTYPE = np.dtype(
     [
         ("train_loss", np.float64),  # sum over the epoch's batches of cost x rows, / m
         ("seconds", np.float64),  # the epoch's wall time
+        ("dev_loss", np.float64),  # the dev set's cost and accuracy after the epoch (NaN: none)
+        ("dev_accuracy", np.float64),
         ("correct", np.intp),  # rows whose training prediction equals their class id
     ],
     align=True,
