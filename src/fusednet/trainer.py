@@ -605,12 +605,14 @@ class _WholeFit:
     :class:`~fusednet.callbacks.EarlyStopping` (:meth:`why_not` names what stops it).  With a dev
     set, the call evaluates it after each epoch through :meth:`_dev`, the model's own
     inference-mode evaluation (per-kernel backend and NumPy's matrix products, as the per-epoch
-    path runs it), called back with the GIL: a compiled evaluation would round differently.  Before each call the schedule is asked for every
-    step's learning rate, epoch by epoch in step order, and each epoch's shuffling permutation
-    is drawn exactly as :meth:`_Run.run_epoch` draws it; the call writes each epoch's train loss,
-    hits and time, decides early stopping as ``EarlyStopping.observe`` does (copying the best
-    epoch's weights) and stops at a step whose cost, gradient, update or batch-norm statistics
-    are not finite, leaving the last finite values.  Afterwards the history, the callback's state
+    path runs it), called back with the GIL: a compiled evaluation would round differently.
+
+    Before each call the schedule is asked for every step's learning rate, epoch by epoch in
+    step order, and each epoch's shuffling permutation is drawn exactly as
+    :meth:`_Run.run_epoch` draws it; the call writes each epoch's train loss, hits and time,
+    decides early stopping as ``EarlyStopping.observe`` does (copying the best epoch's weights)
+    and stops at a step whose cost, gradient, update or batch-norm statistics are not finite,
+    leaving the last finite values.  Afterwards the history, the callback's state
     and the optimiser's step count are what the per-epoch path leaves, bit for bit.
 
     The calls cover at most :data:`MAX_PERM` permutation entries each (epochs x m), and with a
