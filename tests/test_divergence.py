@@ -1,8 +1,8 @@
 """TrainingDiverged keeps its promise on every path: after it, every parameter, optimiser state and
 BatchNorm running statistic equals its value before the failing step, and the error names the step.
 
-The paths: the one-call epoch (shuffled, Cython), the one-call step (unshuffled batches) and the
-per-kernel path on every backend.  The failures: an update that would overflow (a schedule's huge
+The paths: the whole fit in one call, the one-call epoch (shuffled, Cython), the one-call step
+(unshuffled batches) and the per-kernel path on every backend.  The failures: an update that would overflow (a schedule's huge
 learning rate, or gradients whose squares leave float32's range), batch-norm statistics that
 overflow, a non-finite cost.
 """
@@ -15,7 +15,7 @@ from fusednet import kernels, optim
 from fusednet.errors import TrainingDiverged
 from fusednet.layers import Activation, BatchNorm, Dense
 from fusednet.model import Sequential
-from fusednet.trainer import Trainer, _Run
+from fusednet.trainer import Trainer, _Run, _WholeFit
 
 OPTIMISERS = {
     "gd": lambda: optim.GD(0.05),
@@ -24,8 +24,10 @@ OPTIMISERS = {
     "adam": lambda: optim.Adam(0.01),
 }
 
-# (kernel backend, fused_step, shuffle): the epoch in one call, a step per call, the per-kernel path
+# (kernel backend, fused_step, shuffle): the fit in one call, the epoch in one call, a step per call,
+# the per-kernel path
 PATHS = {
+    "fused-fit": ("auto", True, True),
     "fused-epoch": ("auto", True, True),
     "fused-step": ("auto", True, False),
     "numpy": ("numpy", False, True),
@@ -35,10 +37,12 @@ PATHS = {
 
 
 @pytest.fixture(params=sorted(PATHS))
-def path(request):
+def path(request, monkeypatch):
     backend, fused, shuffle = PATHS[request.param]
     if backend != "auto" and backend not in kernels.available():
         pytest.fail(f"backend {backend} is not available")
+    if request.param == "fused-epoch":  # one call per epoch, not the whole fit in one
+        monkeypatch.setattr(_WholeFit, "why_not", staticmethod(lambda run: "off for the test"))
     before = kernels.get_backend()
     kernels.set_backend(backend)
     yield request.param, fused, shuffle
@@ -69,9 +73,17 @@ class Snapshots:
             snap.before = (epoch, None, run.model._params.copy(), run.model._stats.copy(), run.opt.state_dict())
             return original_epoch(run, epoch)
 
-        original_step, original_epoch = _Run.step, _Run._fused_epoch
+        def whole(fit, bar):
+            # the whole fit in one call: the state before it (as for the one-call epoch)
+            run = fit.run
+            snap.before = (run.first_epoch, None, run.model._params.copy(), run.model._stats.copy(),
+                           run.opt.state_dict())
+            return original_whole(fit, bar)
+
+        original_step, original_epoch, original_whole = _Run.step, _Run._fused_epoch, _WholeFit.train
         monkeypatch.setattr(_Run, "step", step)
         monkeypatch.setattr(_Run, "_fused_epoch", epoch)
+        monkeypatch.setattr(_WholeFit, "train", whole)
 
 
 def _same_state(model, opt, params, stats, state):
@@ -125,7 +137,7 @@ def test_an_overflowing_update_is_refused_and_nothing_changes(path, opt, net, mo
     assert (err.value.epoch, err.value.step) == (1, 2)
     assert err.value.history.epochs == 1
     epoch, step, params, stats, state = snaps.before
-    if step is None:  # the one-call epoch: its first two steps were applied
+    if step is None:  # the one-call epoch (or fit): epoch 1's first two steps were applied
         assert o.t == 6 + 2
     else:
         assert (epoch, step) == (1, 2)
@@ -215,7 +227,7 @@ def test_a_bad_learning_rate_from_a_schedule_is_refused_before_the_step(path, ba
     with pytest.raises(ValueError, match=r"epoch 0, step 1"):
         trainer.fit(X, y)
     assert np.isfinite(model._params).all()
-    if name == "fused-epoch":  # every step's rate is asked for before the epoch runs
+    if name in ("fused-epoch", "fused-fit"):  # every step's rate is asked for before the epoch runs
         np.testing.assert_array_equal(model._params, before)
 
 
