@@ -2,9 +2,9 @@
 BatchNorm running statistic equals its value before the failing step, and the error names the step.
 
 The paths: the whole fit in one call, the one-call epoch (shuffled, Cython), the one-call step
-(unshuffled batches) and the per-kernel path on every backend.  The failures: an update that would overflow (a schedule's huge
-learning rate, or gradients whose squares leave float32's range), batch-norm statistics that
-overflow, a non-finite cost.
+(unshuffled batches) and the per-kernel path on every backend.  The failures: an update that would
+overflow (a schedule's huge learning rate, or gradients whose squares leave float32's range),
+batch-norm statistics that overflow, a non-finite cost.
 """
 
 import numpy as np
