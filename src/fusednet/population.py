@@ -61,11 +61,16 @@ _KINDS = {_optim.GD: _codes.OPT_GD, _optim.Momentum: _codes.OPT_MOMENTUM, _optim
           _optim.Adam: _codes.OPT_ADAM}
 #: per-model keys besides the optimiser's constructor arguments
 MODEL_KEYS = ("l2", "keep_prob", "seed")
-#: a call runs its models on a team of threads (one chunk of models per thread, no synchronisation
-#: between them) from this many floating-point operations in its products (6 x rows x weights x
-#: epochs x models); below it, on the calling thread.  Chosen with benchmarks/test_bench_population.py,
-#: whose smallest workload (moons, 245 MFLOP) already ran faster on the team.
+#: a call runs its models on a team of threads from this many floating-point operations in its products
+#: (6 x rows x weights x epochs x models); below it, on the calling thread.  Chosen with
+#: benchmarks/test_bench_population.py, whose smallest workload (moons, 245 MFLOP) already ran faster on
+#: the team.
 PARALLEL_FLOPS = 50_000_000
+#: on the team, the models are cut into chunks of about this many, handed out to the threads one at a
+#: time (a thread that finishes early takes the next chunk: on a shared machine a descheduled thread holds
+#: up one chunk, not half of the population).  Fewer models per chunk balance better; more make the first
+#: layer's product over the chunk wider (benchmarks/test_bench_population.py, digits: 4 per chunk)
+CHUNK_MODELS = 4
 
 
 def _optimizer_class(optimizer):
@@ -408,36 +413,49 @@ class Population:
         return bc
 
     def _chunks(self, flops):
-        """Chunk bounds of the models: one chunk (the calling thread) for small work, else one per thread."""
+        """``(bounds, n_workers)``: the chunks of models and the threads that run them.
+
+        Small work: one chunk on the calling thread (0 workers).  Else one worker per thread and chunks of
+        about :data:`CHUNK_MODELS` models (at least one per worker).
+        """
         K = len(self.models)
-        n = 1 if flops < PARALLEL_FLOPS else min(K, _kernels.get_num_threads())
+        if flops < PARALLEL_FLOPS:
+            return np.array([0, K], np.int64), 0
+        n = min(K, _kernels.get_num_threads())
         if n > 1:
             import numba
 
             n = min(n, numba.get_num_threads())
-        return np.array([(K * c) // n for c in range(n + 1)], np.int64)
+        if n == 1 and flops < math.inf:
+            return np.array([0, K], np.int64), 0
+        n_chunks = min(K, max(n, -(-K // CHUNK_MODELS)))
+        return np.array([(K * c) // n_chunks for c in range(n_chunks + 1)], np.int64), n
 
-    def _run(self, data, e0, e1, histories):
-        """Epochs ``e0 .. e1 - 1`` of every model still training; appends to ``histories``."""
+    def _run(self, data, e0, e1, histories, team=None):
+        """Epochs ``e0 .. e1 - 1`` of every model still training; appends to ``histories``.
+
+        ``team``: None, the calling thread or a team by the size of the work (:meth:`_chunks`); False, the
+        calling thread; True, the team's kernel (with one worker per thread).
+        """
         if e1 <= e0:
             return
         X, Y, m, B = data["X"], data["Y"], data["X"].shape[0], data["B"]
         K = len(self.models)
         n_steps = -(-m // B)
         E = e1 - e0
-        if self._layout is None or self._layout[0] != (B, K):
-            at, info = _engine.layout(self._net, K, B, self._P.shape[1])
-            self._layout = ((B, K), at, info)
+        dense = self._net["op"] == _codes.DENSE
+        weights = int(np.sum(self._net["n_in"][dense] * self._net["n_out"][dense]))
+        bounds, n_workers = self._chunks(6 * m * weights * E * K if team is None else 0 if not team else math.inf)
+        chunk = int(np.max(np.diff(bounds)))
+        if self._layout is None or self._layout[0] != (B, chunk):
+            at, info = _engine.layout(self._net, chunk, B, self._P.shape[1])
+            self._layout = ((B, chunk), at, info)
         _, at, info = self._layout
         info = info.copy()
         info[_engine.EPOCH0], info[_engine.N_EPOCHS], info[_engine.N_STEPS] = e0, E, n_steps
         info[_engine.LOSS], info[_engine.OPT] = self._loss, self._kind
         info[_engine.ACC] = {_codes.CCE: _engine.ACC_ARGMAX, _codes.BCE: _engine.ACC_THRESHOLD}.get(
             self._loss, _engine.ACC_NONE)
-        dense = self._net["op"] == _codes.DENSE
-        weights = int(np.sum(self._net["n_in"][dense] * self._net["n_out"][dense]))
-        bounds = self._chunks(6 * m * weights * E * K)
-        n_chunks = bounds.size - 1
         status = np.zeros((K, 3), np.int64)
         for k, div in enumerate(self.diverged):
             if div is not None:
@@ -445,15 +463,14 @@ class Population:
         out = np.zeros((E, K, 4), np.float64)
         args = (self._net, at, info, (X, Y, data["ids"], self._orders(m, B, e0, e1)), data["dev"],
                 (self._P, self._G, self._S1, self._S2, self._R), self._hyp, self._keys,
-                self._bias_corrections(self._t, E * n_steps), _engine.scratch(n_chunks, int(info[_engine.WS_SIZE]),
-                                                                               self.dtype),
-                out, status)
+                self._bias_corrections(self._t, E * n_steps),
+                _engine.scratch(max(n_workers, 1), int(info[_engine.WS_SIZE]), self.dtype), out, status)
         t0 = time.perf_counter()
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"), _blas.single_threaded():
-            if n_chunks == 1:
+            if n_workers == 0:
                 _engine.fit_chunk(0, K, 0, *args)
             else:
-                _engine.fit_parallel(bounds, *args)
+                _engine.fit_parallel(bounds, np.zeros(1, np.int64), *args)
         elapsed = (time.perf_counter() - t0) / E
         self._t += E * n_steps
         self._record(data, e0, out, status, histories, elapsed)
@@ -502,3 +519,22 @@ class Population:
         for name in ("_P", "_R", "_G", "_S1", "_S2", "_hyp", "_keys", "_corrected"):
             setattr(self, name, np.ascontiguousarray(getattr(self, name)[keep]))
         self._layout = None
+
+
+def warmup(dtypes=("float32", "float64")):
+    """Compile (or load from Numba's on-disk cache) the population engine for each of ``dtypes``.
+
+    Its kernels take the same types whatever the layers, optimiser, loss and
+    number of models, so one tiny fit per dtype on the calling thread
+    (:func:`~fusednet.kernels._population.fit_chunk`) and one on the team
+    (:func:`~fusednet.kernels._population.fit_parallel`) compile all of it.
+    :func:`fusednet.kernels.warmup` (``fusednet warmup``) calls it.
+    """
+    X = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    y = np.array([1, 1, 0, 0])
+    for dtype in dtypes:
+        pop = Population([Dense(2, activation="relu"), Dense(1, activation="sigmoid")], input_dim=2,
+                         configs=[{}, {}], batch_size=2, epochs=1, dtype=dtype)
+        data = pop._data(X, y, (X, y))
+        for team in (False, True):
+            pop._run(data, 0, 1, pop.histories, team=team)

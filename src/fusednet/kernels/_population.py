@@ -23,10 +23,11 @@ loops here.  The element index of a dropout mask is the one of the model's
 ``(nb, n)`` activation (``row * n + unit``), so the masks are those of the
 trainer.
 
-Threads.  The models are cut into contiguous chunks (:func:`fit_parallel`
-runs one chunk per thread, :func:`fit_chunk` one chunk on the calling
-thread); a chunk runs every epoch and step of the call for its models,
-with no synchronisation between chunks.  Each model's arithmetic is the same
+Threads.  The models are cut into contiguous chunks (:func:`fit_chunk` runs
+one chunk on the calling thread; :func:`fit_parallel` hands the chunks out
+to a team of workers, the next free worker taking the next chunk); a chunk
+runs every epoch and step of the call for its models, with no
+synchronisation between chunks.  Each model's arithmetic is the same
 whichever chunk it is in and however many models the population holds, so
 the results do not depend on the thread count or on K -- but for a first
 layer of at least :data:`BLAS_MACS` multiply-adds, whose forward product and
@@ -130,10 +131,10 @@ TRAIN_SUM, TRAIN_CORRECT, DEV_LOSS, DEV_CORRECT = range(4)
 COST, GRADIENT, UPDATE, BN_STATS = 1, 2, 3, 4
 
 #: products of at least this many multiply-adds run on BLAS (``np.dot``), smaller ones as loops here:
-#: chosen with the digits workload of benchmarks/test_bench_population.py, whose first layer's products
-#: (262144 multiply-adds per model) ran faster on BLAS than as loops, and whose second layer's (40960)
-#: ran as fast either way
-BLAS_MACS = 131_072
+#: chosen with the digits workload of benchmarks/test_bench_population.py (64-64-10, batch 64), whose
+#: second layer's products (40960 multiply-adds) took 0.5 us (forward) and 1.7 us (both gradients) per
+#: model on BLAS against 4.8 us and 5.3 us as loops; the moons net's (2-5-2-1) stay loops
+BLAS_MACS = 16_384
 
 _OPTIONS = dict(nogil=True, fastmath=set(REDUCTION_FASTMATH), error_model="numpy", boundscheck=False)
 #: the chunk kernel and its parallel driver (cached: user-called dispatchers)
@@ -884,19 +885,37 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
             out[ei, kk, DEV_CORRECT] = correct
 
 
+@intrinsic
+def _take(typingctx, counter):
+    """Atomically ``counter[0] += 1``; returns the value before (int64, C-contiguous ``counter``)."""
+    def codegen(context, builder, sig, args):
+        arr = context.make_array(sig.args[0])(context, builder, args[0])
+        one = context.get_constant(types.int64, 1)
+        return builder.atomic_rmw("add", arr.data, one, "seq_cst")
+
+    return types.int64(counter), codegen
+
+
 #: the serial kernel the parallel one calls, a global of its own (see ``_numba_dense._variant``)
 _serial = None
 
 
-def _fit_parallel(bounds, net, at, info, data, dev, arenas, hyp, keys, bc, work, out, status):
-    for c in prange(bounds.size - 1):
-        _serial(bounds[c], bounds[c + 1], c, net, at, info, data, dev, arenas, hyp, keys, bc, work, out, status)
+def _fit_parallel(bounds, next_chunk, net, at, info, data, dev, arenas, hyp, keys, bc, work, out, status):
+    n_chunks = bounds.size - 1
+    for w in prange(work[0].shape[0]):
+        c = _take(next_chunk)
+        while c < n_chunks:
+            _serial(bounds[c], bounds[c + 1], w, net, at, info, data, dev, arenas, hyp, keys, bc, work, out, status)
+            c = _take(next_chunk)
 
 
-#: :func:`fit_chunk` on chunk ``c`` = models ``bounds[c] .. bounds[c + 1] - 1``, one thread per chunk
+#: :func:`fit_chunk` over the chunks of models ``bounds[c] .. bounds[c + 1] - 1``, handed out one at a time to
+#: one worker per workspace row of ``work``: a worker takes the next chunk (``next_chunk``, int64 (1,), 0 at
+#: the start, INOUT) when it has finished one, so a thread the system deschedules holds up one chunk, not
+#: its fixed share of the population
 fit_parallel = _variant(_fit_parallel, "fit_parallel", parallel_kernel, _serial=fit_chunk)
 
 
-def scratch(n_chunks, ws_size, dtype):
-    """``work`` for :func:`fit_chunk`: a workspace row and a float64 scratch row per chunk."""
-    return np.zeros((n_chunks, ws_size), dtype), np.zeros((n_chunks, SCRATCH))
+def scratch(n_workers, ws_size, dtype):
+    """``work`` for :func:`fit_chunk`: a workspace row and a float64 scratch row per worker."""
+    return np.zeros((n_workers, ws_size), dtype), np.zeros((n_workers, SCRATCH))
