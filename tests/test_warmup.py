@@ -43,6 +43,25 @@ def test_warmup_compiles_what_the_commands_use(tmp_path):
         run = _fusednet(*args, env=env)
         assert run.returncode == 0, (args, run.stderr)
         assert CompileWatch.MESSAGE not in run.stderr, (args, run.stderr)
+    # the population engine, serial and on the team, in both dtypes: loaded from the cache, nothing compiled
+    script = (
+        "import numpy as np, fusednet as fn\n"
+        "from fusednet.kernels import _population as E\n"
+        "X = np.random.default_rng(0).standard_normal((64, 3)); y = (X[:, 0] > 0).astype(int)\n"
+        "for dtype in ('float32', 'float64'):\n"
+        "    pop = fn.Population([fn.layers.Dense(4, activation='tanh'), fn.layers.Dense(1, activation='sigmoid')],\n"
+        "                        input_dim=3, configs=[{'lr': 0.01}] * 3, batch_size=8, epochs=2, dtype=dtype)\n"
+        "    data = pop._data(X, y, None)\n"
+        "    for team in (False, True):\n"
+        "        pop._run(data, 0, 1, pop.histories, team=team)\n"
+        "misses = sum(sum(f.stats.cache_misses.values()) for f in (E.fit_chunk, E.fit_parallel))\n"
+        "hits = sum(sum(f.stats.cache_hits.values()) for f in (E.fit_chunk, E.fit_parallel))\n"
+        "print(misses, hits)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=1800)
+    assert run.returncode == 0, run.stderr
+    misses, hits = (int(v) for v in run.stdout.split())
+    assert misses == 0 and hits >= 2, run.stdout
 
 
 def test_kernels_warmup_reports_progress(monkeypatch):
@@ -52,8 +71,13 @@ def test_kernels_warmup_reports_progress(monkeypatch):
     from fusednet.kernels import _gradcheck_numba
 
     monkeypatch.setattr(_gradcheck_numba, "CLI_FEATURES", _gradcheck_numba.CLI_FEATURES[:1])  # one walker
+    from fusednet import population
+
+    engines = []
+    monkeypatch.setattr(population, "warmup", lambda dtypes: engines.extend(np.dtype(d).name for d in dtypes))
     assert fn.kernels.warmup(progress=lambda done, total: calls.append((done, total))) is True
-    assert calls == [(1, 7), (2, 7), (3, 7), (4, 7), (5, 7), (6, 7), (7, 7)]
+    assert calls == [(k, 9) for k in range(1, 10)]  # 3 steps x 2 dtypes, 1 walker, the population engine x 2
+    assert engines == ["float32", "float64"]
 
 
 def test_compile_line_says_about_how_long():

@@ -204,9 +204,10 @@ def warmup(dtypes=("float32", "float64"), progress=None):
     A kernel is otherwise compiled on its first call (for the activations,
     losses and dtypes a run uses) and cached on disk, so only the first run
     after an install waits.  This compiles all of them ahead of time: every
-    activation and loss, serial and parallel, in each of ``dtypes``, and the
+    activation and loss, serial and parallel, in each of ``dtypes``, the
     gradient check's evaluator (float64) for each kind of network ``fusednet
-    gradcheck`` builds.  ``fusednet warmup`` calls it.
+    gradcheck`` builds, and the population engine (:class:`fusednet.Population`,
+    serial and on the team) in each of ``dtypes``.  ``fusednet warmup`` calls it.
 
     Parameters
     ----------
@@ -226,9 +227,16 @@ def warmup(dtypes=("float32", "float64"), progress=None):
 
     dtypes = tuple(np.dtype(d) for d in dtypes)
     first = numba_backend.warmup_steps(dtypes)
-    total = first + len(_gradcheck_numba.CLI_FEATURES)
+    second = first + len(_gradcheck_numba.CLI_FEATURES)
+    total = second + len(dtypes)
     numba_backend.warmup(dtypes, progress=None if progress is None else (lambda done, _: progress(done, total)))
     _gradcheck_numba.warmup(progress=None if progress is None else (lambda done, _: progress(first + done, total)))
+    from ..population import warmup as population_warmup  # the engine's tables come from the model layer
+
+    for done, dtype in enumerate(dtypes, 1):
+        population_warmup((dtype,))
+        if progress is not None:
+            progress(second + done, total)
     return True
 
 
