@@ -249,11 +249,11 @@ def _forward_kernels(act, in_place):
             else:
                 _bias_rows(zf, af, bb, n, g0, g1, c0, uw, act, s, zero)
             if act == SIGMOID or act == TANH:
-                if w == n:
-                    _activate(af[g0 * n:g1 * n], act)
-                else:
-                    for i in range(g0, g1):
-                        _activate(af[i * n + c0:i * n + c1], act)
+                # whole rows are one contiguous span (c0 = 0); a band of columns, one span per
+                # row.  One call site: the activation's loop is inlined, and compiled, once
+                first, last, span = (g0, g0 + 1, (g1 - g0) * n) if w == n else (g0, g1, w)
+                for i in range(first, last):
+                    _activate(af[i * n + c0:i * n + c0 + span], act)
 
     def forward_parallel(Z, b, slope, A, n_chunks):
         m, n = Z.shape
