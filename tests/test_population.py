@@ -128,12 +128,14 @@ def test_a_model_does_not_depend_on_the_population_or_the_threads(dtype, monkeyp
     alone = fn.Population(_layers(), input_dim=3, configs=cfgs[5:6], batch_size=16, epochs=2, dtype=dtype)
     alone.fit(X, y)
     np.testing.assert_array_equal(big.models[5]._params, alone.models[0]._params)
-    monkeypatch.setattr(population_module, "PARALLEL_FLOPS", 0)  # one chunk of models per thread
-    team = fn.Population(_layers(), input_dim=3, configs=cfgs, batch_size=16, epochs=2, dtype=dtype)
-    team.fit(X, y)
-    for a, b in zip(big.models, team.models):
-        np.testing.assert_array_equal(a._params, b._params)
-        np.testing.assert_array_equal(a._stats, b._stats)
+    monkeypatch.setattr(population_module, "PARALLEL_FLOPS", 0)  # on the team
+    for chunk_models in (4, 1):  # 2 chunks; 7 chunks handed out to the threads one at a time
+        monkeypatch.setattr(population_module, "CHUNK_MODELS", chunk_models)
+        team = fn.Population(_layers(), input_dim=3, configs=cfgs, batch_size=16, epochs=2, dtype=dtype)
+        team.fit(X, y)
+        for a, b in zip(big.models, team.models):
+            np.testing.assert_array_equal(a._params, b._params)
+            np.testing.assert_array_equal(a._stats, b._stats)
 
 
 def test_two_fits_from_initial_epoch_equal_one():
