@@ -30,6 +30,98 @@
 
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
+
+# NumPy's np.random.default_rng([seed, epoch]).shuffle(arange(m)), reproduced: SeedSequence's
+# hash of the two integers' 32-bit words into PCG64's state (XSL-RR output, 128-bit LCG) and
+# Generator.shuffle's Fisher-Yates with random_interval's masked rejection (32-bit draws, two per
+# 64-bit output, below 2**32).  tests/test_whole_fit.py holds it to NumPy's permutations, and the
+# trainer checks it against NumPy once per process before it relies on it.
+cdef extern from *:
+    """
+    #include <stdint.h>
+    typedef struct { unsigned __int128 state, inc; int has; uint32_t u; } fn_pcg64;
+    #define FN_PCG_MUL ((((unsigned __int128)2549297995355413924ULL) << 64) + 4865540595714422341ULL)
+
+    static inline uint32_t fn_hashmix(uint32_t v, uint32_t *h) {
+        v ^= *h; *h *= 0x931e8875u; v *= *h; v ^= v >> 16; return v;
+    }
+    static inline uint32_t fn_mix(uint32_t x, uint32_t y) {
+        uint32_t r = 0xca01f9ddu * x - 0x4973f715u * y; r ^= r >> 16; return r;
+    }
+    static inline int fn_words(uint64_t n, uint32_t *w) {
+        int k = 0;
+        if (n == 0) { w[0] = 0; return 1; }
+        while (n) { w[k++] = (uint32_t)n; n >>= 32; }
+        return k;
+    }
+    static inline void fn_pcg64_step(fn_pcg64 *g) { g->state = g->state * FN_PCG_MUL + g->inc; }
+    static void fn_pcg64_seed(fn_pcg64 *g, uint64_t seed, uint64_t epoch) {
+        uint32_t ent[4], pool[4], st[8], h = 0x43b0d7e5u, hb = 0x8b51f9ddu, v;
+        uint64_t w[4];
+        int n = fn_words(seed, ent), i, s, d;
+        n += fn_words(epoch, ent + n);
+        for (i = 0; i < 4; i++) pool[i] = fn_hashmix(i < n ? ent[i] : 0, &h);
+        for (s = 0; s < 4; s++)
+            for (d = 0; d < 4; d++)
+                if (s != d) pool[d] = fn_mix(pool[d], fn_hashmix(pool[s], &h));
+        for (i = 0; i < 8; i++) {
+            v = pool[i % 4] ^ hb; hb *= 0x58f38dedu; v *= hb; v ^= v >> 16; st[i] = v;
+        }
+        for (i = 0; i < 4; i++) w[i] = (uint64_t)st[2 * i] | ((uint64_t)st[2 * i + 1] << 32);
+        g->inc = ((((unsigned __int128)w[2] << 64) | w[3]) << 1) | 1u;
+        g->state = 0;
+        fn_pcg64_step(g);
+        g->state += ((unsigned __int128)w[0] << 64) | w[1];
+        fn_pcg64_step(g);
+        g->has = 0;
+        g->u = 0;
+    }
+    static inline uint64_t fn_pcg64_next64(fn_pcg64 *g) {
+        uint64_t x;
+        unsigned r;
+        fn_pcg64_step(g);
+        x = (uint64_t)(g->state >> 64) ^ (uint64_t)g->state;
+        r = (unsigned)(g->state >> 122);
+        return (x >> r) | (x << ((64u - r) & 63u));
+    }
+    static inline uint32_t fn_pcg64_next32(fn_pcg64 *g) {
+        uint64_t x;
+        if (g->has) { g->has = 0; return g->u; }
+        x = fn_pcg64_next64(g);
+        g->has = 1;
+        g->u = (uint32_t)(x >> 32);
+        return (uint32_t)x;
+    }
+    static inline uint64_t fn_interval(fn_pcg64 *g, uint64_t max) {
+        uint64_t mask = max, v;
+        if (max == 0) return 0;
+        mask |= mask >> 1; mask |= mask >> 2; mask |= mask >> 4;
+        mask |= mask >> 8; mask |= mask >> 16; mask |= mask >> 32;
+        if (max <= 0xffffffffULL) { while ((v = (fn_pcg64_next32(g) & mask)) > max) {} }
+        else { while ((v = (fn_pcg64_next64(g) & mask)) > max) {} }
+        return v;
+    }
+    /* p = numpy.random.default_rng([seed, epoch]).permutation-by-shuffle of arange(m) */
+    static void fn_epoch_order(uint64_t seed, uint64_t epoch, Py_ssize_t *p, Py_ssize_t m) {
+        fn_pcg64 g;
+        Py_ssize_t i, j, t;
+        fn_pcg64_seed(&g, seed, epoch);
+        for (i = 0; i < m; i++) p[i] = i;
+        for (i = m - 1; i >= 1; i--) {
+            j = (Py_ssize_t)fn_interval(&g, (uint64_t)i);
+            t = p[j]; p[j] = p[i]; p[i] = t;
+        }
+    }
+    """
+    void fn_epoch_order(uint64_t seed, uint64_t epoch, Py_ssize_t* p, Py_ssize_t m) nogil
+
+
+def epoch_order(uint64_t seed, uint64_t epoch, Py_ssize_t[::1] out):
+    """out = numpy.random.default_rng([seed, epoch]).shuffle(arange(len(out))), as the trainer
+    draws an epoch's order (for the test that holds the two together)."""
+    if out.shape[0] > 0:
+        fn_epoch_order(seed, epoch, &out[0], out.shape[0])
+
 ctypedef void (*sgemm_t)(char*, char*, int*, int*, int*, float*, float*, int*, float*, int*,
                          float*, float*, int*) noexcept nogil
 ctypedef void (*dgemm_t)(char*, char*, int*, int*, int*, double*, double*, int*, double*, int*,
@@ -731,12 +823,14 @@ ctypedef struct FitSpec:         # mirrors fusednet.kernels._plan.FIT_DTYPE fiel
     Py_ssize_t patience          # early stopping: stop after this many epochs without improvement (0 as 1)
     Py_ssize_t wait              # IN/OUT epochs in a row without improvement so far
     uint64_t seed_key            # splitmix64(seed): epoch e's dropout seed is splitmix64(seed_key ^ e)
+    uint64_t shuffle_seed        # FIT_ORDER_DRAWN: epoch e's order is default_rng([shuffle_seed, e])'s
     double min_delta             # the smallest change that counts as an improvement
     double best                  # IN/OUT the best monitored value so far
     int monitor                  # FIT_MONITOR_*: what early stopping watches (0: no early stopping)
     int maximize                 # 1: higher is better
     int restore                  # 1: keep the best epoch's parameters and statistics in the snapshot
     int stop                     # OUT 1: early stopping ended the fit after the call's last epoch
+    int order                    # FIT_ORDER_*: how each epoch orders the rows
 
 
 ctypedef struct HistRow:         # mirrors fusednet.kernels._plan.HIST_DTYPE field by field
@@ -753,6 +847,12 @@ cdef enum:                       # what FitSpec.monitor watches (fusednet.kernel
     FIT_MONITOR_TRAIN_ACCURACY = 2
     FIT_MONITOR_DEV_LOSS = 3
     FIT_MONITOR_DEV_ACCURACY = 4
+
+cdef enum:                       # how a whole fit orders each epoch's rows (FitSpec.order)
+    FIT_ORDER_BATCH = 0          # no gather: X is every epoch's one batch
+    FIT_ORDER_FIXED = 1          # perms[0] every epoch
+    FIT_ORDER_GIVEN = 2          # perms[e] in epoch e
+    FIT_ORDER_DRAWN = 3          # drawn into perms[0] as NumPy's shuffle (fn_epoch_order)
 
 
 def layouts():
@@ -781,10 +881,11 @@ def layouts():
         "FitSpec": (sizeof(FitSpec), {
             "epoch0": <size_t>&fs.epoch0 - fb, "epochs": <size_t>&fs.epochs - fb,
             "patience": <size_t>&fs.patience - fb, "wait": <size_t>&fs.wait - fb,
-            "seed_key": <size_t>&fs.seed_key - fb, "min_delta": <size_t>&fs.min_delta - fb,
+            "seed_key": <size_t>&fs.seed_key - fb, "shuffle_seed": <size_t>&fs.shuffle_seed - fb,
+            "min_delta": <size_t>&fs.min_delta - fb,
             "best": <size_t>&fs.best - fb, "monitor": <size_t>&fs.monitor - fb,
             "maximize": <size_t>&fs.maximize - fb, "restore": <size_t>&fs.restore - fb,
-            "stop": <size_t>&fs.stop - fb}),
+            "stop": <size_t>&fs.stop - fb, "order": <size_t>&fs.order - fb}),
         "HistRow": (sizeof(HistRow), {
             "train_loss": <size_t>&hs.train_loss - hb, "seconds": <size_t>&hs.seconds - hb,
             "dev_loss": <size_t>&hs.dev_loss - hb, "dev_accuracy": <size_t>&hs.dev_accuracy - hb,
@@ -799,7 +900,8 @@ def codes():
             "OPT_MOMENTUM": OPT_MOMENTUM, "OPT_RMSPROP": OPT_RMSPROP, "OPT_ADAM": OPT_ADAM,
             "FIT_MONITOR_NONE": FIT_MONITOR_NONE, "FIT_MONITOR_TRAIN_LOSS": FIT_MONITOR_TRAIN_LOSS,
             "FIT_MONITOR_TRAIN_ACCURACY": FIT_MONITOR_TRAIN_ACCURACY, "FIT_MONITOR_DEV_LOSS": FIT_MONITOR_DEV_LOSS,
-            "FIT_MONITOR_DEV_ACCURACY": FIT_MONITOR_DEV_ACCURACY}
+            "FIT_MONITOR_DEV_ACCURACY": FIT_MONITOR_DEV_ACCURACY, "FIT_ORDER_BATCH": FIT_ORDER_BATCH,
+            "FIT_ORDER_FIXED": FIT_ORDER_FIXED, "FIT_ORDER_GIVEN": FIT_ORDER_GIVEN, "FIT_ORDER_DRAWN": FIT_ORDER_DRAWN}
 
 
 _STRUCTS = None
@@ -815,8 +917,9 @@ _FIELD_TYPES = {
                     beta2=("f", 8), eps=("f", 8), t=("i", sizeof(Py_ssize_t))),
     "FitSpec": dict(epoch0=("i", sizeof(Py_ssize_t)), epochs=("i", sizeof(Py_ssize_t)),
                     patience=("i", sizeof(Py_ssize_t)), wait=("i", sizeof(Py_ssize_t)), seed_key=("u", 8),
-                    min_delta=("f", 8), best=("f", 8), monitor=("i", sizeof(int)), maximize=("i", sizeof(int)),
-                    restore=("i", sizeof(int)), stop=("i", sizeof(int))),
+                    shuffle_seed=("u", 8), min_delta=("f", 8), best=("f", 8), monitor=("i", sizeof(int)),
+                    maximize=("i", sizeof(int)), restore=("i", sizeof(int)), stop=("i", sizeof(int)),
+                    order=("i", sizeof(int))),
     "HistRow": dict(train_loss=("f", 8), seconds=("f", 8), dev_loss=("f", 8), dev_accuracy=("f", 8),
                     correct=("i", sizeof(Py_ssize_t))),
 }
@@ -1348,8 +1451,9 @@ def dense_fit(StepPlan plan,                    # IN/OUT as dense_epoch
               data,                             # IN (X, Y, ids, dev): (M, n_in), (M, n_out), class ids (M,) or
                                                 #    (0,), and None or dev() -> (dev loss, dev accuracy)
               fit,                              # IN/OUT a FIT_DTYPE record: the epochs, dropout, early stopping
-              const Py_ssize_t[:, ::1] perms,   # IN (epochs, M) each epoch's row order, (1, M) one for all,
-                                                #    or (0, M): no gather, X is every epoch's one batch
+              Py_ssize_t[:, ::1] perms,         # IN the rows' orders as fit.order says: (0, M) none (X is
+                                                #    every epoch's batch), (1, M) one for all, (epochs, M) one
+                                                #    per epoch; OUT (1, M) each drawn order in turn
               const double[:, ::1] lrs,         # IN (epochs, steps) the learning rate of each step
               hist,                             # OUT (epochs,) HIST_DTYPE records, one per epoch run
               snapshot):                        # OUT None, or (params copy, stats arena, stats copy)
@@ -1419,16 +1523,20 @@ def dense_fit(StepPlan plan,                    # IN/OUT as dense_epoch
         raise ValueError(f"fit.patience, fit.wait and fit.min_delta must be >= 0, got {f.patience}, {f.wait}, "
                          f"{f.min_delta}")
     hr = <HistRow*>_records(hist, "HistRow", "hist", E)
-    gathered = perms.shape[0] != 0
+    if f.order < FIT_ORDER_BATCH or f.order > FIT_ORDER_DRAWN:
+        raise ValueError(f"fit.order: unknown code {f.order}")
+    want = {FIT_ORDER_BATCH: 0, FIT_ORDER_FIXED: 1, FIT_ORDER_GIVEN: E, FIT_ORDER_DRAWN: 1}[f.order]
+    if perms.shape[0] != want or perms.shape[1] != M:
+        raise ValueError(f"perms must be ({want}, {M}) for fit.order {f.order}, got ({perms.shape[0]}, "
+                         f"{perms.shape[1]})")
+    gathered = f.order != FIT_ORDER_BATCH
     if gathered:
         B = plan.rows
-        if perms.shape[1] != M or (perms.shape[0] != 1 and perms.shape[0] != E):
-            raise ValueError(f"perms must be ({E}, {M}) or (1, {M}) (or hold no rows), got "
-                             f"({perms.shape[0]}, {perms.shape[1]})")
-        for ep in range(perms.shape[0]):
-            for r in range(M):
-                if perms[ep, r] < 0 or perms[ep, r] >= M:
-                    raise ValueError(f"perms[{ep}, {r}] = {perms[ep, r]} is not a row of X")
+        if f.order != FIT_ORDER_DRAWN:
+            for ep in range(perms.shape[0]):
+                for r in range(M):
+                    if perms[ep, r] < 0 or perms[ep, r] >= M:
+                        raise ValueError(f"perms[{ep}, {r}] = {perms[ep, r]} is not a row of X")
         if plan._batch_x is None:
             raise ValueError("a gathered fit gathers its batches into buffers['X'] and buffers['Y']: "
                              "build the plan with them")
@@ -1466,8 +1574,10 @@ def dense_fit(StepPlan plan,                    # IN/OUT as dense_epoch
             plan.dropout_seed = _splitmix64(f.seed_key ^ <uint64_t>epoch)
             net.bound[0] = INFINITY  # each epoch starts from the arenas (as the per-epoch path does)
             _refresh(plan)
+            if f.order == FIT_ORDER_DRAWN:
+                fn_epoch_order(f.shuffle_seed, <uint64_t>epoch, &perms[0, 0], M)
             if gathered:
-                row = &perms[ep if perms.shape[0] > 1 else 0, 0]
+                row = &perms[ep if f.order == FIT_ORDER_GIVEN else 0, 0]
             total = 0.0
             hits = 0
             i = 0

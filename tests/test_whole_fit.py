@@ -7,7 +7,7 @@ from fusednet import _fused, kernels, optim
 from fusednet import trainer as _trainer
 from fusednet.callbacks import Callback, EarlyStopping
 from fusednet.errors import TrainingDiverged
-from fusednet.kernels import _blas, _plan
+from fusednet.kernels import _blas, _codes, _plan
 from fusednet.layers import Activation, BatchNorm, Dense, Dropout
 from fusednet.model import Sequential
 from fusednet.trainer import Trainer
@@ -96,6 +96,8 @@ def test_the_whole_fit_equals_the_per_epoch_path_bit_for_bit(net, batch_size, sh
     opt = "adam" if net != "planar" else "gd"
     whole = _fit(net, opt, dtype, batch_size, shuffle)
     assert whole[3].whole is not None, whole[3].whole_why_not
+    if batch_size == 32 and shuffle:  # each epoch's order drawn inside the call
+        assert whole[3].whole.order == _codes.FIT_ORDER_DRAWN
     per_epoch()
     _same(whole, _fit(net, opt, dtype, batch_size, shuffle))
 
@@ -240,22 +242,26 @@ def test_a_fit_record_that_does_not_fit_is_named():
     lrs = np.full((1, len(run.bounds)), 0.01)
 
     def call(rec=None, hist=None, data=None, perms_=perms, lrs_=lrs):
-        rec = _plan.fit_record(0, 1, 0) if rec is None else rec
+        rec = _plan.fit_record(0, 1, 0, order=2) if rec is None else rec
         hist = np.zeros(1, _plan.HIST_DTYPE) if hist is None else hist
         return fused.fit(data or (run.X, run.Y, ids, None), rec, perms_, lrs_, hist)
 
     call()  # the record as built is accepted
-    bad = _plan.fit_record(0, 1, 0)
+    bad = _plan.fit_record(0, 1, 0, order=2)
     bad = bad.astype([(n, "<i8" if n == "monitor" else bad.dtype.fields[n][0]) for n in bad.dtype.names])
     with pytest.raises(ValueError, match="fit"):
         call(rec=bad)
-    rec = _plan.fit_record(0, 1, 0, monitor=7)
+    rec = _plan.fit_record(0, 1, 0, order=2, monitor=7)
     with pytest.raises(ValueError, match=r"fit.monitor"):
         call(rec=rec)
     with pytest.raises(ValueError, match=r"fit.epochs"):
-        call(rec=_plan.fit_record(0, 0, 0))
+        call(rec=_plan.fit_record(0, 0, 0, order=2))
     with pytest.raises(ValueError, match="hist must be a contiguous 1-D array of 2 records"):
-        call(rec=_plan.fit_record(0, 2, 0))  # hist holds one record
+        call(rec=_plan.fit_record(0, 2, 0, order=2))  # hist holds one record
+    with pytest.raises(ValueError, match=r"fit.order: unknown"):
+        call(rec=_plan.fit_record(0, 1, 0, order=9))
+    with pytest.raises(ValueError, match=r"perms must be \(0, 120\) for fit.order 0"):
+        call(rec=_plan.fit_record(0, 1, 0, order=0))
     hist = np.zeros(1, [("train_loss", "<f8"), ("correct", "<i8"), ("seconds", "<f8")])
     with pytest.raises(ValueError, match="hist: the fields"):
         call(hist=hist)
@@ -268,9 +274,9 @@ def test_a_fit_record_that_does_not_fit_is_named():
     with pytest.raises(ValueError, match="data must be a tuple"):
         call(data=(run.X, run.Y, ids))
     with pytest.raises(ValueError, match=r"fit.monitor: the dev set"):
-        call(rec=_plan.fit_record(0, 1, 0, monitor=3))
+        call(rec=_plan.fit_record(0, 1, 0, order=2, monitor=3))
     with pytest.raises(ValueError, match="fit.restore"):
-        call(rec=_plan.fit_record(0, 1, 0, restore=True))
+        call(rec=_plan.fit_record(0, 1, 0, order=2, restore=True))
 
 
 def test_the_fit_dtypes_mirror_the_c_structs_field_by_field():
@@ -307,3 +313,22 @@ def test_the_serial_or_team_choice_is_made_once_per_fit_and_reported(monkeypatch
         assert run.fused.n_threads == kernels.get_num_threads()
         assert fn.info()["last_fit"]["step"].startswith(f"one-call step; a team of {run.fused.n_threads}")
     assert fn.info()["last_fit"]["epochs"].startswith("one call per epoch: the callback _Counting")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 2**31, 2**32 + 5, 2**63 - 1, 2**64 - 1])
+def test_the_compiled_epoch_orders_are_numpys(seed):
+    order = _fused._cython()._ck.epoch_order
+    for epoch in (0, 1, 2, 399, 2**32, 2**64 - 1):
+        for m in (0, 1, 2, 3, 64, 320, 1000):
+            ref, got = np.arange(m), np.empty(m, np.intp)
+            np.random.default_rng([seed, epoch]).shuffle(ref)
+            order(seed, epoch, got)
+            np.testing.assert_array_equal(got, ref, err_msg=f"seed {seed}, epoch {epoch}, m {m}")
+
+
+def test_orders_drawn_by_numpy_when_the_compiled_ones_are_not_trusted(monkeypatch, per_epoch):
+    monkeypatch.setattr(_trainer, "_DRAWN_ORDERS", False)
+    whole = _fit("moons", batch_size=16)
+    assert whole[3].whole.order == _codes.FIT_ORDER_GIVEN
+    per_epoch()
+    _same(whole, _fit("moons", batch_size=16))

@@ -596,6 +596,25 @@ class _Run:
             cb.on_train_end(trainer)
 
 
+_DRAWN_ORDERS = None
+
+
+def _drawn_orders_match():
+    """Whether the extension's epoch orders (``epoch_order``) are NumPy's here: checked once per
+    process on a few seeds, epochs and sizes; when not, the trainer draws them with NumPy."""
+    global _DRAWN_ORDERS
+    if _DRAWN_ORDERS is None:
+        order = _fused._cython()._ck.epoch_order
+        ok = True
+        for seed, epoch, m in ((0, 0, 1), (3, 1, 5), (12345, 399, 320), (2**63 - 1, 2**32 + 1, 1000)):
+            ref, got = np.arange(m), np.empty(m, np.intp)
+            np.random.default_rng([seed, epoch]).shuffle(ref)
+            order(seed, epoch, got)
+            ok = ok and np.array_equal(ref, got)
+        _DRAWN_ORDERS = ok
+    return _DRAWN_ORDERS
+
+
 class _WholeFit:
     """Every epoch of a fit in one compiled call (``dense_fit``), or in a few.
 
@@ -609,7 +628,8 @@ class _WholeFit:
 
     Before each call the schedule is asked for every step's learning rate, epoch by epoch in
     step order, and each epoch's shuffling permutation is drawn exactly as
-    :meth:`_Run.run_epoch` draws it; the call writes each epoch's train loss, hits and time,
+    :meth:`_Run.run_epoch` draws it (in compiled code, as NumPy's generator does, when
+    :func:`_drawn_orders_match`); the call writes each epoch's train loss, hits and time,
     decides early stopping as ``EarlyStopping.observe`` does (copying the best epoch's weights)
     and stops at a step whose cost, gradient, update or batch-norm statistics are not finite,
     leaving the last finite values.  Afterwards the history, the callback's state
@@ -654,9 +674,13 @@ class _WholeFit:
         self.ids = np.empty(0, np.intp) if run.pred is None else np.ascontiguousarray(run.ids, np.intp)
         self.data = (run.X, run.Y, self.ids, None if run.dev is None else self._dev)
         if run.mode == _FULL:
-            self.perm_rows = 0
+            self.order = _codes.FIT_ORDER_BATCH
+        elif run.mode == _SLICE:
+            self.order = _codes.FIT_ORDER_FIXED
+        elif run.base_seed < 2**64 and _drawn_orders_match():
+            self.order = _codes.FIT_ORDER_DRAWN
         else:
-            self.perm_rows = 1 if run.mode == _SLICE else None  # None: one per epoch
+            self.order = _codes.FIT_ORDER_GIVEN
         self.snapshot = None
 
     def _dev(self):
@@ -670,7 +694,7 @@ class _WholeFit:
         path asks again and raises it)."""
         run = self.run
         n = last - first
-        if self.perm_rows is None:
+        if self.order == _codes.FIT_ORDER_GIVEN:
             n = min(n, max(1, self.MAX_PERM // run.m))
         if per_epoch is not None:
             n = min(n, max(1, int(self.BAR_SECONDS / max(per_epoch, 1e-9))))
@@ -690,9 +714,9 @@ class _WholeFit:
 
     def _perms(self, first, end):
         run = self.run
-        if self.perm_rows == 0:
+        if self.order == _codes.FIT_ORDER_BATCH:
             return np.empty((0, run.m), np.intp)
-        if self.perm_rows == 1:
+        if self.order != _codes.FIT_ORDER_GIVEN:  # FIXED: 0 .. m-1; DRAWN: a buffer the call fills
             return np.arange(run.m)[None, :]
         perms = np.empty((end - first, run.m), np.intp)
         for k in range(end - first):
@@ -708,7 +732,8 @@ class _WholeFit:
         history, m = run.history, run.m
         epoch, last = run.first_epoch, trainer.epochs
         per_epoch = math.inf  # with a bar, the first call runs one epoch and times it
-        rec = _plan.fit_record(0, 1, _codes.dropout_key(model.seed))  # splitmix64(seed)
+        rec = _plan.fit_record(0, 1, _codes.dropout_key(model.seed), self.order,  # splitmix64(seed)
+                               run.base_seed & ((1 << 64) - 1))
         snapshot = None
         if es is not None:
             rec["monitor"] = _codes.FIT_MONITORS[es.monitor]

@@ -93,3 +93,9 @@ FIT_MONITOR_DEV_LOSS = 3
 FIT_MONITOR_DEV_ACCURACY = 4
 FIT_MONITORS = {"train_loss": FIT_MONITOR_TRAIN_LOSS, "train_accuracy": FIT_MONITOR_TRAIN_ACCURACY,
                 "dev_loss": FIT_MONITOR_DEV_LOSS, "dev_accuracy": FIT_MONITOR_DEV_ACCURACY}
+
+#: how the whole-fit call orders each epoch's rows (FIT_DTYPE's ``order``)
+FIT_ORDER_BATCH = 0  # no gather: X is every epoch's one batch
+FIT_ORDER_FIXED = 1  # one order for every epoch
+FIT_ORDER_GIVEN = 2  # one order per epoch, passed in
+FIT_ORDER_DRAWN = 3  # drawn in compiled code as numpy.random.default_rng([seed, epoch]).shuffle draws it

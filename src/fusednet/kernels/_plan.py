@@ -86,12 +86,14 @@ FIT_DTYPE = np.dtype(
         ("patience", np.intp),  # early stopping: epochs without improvement before it stops (0 as 1)
         ("wait", np.intp),  # IN/OUT epochs in a row without improvement so far
         ("seed_key", np.uint64),  # splitmix64(seed): epoch e's dropout seed is dropout_key(seed, e)
+        ("shuffle_seed", np.uint64),  # FIT_ORDER_DRAWN: epoch e's order is default_rng([shuffle_seed, e])'s
         ("min_delta", np.float64),
         ("best", np.float64),  # IN/OUT the best monitored value so far
         ("monitor", np.intc),  # _codes.FIT_MONITOR_*: 0, no early stopping
         ("maximize", np.intc),  # 1: higher is better
         ("restore", np.intc),  # 1: copy the parameters and statistics at each improvement
         ("stop", np.intc),  # OUT 1: early stopping ended the fit
+        ("order", np.intc),  # _codes.FIT_ORDER_*: how each epoch orders the rows
     ],
     align=True,
 )
@@ -139,9 +141,10 @@ def opt_record(kind, bias_correction, beta1, beta2, eps, t):
     return rec
 
 
-def fit_record(epoch0, epochs, seed_key, monitor=0, maximize=False, patience=0, min_delta=0.0, best=0.0, wait=0,
-               restore=False):
+def fit_record(epoch0, epochs, seed_key, order=1, shuffle_seed=0, monitor=0, maximize=False, patience=0,
+               min_delta=0.0, best=0.0, wait=0, restore=False):
     """One whole-fit record (a 1-element array of :data:`FIT_DTYPE`)."""
     rec = np.zeros(1, FIT_DTYPE)
-    rec[0] = (epoch0, epochs, patience, wait, seed_key, min_delta, best, monitor, int(maximize), int(restore), 0)
+    rec[0] = (epoch0, epochs, patience, wait, seed_key, shuffle_seed, min_delta, best, monitor, int(maximize),
+              int(restore), 0, order)
     return rec
