@@ -332,3 +332,28 @@ def test_orders_drawn_by_numpy_when_the_compiled_ones_are_not_trusted(monkeypatc
     assert whole[3].whole.order == _codes.FIT_ORDER_GIVEN
     per_epoch()
     _same(whole, _fit("moons", batch_size=16))
+
+
+def test_a_fit_split_into_many_calls_equals_one_call(monkeypatch, per_epoch):
+    """Calls of one epoch each (the early-stopping state and the step count carry between them)."""
+    monkeypatch.setattr(_trainer._WholeFit, "CALL_SECONDS", 1e-12)
+    calls = []
+    real = _fused.FusedStep.fit
+
+    def counted(self, *a, **k):
+        calls.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(_fused.FusedStep, "fit", counted)
+
+    def run():
+        es = EarlyStopping(monitor="train_loss", patience=2, min_delta=1e-4)
+        return _fit("batchnorm", "gd", batch_size=16, epochs=40, callbacks=[es]), es
+
+    split, es_split = run()
+    assert len(calls) == split[2].epochs > 1
+    per_epoch()
+    ref, es_ref = run()
+    _same(split, ref)
+    assert (es_split.best_epoch, es_split.stopped_epoch, es_split.curve) == (es_ref.best_epoch, es_ref.stopped_epoch,
+                                                                          es_ref.curve)

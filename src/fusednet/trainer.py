@@ -635,16 +635,17 @@ class _WholeFit:
     leaving the last finite values.  Afterwards the history, the callback's state
     and the optimiser's step count are what the per-epoch path leaves, bit for bit.
 
-    The calls cover at most :data:`MAX_PERM` permutation entries each (epochs x m), and with a
-    progress bar about :data:`BAR_SECONDS` of training, so the bar moves between them.  A
+    The first call runs one epoch and times it; the others cover about :data:`CALL_SECONDS` of
+    training each (and at most :data:`MAX_PERM` permutation entries, epochs x m, when the orders
+    are passed in), so that a progress bar moves and Ctrl-C is seen between them.  A
     schedule that gives a bad learning rate ends the calls before that epoch, and the per-epoch
     path runs it (and raises its error).
     """
 
     #: the most permutation entries (epochs x rows) one call precomputes: 32 MiB of indices
     MAX_PERM = 1 << 22
-    #: with a progress bar, the training time one call aims at, so the bar moves between calls
-    BAR_SECONDS = 0.25
+    #: the training time one call aims at: a progress bar moves, and Python sees signals, between calls
+    CALL_SECONDS = 0.25
 
     @staticmethod
     def why_not(run):
@@ -697,7 +698,7 @@ class _WholeFit:
         if self.order == _codes.FIT_ORDER_GIVEN:
             n = min(n, max(1, self.MAX_PERM // run.m))
         if per_epoch is not None:
-            n = min(n, max(1, int(self.BAR_SECONDS / max(per_epoch, 1e-9))))
+            n = min(n, max(1, int(self.CALL_SECONDS / max(per_epoch, 1e-9))))
         lrs = np.empty((n, self.steps), np.float64)
         sched = run.schedule
         if sched is None:
@@ -731,7 +732,7 @@ class _WholeFit:
         trainer, model, es = run.trainer, run.model, self.es
         history, m = run.history, run.m
         epoch, last = run.first_epoch, trainer.epochs
-        per_epoch = math.inf  # with a bar, the first call runs one epoch and times it
+        per_epoch = math.inf  # the first call runs one epoch and times it
         rec = _plan.fit_record(0, 1, _codes.dropout_key(model.seed), self.order,  # splitmix64(seed)
                                run.base_seed & ((1 << 64) - 1))
         snapshot = None
@@ -746,7 +747,7 @@ class _WholeFit:
                                             np.empty_like(model._stats))
         names = trainer.metric_names
         while epoch < last:
-            end, lrs, complete = self._chunk(epoch, last, per_epoch if bar is not None else None)
+            end, lrs, complete = self._chunk(epoch, last, per_epoch)
             if end == epoch:
                 return epoch
             n = end - epoch
