@@ -330,6 +330,9 @@ def test_course_fit_in_turns(benchmark, tmp_path, peer_processes, name):
     trainer = fusednet_trainer(w, weights, epochs, "float32", shuffle=True)
     X32 = np.asarray(X, np.float32)
     trainer.fit(X32, y)
+    last = fn.info()["last_fit"]  # how fusednet trains this workload: serial step or team, epochs per call
+    benchmark.extra_info["fusednet path"] = f"{last['step']}; {last['epochs']}"
+    print(f"\n{w.group}: fusednet: {benchmark.extra_info['fusednet path']}")
     answers = {entry: proc.ready() for entry, proc in peers.items()}
     assert_agree(reference, {entry: check for entry, (check, _) in answers.items()})
     runners = {"fusednet": lambda: timed(trainer.fit, X32, y), **{e: proc.time for e, proc in peers.items()}}
