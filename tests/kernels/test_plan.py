@@ -1,6 +1,8 @@
 """The typed boundary of the compiled step: the plan's dtypes mirror the C structs, the codes are the
 compiled ones, and every mismatch between a plan and what it is given raises ValueError naming it."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -248,5 +250,6 @@ def test_the_entry_points_take_at_most_eight_arguments():
     for fn in (ck._ck.dense_step, ck._ck.dense_epoch, ck._ck.dense_fit):
         text = fn.__doc__ or ""
         sig = inspect.signature(fn) if not text.startswith(fn.__name__) else None
-        n = len(sig.parameters) if sig is not None else text.split("(", 1)[1].split(")")[0].count(",") + 1
+        args = re.sub(r"\[[^]]*\]", "", text.split("(", 1)[1].split(")")[0])  # memoryview shapes hold commas
+        n = len(sig.parameters) if sig is not None else args.count(",") + 1
         assert n <= 8, (fn.__name__, n)
