@@ -22,10 +22,12 @@ from .callbacks import Callback
 MAX_LINES = 50
 
 #: Seconds a command's first run spends compiling on an empty Numba cache, with its
-#: default options: the cold-minus-warm wall times of ``benchmarks/test_bench_compile.py``
-#: on the 2-core development machine, rounded up.  Other options compile other kernels
-#: (another activation, batch norm, float64), which take about as long again.
-COMPILE_SECONDS = {"train": 2.0, "predict": 1.0, "gradcheck": 3.0}
+#: default options: the cold-minus-warm times of ``benchmarks/test_bench_compile.py``
+#: on the 2-core development machine, rounded (``docs/PERFORMANCE.md``, "First run
+#: after install", has the figures).  Other options compile other kernels (another
+#: activation, batch norm, float64), which take about as long again; a gradient check
+#: large enough for the batched evaluator compiles it too (several seconds).
+COMPILE_SECONDS = {"train": 1.0, "predict": 1.0, "gradcheck": 2.0}
 
 
 def describe_net(n_features, args, n_out):
