@@ -212,8 +212,78 @@ fg_tn_narrow(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t ld
     }
 }
 
+#define FG_TN1_MAXN 24   /* fg_tn_units: most units (accumulators) of one block */
+#define FG_TN1_AHEAD 2    /* fg_tn_units: panels of A prefetched ahead */
+
+/* C^T[0:NU, 0:16] of a narrow weight gradient: every unit at once (NU accumulators, one
+ * vector of A's columns each), for k in order acc[u] = fma(b(k, u), a(k, :), acc[u]) -- fg_tn's
+ * chain, the same bits.  Each row of A's panel is read once (one cache line); the panel
+ * FG_TN1_AHEAD to the right is prefetched row by row meanwhile (its rows lie lda apart, too far
+ * for the hardware prefetchers).  The block goes to `tile` (NU vectors). */
+static inline __attribute__((always_inline)) void
+fg_tn_units_block(const int NU, ptrdiff_t K, const float *a, ptrdiff_t lda, const float *b,
+                  ptrdiff_t ldb, float *tile, __mmask16 tail, int ahead)
+{
+    __m512 acc[FG_TN1_MAXN], x;
+    ptrdiff_t k;
+#pragma GCC unroll 24
+    for (int u = 0; u < NU; u++)
+        acc[u] = _mm512_setzero_ps();
+    for (k = 0; k < K; k++) {
+        x = _mm512_maskz_loadu_ps(tail, a + k * lda);
+        if (ahead)
+            _mm_prefetch((const char *)(a + k * lda + 16 * FG_TN1_AHEAD), _MM_HINT_T0);
+#pragma GCC unroll 24
+        for (int u = 0; u < NU; u++)
+            acc[u] = _mm512_fmadd_ps(_mm512_set1_ps(b[k * ldb + u]), x, acc[u]);
+    }
+#pragma GCC unroll 24
+    for (int u = 0; u < NU; u++)
+        _mm512_store_ps(tile + 16 * u, acc[u]);
+}
+
+#define FG_TU(NU)                                                                         \
+    case NU:                                                                              \
+        fg_tn_units_block(NU, K, a, lda, b, ldb, tile, tail, ahead);                      \
+        break;
+
+static void
+fg_tn_units_any(int nu, ptrdiff_t K, const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb,
+                float *tile, __mmask16 tail, int ahead)
+{
+    switch (nu) {
+        FG_TU(1) FG_TU(2) FG_TU(3) FG_TU(4) FG_TU(5) FG_TU(6) FG_TU(7) FG_TU(8)
+        FG_TU(9) FG_TU(10) FG_TU(11) FG_TU(12) FG_TU(13) FG_TU(14) FG_TU(15) FG_TU(16)
+        FG_TU(17) FG_TU(18) FG_TU(19) FG_TU(20) FG_TU(21) FG_TU(22) FG_TU(23) FG_TU(24)
+    }
+}
+
+#undef FG_TU
+
+/* fg_tn of a weight gradient of at most FG_TN1_MAXN units (n): C^T (n, m) = B^T A in blocks
+ * of all n units by 16 of C's rows, one per panel of A's columns, walked left to right so the
+ * prefetch of the panel ahead pays; each block is stored transposed from a tile on the stack.
+ * Same chains as fg_tn, so the same bits (tests/kernels/test_gemm.py). */
+static inline void
+fg_tn_units(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda, const float *B,
+            ptrdiff_t ldb, float *C, ptrdiff_t ldc)
+{
+    float tile[FG_TN1_MAXN * 16] __attribute__((aligned(64)));
+    ptrdiff_t j, w, jj, u;
+    __mmask16 tail;
+    for (j = 0; j < m; j += 16) {
+        w = m - j < 16 ? m - j : 16;
+        tail = (__mmask16)((1u << w) - 1);
+        fg_tn_units_any((int)n, K, A + j, lda, B, ldb, tile, tail, j + 16 * (FG_TN1_AHEAD + 1) <= m);
+        for (jj = 0; jj < w; jj++)
+            for (u = 0; u < n; u++)
+                C[(j + jj) * ldc + u] = tile[u * 16 + jj];
+    }
+}
+
 /* C (m, n) = A (K, m)^T @ B (K, n): A's row k at rows[k] + col (rows not NULL) or A + k * lda.
- * A narrow C whose vectors along n would be mostly masked goes through fg_tn_narrow. */
+ * A narrow C whose vectors along n would be mostly masked goes through fg_tn_units (at most
+ * FG_TN1_MAXN units) or fg_tn_narrow. */
 static inline int
 fg_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda,
       const float *const *rows, ptrdiff_t col, const float *B, ptrdiff_t ldb, float *C,
@@ -221,6 +291,8 @@ fg_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda,
 {
     if (rows)
         fg_walk(FG_TN_ROWS, m, n, K, NULL, col, rows, B, ldb, C, ldc);
+    else if (n <= FG_TN1_MAXN && K >= FG_MR && fg_lanes(m) > fg_lanes(n) + 0.125)
+        fg_tn_units(m, n, K, A, lda, B, ldb, C, ldc);
     else if (n < 4 * FG_NB && K >= FG_MR && fg_lanes(m) > fg_lanes(n) + 0.125)
         fg_tn_narrow(m, n, K, A, lda, B, ldb, C, ldc);
     else
