@@ -378,3 +378,76 @@ def test_jax_mlp_epoch(benchmark, tmp_path, peer_processes, batch):
           f">= {MLP.targets[entry]}x faster)")
     add_note(f"{benchmark.group}: {entry} compile time {compile_seconds:.2f} s, excluded")
     benchmark.pedantic(lambda: None, rounds=1)
+
+
+# ---------------------------------------------------------------- the cats step against the own kernels' peak
+
+#: the fraction of the own float32 kernels' 2-thread peak the cats step's products should reach
+CATS_PEAK_TARGET = 0.75
+#: the peak's product: each of 2 threads computes (512 x 1024) @ (1024 x 256), its half of 1024 rows
+PEAK_SHAPE = (512, 1024, 256)
+
+
+def own_kernels_peak(ck, threads=2, reps=5):
+    """GFLOP/s of the own float32 kernels with ``threads`` threads, each on its share of rows of one
+    large product (``PEAK_SHAPE``); the best of ``reps`` calls per thread."""
+    import threading
+
+    m, k, n = PEAK_SHAPE
+    rng = np.random.default_rng(0)
+    A = [rng.standard_normal((m, k), dtype=np.float32) for _ in range(threads)]
+    B = rng.standard_normal((k, n), dtype=np.float32)
+    C = [np.empty((m, n), np.float32) for _ in range(threads)]
+    start = threading.Barrier(threads + 1)
+    done = threading.Barrier(threads + 1)
+
+    def work(i):
+        for _ in range(reps):
+            start.wait()
+            ck.gemm_f32(A[i], B, C[i])
+            done.wait()
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for t in workers:
+        t.start()
+    best = math.inf
+    for _ in range(reps):
+        start.wait()
+        t0 = time.perf_counter()
+        done.wait()
+        best = min(best, time.perf_counter() - t0)
+    for t in workers:
+        t.join()
+    return 2 * m * k * n * threads / best / 1e9
+
+
+def test_cats_step_against_the_own_kernels_peak(benchmark):
+    """The cats step's product GFLOP/s (its products' flops, :func:`fusednet._fused.step_flops` less the
+    first layer's unneeded dX, over a whole step's time) against the own kernels' peak, in turns."""
+    from fusednet import _fused
+    from fusednet.kernels import _cython
+
+    ck = _cython._ck
+    if not getattr(ck, "FUSED_GEMM", False):
+        pytest.skip("this copy of the extension has no AVX-512 products")
+    w = WORKLOADS["cats"]
+    benchmark.group = "cats step against the own kernels' peak"
+    epochs, rounds = (w.quick_epochs, 1) if benchmark.disabled else (20, ROUNDS)
+    X, y = w.data()
+    trainer = fusednet_trainer(w, initial_weights(w.dims, w.init), epochs, "float32", shuffle=False)
+    trainer.fit(X, y)
+    n_in, n_out = w.dims[0], w.dims[1]
+    flops = _fused.step_flops(trainer.model, len(X)) - 2 * len(X) * n_in * n_out
+    step, peak = [], []
+    for _ in range(rounds):  # in turns
+        step.append(timed(trainer.fit, X, y) / epochs)
+        time.sleep(PAUSE)
+        peak.append(own_kernels_peak(ck))
+        time.sleep(PAUSE)
+    step_gflops = [flops / t / 1e9 for t in step]
+    fraction = [s / p for s, p in zip(step_gflops, peak)]
+    benchmark.extra_info.update(step_gflops=step_gflops, peak_gflops=peak, fraction=fraction)
+    print(f"\ncats step: {statistics.median(step) * 1e3:.2f} ms, {statistics.median(step_gflops):.0f} GFLOP/s;"
+          f" own kernels' 2-thread peak {statistics.median(peak):.0f} GFLOP/s;"
+          f" median fraction {statistics.median(fraction):.2f} (target >= {CATS_PEAK_TARGET})")
+    benchmark.pedantic(lambda: None, rounds=1)
