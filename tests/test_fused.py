@@ -293,11 +293,11 @@ def test_the_cost_with_l2_does_not_depend_on_the_thread_count():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_fused_run_uses_the_fused_step(dtype):
-    """The one-call step is taken up to the row limit (and small steps run on one thread)."""
+def test_fused_run_uses_the_fused_step(dtype, monkeypatch):
+    """The one-call step is taken up to the row limit of a team step, and by a serial step at any size."""
     limit = _fused.max_rows(dtype)
     own = getattr(_fused._cython(), "FUSED_GEMM", False)
-    assert limit == (_fused.MAX_ROWS_OWN if dtype == "float32" and own else _fused.MAX_ROWS)
+    assert limit == (_fused.MAX_ROWS_F64 if dtype == "float64" else _fused.MAX_ROWS_OWN if own else _fused.MAX_ROWS)
     X, y = blobs(m=limit + 10)
     model = Sequential([Dense(8, "relu"), Dense(3, "softmax")], input_dim=6, dtype=dtype)
     run = _Run(Trainer(model, optim.Adam(), batch_size=16, progress=False), X, y, None, 2)
@@ -306,9 +306,15 @@ def test_fused_run_uses_the_fused_step(dtype):
     assert isinstance(run.fused, _fused.FusedStep)
     run = _Run(Trainer(model, optim.Adam(), batch_size=16, progress=False, fused_step=False), X, y, None, 2)
     assert run.fused is None
-    # larger batches: NumPy's multi-threaded matmul splits the products better
+    # a serial step (below STEP_SERIAL_FLOPS) takes any batch; a team step larger batches than the limit
+    # does not (NumPy's multi-threaded matmul splits the products better)
+    run = _Run(Trainer(model, optim.Adam(), batch_size=None, progress=False), X, y, None, 2)
+    assert isinstance(run.fused, _fused.FusedStep) and run.fused.n_threads == 1
+    monkeypatch.setattr(_policy, "STEP_SERIAL_FLOPS", 0)
     run = _Run(Trainer(model, optim.Adam(), batch_size=None, progress=False), X, y, None, 2)
     assert run.fused is None
+    assert _fused.rows_why_not(model, limit + 10, 2).startswith(f"batches of {limit + 10} rows, above the step's "
+                                                                f"{limit} for {dtype} products on")
 
 
 @pytest.mark.parametrize(

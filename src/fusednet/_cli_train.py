@@ -53,7 +53,8 @@ def describe_backend(model, optimizer, batch_rows):
     try:  # the trainer's own test for its one-call step (a private helper: best effort)
         from . import _fused
 
-        if batch_rows <= _fused.max_rows(model.dtype) and _fused.why_not(model, optimizer) is None:
+        if (_fused.why_not(model, optimizer) is None
+                and _fused.rows_why_not(model, batch_rows, kernels.get_num_threads()) is None):
             return f"{name} (one compiled Cython call per mini-batch step)"
     except Exception:  # noqa: BLE001 - a description is not worth failing for
         pass

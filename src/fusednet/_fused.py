@@ -5,7 +5,8 @@ optionally followed by :class:`~fusednet.layers.BatchNorm`, an
 :class:`~fusednet.layers.Activation` and :class:`~fusednet.layers.Dropout` (in
 that order; a linear Dense before the first two), trained with
 :class:`~fusednet.optim.GD`, ``Momentum``, ``RMSProp`` or ``Adam`` on the
-Cython backend, in mini-batches of up to :func:`max_rows` rows, every step --
+Cython backend, in mini-batches of up to :func:`max_rows` rows (any number of rows
+when a step is small enough to run serially, :func:`rows_why_not`), every step --
 the row gather, forward (dropout masks included), loss, backward, the
 finiteness checks and the optimiser update -- is one call of the extension's
 ``dense_step``; a shuffled epoch over a C-contiguous ``X`` of the model's dtype
@@ -18,7 +19,7 @@ thread calls SciPy's BLAS (kept on one thread, see
 runs the element-wise work on the block it has just written.  In float32 on
 the AVX-512 copy of the extension the products run on its own kernels
 (``kernels/_gemm.h``) instead, and the first layer reads a shuffled batch's
-rows where they lie in ``X``.
+rows where they lie in ``X``.  float64 takes the same step, on dgemm.
 
 The per-kernel path (``model._forward_train`` / ``_backward`` and
 ``optimizer.step``) stays the reference: both compute the same formulas from
@@ -34,7 +35,8 @@ naming the field).  Each call then passes an
 batch, the learning rate(s) and the outputs.
 
 :func:`why_not` names the first reason a model and optimiser do not take the
-fused step (an explicit non-Cython backend, layers in another order, ...).
+fused step (an explicit non-Cython backend, layers in another order, ...), and
+:func:`rows_why_not` the reason a batch size does not.
 """
 
 import numpy as np
@@ -45,17 +47,20 @@ from .kernels._codes import dropout_key, dropout_threshold
 
 _MAX_LAYERS = 64
 
-#: the largest mini-batch that takes the fused step when its products run on BLAS's sgemm
-#: or dgemm.  Each thread's sgemm packs the whole batch for its share of a product; measured
-#: on 2 cores (784-256-128-10, Adam, float32, epochs alternating in one process) the fused
-#: epoch was 4-10 % faster than the per-kernel path at batch 64 and 128, 6 % slower at 256
-#: and 5-11 % slower at 512, where NumPy's multi-threaded matmul splits the products better.
+#: the largest mini-batch that takes the fused step on a team of threads when its products run
+#: on BLAS's sgemm (float32 without the own kernels).  Each thread's sgemm packs the whole batch
+#: for its share of a product; measured on 2 cores (784-256-128-10, Adam, float32, epochs
+#: alternating in one process) the fused epoch was 4-10 % faster than the per-kernel path at
+#: batch 64 and 128, 6 % slower at 256 and 5-11 % slower at 512, where NumPy's multi-threaded
+#: matmul splits the products better.
 MAX_ROWS = 128
-#: ... and when they run on the extension's own AVX-512 kernels (float32): measured the same
-#: way, 1.13-1.40x the per-kernel path's speed at batch 64 to 512, 1.05x at 1024, 1.01x at
-#: 2048.
+#: ... on dgemm (float64): measured the same way (fits alternating in one process, load 4-7 on
+#: 2 cores), the per-kernel path took 4.1x the step's time at batch 128, 2.9x at 256, 2.7x at
+#: 512, 1.7-2.8x at 1024, 1.4-1.9x at 2048, 1.2x at 4096, 1.1x at 8192; the same time at 16384
+MAX_ROWS_F64 = 8192
+#: ... and on the extension's own AVX-512 kernels (float32): measured the same way, 1.13-1.40x
+#: the per-kernel path's speed at batch 64 to 512, 1.05x at 1024, 1.01x at 2048.
 MAX_ROWS_OWN = 1024
-
 
 
 def step_flops(model, rows):
@@ -117,11 +122,36 @@ def record_fit(model, rows, step, whole_fit):
 FAILED = {1: "cost", 2: "gradient", 3: "update", 4: "batch-norm statistics"}
 
 
-def max_rows(dtype):
-    """The largest mini-batch that takes the fused step for a model of this dtype."""
+def products(dtype):
+    """What the one-call step's matrix products run on for a model of this dtype."""
     ck = _cython()
-    own = ck is not None and np.dtype(dtype) == np.float32 and ck.FUSED_GEMM
-    return MAX_ROWS_OWN if own else MAX_ROWS
+    if np.dtype(dtype) == np.float32:
+        return "the own AVX-512 kernels" if ck is not None and ck.FUSED_GEMM else "sgemm"
+    return "dgemm"
+
+
+def max_rows(dtype):
+    """The largest mini-batch that takes the fused step on a team of threads for a model of this
+    dtype: :data:`MAX_ROWS_OWN`, :data:`MAX_ROWS` (sgemm) or :data:`MAX_ROWS_F64` (dgemm)."""
+    return {"the own AVX-512 kernels": MAX_ROWS_OWN, "sgemm": MAX_ROWS, "dgemm": MAX_ROWS_F64}[products(dtype)]
+
+
+def rows_why_not(model, rows, n_threads):
+    """None when a fit of ``model`` in batches of ``rows`` rows takes the fused step, else the reason.
+
+    A step below :data:`fusednet.kernels._policy.STEP_SERIAL_FLOPS` product flops runs on the
+    calling thread and splits nothing between threads, so it takes any number of rows (measured
+    in ``docs/PERFORMANCE.md``); from there on the limit is :func:`max_rows`, set by how the
+    team splits the products.
+    """
+    flops = step_flops(model, rows)
+    limit = max_rows(model.dtype)
+    if flops < _policy.STEP_SERIAL_FLOPS or rows <= limit:
+        return None
+    threads = max(1, int(n_threads))
+    return (f"batches of {rows} rows, above the step's {limit} for {np.dtype(model.dtype)} products on "
+            f"{products(model.dtype)} ({flops:,} product flops per step, from STEP_SERIAL_FLOPS "
+            f"({_policy.STEP_SERIAL_FLOPS:,}) on{'' if threads == 1 else f' a team of {threads} threads'})")
 
 
 def _cython():

@@ -63,8 +63,12 @@ def info():
         from .kernels import _cython
 
         own = "fusednet's AVX-512 kernels for float32 products, " if _cython.FUSED_GEMM else ""
+        from . import _fused
+
         out["fused_step"] = (f"available, on {own}{_blas.STATUS}; steps of fewer than "
-                             f"{_policy.STEP_SERIAL_FLOPS:,} product flops run on one thread")
+                             f"{_policy.STEP_SERIAL_FLOPS:,} product flops run on one thread at any batch size, "
+                             f"larger ones on a team in batches of up to {_fused.max_rows('float32')} rows "
+                             f"(float32) or {_fused.max_rows('float64')} (float64)")
     else:
         out["fused_step"] = f"unavailable: {_blas.STATUS}"
     from . import _fused

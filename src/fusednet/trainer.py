@@ -6,8 +6,9 @@ gathers its rows into the workspace, runs the model's forward and backward
 passes on preallocated buffers and makes one optimiser call over the flat
 parameter arena -- it allocates no arrays.  For Dense stacks (with BatchNorm,
 Activation and Dropout layers after hidden Dense ones) on the Cython
-backend (mini-batches of up to 1024 rows in float32 on an AVX-512 CPU, else
-128) all of that is one compiled call per
+backend, in float32 or float64 (mini-batches of any size when a step is small
+enough to run on one thread; else of up to 1024 rows in float32 on an AVX-512
+CPU, 8192 in float64, 128 in float32 otherwise) all of that is one compiled call per
 step, or per shuffled epoch (:mod:`fusednet._fused`); ``fused_step=False``
 keeps the per-kernel path.
 
@@ -121,9 +122,11 @@ class Trainer:
         For a model of Dense layers (hidden ones optionally followed by
         BatchNorm, an Activation layer and Dropout, in that order), trained
         with GD, Momentum, RMSProp
-        or Adam on the Cython backend in mini-batches of at most 1024 rows
-        (float32 on an AVX-512 CPU) or 128 rows (otherwise;
-        ``fusednet._fused.max_rows``), run each mini-batch step -- gather,
+        or Adam on the Cython backend in float32 or float64, in mini-batches
+        of any size when a step is small enough to run on one thread, else of
+        at most 1024 rows (float32 on an AVX-512 CPU), 8192 (float64) or 128
+        (float32 otherwise; ``fusednet._fused.rows_why_not``), run each
+        mini-batch step -- gather,
         forward, loss, backward, checks and update -- as one compiled call in
         one thread team, each thread computing its share of every matrix
         product (fusednet's own AVX-512 kernels in float32, else SciPy's BLAS;
@@ -344,7 +347,8 @@ class _Run:
         self.first_epoch = 0
         self.fused = None
         self.fused_epoch = False
-        if trainer.fused_step and B <= _fused.max_rows(model.dtype) and _fused.why_not(model, self.opt) is None:
+        if (trainer.fused_step and _fused.why_not(model, self.opt) is None
+                and _fused.rows_why_not(model, B, n_threads) is None):
             self.fused = _fused.FusedStep(model, self.opt, self.v_full, n_threads)
             # a whole shuffled epoch in one call: rows gathered inside, per-step costs and
             # predictions written by the kernel (multi-label accuracy stays per step)
@@ -370,10 +374,7 @@ class _Run:
         """Why this fit runs the per-kernel path (for ``fusednet.info()["last_fit"]``)."""
         if not self.trainer.fused_step:
             return "Trainer(fused_step=False)"
-        reason = _fused.why_not(self.model, self.opt)
-        if reason is None:
-            return f"batches of {self.B} rows, above the step's {_fused.max_rows(self.model.dtype)}"
-        return reason
+        return _fused.why_not(self.model, self.opt) or _fused.rows_why_not(self.model, self.B, n_threads)
 
     # ---- the hot path ------------------------------------------------------------
 
