@@ -54,9 +54,10 @@ _MAX_LAYERS = 64
 #: batch 64 and 128, 6 % slower at 256 and 5-11 % slower at 512, where NumPy's multi-threaded
 #: matmul splits the products better.
 MAX_ROWS = 128
-#: ... on dgemm (float64): measured the same way (fits alternating in one process, load 4-7 on
-#: 2 cores), the per-kernel path took 4.1x the step's time at batch 128, 2.9x at 256, 2.7x at
-#: 512, 1.7-2.8x at 1024, 1.4-1.9x at 2048, 1.2x at 4096, 1.1x at 8192; the same time at 16384
+#: ... on dgemm (float64): measured the same way (``benchmarks/test_bench_float64.py``, fits
+#: alternating in one process, load 3-8 on 2 cores), the per-kernel path took 3.0-4.1x the
+#: step's time at batch 128, 2.7x at 512, 1.6-2.8x at 1024, 1.2-1.3x at 4096, 1.1-1.2x at 8192,
+#: about the same at 16384.
 MAX_ROWS_F64 = 8192
 #: ... and on the extension's own AVX-512 kernels (float32): measured the same way, 1.13-1.40x
 #: the per-kernel path's speed at batch 64 to 512, 1.05x at 1024, 1.01x at 2048.
