@@ -90,11 +90,12 @@ from ._codes import (
     OPT_GD,
     OPT_MOMENTUM,
     RELU,
+    SIGMOID,
+    TANH,
 )
 from ._numba_dense import (
     SCRATCH,
     _activate,
-    _backward_span,
     _cce_rows,
     _variant,
     batchnorm_backward_cols,
@@ -107,10 +108,14 @@ from ._numba_math import (
     dropout_hash,
     exp_nonpos,
     leaky_relu,
+    leaky_relu_grad,
     like,
     log1p_unit,
     relu,
+    relu_grad,
     sigmoid,
+    sigmoid_grad,
+    tanh_grad,
     tiny,
 )
 
@@ -337,32 +342,58 @@ def _grad_products(A, dZ, W, dW, dA, need_din):
 
 
 @helper
-def _bias_act(Z, bias, act, slope, A):
-    """``A = g(Z + b)`` by unit: Z, A (n, nb) (A may be Z), b (n,)."""
-    n, nb = Z.shape
+def _bias_act(A, bias, act, slope):
+    """``A = g(A + b)`` in place, by unit: A (n, nb) INOUT, b (n,) IN.
+
+    In place on purpose: with a separate output that may alias the input, LLVM
+    guards the vector loop with an overlap test, and every in-place call fails
+    it and runs the scalar loop.
+    """
+    n, nb = A.shape
     zero = like(A, 0.0)
     s = like(A, slope)
     for j in range(n):
         bj = bias[j]
         if act == RELU:
             for b in range(nb):
-                A[j, b] = relu(Z[j, b] + bj, zero)
+                A[j, b] = relu(A[j, b] + bj, zero)
         elif act == LEAKY_RELU:
             for b in range(nb):
-                A[j, b] = leaky_relu(Z[j, b] + bj, s, zero)
+                A[j, b] = leaky_relu(A[j, b] + bj, s, zero)
         else:
             for b in range(nb):
-                A[j, b] = Z[j, b] + bj
+                A[j, b] = A[j, b] + bj
     if act != RELU and act != LEAKY_RELU and act != LINEAR:  # sigmoid, tanh: over the whole buffer
         _activate(A.reshape(A.size), act)
 
 
 @helper
-def _act_backward(dA, A, act, slope, dZ):
-    """``dZ = dA * g'(A)`` (derivatives from the output): dA, A, dZ (n, nb), dZ may be dA."""
-    size = np.uint64(dA.size)
-    _backward_span(dA.reshape(dA.size), A.reshape(A.size), dZ.reshape(dZ.size), np.uint64(0), size, act,
-                   like(A, slope))
+def _act_backward(D, A, act, slope):
+    """``D = D * g'(A)`` in place (derivatives from the output), by unit: D (n, nb) INOUT, A (n, nb) IN."""
+    n, nb = D.shape
+    s = like(A, slope)
+    for j in range(n):
+        if act == RELU:
+            for b in range(nb):
+                D[j, b] = D[j, b] * relu_grad(A[j, b])
+        elif act == LEAKY_RELU:
+            for b in range(nb):
+                D[j, b] = D[j, b] * leaky_relu_grad(A[j, b], s)
+        elif act == SIGMOID:
+            for b in range(nb):
+                D[j, b] = D[j, b] * sigmoid_grad(A[j, b])
+        elif act == TANH:
+            for b in range(nb):
+                D[j, b] = D[j, b] * tanh_grad(A[j, b])
+
+
+@helper
+def _copy_units(A, out):
+    """``out = A``: A, out (n, nb), distinct buffers."""
+    n, nb = A.shape
+    for j in range(n):
+        for b in range(nb):
+            out[j, b] = A[j, b]
 
 
 @helper
@@ -398,46 +429,48 @@ def _dropout(A, key, last_kept, scale, out):
 
 
 @helper
-def _loss(loss, Z, bias, Y, A, scratch):
-    """Output activation ``A = g(Z + b)`` and the summed loss of the batch (float64).
+def _loss(loss, A, bias, Y, scratch):
+    """Output activation ``A = g(A + b)`` in place and the summed loss of the batch (float64).
 
-    Z, Y, A (k, nb); A may be Z; scratch: float64, at least 5 nb for softmax.
-    The formulas of ``_numba_dense._mse_rows``, ``_bce_rows`` and ``_cce_rows``:
-    the logits in the arrays' dtype, the rest in float64, every loop along the
-    examples (a vector loop).
+    A (k, nb) INOUT: the logits without bias in, the output out; Y (k, nb) IN;
+    scratch: float64, at least 5 nb for softmax.  The formulas of
+    ``_numba_dense._mse_rows``, ``_bce_rows`` and ``_cce_rows``: the logits in
+    the arrays' dtype, the rest in float64, every loop along the examples (a
+    vector loop: in place, as :func:`_bias_act`).
     """
-    k, nb = Z.shape
+    k, nb = A.shape
     if loss == CCE:
         if 5 * nb > scratch.size:
-            return _cce_rows(Z.T, bias, Y.T, A.T, 0, nb)
-        return _cce_units(Z, bias, Y, A, scratch)
+            return _cce_rows(A.T, bias, Y.T, A.T, 0, nb)
+        return _cce_units(A, bias, Y, scratch)
     total = 0.0
     for j in range(k):
         bj = bias[j]
         if loss == MSE:
             for b in range(nb):
-                zd = Z[j, b] + bj
+                zd = A[j, b] + bj
                 A[j, b] = zd
                 d = np.float64(zd) - np.float64(Y[j, b])
                 total += d * d
         else:
             for b in range(nb):
-                z = np.float64(Z[j, b] + bj)
+                z = np.float64(A[j, b] + bj)
                 A[j, b] = sigmoid(z)
                 total += (z if z > 0.0 else 0.0) - z * np.float64(Y[j, b]) + log1p_unit(exp_nonpos(-abs(z)))
     return 0.5 * total if loss == MSE else total
 
 
 @helper
-def _cce_units(Z, bias, Y, A, scratch):
-    """``_numba_dense._cce_rows`` by unit: softmax and its cost from the max-subtracted log-sum-exp.
+def _cce_units(A, bias, Y, scratch):
+    """``_numba_dense._cce_rows`` by unit, in place: softmax and its cost from the max-subtracted log-sum-exp.
 
-    Per example: ``zmax``, ``rest`` (the other terms' exponentials), ``tops``
-    (how many reach the max), ``ysum`` and ``ygap``, each a float64 vector of the
+    A (k, nb) INOUT (logits without bias in, softmax out), Y (k, nb) IN.  Per
+    example: ``zmax``, ``rest`` (the other terms' exponentials), ``tops`` (how
+    many reach the max), ``ysum`` and ``ygap``, each a float64 vector of the
     scratch, summed over the units in order; then ``lse = log1p(rest)`` and
     ``A = exp((z - zmax) - lse)``.
     """
-    k, nb = Z.shape
+    k, nb = A.shape
     zmax, rest, tops = scratch[:nb], scratch[nb:2 * nb], scratch[2 * nb:3 * nb]
     ysum, ygap = scratch[3 * nb:4 * nb], scratch[4 * nb:5 * nb]
     zmax[:] = -np.inf
@@ -448,12 +481,12 @@ def _cce_units(Z, bias, Y, A, scratch):
     for j in range(k):
         bj = bias[j]
         for b in range(nb):
-            z = np.float64(Z[j, b] + bj)
+            z = np.float64(A[j, b] + bj)
             zmax[b] = z if z > zmax[b] else zmax[b]
     for j in range(k):
         bj = bias[j]
         for b in range(nb):
-            z = np.float64(Z[j, b] + bj)
+            z = np.float64(A[j, b] + bj)
             y = np.float64(Y[j, b])
             top = z == zmax[b]
             rest[b] += 0.0 if top else exp_nonpos(z - zmax[b])
@@ -470,7 +503,7 @@ def _cce_units(Z, bias, Y, A, scratch):
     for j in range(k):
         bj = bias[j]
         for b in range(nb):
-            A[j, b] = exp_nonpos((np.float64(Z[j, b] + bj) - zmax[b]) - rest[b])
+            A[j, b] = exp_nonpos((np.float64(A[j, b] + bj) - zmax[b]) - rest[b])
     return total
 
 
@@ -575,14 +608,15 @@ def _forward(net, at, P, R, ws, scratch, XT, YT, nb, loss, keys, h, epoch, step,
             if i > 0:
                 _product_t(W, A, out)
             if last:
-                total = _loss(loss, out, bias, YT, out, scratch)
+                total = _loss(loss, out, bias, YT, scratch)
             else:
-                _bias_act(out, bias, net[i].act, net[i].slope, out)
+                _bias_act(out, bias, net[i].act, net[i].slope)
         elif op == ACTIVATION:
+            _copy_units(A, out)
             if last:
-                total = _loss(loss, A, _slice(zeros, 0, n), YT, out, scratch)
+                total = _loss(loss, out, _slice(zeros, 0, n), YT, scratch)
             else:
-                _bias_act(A, _slice(zeros, 0, n), net[i].act, net[i].slope, out)
+                _bias_act(out, _slice(zeros, 0, n), net[i].act, net[i].slope)
         elif op == DROPOUT:
             if train:
                 key = dropout_key4(keys[0], epoch, step, net[i].index)
@@ -634,7 +668,7 @@ def _backward(net, at, P, G, ws, scratch, XT, YT, nb, keys, h, epoch, step, d0, 
             if i < L - 1:
                 act = net[i].act
                 if act != LINEAR:
-                    _act_backward(d, _units(ws, _out(at, i, off0), n, nb), act, net[i].slope, d)
+                    _act_backward(d, _units(ws, _out(at, i, off0), n, nb), act, net[i].slope)
             if net[i].b_off >= 0:
                 _unit_sums(d, _slice(G, net[i].b_off, n))
             W = _param(P, net[i].w_off, n_in, n)
@@ -647,7 +681,7 @@ def _backward(net, at, P, G, ws, scratch, XT, YT, nb, keys, h, epoch, step, d0, 
             cur, nxt = nxt, cur
         elif op == ACTIVATION:
             if i < L - 1:
-                _act_backward(d, _units(ws, _out(at, i, off0), n, nb), net[i].act, net[i].slope, d)
+                _act_backward(d, _units(ws, _out(at, i, off0), n, nb), net[i].act, net[i].slope)
         elif op == DROPOUT:
             key = dropout_key4(keys[0], epoch, step, net[i].index)
             threshold = np.int64(keys[1 + i])
