@@ -577,6 +577,14 @@ def _all_finite(x):
     return s == 0.0
 
 
+@loop
+def _copy(src, i0, dst, j0, n):
+    """``dst[j0:j0 + n] = src[i0:i0 + n]`` of 1-D arrays, as a plain loop (a slice assignment tests the
+    two for overlap and copies element by element)."""
+    for i in range(n):
+        dst[j0 + i] = src[i0 + i]
+
+
 # --------------------------------------------------------------------------
 # one model's passes
 # --------------------------------------------------------------------------
@@ -877,15 +885,15 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
                 elif not _bn_bounded(net, at, ws, limit, sb):
                     code = BN_STATS
                 if code == 0:
-                    save[:n_params] = Pk
-                    save[n_params:n_params + s1.size] = s1
-                    save[2 * n_params:2 * n_params + s2.size] = s2
+                    _copy(Pk, 0, save, 0, n_params)
+                    _copy(s1, 0, save, n_params, s1.size)
+                    _copy(s2, 0, save, 2 * n_params, s2.size)
                     t = ei * info[N_STEPS] + step
                     _update(kind, Pk, Gk, s1, s2, h, bc[t, kk, 0], bc[t, kk, 1], h[L2] / nb, n_decay)
                     if not (_all_finite(Pk) and _all_finite(s1) and _all_finite(s2)):
-                        Pk[:] = save[:n_params]
-                        s1[:] = save[n_params:n_params + s1.size]
-                        s2[:] = save[2 * n_params:2 * n_params + s2.size]
+                        _copy(save, 0, Pk, 0, n_params)
+                        _copy(save, n_params, s1, 0, s1.size)
+                        _copy(save, 2 * n_params, s2, 0, s2.size)
                         code = UPDATE
                 if code != 0:
                     status[kk, 0], status[kk, 1], status[kk, 2] = code, epoch, step
