@@ -471,13 +471,14 @@ def _cce_units(A, bias, Y, scratch):
     ``A = exp((z - zmax) - lse)``.
     """
     k, nb = A.shape
-    zmax, rest, tops = scratch[:nb], scratch[nb:2 * nb], scratch[2 * nb:3 * nb]
-    ysum, ygap = scratch[3 * nb:4 * nb], scratch[4 * nb:5 * nb]
-    zmax[:] = -np.inf
-    rest[:] = 0.0
-    tops[:] = 0.0
-    ysum[:] = 0.0
-    ygap[:] = 0.0
+    zmax, rest, tops = _slice(scratch, 0, nb), _slice(scratch, nb, nb), _slice(scratch, 2 * nb, nb)
+    ysum, ygap = _slice(scratch, 3 * nb, nb), _slice(scratch, 4 * nb, nb)
+    for b in range(nb):
+        zmax[b] = -np.inf
+        rest[b] = 0.0
+        tops[b] = 0.0
+        ysum[b] = 0.0
+        ygap[b] = 0.0
     for j in range(k):
         bj = bias[j]
         for b in range(nb):
@@ -631,7 +632,7 @@ def _forward(net, at, P, R, ws, scratch, XT, YT, nb, loss, keys, h, epoch, step,
                 threshold = np.int64(keys[1 + i])
                 _dropout(A, key, threshold - 1 if threshold > 0 else -1, 1.0 / h[KEEP + i], out)
             else:
-                out[:, :] = A
+                _copy_units(A, out)
         else:
             gamma = _slice(P, net[i].gamma_off, n)
             beta = _slice(P, net[i].beta_off, n)
@@ -683,7 +684,7 @@ def _backward(net, at, P, G, ws, scratch, XT, YT, nb, keys, h, epoch, step, d0, 
             dW = _param(G, net[i].w_off, n_in, n)
             need = at[i, NEED_DIN] != 0
             if i == 0 and dz1 >= 0:
-                _units(ws, dz1, n, nb)[:, :] = d
+                _copy_units(d, _units(ws, dz1, n, nb))
             else:
                 _grad_products(A_in, d, W, dW, _units(ws, nxt, n_in, nb), need)
             cur, nxt = nxt, cur
