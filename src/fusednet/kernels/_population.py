@@ -260,6 +260,13 @@ def _view(a, off, n, m):
 
 
 @loop
+def _borrow(a):
+    """The whole C-contiguous ``a``, borrowed (see :func:`_view`): the threads of a team share the arrays
+    of a call, and every helper call taking a counted array would count its reference."""
+    return carray(_voidptr(a.ctypes.data), a.shape, a.dtype)
+
+
+@loop
 def _slice(a, off, n):
     """``a[off:off + n]`` of a 1-D C-contiguous ``a``, borrowed (see :func:`_view`)."""
     return carray(_voidptr(a.ctypes.data + off * a.itemsize), (n,), a.dtype)
@@ -797,11 +804,14 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
     out : float64 (N_EPOCHS, K, 4)  OUT (columns ``TRAIN_SUM`` ...).
     status : int64 (K, 3)  INOUT: (code, epoch, step) of a model that stopped, code 0 while training.
     """
-    X, Y, ids, perm = data
-    Xd, Yd, idsd, dorder = dev
-    P, G, S1, S2, R = arenas
-    ws = work[0][c]
-    scratch = work[1][c]
+    X, Y, ids, perm = _borrow(data[0]), _borrow(data[1]), _borrow(data[2]), _borrow(data[3])
+    Xd, Yd, idsd, dorder = _borrow(dev[0]), _borrow(dev[1]), _borrow(dev[2]), _borrow(dev[3])
+    P, G, S1, S2, R = (_borrow(arenas[0]), _borrow(arenas[1]), _borrow(arenas[2]), _borrow(arenas[3]),
+                       _borrow(arenas[4]))
+    net, at, info, hyp, keys, bc = _borrow(net), _borrow(at), _borrow(info), _borrow(hyp), _borrow(keys), _borrow(bc)
+    out, status = _borrow(out), _borrow(status)
+    ws = _row(work[0], c)
+    scratch = _row(work[1], c)
     m, nf = X.shape
     k = Y.shape[1]
     md = Xd.shape[0]
@@ -833,7 +843,7 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
     corrects = np.zeros(Kc, np.int64)
     for ei in range(info[N_EPOCHS]):
         epoch = info[EPOCH0] + ei
-        order = perm[ei]
+        order = _row(perm, ei)
         for kk in range(k0, k1):
             out[ei, kk, :] = 0.0
         for step in range(info[N_STEPS]):
