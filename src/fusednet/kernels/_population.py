@@ -113,7 +113,7 @@ from ._numba_math import (
     log1p_unit,
     relu,
     relu_grad,
-    sigmoid,
+    sigmoid_from_exp,
     sigmoid_grad,
     tanh_grad,
     tiny,
@@ -462,8 +462,9 @@ def _loss(loss, A, bias, Y, scratch):
         else:
             for b in range(nb):
                 z = np.float64(A[j, b] + bj)
-                A[j, b] = sigmoid(z)
-                total += (z if z > 0.0 else 0.0) - z * np.float64(Y[j, b]) + log1p_unit(exp_nonpos(-abs(z)))
+                e = exp_nonpos(-abs(z))  # sigmoid's own exp(-|z|), shared with the softplus term
+                A[j, b] = sigmoid_from_exp(z, e)
+                total += (z if z > 0.0 else 0.0) - z * np.float64(Y[j, b]) + log1p_unit(e)
     return 0.5 * total if loss == MSE else total
 
 
