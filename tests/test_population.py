@@ -170,6 +170,26 @@ def test_batch_gradient_descent_and_no_shuffle():
             _close(pop.models[k]._params, model._params, 1e-10)
 
 
+@pytest.mark.parametrize("kind", ["bce", "cce", "mse"])
+def test_every_activation_and_activation_layers_equal_trainer_fits(kind):
+    """Hidden sigmoid, tanh, leaky ReLU and linear, in Dense layers and in Activation layers (whose input is
+    copied before the in-place pass), and an Activation layer as the output."""
+    X, y = _data(kind, m=70)
+    k = {"bce": 1, "cce": 3, "mse": 2}[kind]
+    out = {"bce": "sigmoid", "cce": "softmax", "mse": "linear"}[kind]
+    layers = [L.Dense(6, activation="sigmoid"), L.Dense(5, activation="leaky_relu", leaky_slope=0.2),
+              L.Dense(4, activation=None), L.Activation("tanh"), L.Dense(4, activation=None),
+              L.Activation("sigmoid"), L.Dense(k, activation=None), L.Activation(out)]
+    cfgs = [{"lr": 0.05}, {"lr": 0.01, "l2": 0.3, "seed": 3}]
+    pop = fn.Population(layers, input_dim=3, configs=cfgs, optimizer="adam", batch_size=16, epochs=3, seed=5,
+                        dtype="float64")
+    histories = pop.fit(X, y)
+    for i, cfg in enumerate(cfgs):
+        model, history = _alone(layers, cfg, fn.optim.Adam, "float64", X, y, None, batch_size=16)
+        _close(pop.models[i]._params, model._params, 1e-10)
+        _close(histories[i]["train_loss"], history["train_loss"], 1e-10)
+
+
 def test_best_and_models_predict():
     X, y = _data()
     cfgs = [{"lr": 1e-4}, {"lr": 0.02}, {"lr": 0.005}]
