@@ -334,6 +334,79 @@ cdef double _cce_row(const floating* z, const floating* b, const floating* y, fl
     return total
 
 
+cdef enum:
+    CR = 16   # rows of a _cce_rows block, one per lane
+
+
+cdef void _cce_rows(const floating* z, const floating* b, const floating* y, floating* a,
+                    Py_ssize_t rows, Py_ssize_t n, double* t, double* cost) noexcept nogil:
+    """_cce_row of `rows` <= CR consecutive rows of n <= TILE // CR classes, each row in a lane.
+
+    t: TILE scratch, the row's logits v = z + b in float64 as t[k * CR + r] (lanes past `rows`
+    hold 0).  Every row goes through _cce_row's operations in _cce_row's order -- the maximum,
+    e_k = exp(v_k - max) - [v_k == max] summed as _sum sums (four accumulators by k mod 4),
+    lse = log1p(sum + ties - 1), cost = sum_k y_k (lse - (v_k - max)) in k order, A = exp(v - max
+    - lse) -- so each row's cost (into cost[r]) and A have _cce_row's bits; only the lanes make
+    the transcendental functions run on vectors, where a row of 10 classes left them scalar.
+    """
+    cdef double mx[CR]
+    cdef double s0[CR]
+    cdef double s1[CR]
+    cdef double s2[CR]
+    cdef double s3[CR]
+    cdef double tops[CR]
+    cdef double lse[CR]
+    cdef double tot[CR]
+    cdef double d
+    cdef Py_ssize_t r, k
+    for k in range(n):
+        for r in range(CR):
+            t[k * CR + r] = <double>(z[r * n + k] + b[k]) if r < rows else 0.0
+    for r in range(CR):
+        mx[r] = -INFINITY
+        s0[r] = 0
+        s1[r] = 0
+        s2[r] = 0
+        s3[r] = 0
+        tops[r] = 0
+        tot[r] = 0
+    for k in range(n):
+        for r in range(CR):
+            mx[r] = t[k * CR + r] if t[k * CR + r] > mx[r] else mx[r]
+    k = 0
+    while k + 4 <= n:
+        for r in range(CR):
+            d = t[k * CR + r] - mx[r]
+            s0[r] += vm_exp(d) - (1.0 if d == 0.0 else 0.0)
+            d = t[(k + 1) * CR + r] - mx[r]
+            s1[r] += vm_exp(d) - (1.0 if d == 0.0 else 0.0)
+            d = t[(k + 2) * CR + r] - mx[r]
+            s2[r] += vm_exp(d) - (1.0 if d == 0.0 else 0.0)
+            d = t[(k + 3) * CR + r] - mx[r]
+            s3[r] += vm_exp(d) - (1.0 if d == 0.0 else 0.0)
+        k += 4
+    while k < n:
+        for r in range(CR):
+            d = t[k * CR + r] - mx[r]
+            s0[r] += vm_exp(d) - (1.0 if d == 0.0 else 0.0)
+        k += 1
+    for k in range(n):
+        for r in range(CR):
+            tops[r] += 1.0 if t[k * CR + r] == mx[r] else 0.0
+    for r in range(CR):
+        lse[r] = vm_log1p(((s0[r] + s1[r]) + (s2[r] + s3[r])) + (tops[r] - 1.0))
+    for k in range(n):
+        for r in range(rows):
+            tot[r] += <double>y[r * n + k] * (lse[r] - (t[k * CR + r] - mx[r]))
+    for k in range(n):
+        for r in range(CR):
+            t[k * CR + r] = vm_exp(t[k * CR + r] - mx[r] - lse[r])
+    for r in range(rows):
+        cost[r] = tot[r]
+        for k in range(n):
+            a[r * n + k] = <floating>t[k * CR + r]
+
+
 cdef double _loss_piece(const floating* Z, const floating* b, const floating* Y, floating* A,
                         Py_ssize_t m, Py_ssize_t n, int loss, Py_ssize_t i0,
                         Py_ssize_t i1) noexcept nogil:
@@ -351,6 +424,38 @@ cdef double _loss_piece(const floating* Z, const floating* b, const floating* Y,
         off = _span(it, m, n, &L, &boff)
         total += _loss_span(Z + off, bb + boff, Y + off, A + off, L, loss, t)
     return total
+
+
+cdef void _loss_pieces(const floating* Z, const floating* b, const floating* Y, floating* A,
+                       Py_ssize_t m, Py_ssize_t n, int loss, Py_ssize_t K, Py_ssize_t c0,
+                       Py_ssize_t c1, double* part) noexcept nogil:
+    """part[c] = _loss_piece of piece c (of K, over the _spans or, for CCE, the rows) for c in
+    c0:c1.  A CCE piece is a few rows (K of up to KMAX pieces for any batch), so with at most
+    TILE // CR classes the rows of consecutive pieces share the blocks of _cce_rows; each piece's
+    rows are still summed in order from 0, so part[c] has _loss_piece's bits."""
+    cdef double t[TILE]
+    cdef double cost[CR]
+    cdef Py_ssize_t c = c0, i, last, end, L, r, pieces
+    cdef double total = 0
+    if loss != CCE or n > TILE // CR:
+        pieces = m if loss == CCE else _spans(m, n)
+        for c in range(c0, c1):
+            part[c] = _loss_piece(Z, b, Y, A, m, n, loss, _cut(pieces, K, c), _cut(pieces, K, c + 1))
+        return
+    i = _cut(m, K, c0)
+    last = _cut(m, K, c1)
+    end = _cut(m, K, c + 1)
+    while i < last:
+        L = CR if last - i > CR else last - i
+        _cce_rows(Z + i * n, b, Y + i * n, A + i * n, L, n, t, cost)
+        for r in range(L):
+            total += cost[r]
+            while i + r + 1 == end and c < c1:  # the row ends piece c (pieces hold >= 1 row)
+                part[c] = total
+                total = 0
+                c += 1
+                end = _cut(m, K, c + 1)
+        i += L
 
 
 def loss_forward(const floating[:, ::1] Z,  # IN  (m, k) logits without bias
@@ -377,13 +482,10 @@ def loss_forward(const floating[:, ::1] Z,  # IN  (m, k) logits without bias
                            T_ELEMENTWISE if loss == MSE else T_TRANSCENDENTAL, K)
     with nogil:
         if nw == 1:
-            for c in range(K):
-                part[c] = _loss_piece(zp, bp, yp, ap, m, n, loss,
-                                      _cut(pieces, K, c), _cut(pieces, K, c + 1))
+            _loss_pieces(zp, bp, yp, ap, m, n, loss, K, 0, K, part)
         else:
-            for c in prange(K, num_threads=nw, schedule="static"):
-                part[c] = _loss_piece(zp, bp, yp, ap, m, n, loss,
-                                      _cut(pieces, K, c), _cut(pieces, K, c + 1))
+            for c in prange(nw, num_threads=nw, schedule="static"):
+                _loss_pieces(zp, bp, yp, ap, m, n, loss, K, _cut(K, nw, c), _cut(K, nw, c + 1), part)
         for c in range(K):
             total += part[c]
     if loss == MSE:

@@ -389,10 +389,8 @@ cdef void _step_loss(const floating* dummy, Net* net, int t, double* part) noexc
     cdef Py_ssize_t m = net.m, n = net.n[net.L], pieces, K, c
     pieces = m if net.loss == CCE else _spans(m, n)
     K = KMAX if pieces > KMAX else pieces
-    for c in range(_cut(K, net.nt, t), _cut(K, net.nt, t + 1)):
-        part[c] = _loss_piece(<floating*>net.Z[l], <floating*>net.b[l], <floating*>net.Y,
-                              <floating*>net.A, m, n, net.loss, _cut(pieces, K, c),
-                              _cut(pieces, K, c + 1))
+    _loss_pieces(<floating*>net.Z[l], <floating*>net.b[l], <floating*>net.Y, <floating*>net.A, m, n,
+                 net.loss, K, _cut(K, net.nt, t), _cut(K, net.nt, t + 1), part)
 
 
 cdef void _step_loss_backward(const floating* dummy, Net* net, int t, double* part) noexcept nogil:
@@ -696,6 +694,182 @@ cdef int _step_decision(const floating* dummy, Net* net, const Hyper* h, const d
     return 0
 
 
+# ----------------------------------------------------------------------------------
+# narrow nets: a whole forward and backward pass with the batch's rows along the vectors
+# ----------------------------------------------------------------------------------
+
+cdef enum:
+    NARROW_WIDTH = 8     # widest layer, inputs included, of a narrow net
+    NARROW_LAYERS = 4    # most Dense layers of a narrow net
+    NARROW_BLOCK = 128   # rows of a narrow block: each unit's values in a row of this many
+    LANES = 16           # partial sums of each weight gradient element (one vector of floats)
+
+
+cdef bint _narrow(Net* net) noexcept nogil:
+    """Whether the step runs as _narrow_grads: at most NARROW_LAYERS plain Dense layers (no batch
+    norm, Activation layer or dropout), none wider than NARROW_WIDTH, a sigmoid (BCE) or linear
+    (MSE) output.  Decided by the net's shape alone, never by the thread count."""
+    cdef int l
+    if net.L > NARROW_LAYERS or net.loss == CCE:
+        return False
+    for l in range(net.L + 1):
+        if net.n[l] > NARROW_WIDTH:
+            return False
+    for l in range(net.L):
+        if net.bn[l] or net.actnode[l] or net.drop[l] or (l < net.L - 1 and net.act[l] == SOFTMAX):
+            return False
+    return True
+
+
+cdef void _narrow_grads(const floating* dummy, Net* net, double* cost) noexcept nogil:
+    """Forward, cost, backward and the gradients of a narrow net (_narrow) on the batch's m rows.
+
+    The layers are too narrow to fill a vector along the units (the course's planar net, 2-4-1,
+    fills 4 and 1 of 16 lanes), so the batch goes through the whole net in blocks of
+    NARROW_BLOCK rows held unit by unit, a[l][k] = the block's values of unit k of layer l's
+    input, the rows along the vectors: a[l + 1][j] = g(sum_k a[l][k] W[k, j] + b[j]) (the sum in
+    k order), the output and its cost by _loss_span, dZ = (A - Y) / m, dA[k] = sum_j dZ[j] W[k, j]
+    (j in order), dZ_prev = dA g'(a) by _ew_span -- the step's own element-wise formulas, one
+    source each.  The gradients are summed over the batch in partial sums: dW[k, j] = sum_r
+    a[k] dZ[j] in LANES sums, sum q of the rows r = q (mod LANES) in order, and db (float64) in
+    NARROW_BLOCK sums likewise, the partial sums then added in order in float64; the cost is
+    summed per block and output unit in _loss_span's order, the blocks in order.  The pass is
+    serial: the same bits for any thread count.  Writes A (the predictions read it), dW, db and
+    cost[0] = the summed loss (as _step_loss's pieces).
+    """
+    cdef floating act[(NARROW_LAYERS + 1) * NARROW_WIDTH * NARROW_BLOCK]   # a[l][k][r]; a[L]: A
+    cdef floating gw[NARROW_LAYERS * NARROW_WIDTH * NARROW_WIDTH * LANES]   # dW's partial sums
+    cdef double gb[NARROW_LAYERS * NARROW_WIDTH * NARROW_BLOCK]             # db's partial sums
+    cdef floating dzs[2 * NARROW_WIDTH * NARROW_BLOCK]                      # dZ ping-pong
+    cdef floating z[NARROW_BLOCK]
+    cdef floating bb[NARROW_BLOCK]
+    cdef floating da[NARROW_BLOCK]
+    cdef double t[TILE]
+    cdef Py_ssize_t woff[NARROW_LAYERS + 1]
+    cdef Py_ssize_t m = net.m, n0 = net.n[0], ny = net.n[net.L], i0, rows, r, k, j, kn, nn, q, c
+    cdef int L = net.L, l, cur
+    cdef const floating* X = <const floating*>net.X
+    cdef const floating* Y = <const floating*>net.Y
+    cdef floating* A = <floating*>net.A
+    cdef const floating* W
+    cdef const floating* b
+    cdef const floating* xr
+    cdef const floating* ain
+    cdef const floating* ak
+    cdef const floating* dj
+    cdef floating* aout
+    cdef floating* dz
+    cdef floating* dzp
+    cdef floating* g
+    cdef floating* dW
+    cdef floating* db
+    cdef floating w
+    cdef double total = 0, s
+    woff[0] = 0
+    for l in range(L):
+        woff[l + 1] = woff[l] + net.n[l] * net.n[l + 1] * LANES
+    for q in range(woff[L]):
+        gw[q] = 0
+    for q in range(L * NARROW_WIDTH * NARROW_BLOCK):
+        gb[q] = 0
+    i0 = 0
+    while i0 < m:
+        rows = NARROW_BLOCK if m - i0 > NARROW_BLOCK else m - i0
+        for r in range(rows):
+            if floating is float and net.in_place:
+                xr = <const floating*>net.xrows[i0 + r]
+            else:
+                xr = X + (i0 + r) * n0
+            for k in range(n0):
+                act[k * NARROW_BLOCK + r] = xr[k]
+        for k in range(n0):  # a partial block's rows past the batch: zeros (all values defined)
+            for r in range(rows, NARROW_BLOCK):
+                act[k * NARROW_BLOCK + r] = 0
+        # forward, the cost and dZ of the output
+        for l in range(L):
+            kn = net.n[l]
+            nn = net.n[l + 1]
+            ain = act + l * NARROW_WIDTH * NARROW_BLOCK
+            aout = act + (l + 1) * NARROW_WIDTH * NARROW_BLOCK
+            W = <const floating*>net.W[l]
+            b = <const floating*>net.b[l]
+            for j in range(nn):
+                for r in range(NARROW_BLOCK):
+                    z[r] = 0
+                for k in range(kn):
+                    w = W[k * nn + j]
+                    ak = ain + k * NARROW_BLOCK
+                    for r in range(NARROW_BLOCK):
+                        z[r] = z[r] + ak[r] * w
+                for r in range(rows):
+                    bb[r] = b[j]
+                if l < L - 1:
+                    _fwd_span(z, bb, aout + j * NARROW_BLOCK, rows, net.act[l], <floating>net.slope[l])
+                    for r in range(rows, NARROW_BLOCK):
+                        aout[j * NARROW_BLOCK + r] = 0
+                else:
+                    for r in range(rows):
+                        da[r] = Y[(i0 + r) * ny + j]
+                    total += _loss_span(z, bb, da, aout + j * NARROW_BLOCK, rows, net.loss, t)
+                    for r in range(rows):
+                        A[(i0 + r) * ny + j] = aout[j * NARROW_BLOCK + r]
+                    _ew_span(aout + j * NARROW_BLOCK, da, dzs + j * NARROW_BLOCK,
+                             gb + (l * NARROW_WIDTH + j) * NARROW_BLOCK, rows, OP_LOSS, <floating>m)
+                    for r in range(rows, NARROW_BLOCK):
+                        dzs[j * NARROW_BLOCK + r] = 0
+        # backward: dW's partial sums, then dZ of the layer below
+        cur = 0
+        for l in range(L - 1, -1, -1):
+            kn = net.n[l]
+            nn = net.n[l + 1]
+            ain = act + l * NARROW_WIDTH * NARROW_BLOCK
+            dz = dzs + cur * NARROW_WIDTH * NARROW_BLOCK
+            for k in range(kn):
+                for j in range(nn):
+                    g = gw + woff[l] + (k * nn + j) * LANES
+                    ak = ain + k * NARROW_BLOCK
+                    dj = dz + j * NARROW_BLOCK
+                    c = 0
+                    while c < rows:
+                        for r in range(LANES):
+                            g[r] = g[r] + ak[c + r] * dj[c + r]
+                        c += LANES
+            if l == 0:
+                break
+            W = <const floating*>net.W[l]
+            dzp = dzs + (1 - cur) * NARROW_WIDTH * NARROW_BLOCK
+            for k in range(kn):
+                for r in range(NARROW_BLOCK):
+                    da[r] = 0
+                for j in range(nn):
+                    w = W[k * nn + j]
+                    dj = dz + j * NARROW_BLOCK
+                    for r in range(NARROW_BLOCK):
+                        da[r] = da[r] + dj[r] * w
+                _ew_span(da, ain + k * NARROW_BLOCK, dzp + k * NARROW_BLOCK,
+                         gb + ((l - 1) * NARROW_WIDTH + k) * NARROW_BLOCK, rows, net.act[l - 1],
+                         <floating>net.slope[l - 1])
+                for r in range(rows, NARROW_BLOCK):
+                    dzp[k * NARROW_BLOCK + r] = 0
+            cur = 1 - cur
+        i0 += rows
+    for l in range(L):
+        dW = <floating*>net.dW[l]
+        db = <floating*>net.db[l]
+        g = gw + woff[l]
+        for q in range(net.n[l] * net.n[l + 1]):
+            s = 0
+            for r in range(LANES):
+                s += g[q * LANES + r]
+            dW[q] = <floating>s
+        for j in range(net.n[l + 1]):
+            s = 0
+            for r in range(NARROW_BLOCK):
+                s += gb[(l * NARROW_WIDTH + j) * NARROW_BLOCK + r]
+            db[j] = <floating>s
+    cost[0] = total
+
+
 cdef int _step_core(floating* pp, const floating* gp, floating* s1, floating* s2, Net* net,
                     Hyper* h, double lam, Py_ssize_t n_params, const floating* xp,
                     const floating* yp, const Py_ssize_t* ip, double* out) noexcept nogil:
@@ -724,7 +898,17 @@ cdef int _step_core(floating* pp, const floating* gp, floating* s1, floating* s2
         net.in_place = False
     pieces = m if net.loss == CCE else _spans(m, net.n[L])
     K = KMAX if pieces > KMAX else pieces
-    if nt == 1:
+    if _narrow(net):
+        if ip != NULL:
+            for t in range(nt):
+                _step_gather(xp, yp, ip, net, t)
+        _narrow_grads(pp, net, part)
+        K = 1
+        _step_sums(pp, gp, n_params, nd_cost, 1, 0, gpart, wpart)
+        if _step_decision(pp, net, h, part, K, gpart, wpart, C, lam, res, nb, INFINITY) == 0:
+            for t in range(nt):
+                _step_update(pp, gp, s1, s2, net, h, t)
+    elif nt == 1:
         if ip != NULL:
             _step_gather(xp, yp, ip, net, 0)
         for l in range(L):
@@ -1190,6 +1374,12 @@ cdef class StepPlan:
     def l2(self):
         """The model's L2 coefficient the plan was built for."""
         return self._lam
+
+    @property
+    def narrow(self):
+        """Whether each step runs as one pass with the batch's rows along the vectors (a narrow
+        net: every layer at most NARROW_WIDTH wide, see _narrow_grads)."""
+        return bool(_narrow(&self.net))
 
     def reset_bounds(self):
         """Forget the bounds of |w| and the optimiser state: the next call reads them off the arenas."""

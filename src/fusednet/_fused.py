@@ -108,6 +108,8 @@ def record_fit(model, rows, step, whole_fit):
     global LAST_FIT
     if isinstance(step, FusedStep):
         path = f"one-call step; {step.team}"
+        if step.plan.narrow:
+            path += "; a narrow net: one pass over the batch, its rows along the vectors"
         whole = "all epochs in one compiled call" if whole_fit is None else f"one call per epoch: {whole_fit}"
     else:
         path = f"per-kernel path: {step}"
