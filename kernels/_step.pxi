@@ -618,15 +618,30 @@ cdef bint _update_bounded(const Hyper* h, double gnorm, const double* b, double 
 
 cdef double _absmax(const floating* x, Py_ssize_t n) noexcept nogil:
     # an initial max of 0: a NaN never wins a comparison; the caller has checked finiteness
-    """max |x| (0 for n = 0)."""
-    cdef floating hi = 0, lo = 0
-    cdef Py_ssize_t i
-    for i in range(n):
-        if x[i] > hi:
-            hi = x[i]
-        if x[i] < lo:
-            lo = x[i]
-    return hi if hi > -lo else -lo
+    """max |x| (0 for n = 0), the largest and smallest values kept in 16 lanes (a maximum does not
+    depend on the order its elements are compared in), so the loop runs on vectors."""
+    cdef floating hi[16]
+    cdef floating lo[16]
+    cdef floating h, o
+    cdef Py_ssize_t i = 0, j
+    for j in range(16):
+        hi[j] = 0
+        lo[j] = 0
+    while i + 16 <= n:
+        for j in range(16):
+            hi[j] = x[i + j] if x[i + j] > hi[j] else hi[j]
+            lo[j] = x[i + j] if x[i + j] < lo[j] else lo[j]
+        i += 16
+    while i < n:
+        hi[0] = x[i] if x[i] > hi[0] else hi[0]
+        lo[0] = x[i] if x[i] < lo[0] else lo[0]
+        i += 1
+    h = hi[0]
+    o = lo[0]
+    for j in range(1, 16):
+        h = hi[j] if hi[j] > h else h
+        o = lo[j] if lo[j] < o else o
+    return h if h > -o else -o
 
 
 cdef void _refresh_bounds(const floating* P, const floating* s1, const floating* s2, Py_ssize_t n,
