@@ -429,7 +429,7 @@ def test_cats_step_against_the_own_kernels_peak(benchmark):
 
     ck = _cython._ck
     if not getattr(ck, "FUSED_GEMM", False):
-        pytest.skip("this copy of the extension has no AVX-512 products")
+        pytest.skip("this copy of the extension has no own products (no AVX2 or AVX-512)")
     w = WORKLOADS["cats"]
     benchmark.group = "cats step against the own kernels' peak"
     epochs, rounds = (w.quick_epochs, 1) if benchmark.disabled else (20, ROUNDS)

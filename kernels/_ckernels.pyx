@@ -135,7 +135,7 @@ cdef Py_ssize_t T_DROPOUT = 100000
 ISA = FUSEDNET_ISA.decode()
 #: True when the extension was compiled with OpenMP
 OPENMP = bool(FN_OPENMP)
-#: True when the fused step's float32 products run on the extension's own AVX-512 kernels
+#: True when the fused step's float32 products run on the extension's own kernels (AVX2 or AVX-512)
 #: (``_gemm.h``; the x86-64-v4 copy) rather than BLAS's sgemm
 FUSED_GEMM = bool(FG_AVAILABLE)
 #: the activation and loss codes compiled in (tests compare them with _codes)

@@ -1,4 +1,4 @@
-/* Single-precision matrix products for the fused training step, in AVX-512.
+/* Single-precision matrix products for the fused training step, in AVX-512 or AVX2.
  *
  *   fg_nn:  C (m, n) = A (m, K) @ B (K, n)      forward:  Z[:, J] = A_prev @ W[:, J]
  *   fg_tn:  C (m, n) = A (K, m)^T @ B (K, n)    backward: dW[J, :] = A_prev[:, J]^T @ dZ
@@ -7,95 +7,135 @@
  * All row-major with leading dimensions; C is overwritten.  The shapes of one
  * training step are small (a thread's operands stay in L2 at batch 128; up to
  * the step's limit of 1024 rows they come from L3), so neither operand is
- * packed: a micro-kernel keeps an (8, 32) block of C in sixteen
- * registers, and for every k broadcasts eight elements of A against two vectors
- * of B's row k.  On one core of an AVX-512 machine, a thread's share of the
+ * packed: a micro-kernel keeps an (FG_MR, FG_NB) block of C in registers -- two
+ * vectors per row, (8, 32) in sixteen of AVX-512's 32 registers, (6, 16) in twelve
+ * of AVX2's 16 -- and for every k broadcasts FG_MR elements of A against two
+ * vectors of B's row k.  On one core of an AVX-512 machine, a thread's share of the
  * first layer's products at batch 128 (128x784 @ 784x128, 392x128 @ 128x256)
  * takes 13-15 % less time than OpenBLAS's sgemm, about 94 % of the core's peak
  * (benchmarks/test_bench_kernels.py, "step product").
  *
  * Every element of C is one chain of fused multiply-adds over k = 0 .. K-1 in
- * order, whichever block, thread or tail variant computes it, so a product has
- * the same bits for any split of C among threads.
+ * order, whichever block, thread, tail variant or vector width computes it, so a
+ * product has the same bits for any split of C among threads, on AVX2 and AVX-512.
  *
- * Built only where the compiler targets AVX-512F (the x86-64-v4 variant of the
- * extension); elsewhere FG_AVAILABLE is 0 and the step calls BLAS.
+ * Built where the compiler targets AVX-512F (the x86-64-v4 variant of the
+ * extension) or AVX2 with FMA (x86-64-v3); elsewhere FG_AVAILABLE is 0 and the
+ * step calls BLAS.
  */
 #ifndef FUSEDNET_GEMM_H
 #define FUSEDNET_GEMM_H
 
 #include <stddef.h>
 
-#define FG_MAX_K 4096    /* depth of a chunk: fg_nn keeps a (FG_MAX_K, 32) panel of B in L2 */
+#define FG_MAX_K 4096    /* depth of a chunk: fg_nn keeps a (FG_MAX_K, FG_NB) panel of B in L2 */
 
+/* The vector layer: fg_v holds FG_VW floats; fg_mask selects a vector's first lanes (fg_tail). */
 #if defined(__AVX512F__)
 #include <immintrin.h>
-
-#define FG_AVAILABLE 1
+#define FG_VW 16         /* floats per vector */
 #define FG_MR 8          /* rows of C per micro-kernel */
-#define FG_NB 32         /* columns of C per micro-kernel (two vectors) */
+#define FG_TN1_MAXN 24   /* fg_tn_units: most units (accumulators) of one block */
+typedef __m512 fg_v;
+typedef __mmask16 fg_mask;
+static inline fg_v fg_zero(void) { return _mm512_setzero_ps(); }
+static inline fg_v fg_set1(float x) { return _mm512_set1_ps(x); }
+static inline fg_v fg_fma(fg_v a, fg_v b, fg_v c) { return _mm512_fmadd_ps(a, b, c); }
+static inline fg_v fg_load(const float *p) { return _mm512_loadu_ps(p); }
+static inline fg_v fg_loadm(fg_mask m, const float *p) { return _mm512_maskz_loadu_ps(m, p); }
+static inline void fg_store(float *p, fg_v v) { _mm512_storeu_ps(p, v); }
+static inline void fg_store_aligned(float *p, fg_v v) { _mm512_store_ps(p, v); }
+static inline void fg_storem(float *p, fg_mask m, fg_v v) { _mm512_mask_storeu_ps(p, m, v); }
+/* lanes 0 .. w-1 (1 <= w <= FG_VW) */
+static inline fg_mask fg_tail(ptrdiff_t w) { return (fg_mask)(w >= 16 ? 0xFFFFu : (1u << w) - 1); }
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define FG_VW 8
+#define FG_MR 6
+#define FG_TN1_MAXN 12
+typedef __m256 fg_v;
+typedef __m256i fg_mask;
+static inline fg_v fg_zero(void) { return _mm256_setzero_ps(); }
+static inline fg_v fg_set1(float x) { return _mm256_set1_ps(x); }
+static inline fg_v fg_fma(fg_v a, fg_v b, fg_v c) { return _mm256_fmadd_ps(a, b, c); }
+static inline fg_v fg_load(const float *p) { return _mm256_loadu_ps(p); }
+static inline fg_v fg_loadm(fg_mask m, const float *p) { return _mm256_maskload_ps(p, m); }
+static inline void fg_store(float *p, fg_v v) { _mm256_storeu_ps(p, v); }
+static inline void fg_store_aligned(float *p, fg_v v) { _mm256_store_ps(p, v); }
+static inline void fg_storem(float *p, fg_mask m, fg_v v) { _mm256_maskstore_ps(p, m, v); }
+static inline fg_mask fg_tail(ptrdiff_t w)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)w), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+#endif
+
+#if defined(FG_VW)
+#define FG_AVAILABLE 1
+#define FG_NB (2 * FG_VW)   /* columns of C per micro-kernel (two vectors) */
 #define FG_KC 256        /* fg_nt transposes B in (FG_KC, FG_NB) panels on the stack */
+#define FG_MR_MAX 8      /* the row counts the kernels are compiled for (up to FG_MR are used) */
+#define FG_TN1_MAX 24    /* ... and the unit counts of fg_tn_units (up to FG_TN1_MAXN are used) */
 
 /* How a block reads A's element a(r, k) (r: row of C, k: depth) */
 #define FG_NN 0          /* rows[r][k]: A's rows, by pointer (contiguous or gathered) */
 #define FG_TN 1          /* a[k * lda + r]: A stored (K, m) */
 #define FG_TN_ROWS 2     /* rows[k][lda + r]: A's rows by pointer, columns from lda on */
 
-/* C[0:MR, 0:16*NV] = sum_k a(r, k) * B[k, 0:16*NV], the last vector masked by `tail`;
+/* C[0:MR, 0:FG_VW*NV] = sum_k a(r, k) * B[k, 0:FG_VW*NV], the last vector masked by `tail`;
  * with `add`, the sum starts from C's values instead of zero. */
 static inline __attribute__((always_inline)) void
 fg_block(const int MR, const int NV, const int MODE, ptrdiff_t K, const float *a, ptrdiff_t lda,
          const float *const *rows, const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
-         __mmask16 tail, int add)
+         fg_mask tail, int add)
 {
-    __m512 acc[FG_MR][2], bv[2];
-    const float *row[FG_MR];
+    fg_v acc[FG_MR_MAX][2], bv[2];
+    const float *row[FG_MR_MAX];
     const float *ak;
     ptrdiff_t k;
 #pragma GCC unroll 8
     for (int r = 0; r < MR; r++) {
         row[r] = MODE == FG_NN ? rows[r] : a;
-        acc[r][0] = _mm512_setzero_ps();
-        acc[r][1] = _mm512_setzero_ps();
+        acc[r][0] = fg_zero();
+        acc[r][1] = fg_zero();
         if (add) {
             if (NV == 1) {
-                acc[r][0] = _mm512_maskz_loadu_ps(tail, c + r * ldc);
+                acc[r][0] = fg_loadm(tail, c + r * ldc);
             } else {
-                acc[r][0] = _mm512_loadu_ps(c + r * ldc);
-                acc[r][1] = _mm512_maskz_loadu_ps(tail, c + r * ldc + 16);
+                acc[r][0] = fg_load(c + r * ldc);
+                acc[r][1] = fg_loadm(tail, c + r * ldc + FG_VW);
             }
         }
     }
     for (k = 0; k < K; k++) {
         const float *bk = b + k * ldb;
         if (NV == 1) {
-            bv[0] = _mm512_maskz_loadu_ps(tail, bk);
+            bv[0] = fg_loadm(tail, bk);
         } else {
-            bv[0] = _mm512_loadu_ps(bk);
-            bv[1] = _mm512_maskz_loadu_ps(tail, bk + 16);
+            bv[0] = fg_load(bk);
+            bv[1] = fg_loadm(tail, bk + FG_VW);
         }
         ak = MODE == FG_TN ? a + k * lda : (MODE == FG_TN_ROWS ? rows[k] + lda : a);
 #pragma GCC unroll 8
         for (int r = 0; r < MR; r++) {
-            __m512 x = _mm512_set1_ps(MODE == FG_NN ? row[r][k] : ak[r]);
-            acc[r][0] = _mm512_fmadd_ps(x, bv[0], acc[r][0]);
+            fg_v x = fg_set1(MODE == FG_NN ? row[r][k] : ak[r]);
+            acc[r][0] = fg_fma(x, bv[0], acc[r][0]);
             if (NV == 2)
-                acc[r][1] = _mm512_fmadd_ps(x, bv[1], acc[r][1]);
+                acc[r][1] = fg_fma(x, bv[1], acc[r][1]);
         }
     }
 #pragma GCC unroll 8
     for (int r = 0; r < MR; r++) {
         if (NV == 1) {
-            _mm512_mask_storeu_ps(c + r * ldc, tail, acc[r][0]);
+            fg_storem(c + r * ldc, tail, acc[r][0]);
         } else {
-            _mm512_storeu_ps(c + r * ldc, acc[r][0]);
-            _mm512_mask_storeu_ps(c + r * ldc + 16, tail, acc[r][1]);
+            fg_store(c + r * ldc, acc[r][0]);
+            fg_storem(c + r * ldc + FG_VW, tail, acc[r][1]);
         }
     }
 }
 
 /* One block of up to FG_MR rows and FG_NB columns: the row count picks a
- * specialised kernel (each has its sixteen accumulators in registers). */
+ * specialised kernel (each has its accumulators in registers). */
 #define FG_CASE(MR, MODE)                                                                 \
     case MR:                                                                              \
         if (nv == 1)                                                                      \
@@ -107,7 +147,7 @@ fg_block(const int MR, const int NV, const int MODE, ptrdiff_t K, const float *a
 #define FG_DISPATCH(NAME, MODE)                                                           \
     static void NAME(int mr, int nv, ptrdiff_t K, const float *a, ptrdiff_t lda,          \
                      const float *const *rows, const float *b, ptrdiff_t ldb, float *c,   \
-                     ptrdiff_t ldc, __mmask16 tail, int add)                              \
+                     ptrdiff_t ldc, fg_mask tail, int add)                              \
     {                                                                                     \
         switch (mr) {                                                                     \
             FG_CASE(1, MODE) FG_CASE(2, MODE) FG_CASE(3, MODE) FG_CASE(4, MODE)           \
@@ -124,11 +164,11 @@ FG_DISPATCH(fg_block_tn_rows, FG_TN_ROWS)
 
 /* The panel of C's columns from j: its width (returned), vectors and last vector's mask. */
 static inline ptrdiff_t
-fg_panel(ptrdiff_t n, ptrdiff_t j, int *nv, __mmask16 *tail)
+fg_panel(ptrdiff_t n, ptrdiff_t j, int *nv, fg_mask *tail)
 {
     ptrdiff_t w = n - j < FG_NB ? n - j : FG_NB;
-    *nv = w > 16 ? 2 : 1;
-    *tail = (__mmask16)(w % 16 ? (1u << (w % 16)) - 1 : 0xFFFFu);
+    *nv = w > FG_VW ? 2 : 1;
+    *tail = fg_tail(w % FG_VW ? w % FG_VW : FG_VW);
     return w;
 }
 
@@ -142,10 +182,10 @@ static inline void
 fg_walk(int mode, ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda,
         const float *const *rows, const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc)
 {
-    const float *rp[FG_MR];
+    const float *rp[FG_MR_MAX];
     ptrdiff_t i, j, r, k0, kw;
     int nv, mr, add;
-    __mmask16 tail;
+    fg_mask tail;
     for (k0 = 0; k0 < K; k0 += FG_MAX_K) {
         kw = K - k0 < FG_MAX_K ? K - k0 : FG_MAX_K;
         add = k0 > 0;
@@ -179,14 +219,14 @@ fg_nn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda,
     return 1;
 }
 
-/* Lanes of the vectors that cover x columns that hold one (FG_NB panels of 16-wide vectors). */
+/* Lanes of the vectors that cover x columns that hold one (FG_NB panels of FG_VW-wide vectors). */
 static inline double
 fg_lanes(ptrdiff_t x)
 {
-    return (double)x / (double)(16 * ((x + 15) / 16));
+    return (double)x / (double)(FG_VW * ((x + FG_VW - 1) / FG_VW));
 }
 
-/* fg_tn of a narrow C (a weight gradient of few units, n not a multiple of 16, m wide), as
+/* fg_tn of a narrow C (a weight gradient of few units, n not a multiple of FG_VW, m wide), as
  * C^T (n, m) = B^T A: the vectors run along C's m columns of C^T, full, where along n their
  * last one would be mostly masked; each (FG_MR, FG_NB) block of C^T is stored transposed
  * through a tile on the stack.  Each panel of A (the rows' 32 columns) stays in L1 for the
@@ -196,10 +236,10 @@ static inline void
 fg_tn_narrow(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda, const float *B,
              ptrdiff_t ldb, float *C, ptrdiff_t ldc)
 {
-    float tile[FG_MR * FG_NB] __attribute__((aligned(64)));
+    float tile[FG_MR_MAX * FG_NB] __attribute__((aligned(64)));
     ptrdiff_t i, j, w, r, jj;
     int nv, mr;
-    __mmask16 tail;
+    fg_mask tail;
     for (j = 0; j < m; j += FG_NB) {
         w = fg_panel(m, j, &nv, &tail);
         for (i = 0; i < n; i += FG_MR) {
@@ -212,34 +252,33 @@ fg_tn_narrow(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t ld
     }
 }
 
-#define FG_TN1_MAXN 24   /* fg_tn_units: most units (accumulators) of one block */
 #define FG_TN1_AHEAD 2    /* fg_tn_units: panels of A prefetched ahead */
 
-/* C^T[0:NU, 0:16] of a narrow weight gradient: every unit at once (NU accumulators, one
+/* C^T[0:NU, 0:FG_VW] of a narrow weight gradient: every unit at once (NU accumulators, one
  * vector of A's columns each), for k in order acc[u] = fma(b(k, u), a(k, :), acc[u]) -- fg_tn's
  * chain, the same bits.  Each row of A's panel is read once (one cache line); the panel
  * FG_TN1_AHEAD to the right is prefetched row by row meanwhile (its rows lie lda apart, too far
  * for the hardware prefetchers).  The block goes to `tile` (NU vectors). */
 static inline __attribute__((always_inline)) void
 fg_tn_units_block(const int NU, ptrdiff_t K, const float *a, ptrdiff_t lda, const float *b,
-                  ptrdiff_t ldb, float *tile, __mmask16 tail, int ahead)
+                  ptrdiff_t ldb, float *tile, fg_mask tail, int ahead)
 {
-    __m512 acc[FG_TN1_MAXN], x;
+    fg_v acc[FG_TN1_MAX], x;
     ptrdiff_t k;
 #pragma GCC unroll 24
     for (int u = 0; u < NU; u++)
-        acc[u] = _mm512_setzero_ps();
+        acc[u] = fg_zero();
     for (k = 0; k < K; k++) {
-        x = _mm512_maskz_loadu_ps(tail, a + k * lda);
+        x = fg_loadm(tail, a + k * lda);
         if (ahead)
-            _mm_prefetch((const char *)(a + k * lda + 16 * FG_TN1_AHEAD), _MM_HINT_T0);
+            _mm_prefetch((const char *)(a + k * lda + FG_VW * FG_TN1_AHEAD), _MM_HINT_T0);
 #pragma GCC unroll 24
         for (int u = 0; u < NU; u++)
-            acc[u] = _mm512_fmadd_ps(_mm512_set1_ps(b[k * ldb + u]), x, acc[u]);
+            acc[u] = fg_fma(fg_set1(b[k * ldb + u]), x, acc[u]);
     }
 #pragma GCC unroll 24
     for (int u = 0; u < NU; u++)
-        _mm512_store_ps(tile + 16 * u, acc[u]);
+        fg_store_aligned(tile + FG_VW * u, acc[u]);
 }
 
 #define FG_TU(NU)                                                                         \
@@ -249,7 +288,7 @@ fg_tn_units_block(const int NU, ptrdiff_t K, const float *a, ptrdiff_t lda, cons
 
 static void
 fg_tn_units_any(int nu, ptrdiff_t K, const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb,
-                float *tile, __mmask16 tail, int ahead)
+                float *tile, fg_mask tail, int ahead)
 {
     switch (nu) {
         FG_TU(1) FG_TU(2) FG_TU(3) FG_TU(4) FG_TU(5) FG_TU(6) FG_TU(7) FG_TU(8)
@@ -261,23 +300,23 @@ fg_tn_units_any(int nu, ptrdiff_t K, const float *a, ptrdiff_t lda, const float 
 #undef FG_TU
 
 /* fg_tn of a weight gradient of at most FG_TN1_MAXN units (n): C^T (n, m) = B^T A in blocks
- * of all n units by 16 of C's rows, one per panel of A's columns, walked left to right so the
+ * of all n units by FG_VW of C's rows, one per panel of A's columns, walked left to right so the
  * prefetch of the panel ahead pays; each block is stored transposed from a tile on the stack.
  * Same chains as fg_tn, so the same bits (tests/kernels/test_gemm.py). */
 static inline void
 fg_tn_units(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda, const float *B,
             ptrdiff_t ldb, float *C, ptrdiff_t ldc)
 {
-    float tile[FG_TN1_MAXN * 16] __attribute__((aligned(64)));
+    float tile[FG_TN1_MAX * FG_VW] __attribute__((aligned(64)));
     ptrdiff_t j, w, jj, u;
-    __mmask16 tail;
-    for (j = 0; j < m; j += 16) {
-        w = m - j < 16 ? m - j : 16;
-        tail = (__mmask16)((1u << w) - 1);
-        fg_tn_units_any((int)n, K, A + j, lda, B, ldb, tile, tail, j + 16 * (FG_TN1_AHEAD + 1) <= m);
+    fg_mask tail;
+    for (j = 0; j < m; j += FG_VW) {
+        w = m - j < FG_VW ? m - j : FG_VW;
+        tail = fg_tail(w);
+        fg_tn_units_any((int)n, K, A + j, lda, B, ldb, tile, tail, j + FG_VW * (FG_TN1_AHEAD + 1) <= m);
         for (jj = 0; jj < w; jj++)
             for (u = 0; u < n; u++)
-                C[(j + jj) * ldc + u] = tile[u * 16 + jj];
+                C[(j + jj) * ldc + u] = tile[u * FG_VW + jj];
     }
 }
 
@@ -309,10 +348,10 @@ fg_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda, cons
       ptrdiff_t ldb, float *C, ptrdiff_t ldc)
 {
     float panel[FG_KC * FG_NB] __attribute__((aligned(64)));
-    const float *rp[FG_MR];
+    const float *rp[FG_MR_MAX];
     ptrdiff_t i, j, w, k0, kw, k, jj, r;
     int nv, mr;
-    __mmask16 tail;
+    fg_mask tail;
     for (j = 0; j < n; j += FG_NB) {
         w = fg_panel(n, j, &nv, &tail);
         for (k0 = 0; k0 < K; k0 += FG_KC) {
@@ -331,7 +370,7 @@ fg_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda, cons
     return 1;
 }
 
-#else /* no AVX-512F: the callers use BLAS */
+#else /* neither AVX-512F nor AVX2 with FMA: the callers use BLAS */
 
 #define FG_AVAILABLE 0
 

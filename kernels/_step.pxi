@@ -23,7 +23,7 @@
 # in a fixed order, and each product element is one dot product whatever block
 # it falls in, so the step has the same bits for any thread count.  The caller
 # passes BLAS's Fortran ?gemm (scipy.linalg.cython_blas) by address and keeps
-# that BLAS on one thread while steps run.  In float32 on the AVX-512 copy of
+# that BLAS on one thread while steps run.  In float32 on the AVX2 and AVX-512 copies of
 # the extension, the products run on _gemm.h's kernels instead (13-15 %
 # faster than sgemm on the large ones), and the first layer reads the gathered
 # rows where they lie in X, so the gather copies only the targets.
@@ -128,7 +128,7 @@ ctypedef void (*dgemm_t)(char*, char*, int*, int*, int*, double*, double*, int*,
                          double*, double*, int*) noexcept nogil
 
 
-# single-precision products in AVX-512 where the variant is built for it (else FG_AVAILABLE is 0)
+# single-precision products in AVX-512 or AVX2 where the variant is built for it (else FG_AVAILABLE is 0)
 cdef extern from "_gemm.h" nogil:
     int FG_AVAILABLE
     int fg_nn(Py_ssize_t m, Py_ssize_t n, Py_ssize_t K, const float* A, Py_ssize_t lda,
@@ -190,7 +190,7 @@ cdef struct Net:
     void* D[2]                   # delta ping-pong, (m, widest)
     void* X                      # the batch (m, n[0])
     bint in_place                # gathered steps: the first layer reads X's rows where they are
-    const float* xrows[MAXR]     # ... at these addresses (float32 with the AVX-512 kernels)
+    const float* xrows[MAXR]     # ... at these addresses (float32 with the own kernels)
     void* Y                      # its targets (m, n[L])
     size_t gemm
     double* bound                # (3,) upper bounds of |w|, |state 1|, |state 2| (INFINITY: unknown)
@@ -198,7 +198,7 @@ cdef struct Net:
 
 
 cdef inline bint _own(Net* net, const floating* dummy, int l) noexcept nogil:
-    """Whether layer l's products run on _gemm.h's kernels (float32 on the AVX-512 copy).
+    """Whether layer l's products run on _gemm.h's kernels (float32 on the AVX2 and AVX-512 copies).
 
     Decided per layer, never per thread, so every element of a product is computed the
     same way whatever the thread count.  Narrow layers take them too: BLAS runs a

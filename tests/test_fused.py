@@ -111,7 +111,7 @@ def test_fused_step_equals_the_per_kernel_path(net, opt, team):
 # float32 ------------------------------------------------------------------------------------
 #
 # Two correct float32 implementations drift apart over a run: the products round differently
-# (the own AVX-512 kernels, OpenBLAS's kernels for this CPU, NumPy's matmul), and Adam or
+# (the own AVX2/AVX-512 kernels, OpenBLAS's kernels for this CPU, NumPy's matmul), and Adam or
 # RMSProp turn a gradient element near 0 into a step of +-lr whatever its size, so a sign that
 # rounding flips moves a weight by 2 lr.  Where they drift depends on the CPU.  So in float32
 # each step is checked on its own, from the same parameters and optimiser state:
@@ -210,12 +210,15 @@ def test_fused_float32_steps_equal_the_per_kernel_path(net, opt, team):
 
 @pytest.mark.parametrize("net", ["dropout", "batchnorm", "sigmoid", "planar", "narrow"])
 def test_batches_of_hundreds_of_rows_take_the_fused_step_in_float32(net):
-    """Batches of 300 rows and a last one of 100 (the own products' limit is 1024 rows)."""
+    """Batches of 300 rows and a last one of 100: the fused step when the policy takes them (a serial
+    step takes any batch; a team step up to max_rows, 1024 on the own products, 128 on sgemm)."""
     make, kind = NETS[net]
     X, y = blobs(m=700, dtype="float32")
-    run = _Run(Trainer(Sequential(make(), input_dim=X.shape[1], dtype="float32"), optim.Adam(), batch_size=300,
-                       progress=False), X, _targets(kind, X, y), None, 2)
-    assert isinstance(run.fused, _fused.FusedStep) == (_fused.max_rows("float32") >= 300)
+    model = Sequential(make(), input_dim=X.shape[1], dtype="float32")
+    run = _Run(Trainer(model, optim.Adam(), batch_size=300, progress=False), X, _targets(kind, X, y), None, 2)
+    takes = _fused.rows_why_not(model, 300, kernels.get_num_threads()) is None
+    assert takes == (_fused.step_flops(model, 300) < _policy.STEP_SERIAL_FLOPS or _fused.max_rows("float32") >= 300)
+    assert isinstance(run.fused, _fused.FusedStep) == takes
     if run.fused is not None:
         _float32_steps_agree(net, "adam", batch_size=300, m=700, steps=4)
 
@@ -226,8 +229,8 @@ def _variants_without_own_products():
 
 
 @pytest.mark.parametrize("variant", _variants_without_own_products(), ids=lambda v: v.ISA)
-def test_the_blas_products_of_cpus_without_avx512_train_the_same(monkeypatch, variant):
-    """The copies of the extension built without AVX-512 run float32 products on sgemm."""
+def test_the_blas_products_of_the_baseline_copy_train_the_same(monkeypatch, variant):
+    """The copy of the extension built for the baseline x86-64 (no AVX2) runs float32 products on sgemm."""
     ck = _fused._cython()
     monkeypatch.setattr(ck, "_ck", variant)
     monkeypatch.setattr(ck, "FUSED_GEMM", False)

@@ -102,7 +102,7 @@ def test_softmax_and_linear_outputs_float64(kind):
                 _close(histories[k][key], history[key], 1e-10)
 
 
-#: float32: each product sums in another order than the trainer's (BLAS or its own AVX-512 kernels), a few
+#: float32: each product sums in another order than the trainer's (BLAS or its own kernels), a few
 #: ulp per step; after 3 epochs of 3 steps with batch norm and dropout the weights agree to this (normwise)
 FLOAT32_RTOL = 1e-4
 

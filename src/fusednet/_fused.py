@@ -17,7 +17,7 @@ epochs -- the whole fit -- are one call of ``dense_fit``
 thread calls SciPy's BLAS (kept on one thread, see
 :mod:`fusednet.kernels._blas`) on its share of every matrix product and then
 runs the element-wise work on the block it has just written.  In float32 on
-the AVX-512 copy of the extension the products run on its own kernels
+the AVX2 and AVX-512 copies of the extension the products run on its own kernels
 (``kernels/_gemm.h``) instead, and the first layer reads a shuffled batch's
 rows where they lie in ``X``.  float64 takes the same step, on dgemm.
 
@@ -129,14 +129,14 @@ def products(dtype):
     """What the one-call step's matrix products run on for a model of this dtype."""
     ck = _cython()
     if np.dtype(dtype) == np.float32:
-        return "the own AVX-512 kernels" if ck is not None and ck.FUSED_GEMM else "sgemm"
+        return "the own kernels" if ck is not None and ck.FUSED_GEMM else "sgemm"
     return "dgemm"
 
 
 def max_rows(dtype):
     """The largest mini-batch that takes the fused step on a team of threads for a model of this
     dtype: :data:`MAX_ROWS_OWN`, :data:`MAX_ROWS` (sgemm) or :data:`MAX_ROWS_F64` (dgemm)."""
-    return {"the own AVX-512 kernels": MAX_ROWS_OWN, "sgemm": MAX_ROWS, "dgemm": MAX_ROWS_F64}[products(dtype)]
+    return {"the own kernels": MAX_ROWS_OWN, "sgemm": MAX_ROWS, "dgemm": MAX_ROWS_F64}[products(dtype)]
 
 
 def rows_why_not(model, rows, n_threads):

@@ -62,7 +62,7 @@ def info():
     elif _blas.AVAILABLE:
         from .kernels import _cython
 
-        own = "fusednet's AVX-512 kernels for float32 products, " if _cython.FUSED_GEMM else ""
+        own = "fusednet's own kernels for float32 products, " if _cython.FUSED_GEMM else ""
         from . import _fused
 
         out["fused_step"] = (f"available, on {own}{_blas.STATUS}; steps of fewer than "

@@ -129,7 +129,7 @@ class Trainer:
         mini-batch step -- gather,
         forward, loss, backward, checks and update -- as one compiled call in
         one thread team, each thread computing its share of every matrix
-        product (fusednet's own AVX-512 kernels in float32, else SciPy's BLAS;
+        product (fusednet's own AVX2 or AVX-512 kernels in float32, else SciPy's BLAS;
         see ``fusednet._fused``; :func:`fusednet.info` says whether it is
         available).  False: always the per-kernel path.
 

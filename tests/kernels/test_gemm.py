@@ -5,9 +5,11 @@
   and read-only inputs;
 * any block of C, computed on its own as a thread computes its share, has the
   same bits as the whole product;
+* every element is one chain of fused multiply-adds over k in order, checked exactly against
+  an emulation in float64, so the AVX2 and AVX-512 copies compute the same bits;
 * products deeper than a chunk (4096) chain the chunks, and narrow weight
   gradients (few units) walk C transposed, each with the bits of any other walk;
-* the AVX-512 copy of the extension has the kernels and the others do not;
+* the AVX2 and AVX-512 copies of the extension have the kernels and the baseline does not;
 * a training step with a first layer of many inputs and few units (its forward
   product split by rows among the team) has the same bits on any thread count.
 """
@@ -44,9 +46,9 @@ def _check(C, a, b):
     assert np.all(np.abs(C - ref) <= tol), np.max(np.abs(C - ref) / tol)
 
 
-def test_the_avx512_copy_has_the_kernels_and_the_others_do_not():
+def test_the_avx2_and_avx512_copies_have_the_kernels_and_the_baseline_does_not():
     for v in _cython.VARIANTS:
-        assert v.FUSED_GEMM == (v.ISA == "x86-64-v4")
+        assert v.FUSED_GEMM == (v.ISA in ("x86-64-v3", "x86-64-v4"))
         if not v.FUSED_GEMM:
             C = np.zeros((4, 20), np.float32)
             assert v.gemm_f32(np.ones((4, 3), np.float32), np.ones((3, 20), np.float32), C) is False
@@ -127,6 +129,38 @@ def test_any_block_of_c_has_the_bits_of_the_whole_product(ck, form):
         b = {"nn": B[:, c0:c1], "tn": B[:, c0:c1], "nt": B[c0:c1]}[form]
         assert ck.gemm_f32(a, b, part, **kw)
         np.testing.assert_array_equal(part, whole[r0:r1, c0:c1])
+
+
+def _fma_chain(a, b):
+    """a (m, K) @ b (K, n) as one float32 fused multiply-add chain per element, k in order.
+
+    float32 x float32 is exact in float64 (48 of 53 bits); the float64 sum then rounds once
+    more before the float32 rounding, which a true fma does not, but a double rounding can only
+    differ where the float64 sum lands exactly halfway between two floats: not in these data
+    (the seeds are fixed, and the check is exact, so it holds or fails the same on every CPU).
+    """
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    acc = np.zeros((a.shape[0], b.shape[1]), np.float32)
+    for k in range(a.shape[1]):
+        acc = (np.outer(a[:, k], b[k]) + acc).astype(np.float32)
+    return acc
+
+
+@pytest.mark.parametrize("form, m, n, k", [
+    ("nn", 37, 75, 300), ("nn", 13, 9, 4100),  # tails of rows and columns; two depth chunks
+    ("tn", 37, 75, 300), ("tn", 300, 20, 209), ("tn", 70, 5, 33),  # the narrow walks
+    ("nt", 37, 75, 300), ("nt", 9, 17, 600),  # B's transposed panels, in K chunks of 256
+])
+def test_every_element_is_one_fma_chain_in_k_order(ck, form, m, n, k):
+    """The same bits on every vector width: each C[i, j] = fma(a_ik, b_kj, ...) for k = 0 .. K-1."""
+    rng = np.random.default_rng([m, n, k, 5])
+    shapes = {"nn": ((m, k), (k, n)), "tn": ((k, m), (k, n)), "nt": ((m, k), (n, k))}[form]
+    A, B = _operands(rng, *shapes)
+    C = np.full((m, n), np.nan, np.float32)
+    assert ck.gemm_f32(A, B, C, trans_a=form == "tn", trans_b=form == "nt")
+    a = A.T if form == "tn" else A
+    b = B.T if form == "nt" else B
+    np.testing.assert_array_equal(C, _fma_chain(a, b))
 
 
 @pytest.mark.parametrize("k", [4097, 9000, 12288])

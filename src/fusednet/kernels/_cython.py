@@ -46,7 +46,7 @@ _ck = VARIANTS[0]
 ISA = _ck.ISA
 #: whether the extension was compiled with OpenMP
 OPENMP = _ck.OPENMP
-#: whether the fused step's float32 products run on the extension's own AVX-512 kernels
+#: whether the fused step's float32 products run on the extension's own kernels (the AVX2 and AVX-512 copies)
 FUSED_GEMM = getattr(_ck, "FUSED_GEMM", False)
 #: OpenMP's thread limit in this process
 max_threads = _ck.max_threads
