@@ -48,6 +48,8 @@ static inline void fg_store_aligned(float *p, fg_v v) { _mm512_store_ps(p, v); }
 static inline void fg_storem(float *p, fg_mask m, fg_v v) { _mm512_mask_storeu_ps(p, m, v); }
 /* lanes 0 .. w-1 (1 <= w <= FG_VW) */
 static inline fg_mask fg_tail(ptrdiff_t w) { return (fg_mask)(w >= 16 ? 0xFFFFu : (1u << w) - 1); }
+static inline int fg_full(fg_mask m) { return m == 0xFFFFu; }
+#define FG_MASK_COSTS 0  /* a masked load or store costs what a plain one does */
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define FG_VW 8
@@ -67,6 +69,8 @@ static inline fg_mask fg_tail(ptrdiff_t w)
 {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)w), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
+static inline int fg_full(fg_mask m) { return _mm256_testc_si256(m, _mm256_set1_epi32(-1)); }
+#define FG_MASK_COSTS 1  /* vmaskmovps is slower than a plain load or store: blocks of full vectors skip it */
 #endif
 
 #if defined(FG_VW)
@@ -81,10 +85,11 @@ static inline fg_mask fg_tail(ptrdiff_t w)
 #define FG_TN 1          /* a[k * lda + r]: A stored (K, m) */
 #define FG_TN_ROWS 2     /* rows[k][lda + r]: A's rows by pointer, columns from lda on */
 
-/* C[0:MR, 0:FG_VW*NV] = sum_k a(r, k) * B[k, 0:FG_VW*NV], the last vector masked by `tail`;
- * with `add`, the sum starts from C's values instead of zero. */
+/* C[0:MR, 0:FG_VW*NV] = sum_k a(r, k) * B[k, 0:FG_VW*NV], the last vector masked by `tail`
+ * (FULL: the last vector is whole, the mask unused); with `add`, the sum starts from C's values
+ * instead of zero. */
 static inline __attribute__((always_inline)) void
-fg_block(const int MR, const int NV, const int MODE, ptrdiff_t K, const float *a, ptrdiff_t lda,
+fg_block(const int MR, const int NV, const int MODE, const int FULL, ptrdiff_t K, const float *a, ptrdiff_t lda,
          const float *const *rows, const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
          fg_mask tail, int add)
 {
@@ -99,20 +104,20 @@ fg_block(const int MR, const int NV, const int MODE, ptrdiff_t K, const float *a
         acc[r][1] = fg_zero();
         if (add) {
             if (NV == 1) {
-                acc[r][0] = fg_loadm(tail, c + r * ldc);
+                acc[r][0] = FULL ? fg_load(c + r * ldc) : fg_loadm(tail, c + r * ldc);
             } else {
                 acc[r][0] = fg_load(c + r * ldc);
-                acc[r][1] = fg_loadm(tail, c + r * ldc + FG_VW);
+                acc[r][1] = FULL ? fg_load(c + r * ldc + FG_VW) : fg_loadm(tail, c + r * ldc + FG_VW);
             }
         }
     }
     for (k = 0; k < K; k++) {
         const float *bk = b + k * ldb;
         if (NV == 1) {
-            bv[0] = fg_loadm(tail, bk);
+            bv[0] = FULL ? fg_load(bk) : fg_loadm(tail, bk);
         } else {
             bv[0] = fg_load(bk);
-            bv[1] = fg_loadm(tail, bk + FG_VW);
+            bv[1] = FULL ? fg_load(bk + FG_VW) : fg_loadm(tail, bk + FG_VW);
         }
         ak = MODE == FG_TN ? a + k * lda : (MODE == FG_TN_ROWS ? rows[k] + lda : a);
 #pragma GCC unroll 8
@@ -126,10 +131,16 @@ fg_block(const int MR, const int NV, const int MODE, ptrdiff_t K, const float *a
 #pragma GCC unroll 8
     for (int r = 0; r < MR; r++) {
         if (NV == 1) {
-            fg_storem(c + r * ldc, tail, acc[r][0]);
+            if (FULL)
+                fg_store(c + r * ldc, acc[r][0]);
+            else
+                fg_storem(c + r * ldc, tail, acc[r][0]);
         } else {
             fg_store(c + r * ldc, acc[r][0]);
-            fg_storem(c + r * ldc + FG_VW, tail, acc[r][1]);
+            if (FULL)
+                fg_store(c + r * ldc + FG_VW, acc[r][1]);
+            else
+                fg_storem(c + r * ldc + FG_VW, tail, acc[r][1]);
         }
     }
 }
@@ -138,10 +149,14 @@ fg_block(const int MR, const int NV, const int MODE, ptrdiff_t K, const float *a
  * specialised kernel (each has its accumulators in registers). */
 #define FG_CASE(MR, MODE)                                                                 \
     case MR:                                                                              \
-        if (nv == 1)                                                                      \
-            fg_block(MR, 1, MODE, K, a, lda, rows, b, ldb, c, ldc, tail, add);            \
+        if (nv == 1 && full)                                                              \
+            fg_block(MR, 1, MODE, 1, K, a, lda, rows, b, ldb, c, ldc, tail, add);         \
+        else if (nv == 1)                                                                 \
+            fg_block(MR, 1, MODE, 0, K, a, lda, rows, b, ldb, c, ldc, tail, add);         \
+        else if (full)                                                                    \
+            fg_block(MR, 2, MODE, 1, K, a, lda, rows, b, ldb, c, ldc, tail, add);         \
         else                                                                              \
-            fg_block(MR, 2, MODE, K, a, lda, rows, b, ldb, c, ldc, tail, add);            \
+            fg_block(MR, 2, MODE, 0, K, a, lda, rows, b, ldb, c, ldc, tail, add);         \
         break;
 
 #define FG_DISPATCH(NAME, MODE)                                                           \
@@ -149,6 +164,7 @@ fg_block(const int MR, const int NV, const int MODE, ptrdiff_t K, const float *a
                      const float *const *rows, const float *b, ptrdiff_t ldb, float *c,   \
                      ptrdiff_t ldc, fg_mask tail, int add)                              \
     {                                                                                     \
+        const int full = FG_MASK_COSTS && fg_full(tail);                                  \
         switch (mr) {                                                                     \
             FG_CASE(1, MODE) FG_CASE(2, MODE) FG_CASE(3, MODE) FG_CASE(4, MODE)           \
             FG_CASE(5, MODE) FG_CASE(6, MODE) FG_CASE(7, MODE) FG_CASE(8, MODE)           \
@@ -260,7 +276,7 @@ fg_tn_narrow(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t ld
  * FG_TN1_AHEAD to the right is prefetched row by row meanwhile (its rows lie lda apart, too far
  * for the hardware prefetchers).  The block goes to `tile` (NU vectors). */
 static inline __attribute__((always_inline)) void
-fg_tn_units_block(const int NU, ptrdiff_t K, const float *a, ptrdiff_t lda, const float *b,
+fg_tn_units_block(const int NU, const int FULL, ptrdiff_t K, const float *a, ptrdiff_t lda, const float *b,
                   ptrdiff_t ldb, float *tile, fg_mask tail, int ahead)
 {
     fg_v acc[FG_TN1_MAX], x;
@@ -269,7 +285,7 @@ fg_tn_units_block(const int NU, ptrdiff_t K, const float *a, ptrdiff_t lda, cons
     for (int u = 0; u < NU; u++)
         acc[u] = fg_zero();
     for (k = 0; k < K; k++) {
-        x = fg_loadm(tail, a + k * lda);
+        x = FULL ? fg_load(a + k * lda) : fg_loadm(tail, a + k * lda);
         if (ahead)
             _mm_prefetch((const char *)(a + k * lda + FG_VW * FG_TN1_AHEAD), _MM_HINT_T0);
 #pragma GCC unroll 24
@@ -283,13 +299,17 @@ fg_tn_units_block(const int NU, ptrdiff_t K, const float *a, ptrdiff_t lda, cons
 
 #define FG_TU(NU)                                                                         \
     case NU:                                                                              \
-        fg_tn_units_block(NU, K, a, lda, b, ldb, tile, tail, ahead);                      \
+        if (full)                                                                         \
+            fg_tn_units_block(NU, 1, K, a, lda, b, ldb, tile, tail, ahead);               \
+        else                                                                              \
+            fg_tn_units_block(NU, 0, K, a, lda, b, ldb, tile, tail, ahead);               \
         break;
 
 static void
 fg_tn_units_any(int nu, ptrdiff_t K, const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb,
                 float *tile, fg_mask tail, int ahead)
 {
+    const int full = FG_MASK_COSTS && fg_full(tail);
     switch (nu) {
         FG_TU(1) FG_TU(2) FG_TU(3) FG_TU(4) FG_TU(5) FG_TU(6) FG_TU(7) FG_TU(8)
         FG_TU(9) FG_TU(10) FG_TU(11) FG_TU(12) FG_TU(13) FG_TU(14) FG_TU(15) FG_TU(16)
