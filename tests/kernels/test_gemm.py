@@ -148,8 +148,9 @@ def _fma_chain(a, b):
 
 @pytest.mark.parametrize("form, m, n, k", [
     ("nn", 37, 75, 300), ("nn", 13, 9, 4100),  # tails of rows and columns; two depth chunks
+    ("nn", 13, 20, 4100), ("tn", 40, 40, 300),  # two panels, the second one vector (AVX2: 20, AVX-512: 40)
     ("tn", 37, 75, 300), ("tn", 300, 20, 209), ("tn", 70, 5, 33),  # the narrow walks
-    ("nt", 37, 75, 300), ("nt", 9, 17, 600),  # B's transposed panels, in K chunks of 256
+    ("nt", 37, 75, 300), ("nt", 9, 17, 600), ("nt", 9, 40, 600),  # B's transposed panels, K chunks of 256
 ])
 def test_every_element_is_one_fma_chain_in_k_order(ck, form, m, n, k):
     """The same bits on every vector width: each C[i, j] = fma(a_ik, b_kj, ...) for k = 0 .. K-1."""
