@@ -217,7 +217,7 @@ def test_batches_of_hundreds_of_rows_take_the_fused_step_in_float32(net):
     model = Sequential(make(), input_dim=X.shape[1], dtype="float32")
     run = _Run(Trainer(model, optim.Adam(), batch_size=300, progress=False), X, _targets(kind, X, y), None, 2)
     takes = _fused.rows_why_not(model, 300, kernels.get_num_threads()) is None
-    assert takes == (_fused.step_flops(model, 300) < _policy.STEP_SERIAL_FLOPS or _fused.max_rows("float32") >= 300)
+    assert takes == (_fused.step_flops(model, 300) < _fused.serial_flops() or _fused.max_rows("float32") >= 300)
     assert isinstance(run.fused, _fused.FusedStep) == takes
     if run.fused is not None:
         _float32_steps_agree(net, "adam", batch_size=300, m=700, steps=4)
@@ -585,6 +585,21 @@ def test_a_bias_before_batchnorm_takes_the_fused_step_too():
     np.testing.assert_allclose(got[2]["dev_loss"], ref[2]["dev_loss"], rtol=1e-10)
 
 
+@pytest.mark.parametrize("isa, scale", [("x86-64-v4", 1.0), ("x86-64-v3", 0.5), ("x86-64", 0.25), ("other", 1.0)])
+def test_the_serial_limit_scales_with_the_vector_width_of_the_copy_in_use(monkeypatch, isa, scale):
+    """A core of narrower vectors spends the team's fixed barrier time on fewer flops."""
+    ck = _fused._cython()
+    monkeypatch.setattr(ck, "ISA", isa)
+    limit = int(_policy.STEP_SERIAL_FLOPS * scale)
+    assert _fused.serial_flops() == limit
+    # 64-100-10 at 200 rows: 8,880,000 flops, on a team where the limit is below that
+    model = Sequential([Dense(100, "relu"), Dense(10, "softmax")], input_dim=64)
+    threads, why = _fused.team_choice(model, 200, 2)
+    assert threads == (2 if limit <= 8_880_000 else 1)
+    assert f"({limit:,})" in why
+    assert ("STEP_SERIAL_FLOPS" if scale == 1.0 else f"STEP_SERIAL_FLOPS x {scale:g} on {isa}") in why
+
+
 def test_small_steps_run_on_one_thread_and_large_ones_on_the_team():
     X, y = blobs(m=256, nf=6)
     small = Sequential([Dense(8, "relu"), Dense(3, "softmax")], input_dim=6)
@@ -593,5 +608,5 @@ def test_small_steps_run_on_one_thread_and_large_ones_on_the_team():
     assert run.fused.n_threads == 1
     big = Sequential([Dense(600, "relu"), Dense(300, "relu"), Dense(3, "softmax")], input_dim=6)
     run = _Run(Trainer(big, optim.Adam(), batch_size=64, progress=False), X, y, None, 2)
-    assert _fused.step_flops(big, 64) >= _policy.STEP_SERIAL_FLOPS
+    assert _fused.step_flops(big, 64) >= _fused.serial_flops()
     assert run.fused.n_threads == 2

@@ -71,28 +71,44 @@ def step_flops(model, rows):
     return 6 * rows * int(np.dot(dense["n_in"], dense["n_out"]))
 
 
+def serial_flops():
+    """The product flops from which a step runs on a team, for the copy of the extension in use:
+    :data:`~fusednet.kernels._policy.STEP_SERIAL_FLOPS` x its
+    :data:`~fusednet.kernels._policy.STEP_SERIAL_SCALE` (1 for a copy not in the table)."""
+    ck = _cython()
+    isa = getattr(ck, "ISA", None) if ck is not None else None
+    return int(_policy.STEP_SERIAL_FLOPS * _policy.STEP_SERIAL_SCALE.get(isa, 1.0))
+
+
+def _serial_name():
+    ck = _cython()
+    isa = getattr(ck, "ISA", None) if ck is not None else None
+    scale = _policy.STEP_SERIAL_SCALE.get(isa, 1.0)
+    return "STEP_SERIAL_FLOPS" if scale == 1.0 else f"STEP_SERIAL_FLOPS x {scale:g} on {isa}"
+
+
 def team_size(model, rows, n_threads):
     """The threads of the one-call step for ``model`` at ``rows`` rows: 1 below
-    :data:`fusednet.kernels._policy.STEP_SERIAL_FLOPS`."""
+    :func:`serial_flops`."""
     return team_choice(model, rows, n_threads)[0]
 
 
 def team_choice(model, rows, n_threads):
     """``(threads, reason)``: how the one-call step of ``model`` runs a batch of ``rows`` rows.
 
-    Below :data:`fusednet.kernels._policy.STEP_SERIAL_FLOPS` product flops a step runs on the
+    Below :func:`serial_flops` product flops a step runs on the
     calling thread, with no parallel region and no barrier; from there on, on a team of
     ``n_threads``.  A fit decides it once, when it builds its plan (``FusedStep``).
     """
     flops = step_flops(model, rows)
-    limit = _policy.STEP_SERIAL_FLOPS
+    limit = serial_flops()
     n_threads = max(1, int(n_threads))
     if flops < limit or n_threads == 1:
-        why = f"below STEP_SERIAL_FLOPS ({limit:,})" if flops < limit else "one thread available"
+        why = f"below {_serial_name()} ({limit:,})" if flops < limit else "one thread available"
         return 1, (f"serial, no parallel region or barrier: {flops:,} product flops per step of {rows} rows, "
                    f"{why}")
     return n_threads, (f"a team of {n_threads} threads: {flops:,} product flops per step of {rows} rows, "
-                       f"from STEP_SERIAL_FLOPS ({limit:,}) on")
+                       f"from {_serial_name()} ({limit:,}) on")
 
 
 #: how the last fit in this process trains (``fusednet.info()["last_fit"]``); None before one
@@ -142,19 +158,19 @@ def max_rows(dtype):
 def rows_why_not(model, rows, n_threads):
     """None when a fit of ``model`` in batches of ``rows`` rows takes the fused step, else the reason.
 
-    A step below :data:`fusednet.kernels._policy.STEP_SERIAL_FLOPS` product flops runs on the
+    A step below :func:`serial_flops` product flops runs on the
     calling thread and splits nothing between threads, so it takes any number of rows (measured
     in ``docs/PERFORMANCE.md``); from there on the limit is :func:`max_rows`, set by how the
     team splits the products.
     """
     flops = step_flops(model, rows)
     limit = max_rows(model.dtype)
-    if flops < _policy.STEP_SERIAL_FLOPS or rows <= limit:
+    if flops < serial_flops() or rows <= limit:
         return None
     threads = max(1, int(n_threads))
     return (f"batches of {rows} rows, above the step's {limit} for {np.dtype(model.dtype)} products on "
-            f"{products(model.dtype)} ({flops:,} product flops per step, from STEP_SERIAL_FLOPS "
-            f"({_policy.STEP_SERIAL_FLOPS:,}) on{'' if threads == 1 else f' a team of {threads} threads'})")
+            f"{products(model.dtype)} ({flops:,} product flops per step, from {_serial_name()} "
+            f"({serial_flops():,}) on{'' if threads == 1 else f' a team of {threads} threads'})")
 
 
 def _cython():

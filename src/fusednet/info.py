@@ -54,7 +54,7 @@ def info():
         out["openmp"] = getattr(_cython, "OPENMP", None)
         out["cython_isa"] = getattr(_cython, "ISA", None)  # the instruction-set build imported
         out["cython_threads"] = getattr(_cython, "max_threads", lambda: None)()
-    from .kernels import _blas, _policy
+    from .kernels import _blas
 
     # the trainer's one-call step for Dense stacks (see fusednet._fused)
     if "cython" not in out["backends"]:
@@ -66,7 +66,7 @@ def info():
         from . import _fused
 
         out["fused_step"] = (f"available, on {own}{_blas.STATUS}; steps of fewer than "
-                             f"{_policy.STEP_SERIAL_FLOPS:,} product flops run on one thread at any batch size, "
+                             f"{_fused.serial_flops():,} product flops run on one thread at any batch size, "
                              f"larger ones on a team in batches of up to {_fused.max_rows('float32')} rows "
                              f"(float32) or {_fused.max_rows('float64')} (float64)")
     else:

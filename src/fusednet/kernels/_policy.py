@@ -78,8 +78,15 @@ CYTHON_PARALLEL = {
 #: a step of fewer floating-point operations in its products (6 x rows x the weights) runs on
 #: the calling thread, with no team and no barrier (below it a team's start and barriers cost
 #: more than the second core saves, and on a busy machine a team of tiny steps waits for a
-#: descheduled thread at every barrier)
+#: descheduled thread at every barrier).  Measured with the AVX-512 copy of the extension, whose
+#: products run 16 floats wide
 STEP_SERIAL_FLOPS = 12_000_000
+#: ... and the share of it for each copy of the extension (``fusednet.kernels._cython.ISA``):
+#: the barriers cost the same time on any core, and a core of narrower vectors spends that time
+#: on fewer flops (AVX2: 8 floats a vector; the baseline copy's sgemm: SSE, 4).  Measured on a
+#: 2-core AVX2 machine, the digits step (8.9M flops) took 212-228 us on a team against 304-315 us
+#: on one thread in 7 of 9 processes (327-331 us in the other two)
+STEP_SERIAL_SCALE = {"x86-64-v4": 1.0, "x86-64-v3": 0.5, "x86-64": 0.25}
 
 # ---- "auto" choices --------------------------------------------------------------------
 
