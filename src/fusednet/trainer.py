@@ -7,8 +7,8 @@ passes on preallocated buffers and makes one optimiser call over the flat
 parameter arena -- it allocates no arrays.  For Dense stacks (with BatchNorm,
 Activation and Dropout layers after hidden Dense ones) on the Cython
 backend, in float32 or float64 (mini-batches of any size when a step is small
-enough to run on one thread; else of up to 1024 rows in float32 on an AVX-512
-CPU, 8192 in float64, 128 in float32 otherwise) all of that is one compiled call per
+enough to run on one thread; else of up to 1024 rows in float32 on an AVX2 or
+AVX-512 CPU, 8192 in float64, 128 in float32 otherwise) all of that is one compiled call per
 step, or per shuffled epoch (:mod:`fusednet._fused`); ``fused_step=False``
 keeps the per-kernel path.
 
@@ -124,7 +124,7 @@ class Trainer:
         with GD, Momentum, RMSProp
         or Adam on the Cython backend in float32 or float64, in mini-batches
         of any size when a step is small enough to run on one thread, else of
-        at most 1024 rows (float32 on an AVX-512 CPU), 8192 (float64) or 128
+        at most 1024 rows (float32 on an AVX2 or AVX-512 CPU), 8192 (float64) or 128
         (float32 otherwise; ``fusednet._fused.rows_why_not``), run each
         mini-batch step -- gather,
         forward, loss, backward, checks and update -- as one compiled call in
