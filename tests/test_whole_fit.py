@@ -326,6 +326,18 @@ def test_the_compiled_epoch_orders_are_numpys(seed):
             np.testing.assert_array_equal(got, ref, err_msg=f"seed {seed}, epoch {epoch}, m {m}")
 
 
+@pytest.mark.parametrize("trusted", [True, False])
+def test_epoch_orders_are_the_trainers_draws_either_way(monkeypatch, trusted):
+    monkeypatch.setattr(_trainer, "_DRAWN_ORDERS", None if trusted else False)  # None: checked here
+    for seed, e0, e1, m in ((0, 0, 3, 5), (5, 2, 9, 320), (2**64 - 1, 397, 400, 64), (3, 4, 4, 10)):
+        got = _trainer.epoch_orders(seed, e0, e1, m)
+        assert got.shape == (e1 - e0, m) and got.dtype == np.int64
+        for i, epoch in enumerate(range(e0, e1)):
+            ref = np.arange(m)
+            np.random.default_rng([seed, epoch]).shuffle(ref)
+            np.testing.assert_array_equal(got[i], ref, err_msg=f"seed {seed}, epoch {epoch}")
+
+
 def test_orders_drawn_by_numpy_when_the_compiled_ones_are_not_trusted(monkeypatch, per_epoch):
     monkeypatch.setattr(_trainer, "_DRAWN_ORDERS", False)
     whole = _fit("moons", batch_size=16)

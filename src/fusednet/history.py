@@ -72,6 +72,13 @@ class History(Mapping):
                     continue
                 self._data[str(k)] = [float(x) for x in v]
 
+    @classmethod
+    def _of_floats(cls, data):
+        """A History holding ``data`` ({name: list of Python floats}) as it is: no copy, no conversion."""
+        history = cls()
+        history._data = data
+        return history
+
     # ---- mapping -------------------------------------------------------------
 
     def __getitem__(self, key):

@@ -51,7 +51,7 @@ from .kernels import _population as _engine
 from .layers import Activation, Dense, Dropout, Layer
 from .model import Sequential, _DropoutNode, as_2d
 from .model import _inputs as _model_inputs
-from .trainer import _seed_int
+from .trainer import _seed_int, epoch_orders
 
 __all__ = ["Population"]
 
@@ -394,12 +394,10 @@ class Population:
 
     def _orders(self, m, B, e0, e1):
         """Each epoch's row order, as the trainer draws it: (e1 - e0, m) int64."""
+        if self.shuffle and B < m:
+            return epoch_orders(_seed_int(self.seed), e0, e1, m)
         perm = np.empty((e1 - e0, m), np.int64)
         perm[:] = np.arange(m)
-        if self.shuffle and B < m:
-            base = _seed_int(self.seed)
-            for i, e in enumerate(range(e0, e1)):
-                np.random.default_rng([base, e]).shuffle(perm[i])
         return perm
 
     def _bias_corrections(self, t0, n):
@@ -498,7 +496,8 @@ class Population:
                 continue
             n = E if code == 0 else max(0, stop_epoch - e0)
             old = histories[k].to_dict()
-            histories[k] = History({name: old.get(name, []) + col[:n, k].tolist() for name, col in columns.items()})
+            histories[k] = History._of_floats({name: old.get(name, []) + col[:n, k].tolist()
+                                                 for name, col in columns.items()})
             if code > 0:
                 self.diverged[k] = {"epoch": stop_epoch, "step": stop_step, "what": FAILED[code]}
 

@@ -616,6 +616,21 @@ def _drawn_orders_match():
     return _DRAWN_ORDERS
 
 
+def epoch_orders(base_seed, e0, e1, m):
+    """(e1 - e0, m) int64: row ``i`` is epoch ``e0 + i``'s shuffling permutation of ``arange(m)``,
+    ``np.random.default_rng([base_seed, epoch]).shuffle`` as the trainer draws it (by the extension's
+    ``epoch_order`` when it is built and :func:`_drawn_orders_match`, else by NumPy: the same rows)."""
+    perm = np.empty((e1 - e0, m), np.int64)
+    perm[:] = np.arange(m)
+    compiled = 0 <= base_seed < 2**64 and _fused._cython() is not None and _drawn_orders_match()
+    for i, epoch in enumerate(range(e0, e1)):
+        if compiled:
+            _fused._cython()._ck.epoch_order(base_seed, epoch, perm[i])
+        else:
+            np.random.default_rng([base_seed, epoch]).shuffle(perm[i])
+    return perm
+
+
 class _WholeFit:
     """Every epoch of a fit in one compiled call (``dense_fit``), or in a few.
 
