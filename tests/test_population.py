@@ -266,6 +266,25 @@ def test_bad_arguments():
     np.testing.assert_array_equal(pop.models[0]._params, before)
 
 
+@pytest.mark.parametrize("name", ["momentum", "adam"])
+def test_bias_corrections_are_each_models_own(name):
+    """Computed once per distinct beta, laid out per model: each equals ``1 - beta**t`` of its own betas."""
+    cls, base = OPTIMIZERS[name]
+    cfgs = [dict(base[k % 2], lr=0.01 * (k + 1)) for k in range(5)]
+    pop = fn.Population([L.Dense(2, activation="sigmoid")], input_dim=3, configs=cfgs, optimizer=name)
+    bc = pop._bias_corrections(7, 4)
+    assert bc.shape == (4, 5, 2)
+    t = np.arange(8, 12, dtype=np.float64)
+    for k, opt in enumerate(pop.optimizers):
+        hp = opt.hyperparameters()
+        if name == "adam":
+            want = (1.0 - hp["beta1"] ** t, 1.0 - hp["beta2"] ** t)
+        else:
+            want = (1.0 - hp["beta"] ** t if hp["bias_correction"] else np.ones(4), np.ones(4))
+        np.testing.assert_array_equal(bc[:, k, 0], want[0], err_msg=f"model {k}")
+        np.testing.assert_array_equal(bc[:, k, 1], want[1], err_msg=f"model {k}")
+
+
 def test_dropout_keys_mirror_the_trainer():
     for seed, epoch, step, layer in ((0, 0, 0, 0), (12345, 7, 3, 5), (2**63 + 11, 1000, 99, 2)):
         assert int(engine.dropout_key4(np.uint64(seed), epoch, step, layer)) == dropout_key(seed, epoch, step, layer)

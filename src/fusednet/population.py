@@ -406,8 +406,9 @@ class Population:
         bc = np.ones((n, len(self.models), 2), np.float64)
         for col, beta in ((0, _engine.BETA1), (1, _engine.BETA2)):
             on = self._corrected[:, col]
-            if on.any():
-                bc[:, on, col] = _optim.bias_correction(self._hyp[on, beta][None, :], t)
+            if on.any():  # once per distinct beta: a search varies the learning rate more often than the betas
+                betas, which = np.unique(self._hyp[on, beta], return_inverse=True)
+                bc[:, on, col] = _optim.bias_correction(betas[None, :], t)[:, which]
         return bc
 
     def _chunks(self, flops):
