@@ -735,11 +735,7 @@ class _WholeFit:
             return np.empty((0, run.m), np.intp)
         if self.order != _codes.FIT_ORDER_GIVEN:  # FIXED: 0 .. m-1; DRAWN: a buffer the call fills
             return np.arange(run.m)[None, :]
-        perms = np.empty((end - first, run.m), np.intp)
-        for k in range(end - first):
-            perms[k] = np.arange(run.m)
-            np.random.default_rng([run.base_seed, first + k]).shuffle(perms[k])
-        return perms
+        return epoch_orders(run.base_seed, first, end, run.m)
 
     def train(self, bar):
         """Run the fit's epochs in whole-fit calls; return the first epoch left to the per-epoch path
