@@ -469,7 +469,7 @@ class Population:
             if n_workers == 0:
                 _engine.fit_chunk(0, K, 0, *args)
             else:
-                _engine.fit_parallel(bounds, np.zeros(1, np.int64), *args)
+                _engine.fit_team(bounds, n_workers, *args)
         elapsed = (time.perf_counter() - t0) / E
         self._t += E * n_steps
         self._record(data, e0, out, status, histories, elapsed)
@@ -525,9 +525,10 @@ def warmup(dtypes=("float32", "float64")):
     """Compile (or load from Numba's on-disk cache) the population engine for each of ``dtypes``.
 
     Its kernels take the same types whatever the layers, optimiser, loss and
-    number of models, so one tiny fit per dtype on the calling thread
-    (:func:`~fusednet.kernels._population.fit_chunk`) and one on the team
-    (:func:`~fusednet.kernels._population.fit_parallel`) compile all of it.
+    number of models, so one tiny fit per dtype
+    (:func:`~fusednet.kernels._population.fit_chunk`) compiles all of it; on a
+    team (:func:`~fusednet.kernels._population.fit_team`) each thread runs the
+    same kernel, so that fit runs on the calling thread and on the team.
     :func:`fusednet.kernels.warmup` (``fusednet warmup``) calls it.
     """
     X = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])

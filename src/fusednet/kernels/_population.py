@@ -24,8 +24,8 @@ loops here.  The element index of a dropout mask is the one of the model's
 trainer.
 
 Threads.  The models are cut into contiguous chunks (:func:`fit_chunk` runs
-one chunk on the calling thread; :func:`fit_parallel` hands the chunks out
-to a team of workers, the next free worker taking the next chunk); a chunk
+one chunk on the calling thread; :func:`fit_team` hands the chunks out
+to a team of threads, the next free thread taking the next chunk); a chunk
 runs every epoch and step of the call for its models, with no
 synchronisation between chunks.  Each model's arithmetic is the same
 whichever chunk it is in and however many models the population holds, so
@@ -69,9 +69,10 @@ Tables:
 """
 
 import math
+import threading
 
 import numpy as np
-from numba import carray, njit, prange, types
+from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
@@ -97,7 +98,6 @@ from ._numba_dense import (
     SCRATCH,
     _activate,
     _cce_rows,
-    _variant,
     batchnorm_backward_cols,
     batchnorm_infer_block,
     batchnorm_train_cols,
@@ -142,12 +142,11 @@ COST, GRADIENT, UPDATE, BN_STATS = 1, 2, 3, 4
 BLAS_MACS = 16_384
 
 _OPTIONS = dict(nogil=True, fastmath=set(REDUCTION_FASTMATH), error_model="numpy", boundscheck=False)
-#: the chunk kernel and its parallel driver (cached: user-called dispatchers)
+#: the chunk kernel (cached: a user-called dispatcher)
 kernel = njit(cache=True, **_OPTIONS)
 #: the passes and products, compiled once each into the kernel that calls them (inlining them at Numba IR
 #: level instead, as the small helpers are, multiplies the kernel's compile time)
 helper = njit(cache=False, no_cpython_wrapper=True, no_cfunc_wrapper=True, **_OPTIONS)
-parallel_kernel = njit(cache=True, parallel=True, **_OPTIONS)
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -939,35 +938,59 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
             out[ei, kk, DEV_CORRECT] = correct
 
 
-@intrinsic
-def _take(typingctx, counter):
-    """Atomically ``counter[0] += 1``; returns the value before (int64, C-contiguous ``counter``)."""
-    def codegen(context, builder, sig, args):
-        arr = context.make_array(sig.args[0])(context, builder, args[0])
-        one = context.get_constant(types.int64, 1)
-        return builder.atomic_rmw("add", arr.data, one, "seq_cst")
+def fit_team(bounds, n_workers, net, at, info, data, dev, arenas, hyp, keys, bc, work, out, status):
+    """:func:`fit_chunk` over the chunks of models ``bounds[c] .. bounds[c + 1] - 1`` on ``n_workers`` threads.
 
-    return types.int64(counter), codegen
+    bounds int64 (n_chunks + 1,), increasing from 0 to K; the other arguments
+    are :func:`fit_chunk`'s, ``work`` with at least ``n_workers`` rows (one per
+    worker).  This thread and ``n_workers - 1`` threads started here each take
+    the next chunk when they have finished one, so a thread the system
+    deschedules holds up one chunk, not its fixed share of the population.
+    The chunk kernel releases the GIL; a chunk runs every epoch and step of
+    the call, milliseconds at least, so starting the threads costs nothing
+    that shows.
 
-
-#: the serial kernel the parallel one calls, a global of its own (see ``_numba_dense._variant``)
-_serial = None
-
-
-def _fit_parallel(bounds, next_chunk, net, at, info, data, dev, arenas, hyp, keys, bc, work, out, status):
+    Plain threads, not a ``prange``: a parallel kernel around the chunk kernel
+    compiled it a second time into its own module (about 20 s a dtype here),
+    and Python threads also run in a forked child, where an OpenMP team cannot
+    start.  If this thread is interrupted (or a worker raises), no chunk is
+    started after that; the workers finish the chunks they hold before the
+    error propagates, so no thread writes the arenas after the call returns.
+    """
     n_chunks = bounds.size - 1
-    for w in prange(work[0].shape[0]):
-        c = _take(next_chunk)
-        while c < n_chunks:
-            _serial(bounds[c], bounds[c + 1], w, net, at, info, data, dev, arenas, hyp, keys, bc, work, out, status)
-            c = _take(next_chunk)
+    lock = threading.Lock()
+    state = {"next": 0, "stop": False}
+    errors = []
 
+    def worker(w):
+        while True:
+            with lock:
+                c = state["next"]
+                state["next"] += 1
+                if state["stop"] or c >= n_chunks:
+                    return
+            fit_chunk(bounds[c], bounds[c + 1], w, net, at, info, data, dev, arenas, hyp, keys, bc, work, out,
+                      status)
 
-#: :func:`fit_chunk` over the chunks of models ``bounds[c] .. bounds[c + 1] - 1``, handed out one at a time to
-#: one worker per workspace row of ``work``: a worker takes the next chunk (``next_chunk``, int64 (1,), 0 at
-#: the start, INOUT) when it has finished one, so a thread the system deschedules holds up one chunk, not
-#: its fixed share of the population
-fit_parallel = _variant(_fit_parallel, "fit_parallel", parallel_kernel, _serial=fit_chunk)
+    def guarded(w):
+        try:
+            worker(w)
+        except BaseException as exc:  # noqa: BLE001  (re-raised by the calling thread)
+            state["stop"] = True
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(w,), daemon=True) for w in range(1, n_workers)]
+    try:
+        for t in threads:
+            t.start()
+        worker(0)
+    finally:
+        state["stop"] = True
+        for t in threads:
+            if t.ident is not None:
+                t.join()
+    if errors:
+        raise errors[0]
 
 
 def scratch(n_workers, ws_size, dtype):
