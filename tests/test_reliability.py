@@ -120,6 +120,46 @@ def test_a_forked_child_of_a_process_that_trained_can_train_and_predict(tmp_path
     assert out.stdout.strip() == str([(True, "great", True)] * 2), out.stdout
 
 
+_POPULATION_FORK_SCRIPT = textwrap.dedent(
+    """
+    import multiprocessing as mp
+    import numpy as np
+    import fusednet as fn
+
+    fn.set_num_threads(2)
+    X, y = fn.datasets.digits()
+    configs = [{"lr": lr} for lr in (0.001, 0.003, 0.01, 0.03, 0.1, 0.2, 0.3, 0.5)]
+
+    def population():
+        return fn.Population([fn.layers.Dense(16, activation="relu"), fn.layers.Dense(10, activation="softmax")],
+                             input_dim=64, configs=configs, batch_size=128, epochs=2, seed=0)
+
+    # the parent trains a population on its team of threads
+    pop = population()
+    pop._run(pop._data(X, y, None), 0, 2, pop.histories, team=True)
+    want = np.stack([m._params for m in pop.models])
+
+    def child(i):
+        p = population()
+        p._run(p._data(X, y, None), 0, 2, p.histories, team=True)
+        return bool((np.stack([m._params for m in p.models]) == want).all())
+
+    with mp.get_context("fork").Pool(2) as pool:
+        print(pool.map_async(child, range(2)).get(timeout=240))
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_forked_child_trains_a_population_on_its_team(tmp_path):
+    """A population's team is plain threads: a forked child of a process that ran one runs its own, same models."""
+    script = tmp_path / "population_after_fork.py"
+    script.write_text(_POPULATION_FORK_SCRIPT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=420)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[True, True]", out.stdout
+
+
 def test_a_model_with_a_normalizer_takes_raw_input(tmp_path):
     X, y = fn.datasets.digits()
     X = X * 3.0 + 10.0  # raw features far from standardised
