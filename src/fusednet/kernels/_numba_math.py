@@ -383,6 +383,26 @@ def log1p_unit(t):
     return 2.0 * (s + s * (s2 * p))
 
 
+@_jit
+def log1p_unit_f32(t):
+    """``log(1 + t)`` of a float32 ``t`` in [0, 1], |rel. error| <= 2 ulp: :func:`log1p_unit`'s series in
+    float32, truncated where the next term is below 2**-26 of the sum (s**2 <= 1/9)."""
+    s = t / (np.float32(2.0) + t)
+    s2 = s * s
+    p = np.float32(1.0 / 15.0)
+    p = p * s2 + np.float32(1.0 / 13.0)
+    p = p * s2 + np.float32(1.0 / 11.0)
+    p = p * s2 + np.float32(1.0 / 9.0)
+    p = p * s2 + np.float32(1.0 / 7.0)
+    p = p * s2 + np.float32(1.0 / 5.0)
+    p = p * s2 + np.float32(1.0 / 3.0)
+    return np.float32(2.0) * (s + s * (s2 * p))
+
+
+#: ``log(1 + t)`` for ``t`` in [0, 1] in the argument's dtype (the softplus term of the BCE loss)
+log1p_unit_typed = _generic("log1p_unit_typed", lambda x: log1p_unit_f32(x), lambda x: log1p_unit(x))
+
+
 # --------------------------------------------------------------------------
 # ReLU family (reference.relu, reference.leaky_relu).  NaN propagates, as
 # through numpy.maximum and numpy.where.

@@ -110,7 +110,7 @@ from ._numba_math import (
     leaky_relu,
     leaky_relu_grad,
     like,
-    log1p_unit,
+    log1p_unit_typed,
     relu,
     relu_grad,
     sigmoid_from_exp,
@@ -441,8 +441,10 @@ def _loss(loss, A, bias, Y, scratch):
     A (k, nb) INOUT: the logits without bias in, the output out; Y (k, nb) IN;
     scratch: float64, at least 5 nb for softmax.  The formulas of
     ``_numba_dense._mse_rows``, ``_bce_rows`` and ``_cce_rows``: the logits in
-    the arrays' dtype, the rest in float64, every loop along the examples (a
-    vector loop: in place, as :func:`_bias_act`).
+    the arrays' dtype and the rest in float64 -- but BCE's sigmoid and per-example
+    loss, in the arrays' dtype (:func:`._numba_math.log1p_unit_f32` in float32,
+    twice the vector lanes) and summed in float64 -- every loop along the
+    examples (a vector loop: in place, as :func:`_bias_act`).
     """
     k, nb = A.shape
     if loss == CCE:
@@ -450,6 +452,7 @@ def _loss(loss, A, bias, Y, scratch):
             return _cce_rows(A.T, bias, Y.T, A.T, 0, nb)
         return _cce_units(A, bias, Y, scratch)
     total = 0.0
+    zero = like(A, 0.0)
     for j in range(k):
         bj = bias[j]
         if loss == MSE:
@@ -460,10 +463,11 @@ def _loss(loss, A, bias, Y, scratch):
                 total += d * d
         else:
             for b in range(nb):
-                z = np.float64(A[j, b] + bj)
+                z = A[j, b] + bj
                 e = exp_nonpos(-abs(z))  # sigmoid's own exp(-|z|), shared with the softplus term
                 A[j, b] = sigmoid_from_exp(z, e)
-                total += (z if z > 0.0 else 0.0) - z * np.float64(Y[j, b]) + log1p_unit(e)
+                term = (z if z > zero else zero) - z * Y[j, b] + log1p_unit_typed(e)
+                total += np.float64(term)
     return 0.5 * total if loss == MSE else total
 
 
