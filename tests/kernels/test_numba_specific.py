@@ -176,10 +176,10 @@ def test_log1p_unit_error_bound():
 
 
 def test_log1p_unit_f32_error_bound():
-    """The float32 series over every 64th float32 in [0, 1] and the dense end near 1 (every float32
+    """The float32 series over every 512th float32 in [0, 1] and the dense end near 1 (every float32
     there was checked once: 1.97 ulp at worst, near t = 0.0039)."""
     top = int(np.float32(1.0).view(np.uint32))
-    bits = np.concatenate([np.arange(0, top + 1, 64), np.arange(top - 100_000, top + 1),
+    bits = np.concatenate([np.arange(0, top + 1, 512), np.arange(top - 100_000, top + 1),
                            np.arange(0x3B7D0000, 0x3B7F0000)]).astype(np.uint32)
     t = bits.view(np.float32)
     got = np.empty_like(t)
