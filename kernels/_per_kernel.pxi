@@ -1,7 +1,8 @@
 # The per-kernel backend: activations, losses, dropout, optimiser updates, batch norm.
 # Included by _ckernels.pyx (one extension module per instruction-set level).
 
-from _point cimport vm_exp, vm_exp_nonpos, vm_log1p   # _vmath.h: the float64 exp and log1p of the losses
+from libc.math cimport fabsf
+from _point cimport vm_exp, vm_exp_nonpos, vm_log1p, vm_expf_nonpos, vm_log1pf, vm_sigmoidf   # _vmath.h: the exp and log1p of the losses
 
 # ==================================================================================
 # bias + activation forward
@@ -282,7 +283,14 @@ def loss_backward(const floating[:, ::1] A,  # IN  (m, k)
 
 cdef double _loss_span(const floating* z, const floating* b, const floating* y, floating* a,
                        Py_ssize_t L, int loss, double* t) noexcept nogil:
-    """A and the summed per-element cost of one span (MSE or BCE); t: TILE scratch."""
+    """A and the summed per-element cost of one span; t: TILE scratch.
+
+    MSE: a = v, t = (v - y)^2 in float64 (v = z + b).  BCE: a = sigmoid(v) and
+    t = max(v, 0) - v y + log1p(exp(-|v|)), the cross-entropy -(y log a + (1 - y) log(1 - a))
+    on the logit (it never overflows): in float64 for float64 arrays; float32 arrays compute a
+    and t in float32 with _vmath.h's sigmoid, exp and log1p (each within 2.4 ulp).  The sum of
+    t over the span is float64 in both.
+    """
     cdef Py_ssize_t k
     cdef floating v
     cdef double d
@@ -292,6 +300,11 @@ cdef double _loss_span(const floating* z, const floating* b, const floating* y, 
             a[k] = v
             d = <double>v - <double>y[k]
             t[k] = d * d
+    elif floating is float:
+        for k in range(L):
+            v = z[k] + b[k]
+            a[k] = vm_sigmoidf(v)
+            t[k] = <double>((v if v > 0 else <float>0) - v * y[k] + vm_log1pf(vm_expf_nonpos(-fabsf(v))))
     else:
         for k in range(L):
             d = <double>(z[k] + b[k])
