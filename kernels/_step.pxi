@@ -780,7 +780,7 @@ cdef void _narrow_grads(const floating* dummy, Net* net, double* cost) noexcept 
     cdef floating da[NARROW_BLOCK]
     cdef double t[TILE]
     cdef Py_ssize_t woff[NARROW_LAYERS + 1]
-    cdef Py_ssize_t m = net.m, n0 = net.n[0], ny = net.n[net.L], i0, rows, r, k, j, kn, nn, q, c
+    cdef Py_ssize_t m = net.m, n0 = net.n[0], ny = net.n[net.L], i0, rows, rr, r, k, j, kn, nn, q, c
     cdef int L = net.L, l, cur
     cdef const floating* X = <const floating*>net.X
     cdef const floating* Y = <const floating*>net.Y
@@ -817,8 +817,9 @@ cdef void _narrow_grads(const floating* dummy, Net* net, double* cost) noexcept 
                     act[k * NARROW_BLOCK + r] = xr[k]
         else:
             _narrow_cols(X + i0 * n0, n0, rows, act)
-        for k in range(n0):  # a partial block's rows past the batch: zeros (all values defined)
-            for r in range(rows, NARROW_BLOCK):
+        rr = (rows + LANES - 1) // LANES * LANES  # whole vectors of rows; those past the batch: zeros
+        for k in range(n0):
+            for r in range(rows, rr):
                 act[k * NARROW_BLOCK + r] = 0
         # forward, the cost and dZ of the output
         for l in range(L):
@@ -830,28 +831,42 @@ cdef void _narrow_grads(const floating* dummy, Net* net, double* cost) noexcept 
             b = <const floating*>net.b[l]
             for j in range(nn):
                 w = W[j]  # the sum's first term (0 + a w = a w): no zeroing of z
-                for r in range(NARROW_BLOCK):
-                    z[r] = ain[r] * w
+                c = 0
+                while c < rr:
+                    for r in range(LANES):
+                        z[c + r] = ain[c + r] * w
+                    c += LANES
                 for k in range(1, kn):
                     w = W[k * nn + j]
                     ak = ain + k * NARROW_BLOCK
-                    for r in range(NARROW_BLOCK):
-                        z[r] = z[r] + ak[r] * w
+                    c = 0
+                    while c < rr:
+                        for r in range(LANES):
+                            z[c + r] = z[c + r] + ak[c + r] * w
+                        c += LANES
                 for r in range(rows):
                     bb[r] = b[j]
                 if l < L - 1:
                     _fwd_span(z, bb, aout + j * NARROW_BLOCK, rows, net.act[l], <floating>net.slope[l])
-                    for r in range(rows, NARROW_BLOCK):
+                    for r in range(rows, rr):
                         aout[j * NARROW_BLOCK + r] = 0
                 else:
-                    for r in range(rows):
-                        da[r] = Y[(i0 + r) * ny + j]
+                    if ny == 1:
+                        for r in range(rows):
+                            da[r] = Y[i0 + r]
+                    else:
+                        for r in range(rows):
+                            da[r] = Y[(i0 + r) * ny + j]
                     total += _loss_span(z, bb, da, aout + j * NARROW_BLOCK, rows, net.loss, t)
-                    for r in range(rows):
-                        A[(i0 + r) * ny + j] = aout[j * NARROW_BLOCK + r]
+                    if ny == 1:
+                        for r in range(rows):
+                            A[i0 + r] = aout[r]
+                    else:
+                        for r in range(rows):
+                            A[(i0 + r) * ny + j] = aout[j * NARROW_BLOCK + r]
                     _ew_span(aout + j * NARROW_BLOCK, da, dzs + j * NARROW_BLOCK,
                              gb + (l * NARROW_WIDTH + j) * NARROW_BLOCK, rows, OP_LOSS, <floating>m)
-                    for r in range(rows, NARROW_BLOCK):
+                    for r in range(rows, rr):
                         dzs[j * NARROW_BLOCK + r] = 0
         # backward: dW's partial sums, then dZ of the layer below
         cur = 0
@@ -866,7 +881,7 @@ cdef void _narrow_grads(const floating* dummy, Net* net, double* cost) noexcept 
                     ak = ain + k * NARROW_BLOCK
                     dj = dz + j * NARROW_BLOCK
                     c = 0
-                    while c < rows:
+                    while c < rr:
                         for r in range(LANES):
                             g[r] = g[r] + ak[c + r] * dj[c + r]
                         c += LANES
@@ -876,17 +891,23 @@ cdef void _narrow_grads(const floating* dummy, Net* net, double* cost) noexcept 
             dzp = dzs + (1 - cur) * NARROW_WIDTH * NARROW_BLOCK
             for k in range(kn):
                 w = W[k * nn]
-                for r in range(NARROW_BLOCK):
-                    da[r] = dz[r] * w
+                c = 0
+                while c < rr:
+                    for r in range(LANES):
+                        da[c + r] = dz[c + r] * w
+                    c += LANES
                 for j in range(1, nn):
                     w = W[k * nn + j]
                     dj = dz + j * NARROW_BLOCK
-                    for r in range(NARROW_BLOCK):
-                        da[r] = da[r] + dj[r] * w
+                    c = 0
+                    while c < rr:
+                        for r in range(LANES):
+                            da[c + r] = da[c + r] + dj[c + r] * w
+                        c += LANES
                 _ew_span(da, ain + k * NARROW_BLOCK, dzp + k * NARROW_BLOCK,
                          gb + ((l - 1) * NARROW_WIDTH + k) * NARROW_BLOCK, rows, net.act[l - 1],
                          <floating>net.slope[l - 1])
-                for r in range(rows, NARROW_BLOCK):
+                for r in range(rows, rr):
                     dzp[k * NARROW_BLOCK + r] = 0
             cur = 1 - cur
         i0 += rows
