@@ -736,6 +736,11 @@ cdef bint _narrow(Net* net) noexcept nogil:
     return True
 
 
+cdef inline double _sum8(const double* a) noexcept nogil:
+    """((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))."""
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+
+
 cdef inline void _narrow_cols(const floating* x, Py_ssize_t n0, Py_ssize_t rows,
                               floating* act) noexcept nogil:
     """act[k * NARROW_BLOCK + r] = x[r * n0 + k] (r < rows, k < n0): a block of rows of X (n0
@@ -766,7 +771,9 @@ cdef void _narrow_grads(const floating* dummy, Net* net, double* cost) noexcept 
     (j in order), dZ_prev = dA g'(a) by _ew_span -- the step's own element-wise formulas, one
     source each.  The gradients are summed over the batch in partial sums: dW[k, j] = sum_r
     a[k] dZ[j] in LANES sums, sum q of the rows r = q (mod LANES) in order, and db (float64) in
-    NARROW_BLOCK sums likewise, the partial sums then added in order in float64; the cost is
+    NARROW_BLOCK sums likewise; then, in float64, the partial sums q and q + 8 of each dW element
+    (q < 8), and the running sums of db's partial sums q, q + 8, q + 16, ..., each eight added
+    by _sum8 (short chains: the sums do not wait on one adder's latency); the cost is
     summed per block and output unit in _loss_span's order, the blocks in order.  The pass is
     serial: the same bits for any thread count.  Writes A (the predictions read it), dW, db and
     cost[0] = the summed loss (as _step_loss's pieces).
@@ -798,7 +805,9 @@ cdef void _narrow_grads(const floating* dummy, Net* net, double* cost) noexcept 
     cdef floating* dW
     cdef floating* db
     cdef floating w
-    cdef double total = 0, s
+    cdef double* gbj
+    cdef double acc[8]
+    cdef double total = 0
     woff[0] = 0
     for l in range(L):
         woff[l + 1] = woff[l] + net.n[l] * net.n[l + 1] * LANES
@@ -916,15 +925,17 @@ cdef void _narrow_grads(const floating* dummy, Net* net, double* cost) noexcept 
         db = <floating*>net.db[l]
         g = gw + woff[l]
         for q in range(net.n[l] * net.n[l + 1]):
-            s = 0
-            for r in range(LANES):
-                s += g[q * LANES + r]
-            dW[q] = <floating>s
+            for r in range(8):
+                acc[r] = <double>g[q * LANES + r] + <double>g[q * LANES + 8 + r]
+            dW[q] = <floating>_sum8(acc)
         for j in range(net.n[l + 1]):
-            s = 0
-            for r in range(NARROW_BLOCK):
-                s += gb[(l * NARROW_WIDTH + j) * NARROW_BLOCK + r]
-            db[j] = <floating>s
+            gbj = gb + (l * NARROW_WIDTH + j) * NARROW_BLOCK
+            for r in range(8):
+                acc[r] = gbj[r]
+            for c in range(8, NARROW_BLOCK, 8):
+                for r in range(8):
+                    acc[r] = acc[r] + gbj[c + r]
+            db[j] = <floating>_sum8(acc)
     cost[0] = total
 
 
