@@ -427,6 +427,18 @@ def test_plan_is_typed_records():
     np.testing.assert_array_equal(S[nodes[1]["rvar_off"] : nodes[1]["rvar_off"] + 4], stats["batchnorm_0.running_var"])
 
 
+def test_plan_is_the_callers_own_copy():
+    """The records are made once per layout; each call returns its own copy, and the seed is current."""
+    model = Sequential([Dense(4, "relu"), Dense(1, "sigmoid")], input_dim=3, seed=5)
+    first = model.plan()
+    first["layers"]["n_out"][0] = 99
+    first["names"].append("extra")
+    second = model.plan()
+    assert second["layers"]["n_out"][0] == 4 and second["names"] == ["dense_0", "dense_1"]
+    assert second["layers"] is not model.plan()["layers"]
+    model.seed = 6
+    assert model.plan()["seed"] == 6
+
 def test_lazy_build_on_first_forward():
     model = Sequential([Dense(3, "relu"), Dense(2, "softmax")])
     assert not model.built

@@ -344,7 +344,14 @@ class Sequential(Network):
             ``"seed"``.
         """
         self._require_built()
-        return _layout_plan(self._nodes, self._arenas, self._loss, self.input_dim, self.seed)
+        key = (self._layout_key, self._loss, self.input_dim, self.seed)
+        memo = self.__dict__.get("_plan_memo")
+        if memo is None or memo[0] != key:  # the records of one layout are made once; each call gets its own copy
+            memo = self._plan_memo = (key, _layout_plan(self._nodes, self._arenas, self._loss, self.input_dim,
+                                                        self.seed))
+        plan = dict(memo[1])
+        plan["layers"], plan["names"] = plan["layers"].copy(), list(plan["names"])
+        return plan
 
     def __repr__(self):
         inner = ",\n    ".join(repr(layer) for layer in self.layers)
