@@ -1,8 +1,7 @@
 # The per-kernel backend: activations, losses, dropout, optimiser updates, batch norm.
 # Included by _ckernels.pyx (one extension module per instruction-set level).
 
-from libc.math cimport fabsf
-from _point cimport vm_exp, vm_exp_nonpos, vm_log1p, vm_expf_nonpos, vm_log1pf, vm_sigmoidf   # _vmath.h: the exp and log1p of the losses
+from _point cimport vm_exp, vm_exp_nonpos, vm_log1p   # _vmath.h: the float64 exp and log1p of the losses
 
 # ==================================================================================
 # bias + activation forward
@@ -285,11 +284,8 @@ cdef double _loss_span(const floating* z, const floating* b, const floating* y, 
                        Py_ssize_t L, int loss, double* t) noexcept nogil:
     """A and the summed per-element cost of one span; t: TILE scratch.
 
-    MSE: a = v, t = (v - y)^2 in float64 (v = z + b).  BCE: a = sigmoid(v) and
-    t = max(v, 0) - v y + log1p(exp(-|v|)), the cross-entropy -(y log a + (1 - y) log(1 - a))
-    on the logit (it never overflows): in float64 for float64 arrays; float32 arrays compute a
-    and t in float32 with _vmath.h's sigmoid, exp and log1p (each within 2.4 ulp).  The sum of
-    t over the span is float64 in both.
+    MSE: a = v, t = (v - y)^2 in float64 (v = z + b).  BCE: a and t of _bce_point, in float64.
+    The sum of t over the span is float64.
     """
     cdef Py_ssize_t k
     cdef floating v
@@ -300,18 +296,20 @@ cdef double _loss_span(const floating* z, const floating* b, const floating* y, 
             a[k] = v
             d = <double>v - <double>y[k]
             t[k] = d * d
-    elif floating is float:
-        for k in range(L):
-            v = z[k] + b[k]
-            a[k] = vm_sigmoidf(v)
-            t[k] = <double>((v if v > 0 else <float>0) - v * y[k] + vm_log1pf(vm_expf_nonpos(-fabsf(v))))
     else:
         for k in range(L):
-            d = <double>(z[k] + b[k])
-            a[k] = <floating>sigmoid(d)
-            # -(y log a + (1-y) log(1-a)), written on the logit so it never overflows
-            t[k] = (d if d > 0 else 0.0) - d * <double>y[k] + vm_log1p(vm_exp_nonpos(-fabs(d)))  # the exp of sigmoid(d)
+            t[k] = _bce_point(z[k] + b[k], y[k], &a[k])
     return _sum(t, L)
+
+
+cdef inline double _bce_point(floating v, floating y, floating* a) noexcept nogil:
+    """a[0] = sigmoid(v) and the cross-entropy -(y log a + (1 - y) log(1 - a)) written on the logit,
+    max(v, 0) - v y + log1p(exp(-|v|)), which never overflows; both in float64 whatever the dtype (a
+    float32 output rounded once, the cost with float64's relative precision down to its smallest
+    values: tests/kernels/test_transcendental_range.py)."""
+    cdef double d = <double>v
+    a[0] = <floating>sigmoid(d)
+    return (d if d > 0 else 0.0) - d * <double>y + vm_log1p(vm_exp_nonpos(-fabs(d)))
 
 
 cdef double _cce_row(const floating* z, const floating* b, const floating* y, floating* a,

@@ -19,7 +19,6 @@ from libc.float cimport FLT_MIN, DBL_MIN
 cdef extern from "_vmath.h" nogil:
     float vm_expf(float x)
     double vm_exp(double x)
-    float vm_expf_nonpos(float x)
     double vm_exp_nonpos(double x)
     float vm_logf(float x)
     double vm_log(double x)

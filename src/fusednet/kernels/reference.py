@@ -9,9 +9,7 @@ checked wrappers in :mod:`fusednet.kernels` do); they
 * take ``n_threads`` last and return ``None`` (the loss forward returns the cost),
 * compute in the arrays' dtype, accumulating every sum in float64 (the
   column sums ``db``, ``dgamma``, ``dbeta``, the batch statistics, softmax's row
-  sums; the loss is float64 throughout here; the compiled backends compute a
-  float32 sigmoid output's per-element cross-entropy terms in float32, with
-  vector math of a few ulp, and sum them in float64).
+  sums; the loss is float64 throughout).
 
 Shapes: ``m`` rows (examples) by ``n`` columns (units).  ``act`` is an activation
 code and ``loss`` a loss code from :mod:`fusednet.kernels._codes`.
