@@ -284,7 +284,7 @@ cdef double _loss_span(const floating* z, const floating* b, const floating* y, 
                        Py_ssize_t L, int loss, double* t) noexcept nogil:
     """A and the summed per-element cost of one span; t: TILE scratch.
 
-    MSE: a = v, t = (v - y)^2 in float64 (v = z + b).  BCE: a and t of _bce_point, in float64.
+    MSE: a = v, t = (v - y)^2 in float64 (v = z + b).  BCE: a = sigmoid(v), t = _bce_cost(v, y).
     The sum of t over the span is float64.
     """
     cdef Py_ssize_t k
@@ -298,17 +298,19 @@ cdef double _loss_span(const floating* z, const floating* b, const floating* y, 
             t[k] = d * d
     else:
         for k in range(L):
-            t[k] = _bce_point(z[k] + b[k], y[k], &a[k])
+            v = z[k] + b[k]
+            a[k] = <floating>sigmoid(<double>v)
+            t[k] = _bce_cost(v, y[k])
     return _sum(t, L)
 
 
-cdef inline double _bce_point(floating v, floating y, floating* a) noexcept nogil:
-    """a[0] = sigmoid(v) and the cross-entropy -(y log a + (1 - y) log(1 - a)) written on the logit,
-    max(v, 0) - v y + log1p(exp(-|v|)), which never overflows; both in float64 whatever the dtype (a
-    float32 output rounded once, the cost with float64's relative precision down to its smallest
-    values: tests/kernels/test_transcendental_range.py)."""
+cdef inline double _bce_cost(floating v, floating y) noexcept nogil:
+    """The cross-entropy -(y log a + (1 - y) log(1 - a)) of a = sigmoid(v), written on the logit,
+    max(v, 0) - v y + log1p(exp(-|v|)), which never overflows: in float64 whatever the dtype (the
+    cost keeps float64's relative precision down to its smallest values, as the output
+    <floating>sigmoid(<double>v) is rounded once: tests/kernels/test_transcendental_range.py).
+    Beside that sigmoid in one loop, the two share their exp(-|v|) once inlined."""
     cdef double d = <double>v
-    a[0] = <floating>sigmoid(d)
     return (d if d > 0 else 0.0) - d * <double>y + vm_log1p(vm_exp_nonpos(-fabs(d)))
 
 
