@@ -308,8 +308,7 @@ cdef inline double _bce_cost(floating v, floating y) noexcept nogil:
     """The cross-entropy -(y log a + (1 - y) log(1 - a)) of a = sigmoid(v), written on the logit,
     max(v, 0) - v y + log1p(exp(-|v|)), which never overflows: in float64 whatever the dtype (the
     cost keeps float64's relative precision down to its smallest values, as the output
-    <floating>sigmoid(<double>v) is rounded once: tests/kernels/test_transcendental_range.py).
-    Beside that sigmoid in one loop, the two share their exp(-|v|) once inlined."""
+    <floating>sigmoid(<double>v) is rounded once: tests/kernels/test_transcendental_range.py)."""
     cdef double d = <double>v
     return (d if d > 0 else 0.0) - d * <double>y + vm_log1p(vm_exp_nonpos(-fabs(d)))
 

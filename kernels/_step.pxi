@@ -741,6 +741,23 @@ cdef inline double _sum8(const double* a) noexcept nogil:
     return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
 
 
+cdef inline void _scaled_rows(floating* dst, const floating* src, floating w, Py_ssize_t rr,
+                              bint first) noexcept nogil:
+    """dst = src w (first: a sum's first term, 0 + a w = a w) or dst + src w, over rr values (whole
+    vectors of LANES)."""
+    cdef Py_ssize_t c = 0, r
+    if first:
+        while c < rr:
+            for r in range(LANES):
+                dst[c + r] = src[c + r] * w
+            c += LANES
+    else:
+        while c < rr:
+            for r in range(LANES):
+                dst[c + r] = dst[c + r] + src[c + r] * w
+            c += LANES
+
+
 cdef inline void _narrow_cols(const floating* x, Py_ssize_t n0, Py_ssize_t rows,
                               floating* act) noexcept nogil:
     """act[k * NARROW_BLOCK + r] = x[r * n0 + k] (r < rows, k < n0): a block of rows of X (n0
@@ -839,20 +856,8 @@ cdef void _narrow_grads(const floating* dummy, Net* net, double* cost) noexcept 
             W = <const floating*>net.W[l]
             b = <const floating*>net.b[l]
             for j in range(nn):
-                w = W[j]  # the sum's first term (0 + a w = a w): no zeroing of z
-                c = 0
-                while c < rr:
-                    for r in range(LANES):
-                        z[c + r] = ain[c + r] * w
-                    c += LANES
-                for k in range(1, kn):
-                    w = W[k * nn + j]
-                    ak = ain + k * NARROW_BLOCK
-                    c = 0
-                    while c < rr:
-                        for r in range(LANES):
-                            z[c + r] = z[c + r] + ak[c + r] * w
-                        c += LANES
+                for k in range(kn):
+                    _scaled_rows(z, ain + k * NARROW_BLOCK, W[k * nn + j], rr, k == 0)
                 for r in range(rows):
                     bb[r] = b[j]
                 if l < L - 1:
@@ -899,20 +904,8 @@ cdef void _narrow_grads(const floating* dummy, Net* net, double* cost) noexcept 
             W = <const floating*>net.W[l]
             dzp = dzs + (1 - cur) * NARROW_WIDTH * NARROW_BLOCK
             for k in range(kn):
-                w = W[k * nn]
-                c = 0
-                while c < rr:
-                    for r in range(LANES):
-                        da[c + r] = dz[c + r] * w
-                    c += LANES
-                for j in range(1, nn):
-                    w = W[k * nn + j]
-                    dj = dz + j * NARROW_BLOCK
-                    c = 0
-                    while c < rr:
-                        for r in range(LANES):
-                            da[c + r] = da[c + r] + dj[c + r] * w
-                        c += LANES
+                for j in range(nn):
+                    _scaled_rows(da, dz + j * NARROW_BLOCK, W[k * nn + j], rr, j == 0)
                 _ew_span(da, ain + k * NARROW_BLOCK, dzp + k * NARROW_BLOCK,
                          gb + ((l - 1) * NARROW_WIDTH + k) * NARROW_BLOCK, rows, net.act[l - 1],
                          <floating>net.slope[l - 1])
