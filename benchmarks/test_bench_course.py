@@ -390,7 +390,11 @@ PEAK_SHAPE = (512, 1024, 256)
 
 def own_kernels_peak(ck, threads=2, reps=5):
     """GFLOP/s of the own float32 kernels with ``threads`` threads, each on its share of rows of one
-    large product (``PEAK_SHAPE``); the best of ``reps`` calls per thread."""
+    large product (``PEAK_SHAPE``); the best of ``reps`` rounds.
+
+    A round lasts from the first thread's start to the last thread's end, each thread reading the
+    clock itself around its product: a clock read by a third thread can run late (two cores, three
+    threads) and time less than the product took."""
     import threading
 
     m, k, n = PEAK_SHAPE
@@ -398,26 +402,22 @@ def own_kernels_peak(ck, threads=2, reps=5):
     A = [rng.standard_normal((m, k), dtype=np.float32) for _ in range(threads)]
     B = rng.standard_normal((k, n), dtype=np.float32)
     C = [np.empty((m, n), np.float32) for _ in range(threads)]
-    start = threading.Barrier(threads + 1)
-    done = threading.Barrier(threads + 1)
+    start = threading.Barrier(threads)
+    spans = [[None] * reps for _ in range(threads)]
 
     def work(i):
-        for _ in range(reps):
+        for rep in range(reps):
             start.wait()
+            t0 = time.perf_counter()
             ck.gemm_f32(A[i], B, C[i])
-            done.wait()
+            spans[i][rep] = (t0, time.perf_counter())
 
     workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
     for t in workers:
         t.start()
-    best = math.inf
-    for _ in range(reps):
-        start.wait()
-        t0 = time.perf_counter()
-        done.wait()
-        best = min(best, time.perf_counter() - t0)
     for t in workers:
         t.join()
+    best = min(max(s[rep][1] for s in spans) - min(s[rep][0] for s in spans) for rep in range(reps))
     return 2 * m * k * n * threads / best / 1e9
 
 

@@ -376,6 +376,87 @@ fg_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda,
     return 1;
 }
 
+/* ---- a wide first layer of few units, its input packed once per fit ----
+ *
+ * Z (m, n) = X (m, K) @ W (K, n) with n far below FG_NB's multiples (20 units: vectors along n
+ * fill 20 of 32 lanes) runs as Z^T = W^T X^T with the vectors along X's rows, full, reading X
+ * from a copy transposed in panels of FG_NB rows (fg_pack_t), made once for every step of a fit
+ * that takes the same X each time. */
+
+#define FG_PACK_KC 64     /* fg_nn_packed: depth of a chunk (the panel's chunk stays in L1) */
+#define FG_PACK_MAXN 32   /* fg_nn_packed: most columns of C (its tile on the stack) */
+
+/* Whether fg_nn_packed fills more of its vectors with C's m rows than fg_nn does with its n columns. */
+static inline int
+fg_pack_pays(ptrdiff_t m, ptrdiff_t n)
+{
+    return n <= FG_PACK_MAXN && fg_lanes(m) > fg_lanes(n) + 0.125;
+}
+
+/* floats of fg_pack_t's copy of an (m, K) matrix */
+static inline ptrdiff_t
+fg_pack_size(ptrdiff_t m, ptrdiff_t K)
+{
+    return (m + FG_NB - 1) / FG_NB * FG_NB * K;
+}
+
+/* P[p][k][r] = A[p * FG_NB + r, k]: panels of FG_NB rows of A (m, K), each transposed (K, FG_NB),
+ * rows past m zero. */
+static inline void
+fg_pack_t(ptrdiff_t m, ptrdiff_t K, const float *A, ptrdiff_t lda, float *P)
+{
+    ptrdiff_t p, k0, k, r, kw, i;
+    for (p = 0; p * FG_NB < m; p++) {
+        float *panel = P + p * K * FG_NB;
+        for (k0 = 0; k0 < K; k0 += 64) {
+            kw = K - k0 < 64 ? K - k0 : 64;
+            for (r = 0; r < FG_NB; r++) {
+                i = p * FG_NB + r;
+                if (i < m) {
+                    const float *a = A + i * lda + k0;
+                    for (k = 0; k < kw; k++)
+                        panel[(k0 + k) * FG_NB + r] = a[k];
+                } else {
+                    for (k = 0; k < kw; k++)
+                        panel[(k0 + k) * FG_NB + r] = 0.0f;
+                }
+            }
+        }
+    }
+}
+
+/* Rows i0 .. i1 - 1 of C (m, n) = A (m, K) @ B (K, n), n <= FG_PACK_MAXN, i0 a multiple of FG_VW,
+ * A given as fg_pack_t's P: for each panel's share of the rows, C^T's block (n, FG_VW or FG_NB)
+ * in a tile, the units in blocks of FG_MR against one or two vectors of the panel, K in chunks
+ * of FG_PACK_KC (each chunk starting from the tile's values), then stored transposed.  Each
+ * element is fma(b(k, u), a(i, k), acc) over k in order: fg_nn's chain, the same bits. */
+static inline void
+fg_nn_packed(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t n, ptrdiff_t K, const float *P, const float *B,
+             ptrdiff_t ldb, float *C, ptrdiff_t ldc)
+{
+    float tile[FG_PACK_MAXN * FG_NB] __attribute__((aligned(64)));
+    const fg_mask all = fg_tail(FG_VW);   /* the panels are whole: rows past m are zero */
+    ptrdiff_t i, p, o, w, k0, kw, u, r;
+    int nv, mr;
+    for (i = i0; i < i1; i += w) {
+        p = i / FG_NB;
+        o = i - p * FG_NB;
+        w = i1 - i < FG_NB - o ? i1 - i : FG_NB - o;
+        nv = w > FG_VW ? 2 : 1;
+        for (k0 = 0; k0 < K; k0 += FG_PACK_KC) {
+            kw = K - k0 < FG_PACK_KC ? K - k0 : FG_PACK_KC;
+            for (u = 0; u < n; u += FG_MR) {
+                mr = (int)(n - u < FG_MR ? n - u : FG_MR);
+                fg_block_tn(mr, nv, kw, B + k0 * ldb + u, ldb, NULL, P + (p * K + k0) * FG_NB + o, FG_NB,
+                            tile + u * FG_NB, FG_NB, all, k0 > 0);
+            }
+        }
+        for (r = 0; r < w; r++)
+            for (u = 0; u < n; u++)
+                C[(i + r) * ldc + u] = tile[u * FG_NB + r];
+    }
+}
+
 /* C (m, n) = A (m, K) @ B (n, K)^T.  For each panel of FG_NB columns of C, B's rows
  * are transposed FG_KC columns at a time into a (FG_KC, FG_NB) panel on the stack,
  * and the blocks of C add each K chunk's product to the previous ones' (the chunks
@@ -410,6 +491,33 @@ fg_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda, cons
 #else /* neither AVX-512F nor AVX2 with FMA: the callers use BLAS */
 
 #define FG_AVAILABLE 0
+
+static inline int
+fg_pack_pays(ptrdiff_t m, ptrdiff_t n)
+{
+    (void)m; (void)n;
+    return 0;
+}
+
+static inline ptrdiff_t
+fg_pack_size(ptrdiff_t m, ptrdiff_t K)
+{
+    (void)m; (void)K;
+    return 0;
+}
+
+static inline void
+fg_pack_t(ptrdiff_t m, ptrdiff_t K, const float *A, ptrdiff_t lda, float *P)
+{
+    (void)m; (void)K; (void)A; (void)lda; (void)P;
+}
+
+static inline void
+fg_nn_packed(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t n, ptrdiff_t K, const float *P, const float *B,
+             ptrdiff_t ldb, float *C, ptrdiff_t ldc)
+{
+    (void)i0; (void)i1; (void)n; (void)K; (void)P; (void)B; (void)ldb; (void)C; (void)ldc;
+}
 
 static inline int
 fg_nn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda,

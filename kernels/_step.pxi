@@ -138,6 +138,11 @@ cdef extern from "_gemm.h" nogil:
               Py_ssize_t ldc)
     int fg_nt(Py_ssize_t m, Py_ssize_t n, Py_ssize_t K, const float* A, Py_ssize_t lda,
               const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc)
+    int fg_pack_pays(Py_ssize_t m, Py_ssize_t n)
+    Py_ssize_t fg_pack_size(Py_ssize_t m, Py_ssize_t K)
+    void fg_pack_t(Py_ssize_t m, Py_ssize_t K, const float* A, Py_ssize_t lda, float* P)
+    void fg_nn_packed(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t n, Py_ssize_t K, const float* P, const float* B,
+                      Py_ssize_t ldb, float* C, Py_ssize_t ldc)
 
 cdef enum:
     MAXL = 64        # most Dense layers of a fused step
@@ -191,6 +196,10 @@ cdef struct Net:
     void* X                      # the batch (m, n[0])
     bint in_place                # gathered steps: the first layer reads X's rows where they are
     const float* xrows[MAXR]     # ... at these addresses (float32 with the own kernels)
+    const float* xpack           # a fit's X, the same batch every step, as fg_pack_t's panels (or NULL):
+                                 # the first layer's forward product reads it (_packs_input)
+    const void* xpad             # ... and X with its rows ldpad apart (or NULL): the first layer's dW reads it
+    Py_ssize_t ldpad
     void* Y                      # its targets (m, n[L])
     size_t gemm
     double* bound                # (3,) upper bounds of |w|, |state 1|, |state 2| (INFINITY: unknown)
@@ -318,8 +327,16 @@ cdef inline bint _rows_split(Net* net, int l) noexcept nogil:
     such as a first layer of many inputs and few units) and the product is large.  Every element
     of a product is computed the same way whatever block it falls in, so the split changes which
     thread computes it, not its bits; the element-wise work stays split by units."""
+    if l == 0 and net.xpack != NULL:
+        return net.nt > 1
     return (net.nt > 1 and net.n[l + 1] < 16 * net.nt and net.m >= 16 * net.nt
             and net.m * net.n[l] * net.n[l + 1] >= ROWS_WORK)
+
+
+cdef inline Py_ssize_t _cut16_near(Py_ssize_t total, Py_ssize_t parts, Py_ssize_t c) noexcept nogil:
+    """As _cut16, rounded to the nearest multiple of 16 (209 rows in two: 112 and 97)."""
+    cdef Py_ssize_t r = (total * c // parts + 8) & ~(<Py_ssize_t>15)
+    return total if c >= parts or r > total else r
 
 
 cdef void _step_forward_rows(const floating* dummy, Net* net, int l, int t) noexcept nogil:
@@ -328,6 +345,12 @@ cdef void _step_forward_rows(const floating* dummy, Net* net, int l, int t) noex
     cdef Py_ssize_t r0 = _cut(m, net.nt, t), r1 = _cut(m, net.nt, t + 1)
     cdef const floating* Ap = <const floating*>_input(net, l)
     cdef floating* Z = <floating*>net.Z[l]
+    if l == 0 and net.xpack != NULL:
+        r0 = _cut16_near(m, net.nt, t)
+        r1 = _cut16_near(m, net.nt, t + 1)
+        if r1 > r0:
+            fg_nn_packed(r0, r1, n, k, net.xpack, <float*>net.W[l], n, <float*>Z, n)
+        return
     if r1 <= r0:
         return
     if l == 0 and net.in_place:
@@ -351,6 +374,8 @@ cdef void _step_forward(const floating* dummy, Net* net, int l, int t) noexcept 
         return
     if _rows_split(net, l):
         pass
+    elif l == 0 and net.xpack != NULL:
+        fg_nn_packed(0, m, n, k, net.xpack, <float*>net.W[l], n, <float*>Z, n)
     elif l == 0 and net.in_place:
         fg_nn(m, j1 - j0, k, NULL, 0, net.xrows, <float*>net.W[l] + j0, n, <float*>Z + j0, n)
     else:
@@ -492,6 +517,9 @@ cdef void _step_backward(const floating* dummy, Net* net, int l, int t) noexcept
         return
     if l == 0 and net.in_place:
         fg_tn(j1 - j0, n, m, NULL, 0, net.xrows, j0, <float*>dZ, n, <float*>net.dW[l] + j0 * n, n)
+    elif l == 0 and net.xpad != NULL:
+        _mm(net.gemm, True, False, <int>(j1 - j0), <int>n, <int>m, <const floating*>net.xpad + j0,
+            <int>net.ldpad, dZ, <int>n, <floating*>net.dW[l] + j0 * n, <int>n, _own(net, dZ, l))
     else:
         _mm(net.gemm, True, False, <int>(j1 - j0), <int>n, <int>m, In + j0, <int>k, dZ, <int>n,
             <floating*>net.dW[l] + j0 * n, <int>n, _own(net, dZ, l))
@@ -1262,6 +1290,7 @@ cdef class StepPlan:
     cdef void* _last_xp
     cdef void* _last_yp
     cdef bint _last_in_place
+    cdef readonly bint copied_input        # whether the last dense_fit copied X for the first layer
 
     def __init__(self, layers, *, params, grads, state1, state2, buffers, gemm, Py_ssize_t rows, int loss,
                  double l2, Py_ssize_t n_decay, int n_threads):
@@ -1412,6 +1441,8 @@ cdef class StepPlan:
         net.A = _data(buffers.get("A"), dtype, rows * net.n[L], "buffers['A']")
         net.D[0] = _data(buffers.get("D0"), dtype, rows * widest, "buffers['D0']")
         net.D[1] = _data(buffers.get("D1"), dtype, rows * widest, "buffers['D1']")
+        net.xpack = NULL
+        net.xpad = NULL
         net.zeros = _data(buffers.get("zeros"), dtype, widest, "buffers['zeros']")
         net.scratch = _data(buffers.get("scratch"), dtype, widest, "buffers['scratch']")
         for l in range(L):
@@ -1706,6 +1737,52 @@ cdef bint _stopping(FitSpec* f, double value) noexcept nogil:
     return better
 
 
+cdef enum:
+    PACK_EPOCHS = 16         # a fit of fewer epochs reads X as it is (the copies cost two to three steps)
+    PACK_MAX = 1 << 26       # most elements of an X that is copied (256 MB)
+
+
+cdef bint _packs_input(Net* net, Py_ssize_t epochs) noexcept nogil:
+    """Whether a fit of `epochs` epochs that takes the whole of X (net.m rows, float32 on the own
+    kernels) as every step's batch copies X once for its first layer (_input_copies): a layer of
+    at most FG_PACK_MAXN units, which fill its vectors less than X's rows would (20 units: 20 of
+    32 lanes), and a product large enough to be split by rows."""
+    cdef Py_ssize_t m = net.m, k = net.n[0], n = net.n[1]
+    return (FG_AVAILABLE and epochs >= PACK_EPOCHS and m * k <= PACK_MAX and m * k * n >= ROWS_WORK
+            and fg_pack_pays(m, n))
+
+
+cdef tuple _input_copies(StepPlan plan):
+    """The batch X (m, k) of the plan's net as fg_pack_t's panels, for the first layer's forward
+    product (fg_nn_packed), and, where X's rows lie a multiple of 1 KiB apart, a copy with its rows
+    16 floats further apart, for its dW: rows at such a stride share a few sets of the L1 and L2
+    caches, and the product's prefetches, one line per row, evict each other.  Both are set on the
+    net (xpack, xpad); the caller keeps the arrays alive and clears the pointers."""
+    cdef Net* net = &plan.net
+    cdef Py_ssize_t m = net.m, k = net.n[0], ld = k + 16, panel = fg_pack_size(1, k), panels, t, p0, p1, r
+    cdef Py_ssize_t rp = panel // k  # rows per panel
+    cdef int nt = net.nt
+    cdef const float* X = <const float*>net.X
+    cdef float[::1] pack = np.empty(fg_pack_size(m, k), np.float32)
+    cdef float[::1] pad = np.empty(m * ld if k >= 1024 and k % 256 == 0 else 1, np.float32)
+    cdef bint padded = pad.shape[0] > 1
+    panels = pack.shape[0] // panel
+    with nogil, parallel(num_threads=nt):  # each thread its share of the panels and of the rows
+        for t in prange(nt, schedule="static", chunksize=1):
+            p0 = _cut(panels, nt, t)
+            p1 = _cut(panels, nt, t + 1)
+            fg_pack_t((m if m < p1 * rp else p1 * rp) - p0 * rp, k, X + p0 * rp * k, k, &pack[p0 * panel])
+            if padded:
+                for r in range(_cut(m, nt, t), _cut(m, nt, t + 1)):
+                    memcpy(&pad[r * ld], X + r * k, k * sizeof(float))
+    net.xpack = &pack[0]
+    if not padded:
+        return pack.base, None
+    net.xpad = &pad[0]
+    net.ldpad = ld
+    return pack.base, pad.base
+
+
 def dense_fit(StepPlan plan,                    # IN/OUT as dense_epoch
               opt,                              # IN an OPT_DTYPE record (t: the steps taken before the call)
               data,                             # IN (X, Y, ids, dev): (M, n_in), (M, n_out), class ids (M,) or
@@ -1827,79 +1904,85 @@ def dense_fit(StepPlan plan,                    # IN/OUT as dense_epoch
         yp = NULL
     f.stop = 0
     ep = 0
-    with nogil:
-        while ep < E:
-            t0 = _seconds()
-            epoch = f.epoch0 + ep
-            plan.dropout_seed = _splitmix64(f.seed_key ^ <uint64_t>epoch)
-            net.bound[0] = INFINITY  # each epoch starts from the arenas (as the per-epoch path does)
-            _refresh(plan)
-            if f.order == FIT_ORDER_DRAWN:
-                fn_epoch_order(f.shuffle_seed, <uint64_t>epoch, &perms[0, 0], M)
-            if gathered:
-                row = &perms[ep if f.order == FIT_ORDER_GIVEN else 0, 0]
-            total = 0.0
-            hits = 0
-            i = 0
-            while i < steps:
-                s = i * B
-                e = s + B if s + B < M else M
-                net.m = e - s
-                plan.h.lr = lrs[ep, i]
-                _bias_corrections(o, o.t + done + 1, &plan.h)
-                x = _splitmix64(plan.dropout_seed ^ <uint64_t>i)
-                for l in range(net.L):
-                    if net.drop[l]:
-                        _set_key(net, l, _splitmix64(x ^ <uint64_t>net.dindex[l]))
-                ip = row + s if gathered else NULL
-                if isz == 4:
-                    status = _step_core(<float*>plan.P, <float*>plan.G, <float*>plan.S1, <float*>plan.S2, net,
-                                        &plan.h, plan._lam, plan.n_params, <const float*>xp, <const float*>yp,
-                                        ip, res)
-                else:
-                    status = _step_core(<double*>plan.P, <double*>plan.G, <double*>plan.S1, <double*>plan.S2,
-                                        net, &plan.h, plan._lam, plan.n_params, <const double*>xp,
-                                        <const double*>yp, ip, res)
+    copies = _input_copies(plan) if not gathered and isz == 4 and _packs_input(net, E) else None
+    plan.copied_input = copies is not None
+    try:
+        with nogil:
+            while ep < E:
+                t0 = _seconds()
+                epoch = f.epoch0 + ep
+                plan.dropout_seed = _splitmix64(f.seed_key ^ <uint64_t>epoch)
+                net.bound[0] = INFINITY  # each epoch starts from the arenas (as the per-epoch path does)
+                _refresh(plan)
+                if f.order == FIT_ORDER_DRAWN:
+                    fn_epoch_order(f.shuffle_seed, <uint64_t>epoch, &perms[0, 0], M)
+                if gathered:
+                    row = &perms[ep if f.order == FIT_ORDER_GIVEN else 0, 0]
+                total = 0.0
+                hits = 0
+                i = 0
+                while i < steps:
+                    s = i * B
+                    e = s + B if s + B < M else M
+                    net.m = e - s
+                    plan.h.lr = lrs[ep, i]
+                    _bias_corrections(o, o.t + done + 1, &plan.h)
+                    x = _splitmix64(plan.dropout_seed ^ <uint64_t>i)
+                    for l in range(net.L):
+                        if net.drop[l]:
+                            _set_key(net, l, _splitmix64(x ^ <uint64_t>net.dindex[l]))
+                    ip = row + s if gathered else NULL
+                    if isz == 4:
+                        status = _step_core(<float*>plan.P, <float*>plan.G, <float*>plan.S1, <float*>plan.S2, net,
+                                            &plan.h, plan._lam, plan.n_params, <const float*>xp, <const float*>yp,
+                                            ip, res)
+                    else:
+                        status = _step_core(<double*>plan.P, <double*>plan.G, <double*>plan.S1, <double*>plan.S2,
+                                            net, &plan.h, plan._lam, plan.n_params, <const double*>xp,
+                                            <const double*>yp, ip, res)
+                    if status != 0:
+                        break
+                    done += 1
+                    total = total + res[0] * <double>(e - s)
+                    if ids.shape[0] != 0:
+                        hits += _n_correct(net, isz, &ids[0], row, s, e - s)
+                    i += 1
                 if status != 0:
                     break
-                done += 1
-                total = total + res[0] * <double>(e - s)
-                if ids.shape[0] != 0:
-                    hits += _n_correct(net, isz, &ids[0], row, s, e - s)
-                i += 1
-            if status != 0:
-                break
-            hr[ep].train_loss = total / <double>M
-            hr[ep].correct = hits
-            hr[ep].dev_loss = NAN
-            hr[ep].dev_accuracy = NAN
-            if has_dev:
-                with gil:
-                    try:
-                        hr[ep].dev_loss, hr[ep].dev_accuracy = dev()
-                    except BaseException as exc:
-                        error = exc
-                        failed = True
-                if failed:
+                hr[ep].train_loss = total / <double>M
+                hr[ep].correct = hits
+                hr[ep].dev_loss = NAN
+                hr[ep].dev_accuracy = NAN
+                if has_dev:
+                    with gil:
+                        try:
+                            hr[ep].dev_loss, hr[ep].dev_accuracy = dev()
+                        except BaseException as exc:
+                            error = exc
+                            failed = True
+                    if failed:
+                        break
+                if f.monitor != FIT_MONITOR_NONE:
+                    if f.monitor == FIT_MONITOR_TRAIN_LOSS:
+                        value = hr[ep].train_loss
+                    elif f.monitor == FIT_MONITOR_TRAIN_ACCURACY:
+                        value = <double>hits / <double>M
+                    elif f.monitor == FIT_MONITOR_DEV_LOSS:
+                        value = hr[ep].dev_loss
+                    else:
+                        value = hr[ep].dev_accuracy
+                    better = _stopping(f, value)
+                    if better and f.restore:
+                        memcpy(snap_p, plan.P, plan.n_params * isz)
+                        if n_stats:
+                            memcpy(snap_s, stats, n_stats * isz)
+                hr[ep].seconds = _seconds() - t0
+                ep += 1
+                if f.stop:
                     break
-            if f.monitor != FIT_MONITOR_NONE:
-                if f.monitor == FIT_MONITOR_TRAIN_LOSS:
-                    value = hr[ep].train_loss
-                elif f.monitor == FIT_MONITOR_TRAIN_ACCURACY:
-                    value = <double>hits / <double>M
-                elif f.monitor == FIT_MONITOR_DEV_LOSS:
-                    value = hr[ep].dev_loss
-                else:
-                    value = hr[ep].dev_accuracy
-                better = _stopping(f, value)
-                if better and f.restore:
-                    memcpy(snap_p, plan.P, plan.n_params * isz)
-                    if n_stats:
-                        memcpy(snap_s, stats, n_stats * isz)
-            hr[ep].seconds = _seconds() - t0
-            ep += 1
-            if f.stop:
-                break
+    finally:  # the copies are the call's
+        net.xpack = NULL
+        net.xpad = NULL
     if failed:
         raise error
     return ep, status, i, res[0], done

@@ -369,3 +369,45 @@ def test_a_fit_split_into_many_calls_equals_one_call(monkeypatch, per_epoch):
     _same(split, ref)
     assert (es_split.best_epoch, es_split.stopped_epoch, es_split.curve) == (es_ref.best_epoch, es_ref.stopped_epoch,
                                                                           es_ref.curve)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n_in, rows", [(2048, 90), (5120, 130), (4097, 40)])
+def test_a_wide_first_layer_reads_its_input_copied_once_with_the_same_bits(n_in, rows, threads, per_epoch):
+    """A full-batch float32 fit whose first layer has many inputs and few units copies X once
+    (transposed in panels for the forward product, with padded rows for dW where rows lie a
+    multiple of 1 KiB apart); the per-epoch path, one call per epoch, reads X as it is."""
+    if _fused.products("float32") != "the own kernels":
+        pytest.skip("the copies serve the own float32 kernels, which this CPU's copy lacks")
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((rows, n_in)).astype(np.float32)
+    y = (X[:, :7].sum(axis=1) > 0).astype(np.float64)
+
+    def fit():
+        model = Sequential([Dense(10, "relu"), Dense(3, "relu"), Dense(1, "sigmoid")], input_dim=n_in,
+                           dtype="float32", seed=1)
+        trainer = Trainer(model, optim.GD(0.01), batch_size=None, epochs=20, shuffle=False, progress=False)
+        runs = []
+        real = _trainer._Run.__init__
+
+        def spy(self, *a, **k):
+            real(self, *a, **k)
+            runs.append(self)
+
+        previous = kernels.get_num_threads()
+        kernels.set_num_threads(threads)
+        _trainer._Run.__init__ = spy
+        try:
+            history = trainer.fit(X, y)
+        finally:
+            _trainer._Run.__init__ = real
+            kernels.set_num_threads(previous)
+        return model, history, runs[0].fused.plan.copied_input
+
+    whole, h_whole, copied = fit()
+    assert copied
+    per_epoch()
+    each, h_each, copied = fit()
+    assert not copied
+    np.testing.assert_array_equal(whole._params, each._params)
+    assert h_whole["train_loss"] == h_each["train_loss"]
