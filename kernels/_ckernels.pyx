@@ -35,6 +35,8 @@ from libc.string cimport memcpy
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_GetName, PyCapsule_IsValid
 import numpy as np
 
+from fusednet.kernels._memory import empty_aligned
+
 from _point cimport (floating, sigmoid, sigmoid_grad, tanh, tanh_grad, relu, relu_grad,
                      leaky_relu, leaky_relu_grad, fmix32, dropout_hash, exp_, flush,
                      decayed, ewa, gd_step, momentum_step, rmsprop_step, adam_step)

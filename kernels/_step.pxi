@@ -1763,8 +1763,8 @@ cdef tuple _input_copies(StepPlan plan):
     cdef Py_ssize_t rp = panel // k  # rows per panel
     cdef int nt = net.nt
     cdef const float* X = <const float*>net.X
-    cdef float[::1] pack = np.empty(fg_pack_size(m, k), np.float32)
-    cdef float[::1] pad = np.empty(m * ld if k >= 1024 and k % 256 == 0 else 1, np.float32)
+    cdef float[::1] pack = empty_aligned(fg_pack_size(m, k), np.float32)  # whole vectors per cache line
+    cdef float[::1] pad = empty_aligned(m * ld if k >= 1024 and k % 256 == 0 else 1, np.float32)
     cdef bint padded = pad.shape[0] > 1
     panels = pack.shape[0] // panel
     with nogil, parallel(num_threads=nt):  # each thread its share of the panels and of the rows

@@ -32,6 +32,7 @@ import numpy as np
 from . import _numba_dense as _dense
 from . import _numba_flat as _flat
 from ._codes import SIGMOID, SOFTMAX, TANH
+from ._memory import empty_aligned
 
 # Serial thresholds in elements (a kernel runs serially up to and including its threshold):
 # fusednet.kernels._policy, the one place every backend's cut-offs live.
@@ -67,19 +68,6 @@ def _band_chunks(n_threads, size, n_columns):
     return min(nt, n_columns // REDUCTION_MIN_BAND) if nt > 1 else 1
 
 
-def _empty_aligned(shape, align=64):
-    """An uninitialised float64 array of ``shape`` whose data starts on an ``align``-byte boundary.
-
-    NumPy only promises 16 bytes.  The tiles' vector loops read and write whole
-    64-byte lines when aligned; from an unaligned start every vector access
-    straddles two lines, and the batch-norm kernels ran 15-30% slower.
-    """
-    size = math.prod(shape)
-    buf = np.empty(size + align // 8, np.float64)
-    start = (-buf.ctypes.data % align) // 8
-    return buf[start:start + size].reshape(shape)
-
-
 class _Scratch(threading.local):
     """Working memory of the compiled kernels, one set per Python thread.
 
@@ -100,7 +88,7 @@ class _Scratch(threading.local):
     """
 
     def __init__(self):
-        self.tiles = _empty_aligned((numba.config.NUMBA_NUM_THREADS, _dense.SCRATCH))
+        self.tiles = empty_aligned((numba.config.NUMBA_NUM_THREADS, _dense.SCRATCH))
         self.row = self.tiles[0]
         self.loss = np.empty(_dense.LOSS_BLOCKS, np.float64)
 
