@@ -1776,10 +1776,9 @@ cdef tuple _input_copies(StepPlan plan):
                 for r in range(_cut(m, nt, t), _cut(m, nt, t + 1)):
                     memcpy(&pad[r * ld], X + r * k, k * sizeof(float))
     net.xpack = &pack[0]
-    if not padded:
-        return pack.base, None
-    net.xpad = &pad[0]
-    net.ldpad = ld
+    if padded:
+        net.xpad = &pad[0]
+        net.ldpad = ld
     return pack.base, pad.base
 
 
@@ -1797,7 +1796,7 @@ def dense_fit(StepPlan plan,                    # IN/OUT as dense_epoch
     """Epochs fit.epoch0 .. fit.epoch0 + fit.epochs - 1 of a fit, each as dense_epoch (or, without
     perms, as one dense_step on the whole of X), with no Python between them.
 
-    Epoch e starts with the update bounds read off the arenas and the dropout seed
+    The call starts with the update bounds read off the arenas; epoch e with the dropout seed
     splitmix64(fit.seed_key ^ e); step i of the call (counting across epochs) takes the optimiser's
     step count opt.t + i + 1.  Each epoch writes its train loss, training-prediction hits and wall
     time to hist, and with dev, what dev() returns: it is called with the GIL after each epoch (the
@@ -1908,12 +1907,14 @@ def dense_fit(StepPlan plan,                    # IN/OUT as dense_epoch
     plan.copied_input = copies is not None
     try:
         with nogil:
+            # the call starts from the arenas (the per-epoch path, each epoch: a callback may have
+            # changed them); inside it, only its steps change them, and each step carries the bounds
+            # on (a bound only decides whether a step must check its update against the arenas)
+            _refresh(plan)
             while ep < E:
                 t0 = _seconds()
                 epoch = f.epoch0 + ep
                 plan.dropout_seed = _splitmix64(f.seed_key ^ <uint64_t>epoch)
-                net.bound[0] = INFINITY  # each epoch starts from the arenas (as the per-epoch path does)
-                _refresh(plan)
                 if f.order == FIT_ORDER_DRAWN:
                     fn_epoch_order(f.shuffle_seed, <uint64_t>epoch, &perms[0, 0], M)
                 if gathered:
