@@ -357,6 +357,96 @@ fg_tn_units(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda
     }
 }
 
+/* fg_tn over rows by pointer with its vectors along C's rows (fg_tn_rows_t): at most FG_TRT_NV
+ * vectors of them by FG_TRT_NU columns of C per block, in registers */
+#if FG_VW == 16
+#define FG_TRT_NV 4
+#else
+#define FG_TRT_NV 2
+#endif
+#define FG_TRT_NU 6
+
+/* C^T[u, i] for NU columns u of C and FG_TRT_NV whole vectors of its rows i (from `col`): for k in
+ * order acc = fma(b(k, u), a(k, i), acc) -- fg_tn's chain, the same bits; to `tile` (NU rows of
+ * FG_TRT_NV vectors). */
+static inline __attribute__((always_inline)) void
+fg_tn_rows_t_block(const int NU, ptrdiff_t K, const float *const *rows, ptrdiff_t col, const float *b,
+                   ptrdiff_t ldb, float *tile)
+{
+    fg_v acc[FG_TRT_NU][FG_TRT_NV], x[FG_TRT_NV];
+    ptrdiff_t k;
+#pragma GCC unroll 6
+    for (int u = 0; u < NU; u++)
+#pragma GCC unroll 4
+        for (int v = 0; v < FG_TRT_NV; v++)
+            acc[u][v] = fg_zero();
+    for (k = 0; k < K; k++) {
+        const float *ak = rows[k] + col;
+        const float *bk = b + k * ldb;
+#pragma GCC unroll 4
+        for (int v = 0; v < FG_TRT_NV; v++)
+            x[v] = fg_load(ak + v * FG_VW);
+#pragma GCC unroll 6
+        for (int u = 0; u < NU; u++) {
+            fg_v s = fg_set1(bk[u]);
+#pragma GCC unroll 4
+            for (int v = 0; v < FG_TRT_NV; v++)
+                acc[u][v] = fg_fma(s, x[v], acc[u][v]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int u = 0; u < NU; u++)
+#pragma GCC unroll 4
+        for (int v = 0; v < FG_TRT_NV; v++)
+            fg_store_aligned(tile + (u * FG_TRT_NV + v) * FG_VW, acc[u][v]);
+}
+
+#define FG_TRT(NU)                                                                        \
+    case NU:                                                                              \
+        fg_tn_rows_t_block(NU, K, rows, col, b, ldb, tile);                              \
+        break;
+
+static void
+fg_tn_rows_t_any(int nu, ptrdiff_t K, const float *const *rows, ptrdiff_t col, const float *b, ptrdiff_t ldb,
+                 float *tile)
+{
+    switch (nu) {
+        FG_TRT(1) FG_TRT(2) FG_TRT(3) FG_TRT(4) FG_TRT(5) FG_TRT(6)
+    }
+}
+
+#undef FG_TRT
+
+/* Whether fg_tn over rows by pointer takes fg_tn_rows_t: C's m rows whole vectors of blocks of
+ * FG_TRT_NV, its n columns not (a weight gradient of 64 inputs by 100 units: along the units the
+ * last of 7 vectors holds 4 lanes). */
+static inline int
+fg_tn_rows_t_pays(ptrdiff_t m, ptrdiff_t n)
+{
+    return m % (FG_TRT_NV * FG_VW) == 0 && n % FG_VW != 0;
+}
+
+/* fg_tn of A's rows by pointer as C^T (n, m) = B^T A, blocks of FG_TRT_NU columns of C by
+ * FG_TRT_NV vectors of its rows, each stored transposed from a tile on the stack (m a multiple of
+ * FG_TRT_NV * FG_VW). */
+static inline void
+fg_tn_rows_t(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *const *rows, ptrdiff_t col, const float *B,
+             ptrdiff_t ldb, float *C, ptrdiff_t ldc)
+{
+    float tile[FG_TRT_NU * FG_TRT_NV * FG_VW] __attribute__((aligned(64)));
+    ptrdiff_t i, u, r, j;
+    int nu;
+    for (i = 0; i < m; i += FG_TRT_NV * FG_VW) {
+        for (u = 0; u < n; u += FG_TRT_NU) {
+            nu = (int)(n - u < FG_TRT_NU ? n - u : FG_TRT_NU);
+            fg_tn_rows_t_any(nu, K, rows, col + i, B + u, ldb, tile);
+            for (j = 0; j < FG_TRT_NV * FG_VW; j++)
+                for (r = 0; r < nu; r++)
+                    C[(i + j) * ldc + u + r] = tile[r * FG_TRT_NV * FG_VW + j];
+        }
+    }
+}
+
 /* C (m, n) = A (K, m)^T @ B (K, n): A's row k at rows[k] + col (rows not NULL) or A + k * lda.
  * A narrow C whose vectors along n would be mostly masked goes through fg_tn_units (at most
  * FG_TN1_MAXN units) or fg_tn_narrow. */
@@ -365,7 +455,9 @@ fg_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda,
       const float *const *rows, ptrdiff_t col, const float *B, ptrdiff_t ldb, float *C,
       ptrdiff_t ldc)
 {
-    if (rows)
+    if (rows && fg_tn_rows_t_pays(m, n))
+        fg_tn_rows_t(m, n, K, rows, col, B, ldb, C, ldc);
+    else if (rows)
         fg_walk(FG_TN_ROWS, m, n, K, NULL, col, rows, B, ldb, C, ldc);
     else if (n <= FG_TN1_MAXN && K >= FG_MR && fg_lanes(m) > fg_lanes(n) + 0.125)
         fg_tn_units(m, n, K, A, lda, B, ldb, C, ldc);

@@ -183,6 +183,24 @@ def test_long_products_chain_their_depth_chunks(ck, k):
     np.testing.assert_array_equal(CT, C)
 
 
+@pytest.mark.parametrize("m, n", [(64, 100), (128, 10), (64, 1), (192, 37), (64, 6)])
+def test_gathered_weight_gradients_along_the_inputs_have_the_bits_of_the_walk(ck, m, n):
+    """X[idx][:, col:col + m].T @ dZ with m whole vectors of 64 and n not (digits: 64 inputs, 100
+    units) runs its vectors along the inputs, its tiles stored transposed; the same bits as the
+    product of the rows copied out, which walks its vectors along the units."""
+    rng = np.random.default_rng([m, n, 9])
+    K, col = 200, 5
+    X = rng.standard_normal((300, col + m + 4), dtype=np.float32)
+    dZ = rng.standard_normal((K, n), dtype=np.float32)
+    idx = rng.integers(0, X.shape[0], K).astype(np.intp)
+    by_index = np.full((m, n), np.nan, np.float32)
+    assert ck.gemm_f32(X, dZ, by_index, trans_a=True, idx=idx, col=col)
+    _check(by_index, X[idx][:, col:col + m].T, dZ)
+    copied = np.full((m, n), np.nan, np.float32)
+    assert ck.gemm_f32(np.ascontiguousarray(X[idx][:, col:col + m]), dZ, copied, trans_a=True)
+    np.testing.assert_array_equal(by_index, copied)
+
+
 def test_narrow_weight_gradients_have_the_bits_of_the_wide_walk(ck):
     """A.T @ B with few columns (a layer of few units) takes the transposed walk; any other walk of
     the same product (blocks of few rows, rows read by index) gives the same bits."""
