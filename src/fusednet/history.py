@@ -106,6 +106,13 @@ class History(Mapping):
         for k, v in logs.items():
             self._data.setdefault(k, []).append(float(v))
 
+    def _extend(self, columns):
+        """Record several epochs at once: ``{name: [float, ...]}``, Python floats, every list one
+        epoch per element; the same record as :meth:`append` called row by row (about a microsecond
+        per epoch less)."""
+        for k, v in columns.items():
+            self._data.setdefault(k, []).extend(v)
+
     def to_dict(self):
         """``{name: [float, ...]}``, plain data for :func:`json.dump`."""
         return {k: list(v) for k, v in self._data.items()}

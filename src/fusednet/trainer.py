@@ -772,14 +772,12 @@ class _WholeFit:
             # fields read one by one cost a microsecond each, as much as a planar step)
             cols = {"train_loss": hist["train_loss"][:done].tolist(), "lr": lrs[:done, 0].tolist()}
             if "train_accuracy" in names:
-                cols["train_accuracy"] = [c / m for c in hist["correct"][:done].tolist()]
+                cols["train_accuracy"] = (hist["correct"][:done] / m).tolist()
             for key in ("dev_loss", "dev_accuracy"):
                 if key in names:
                     cols[key] = hist[key][:done].tolist()
             cols["time"] = hist["seconds"][:done].tolist()
-            keys = tuple(cols)
-            for row in zip(*cols.values()):
-                history.append(dict(zip(keys, row)))
+            history._extend(cols)
             if es is not None:
                 for k, value in enumerate(cols[es.monitor]):
                     if es.observe(epoch + k, value) and snapshot is not None:
