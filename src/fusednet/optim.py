@@ -24,6 +24,7 @@ from ._validation import check_bool as _flag
 from ._validation import check_positive as _positive
 from ._validation import check_real as _real
 from .kernels import _codes
+from .kernels._memory import zeros_aligned
 
 __all__ = ["Optimizer", "GD", "Momentum", "RMSProp", "Adam", "ewa"]
 
@@ -396,7 +397,7 @@ class Optimizer:
                         f"pass the same parameters or call reset()"
                     )
         elif self._slots:
-            state = [tuple(np.zeros(w.shape, w.dtype) for _ in self._slots) for w in ws]
+            state = [tuple(zeros_aligned(w.shape, w.dtype) for _ in self._slots) for w in ws]
         # flat views handed to the kernel; empty arrays need no call
         self._bufs = [
             (w.reshape(-1), g.reshape(-1), w.size, *(b.reshape(-1) for b in bufs))

@@ -23,3 +23,10 @@ def empty_aligned(shape, dtype=np.float64):
     start = (-buf.ctypes.data % LINE) // dtype.itemsize
     out = buf[start:start + size]
     return out.reshape(shape) if isinstance(shape, tuple) else out
+
+
+def zeros_aligned(shape, dtype=np.float64):
+    """As :func:`empty_aligned`, filled with zeros."""
+    out = empty_aligned(shape, dtype)
+    out.fill(0)
+    return out

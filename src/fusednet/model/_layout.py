@@ -22,6 +22,7 @@ views (``W``, ``WT``, ``b``, ``dW``, ``db``, ``gamma``, ``beta``, ``dgamma``,
 import numpy as np
 
 from ..kernels import _codes, _plan
+from ..kernels._memory import zeros_aligned
 from ..layers import Activation, BatchNorm, Dense, Dropout, init_scale
 from ._nodes import _ActivationNode, _BatchNormNode, _DenseNode, _DropoutNode
 
@@ -71,9 +72,10 @@ class Arenas:
         n_stats = sum(2 * node.n_out for node in nodes if isinstance(node, _BatchNormNode))
         wmax = max(node.n_out for node in nodes)
 
-        self.params = P = np.zeros(n_params, dtype)
-        self.grads = G = np.zeros(n_params, dtype)
-        self.stats = S = np.zeros(n_stats, dtype)
+        # the arenas start on a cache line: the kernels' vector loads of a row of W never straddle two
+        self.params = P = zeros_aligned(n_params, dtype)
+        self.grads = G = zeros_aligned(n_params, dtype)
+        self.stats = S = zeros_aligned(n_stats, dtype)
         self.zeros = np.zeros(wmax, dtype)
         self.scratch = np.zeros(wmax, dtype)
         self.n_decay = n_decay
