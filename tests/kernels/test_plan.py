@@ -166,7 +166,7 @@ def test_each_argument_that_does_not_fit_is_named(name, change, message):
         ("Z", 0, lambda a: a[:3].copy(), r"buffers\['Z'\]\[0\] holds"),
         ("Z", 1, lambda a: None, r"buffers\['Z'\]\[1\] is missing"),
         ("Dr", 0, lambda a: None, r"buffers\['Dr'\]\[0\] is missing"),
-        ("xhat", 0, lambda a: a.astype(np.float64), r"buffers\['xhat'\]\[0\] must be an ndarray of float32"),
+        ("xhat", 0, lambda a: np.zeros(a.shape, np.float64), r"buffers\['xhat'\]\[0\] must be an ndarray of float32"),
         ("var", 0, lambda a: a[:5].copy(), r"buffers\['var'\]\[0\] holds 5"),
         ("Ao", 0, lambda a: np.asfortranarray(np.ones((a.shape[1], a.shape[0]), a.dtype).T),
          r"buffers\['Ao'\]\[0\] must be C-contiguous"),
