@@ -1763,9 +1763,9 @@ cdef tuple _input_copies(StepPlan plan):
     cdef Py_ssize_t rp = panel // k  # rows per panel
     cdef int nt = net.nt
     cdef const float* X = <const float*>net.X
+    cdef bint padded = k >= 1024 and k % 256 == 0
     cdef float[::1] pack = empty_aligned(fg_pack_size(m, k), np.float32)  # whole vectors per cache line
-    cdef float[::1] pad = empty_aligned(m * ld if k >= 1024 and k % 256 == 0 else 1, np.float32)
-    cdef bint padded = pad.shape[0] > 1
+    cdef float[::1] pad = empty_aligned(m * ld if padded else 0, np.float32)
     panels = pack.shape[0] // panel
     with nogil, parallel(num_threads=nt):  # each thread its share of the panels and of the rows
         for t in prange(nt, schedule="static", chunksize=1):
@@ -1776,9 +1776,10 @@ cdef tuple _input_copies(StepPlan plan):
                 for r in range(_cut(m, nt, t), _cut(m, nt, t + 1)):
                     memcpy(&pad[r * ld], X + r * k, k * sizeof(float))
     net.xpack = &pack[0]
-    if padded:
-        net.xpad = &pad[0]
-        net.ldpad = ld
+    if not padded:
+        return pack.base, None
+    net.xpad = &pad[0]
+    net.ldpad = ld
     return pack.base, pad.base
 
 
@@ -1905,85 +1906,83 @@ def dense_fit(StepPlan plan,                    # IN/OUT as dense_epoch
     ep = 0
     copies = _input_copies(plan) if not gathered and isz == 4 and _packs_input(net, E) else None
     plan.copied_input = copies is not None
-    try:
-        with nogil:
-            # the call starts from the arenas (the per-epoch path, each epoch: a callback may have
-            # changed them); inside it, only its steps change them, and each step carries the bounds
-            # on (a bound only decides whether a step must check its update against the arenas)
-            _refresh(plan)
-            while ep < E:
-                t0 = _seconds()
-                epoch = f.epoch0 + ep
-                plan.dropout_seed = _splitmix64(f.seed_key ^ <uint64_t>epoch)
-                if f.order == FIT_ORDER_DRAWN:
-                    fn_epoch_order(f.shuffle_seed, <uint64_t>epoch, &perms[0, 0], M)
-                if gathered:
-                    row = &perms[ep if f.order == FIT_ORDER_GIVEN else 0, 0]
-                total = 0.0
-                hits = 0
-                i = 0
-                while i < steps:
-                    s = i * B
-                    e = s + B if s + B < M else M
-                    net.m = e - s
-                    plan.h.lr = lrs[ep, i]
-                    _bias_corrections(o, o.t + done + 1, &plan.h)
-                    x = _splitmix64(plan.dropout_seed ^ <uint64_t>i)
-                    for l in range(net.L):
-                        if net.drop[l]:
-                            _set_key(net, l, _splitmix64(x ^ <uint64_t>net.dindex[l]))
-                    ip = row + s if gathered else NULL
-                    if isz == 4:
-                        status = _step_core(<float*>plan.P, <float*>plan.G, <float*>plan.S1, <float*>plan.S2, net,
-                                            &plan.h, plan._lam, plan.n_params, <const float*>xp, <const float*>yp,
-                                            ip, res)
-                    else:
-                        status = _step_core(<double*>plan.P, <double*>plan.G, <double*>plan.S1, <double*>plan.S2,
-                                            net, &plan.h, plan._lam, plan.n_params, <const double*>xp,
-                                            <const double*>yp, ip, res)
-                    if status != 0:
-                        break
-                    done += 1
-                    total = total + res[0] * <double>(e - s)
-                    if ids.shape[0] != 0:
-                        hits += _n_correct(net, isz, &ids[0], row, s, e - s)
-                    i += 1
+    with nogil:
+        # the call starts from the arenas (the per-epoch path, each epoch: a callback may have
+        # changed them); inside it, only its steps change them, and each step carries the bounds
+        # on (a bound only decides whether a step must check its update against the arenas)
+        _refresh(plan)
+        while ep < E:
+            t0 = _seconds()
+            epoch = f.epoch0 + ep
+            plan.dropout_seed = _splitmix64(f.seed_key ^ <uint64_t>epoch)
+            if f.order == FIT_ORDER_DRAWN:
+                fn_epoch_order(f.shuffle_seed, <uint64_t>epoch, &perms[0, 0], M)
+            if gathered:
+                row = &perms[ep if f.order == FIT_ORDER_GIVEN else 0, 0]
+            total = 0.0
+            hits = 0
+            i = 0
+            while i < steps:
+                s = i * B
+                e = s + B if s + B < M else M
+                net.m = e - s
+                plan.h.lr = lrs[ep, i]
+                _bias_corrections(o, o.t + done + 1, &plan.h)
+                x = _splitmix64(plan.dropout_seed ^ <uint64_t>i)
+                for l in range(net.L):
+                    if net.drop[l]:
+                        _set_key(net, l, _splitmix64(x ^ <uint64_t>net.dindex[l]))
+                ip = row + s if gathered else NULL
+                if isz == 4:
+                    status = _step_core(<float*>plan.P, <float*>plan.G, <float*>plan.S1, <float*>plan.S2, net,
+                                        &plan.h, plan._lam, plan.n_params, <const float*>xp, <const float*>yp,
+                                        ip, res)
+                else:
+                    status = _step_core(<double*>plan.P, <double*>plan.G, <double*>plan.S1, <double*>plan.S2,
+                                        net, &plan.h, plan._lam, plan.n_params, <const double*>xp,
+                                        <const double*>yp, ip, res)
                 if status != 0:
                     break
-                hr[ep].train_loss = total / <double>M
-                hr[ep].correct = hits
-                hr[ep].dev_loss = NAN
-                hr[ep].dev_accuracy = NAN
-                if has_dev:
-                    with gil:
-                        try:
-                            hr[ep].dev_loss, hr[ep].dev_accuracy = dev()
-                        except BaseException as exc:
-                            error = exc
-                            failed = True
-                    if failed:
-                        break
-                if f.monitor != FIT_MONITOR_NONE:
-                    if f.monitor == FIT_MONITOR_TRAIN_LOSS:
-                        value = hr[ep].train_loss
-                    elif f.monitor == FIT_MONITOR_TRAIN_ACCURACY:
-                        value = <double>hits / <double>M
-                    elif f.monitor == FIT_MONITOR_DEV_LOSS:
-                        value = hr[ep].dev_loss
-                    else:
-                        value = hr[ep].dev_accuracy
-                    better = _stopping(f, value)
-                    if better and f.restore:
-                        memcpy(snap_p, plan.P, plan.n_params * isz)
-                        if n_stats:
-                            memcpy(snap_s, stats, n_stats * isz)
-                hr[ep].seconds = _seconds() - t0
-                ep += 1
-                if f.stop:
+                done += 1
+                total = total + res[0] * <double>(e - s)
+                if ids.shape[0] != 0:
+                    hits += _n_correct(net, isz, &ids[0], row, s, e - s)
+                i += 1
+            if status != 0:
+                break
+            hr[ep].train_loss = total / <double>M
+            hr[ep].correct = hits
+            hr[ep].dev_loss = NAN
+            hr[ep].dev_accuracy = NAN
+            if has_dev:
+                with gil:
+                    try:
+                        hr[ep].dev_loss, hr[ep].dev_accuracy = dev()
+                    except BaseException as exc:
+                        error = exc
+                        failed = True
+                if failed:
                     break
-    finally:  # the copies are the call's
-        net.xpack = NULL
-        net.xpad = NULL
+            if f.monitor != FIT_MONITOR_NONE:
+                if f.monitor == FIT_MONITOR_TRAIN_LOSS:
+                    value = hr[ep].train_loss
+                elif f.monitor == FIT_MONITOR_TRAIN_ACCURACY:
+                    value = <double>hits / <double>M
+                elif f.monitor == FIT_MONITOR_DEV_LOSS:
+                    value = hr[ep].dev_loss
+                else:
+                    value = hr[ep].dev_accuracy
+                better = _stopping(f, value)
+                if better and f.restore:
+                    memcpy(snap_p, plan.P, plan.n_params * isz)
+                    if n_stats:
+                        memcpy(snap_s, stats, n_stats * isz)
+            hr[ep].seconds = _seconds() - t0
+            ep += 1
+            if f.stop:
+                break
+    net.xpack = NULL  # the copies are the call's (nothing in the loop raises: dev()'s error waits below)
+    net.xpad = NULL
     if failed:
         raise error
     return ep, status, i, res[0], done
