@@ -28,7 +28,7 @@
 # best one the CPU runs.
 
 from cython.parallel cimport parallel, prange
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.math cimport exp, log, log1p, fabs, sqrt, pow, INFINITY, NAN
 from libc.float cimport FLT_MAX, DBL_MAX
 from libc.string cimport memcpy
@@ -259,3 +259,4 @@ include "_per_kernel.pxi"   # the per-kernel backend (fusednet.kernels.reference
 include "_parity.pxi"       # point functions element-wise, for the parity tests
 include "_step.pxi"         # the one-call step and its typed plan (fusednet._fused)
 include "_products.pxi"     # the step's own float32 products, for their tests
+include "_lanes.pxi"        # the population engine by lanes (fusednet.kernels._population_lanes)

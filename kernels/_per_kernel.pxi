@@ -1,7 +1,7 @@
 # The per-kernel backend: activations, losses, dropout, optimiser updates, batch norm.
 # Included by _ckernels.pyx (one extension module per instruction-set level).
 
-from _point cimport vm_exp, vm_exp_nonpos, vm_log1p   # _vmath.h: the float64 exp and log1p of the losses
+from _point cimport vm_bce_logit, vm_exp, vm_exp_nonpos, vm_log1p   # _vmath.h: the float64 functions of the losses
 
 # ==================================================================================
 # bias + activation forward
@@ -309,8 +309,7 @@ cdef inline double _bce_cost(floating v, floating y) noexcept nogil:
     max(v, 0) - v y + log1p(exp(-|v|)), which never overflows: in float64 whatever the dtype (the
     cost keeps float64's relative precision down to its smallest values, as the output
     <floating>sigmoid(<double>v) is rounded once: tests/kernels/test_transcendental_range.py)."""
-    cdef double d = <double>v
-    return (d if d > 0 else 0.0) - d * <double>y + vm_log1p(vm_exp_nonpos(-fabs(d)))
+    return vm_bce_logit(<double>v, <double>y)
 
 
 cdef double _cce_row(const floating* z, const floating* b, const floating* y, floating* a,

@@ -10,7 +10,6 @@
 from cython cimport floating
 from libc.stdint cimport uint32_t, uint64_t
 from libc.math cimport fabs, fabsf, sqrt, sqrtf
-from libc.float cimport FLT_MIN, DBL_MIN
 
 # Vectorisable exp, log, log1p, tanh and sigmoid (_vmath.h): branch-free C that gcc inlines
 # into the kernels' loops and vectorises in every instruction-set copy, where a libm call
@@ -28,6 +27,25 @@ cdef extern from "_vmath.h" nogil:
     double vm_tanh(double x)
     float vm_sigmoidf(float x)
     double vm_sigmoid(double x)
+    double vm_bce_logit(double d, double y)
+
+
+# The optimisers' point functions in C (_point.h), shared with the population engine by lanes.
+cdef extern from "_point.h" nogil:
+    float pt_flush_f(float x)
+    double pt_flush_d(double x)
+    float pt_decayed_f(float g, float w, float l2)
+    double pt_decayed_d(double g, double w, double l2)
+    float pt_ewa_f(float v, float x, float beta, float omb)
+    double pt_ewa_d(double v, double x, double beta, double omb)
+    float pt_gd_step_f(float w, float gp, float lr)
+    double pt_gd_step_d(double w, double gp, double lr)
+    float pt_momentum_step_f(float w, float v, float lr, float bc)
+    double pt_momentum_step_d(double w, double v, double lr, double bc)
+    float pt_rmsprop_step_f(float w, float gp, float s, float lr, float eps)
+    double pt_rmsprop_step_d(double w, double gp, double s, double lr, double eps)
+    float pt_adam_step_f(float w, float m, float v, float lr, float bc1, float bc2, float eps)
+    double pt_adam_step_d(double w, double m, double v, double lr, double bc1, double bc2, double eps)
 
 
 # mirrors fusednet.kernels.reference.sigmoid
@@ -118,40 +136,58 @@ cdef inline floating fabs_(floating x) noexcept nogil:
 # mirrors fusednet.kernels.reference._flush: zero below the smallest normal number
 cdef inline floating flush(floating x) noexcept nogil:
     if floating is float:
-        return 0 if fabsf(x) < FLT_MIN else x
+        return pt_flush_f(x)
     else:
-        return 0 if fabs(x) < DBL_MIN else x
+        return pt_flush_d(x)
 
 
-# the optimisers' updates, one formula each (the kernels flush the averages after ewa)
+# the optimisers' updates, one formula each (the kernels flush the averages after ewa): _point.h's
 
 # mirrors fusednet.kernels.reference.decayed
 cdef inline floating decayed(floating g, floating w, floating l2) noexcept nogil:
-    return g + l2 * w
+    if floating is float:
+        return pt_decayed_f(g, w, l2)
+    else:
+        return pt_decayed_d(g, w, l2)
 
 
 # mirrors fusednet.kernels.reference.ewa
 cdef inline floating ewa(floating v, floating x, floating beta, floating one_minus_beta) noexcept nogil:
-    return beta * v + one_minus_beta * x
+    if floating is float:
+        return pt_ewa_f(v, x, beta, one_minus_beta)
+    else:
+        return pt_ewa_d(v, x, beta, one_minus_beta)
 
 
 # mirrors fusednet.kernels.reference.gd_step
 cdef inline floating gd_step(floating w, floating gp, floating lr) noexcept nogil:
-    return w - lr * gp
+    if floating is float:
+        return pt_gd_step_f(w, gp, lr)
+    else:
+        return pt_gd_step_d(w, gp, lr)
 
 
 # mirrors fusednet.kernels.reference.momentum_step
 cdef inline floating momentum_step(floating w, floating v, floating lr, floating bc) noexcept nogil:
-    return w - lr * (v / bc)
+    if floating is float:
+        return pt_momentum_step_f(w, v, lr, bc)
+    else:
+        return pt_momentum_step_d(w, v, lr, bc)
 
 
 # mirrors fusednet.kernels.reference.rmsprop_step
 cdef inline floating rmsprop_step(floating w, floating gp, floating s, floating lr,
                                   floating eps) noexcept nogil:
-    return w - lr * gp / (sqrt_(s) + eps)
+    if floating is float:
+        return pt_rmsprop_step_f(w, gp, s, lr, eps)
+    else:
+        return pt_rmsprop_step_d(w, gp, s, lr, eps)
 
 
 # mirrors fusednet.kernels.reference.adam_step
 cdef inline floating adam_step(floating w, floating m, floating v, floating lr, floating bc1,
                                floating bc2, floating eps) noexcept nogil:
-    return w - lr * (m / bc1) / (sqrt_(v / bc2) + eps)
+    if floating is float:
+        return pt_adam_step_f(w, m, v, lr, bc1, bc2, eps)
+    else:
+        return pt_adam_step_d(w, m, v, lr, bc1, bc2, eps)

@@ -122,6 +122,14 @@ def epoch_order(uint64_t seed, uint64_t epoch, Py_ssize_t[::1] out):
     if out.shape[0] > 0:
         fn_epoch_order(seed, epoch, &out[0], out.shape[0])
 
+def epoch_orders(uint64_t seed, uint64_t e0, Py_ssize_t[:, ::1] out):
+    """Row i of out: :func:`epoch_order` of epoch ``e0 + i`` (a whole fit's orders in one call)."""
+    cdef Py_ssize_t i
+    if out.shape[1] > 0:
+        for i in range(out.shape[0]):
+            fn_epoch_order(seed, e0 + <uint64_t>i, &out[i, 0], out.shape[1])
+
+
 ctypedef void (*sgemm_t)(char*, char*, int*, int*, int*, float*, float*, int*, float*, int*,
                          float*, float*, int*) noexcept nogil
 ctypedef void (*dgemm_t)(char*, char*, int*, int*, int*, double*, double*, int*, double*, int*,

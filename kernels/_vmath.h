@@ -319,4 +319,20 @@ static inline double vm_sigmoid(double z)
     return z == z ? y : z;
 }
 
+/* ---------------------------------------------------------------------------------------
+ * The binary cross-entropy -(y log a + (1 - y) log(1 - a)) of a = sigmoid(d), written on the
+ * logit d: max(d, 0) - d y + log1p(exp(-|d|)), which never overflows.
+ * ------------------------------------------------------------------------------------- */
+
+static inline double vm_bce_logit(double d, double y)
+{
+    return (d > 0 ? d : 0.0) - d * y + vm_log1p(vm_exp_nonpos(-__builtin_fabs(d)));
+}
+
+/* The same in float: its exp(-|d|) is vm_sigmoidf's, which a loop computing both shares. */
+static inline float vm_bce_logitf(float d, float y)
+{
+    return (d > 0.0f ? d : 0.0f) - d * y + vm_log1pf(vm_expf_nonpos(-__builtin_fabsf(d)));
+}
+
 #endif

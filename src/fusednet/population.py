@@ -35,6 +35,7 @@ Not taken from the trainer: learning-rate schedules and callbacks (a config's
 C-contiguous array of the dtype once per fit).
 """
 
+import contextlib
 import math
 import numbers
 import time
@@ -48,6 +49,7 @@ from ._validation import check_bool, check_real
 from .history import History
 from .kernels import _blas, _codes
 from .kernels import _population as _engine
+from .kernels import _population_lanes as _lanes
 from .layers import Activation, Dense, Dropout, Layer
 from .model import Sequential, _DropoutNode, as_2d
 from .model import _inputs as _model_inputs
@@ -411,30 +413,36 @@ class Population:
                 bc[:, on, col] = _optim.bias_correction(betas[None, :], t)[:, which]
         return bc
 
-    def _chunks(self, flops):
+    def _chunks(self, flops, lanes):
         """``(bounds, n_workers)``: the chunks of models and the threads that run them.
 
         Small work: one chunk on the calling thread (0 workers).  Else one worker per thread and chunks of
-        about :data:`CHUNK_MODELS` models (at least one per worker).
+        about :data:`CHUNK_MODELS` models (at least one per worker), or with ``lanes`` one chunk per group
+        of :data:`~fusednet.kernels._population_lanes.V` models (a team when there are two groups or more).
         """
         K = len(self.models)
+        units = -(-K // _lanes.V) if lanes else K
         if flops < PARALLEL_FLOPS:
             return np.array([0, K], np.int64), 0
-        n = min(K, _kernels.get_num_threads())
+        n = min(units, _kernels.get_num_threads())
         if n > 1:
             import numba
 
             n = min(n, numba.get_num_threads())
-        if n == 1 and flops < math.inf:
+        if n == 1 and (flops < math.inf or lanes):
             return np.array([0, K], np.int64), 0
+        if lanes:
+            return np.array([min(K, _lanes.V * c) for c in range(units + 1)], np.int64), n
         n_chunks = min(K, max(n, -(-K // CHUNK_MODELS)))
         return np.array([(K * c) // n_chunks for c in range(n_chunks + 1)], np.int64), n
 
-    def _run(self, data, e0, e1, histories, team=None):
+    def _run(self, data, e0, e1, histories, team=None, lanes=None):
         """Epochs ``e0 .. e1 - 1`` of every model still training; appends to ``histories``.
 
         ``team``: None, the calling thread or a team by the size of the work (:meth:`_chunks`); False, the
-        calling thread; True, the team's kernel (with one worker per thread).
+        calling thread; True, the team's kernel (with one worker per thread).  ``lanes``: None, the
+        models side by side in vector lanes when the net allows it
+        (:func:`~fusednet.kernels._population_lanes.eligible`); False, model by model.
         """
         if e1 <= e0:
             return
@@ -444,7 +452,9 @@ class Population:
         E = e1 - e0
         dense = self._net["op"] == _codes.DENSE
         weights = int(np.sum(self._net["n_in"][dense] * self._net["n_out"][dense]))
-        bounds, n_workers = self._chunks(6 * m * weights * E * K if team is None else 0 if not team else math.inf)
+        lanes = _lanes.eligible(self._net, B) if lanes is None else bool(lanes)
+        bounds, n_workers = self._chunks(6 * m * weights * E * K if team is None else 0 if not team else math.inf,
+                                         lanes)
         chunk = int(np.max(np.diff(bounds)))
         if self._layout is None or self._layout[0] != (B, chunk):
             at, info = _engine.layout(self._net, chunk, B, self._P.shape[1])
@@ -463,17 +473,30 @@ class Population:
         args = (self._net, at, info, (X, Y, data["ids"], self._orders(m, B, e0, e1)), data["dev"],
                 (self._P, self._G, self._S1, self._S2, self._R), self._hyp, self._keys,
                 self._bias_corrections(self._t, E * n_steps),
-                _engine.scratch(max(n_workers, 1), int(info[_engine.WS_SIZE]), self.dtype), out, status)
+                self._work(max(n_workers, 1), int(info[_engine.WS_SIZE]), lanes), out, status)
+        kernel = _lanes.fit_lanes if lanes else _engine.fit_chunk
         t0 = time.perf_counter()
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"), _blas.single_threaded():
+        # the model-by-model kernel's BLAS products run on its own threads; the lanes call no BLAS (and setting
+        # BLAS's thread count back wakes its threads, which then spin beside the team)
+        blas = contextlib.nullcontext() if lanes else _blas.single_threaded()
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"), blas:
             if n_workers == 0:
-                _engine.fit_chunk(0, K, 0, *args)
+                kernel(0, K, 0, *args)
             else:
-                _engine.fit_team(bounds, n_workers, *args)
+                _engine.fit_team(bounds, n_workers, *args, chunk=kernel)
         elapsed = (time.perf_counter() - t0) / E
         self._t += E * n_steps
         self._record(data, e0, out, status, histories, elapsed)
         self._sync_models()
+
+    def _work(self, n_workers, ws_size, lanes):
+        """The chunk kernel's ``work``: per worker, the workspace of :func:`~fusednet.kernels._population.layout`
+        or the lane buffers (:func:`~fusednet.kernels._population_lanes.lane_rows`)."""
+        if not lanes:
+            return _engine.scratch(n_workers, ws_size, self.dtype)
+        B = self._layout[0][0]
+        rows = _lanes.lane_rows(self._net, self._P.shape[1], self._S1.shape[1], self._S2.shape[1], B)
+        return np.zeros((n_workers, rows * _lanes.V), self.dtype), np.zeros((n_workers, _lanes.lane_sums(self._net)))
 
     def _record(self, data, e0, out, status, histories, elapsed):
         """Append each model's epochs of ``out`` to ``histories`` (replaced by extended copies) and note
@@ -481,24 +504,25 @@ class Population:
         m = data["X"].shape[0]
         md = data["dev"][0].shape[0]
         acc_denom = {_codes.CCE: 1, _codes.BCE: data["Y"].shape[1]}.get(self._loss)
-        E = out.shape[0]
-        columns = {"train_loss": out[:, :, _engine.TRAIN_SUM] / m,
-                   "lr": np.broadcast_to(self._hyp[:, _engine.LR], (E, len(self.models)))}
+        E, K = out.shape[0], len(self.models)
+        # name -> K lists of E Python floats, in the trainer's order of the names
+        columns = {"train_loss": (out[:, :, _engine.TRAIN_SUM] / m).T.tolist(),
+                   "lr": [[lr] * E for lr in self._hyp[:, _engine.LR].tolist()]}
         if acc_denom is not None:
-            columns["train_accuracy"] = out[:, :, _engine.TRAIN_CORRECT] / (m * acc_denom)
+            columns["train_accuracy"] = (out[:, :, _engine.TRAIN_CORRECT] / (m * acc_denom)).T.tolist()
         if data["has_dev"]:
-            columns["dev_loss"] = out[:, :, _engine.DEV_LOSS]
+            columns["dev_loss"] = out[:, :, _engine.DEV_LOSS].T.tolist()
             if acc_denom is not None:
-                columns["dev_accuracy"] = out[:, :, _engine.DEV_CORRECT] / (md * acc_denom)
-        columns["time"] = np.full((E, len(self.models)), elapsed)
-        for k in range(len(self.models)):
+                columns["dev_accuracy"] = (out[:, :, _engine.DEV_CORRECT] / (md * acc_denom)).T.tolist()
+        columns["time"] = [[elapsed] * E for _ in range(K)]
+        for k in range(K):
             code, stop_epoch, stop_step = (int(v) for v in status[k])
             if code < 0:
                 continue
             n = E if code == 0 else max(0, stop_epoch - e0)
-            old = histories[k].to_dict()
-            histories[k] = History._of_floats({name: old.get(name, []) + col[:n, k].tolist()
-                                                 for name, col in columns.items()})
+            old = histories[k]._data  # extended copies: a history returned by an earlier fit stays as it was
+            histories[k] = History._of_floats({name: _joined(old.get(name), rows[k], n)
+                                                 for name, rows in columns.items()})
             if code > 0:
                 self.diverged[k] = {"epoch": stop_epoch, "step": stop_step, "what": FAILED[code]}
 
@@ -521,6 +545,13 @@ class Population:
         self._layout = None
 
 
+def _joined(old, new, n):
+    """``old + new[:n]`` as a new list (``new[:n]`` itself when ``old`` is empty: ``new`` is a list of
+    this call's own)."""
+    new = new if n == len(new) else new[:n]
+    return old + new if old else new
+
+
 def warmup(dtypes=("float32", "float64")):
     """Compile (or load from Numba's on-disk cache) the population engine for each of ``dtypes``.
 
@@ -538,4 +569,5 @@ def warmup(dtypes=("float32", "float64")):
                          configs=[{}, {}], batch_size=2, epochs=1, dtype=dtype)
         data = pop._data(X, y, (X, y))
         for team in (False, True):
-            pop._run(data, 0, 1, pop.histories, team=team)
+            for lanes in (False, True):
+                pop._run(data, 0, 1, pop.histories, team=team, lanes=lanes)

@@ -622,12 +622,11 @@ def epoch_orders(base_seed, e0, e1, m):
     ``epoch_order`` when it is built and :func:`_drawn_orders_match`, else by NumPy: the same rows)."""
     perm = np.empty((e1 - e0, m), np.int64)
     perm[:] = np.arange(m)
-    compiled = 0 <= base_seed < 2**64 and _fused._cython() is not None and _drawn_orders_match()
+    if 0 <= base_seed < 2**64 and _fused._cython() is not None and _drawn_orders_match():
+        _fused._cython()._ck.epoch_orders(base_seed, e0, perm)
+        return perm
     for i, epoch in enumerate(range(e0, e1)):
-        if compiled:
-            _fused._cython()._ck.epoch_order(base_seed, epoch, perm[i])
-        else:
-            np.random.default_rng([base_seed, epoch]).shuffle(perm[i])
+        np.random.default_rng([base_seed, epoch]).shuffle(perm[i])
     return perm
 
 

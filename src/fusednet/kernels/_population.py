@@ -942,8 +942,9 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
             out[ei, kk, DEV_CORRECT] = correct
 
 
-def fit_team(bounds, n_workers, net, at, info, data, dev, arenas, hyp, keys, bc, work, out, status):
-    """:func:`fit_chunk` over the chunks of models ``bounds[c] .. bounds[c + 1] - 1`` on ``n_workers`` threads.
+def fit_team(bounds, n_workers, net, at, info, data, dev, arenas, hyp, keys, bc, work, out, status, chunk=fit_chunk):
+    """``chunk`` (:func:`fit_chunk`, or a kernel of its signature) over the chunks of models
+    ``bounds[c] .. bounds[c + 1] - 1`` on ``n_workers`` threads.
 
     bounds int64 (n_chunks + 1,), increasing from 0 to K; the other arguments
     are :func:`fit_chunk`'s, ``work`` with at least ``n_workers`` rows (one per
@@ -973,8 +974,7 @@ def fit_team(bounds, n_workers, net, at, info, data, dev, arenas, hyp, keys, bc,
                 state["next"] += 1
                 if state["stop"] or c >= n_chunks:
                     return
-            fit_chunk(bounds[c], bounds[c + 1], w, net, at, info, data, dev, arenas, hyp, keys, bc, work, out,
-                      status)
+            chunk(bounds[c], bounds[c + 1], w, net, at, info, data, dev, arenas, hyp, keys, bc, work, out, status)
 
     def guarded(w):
         try:
