@@ -310,3 +310,25 @@ def test_wide_first_layer_products(dtype):
     alone = fn.Population(layers, input_dim=64, configs=cfgs[1:2], batch_size=32, epochs=3, seed=5, dtype=dtype)
     alone.fit(X, y)  # the same model, alone: BLAS may round the rows of a taller product differently
     _close(alone.models[0]._params, pop.models[1]._params, 1e-12 if dtype == "float64" else 1e-5)
+
+
+def test_models_are_built_when_asked_for_and_follow_every_fit():
+    X, y = _data()
+    cfgs = _configs(OPTIMIZERS["adam"][1], 3)
+    early = fn.Population(_layers(), input_dim=3, configs=cfgs, batch_size=32, epochs=2, seed=5, dtype="float64")
+    late = fn.Population(_layers(), input_dim=3, configs=cfgs, batch_size=32, epochs=2, seed=5, dtype="float64")
+    before = early.models  # built before any fit: each its Sequential's initial state
+    for k, cfg in enumerate(cfgs):
+        keep = cfg.get("keep_prob")
+        layers = [L.Dropout(keep) if isinstance(x, L.Dropout) and keep is not None else x for x in _layers()]
+        fresh = fn.Sequential(layers, input_dim=3, l2=cfg.get("l2", 0.0), seed=cfg.get("seed", 5), dtype="float64")
+        np.testing.assert_array_equal(before[k]._params, fresh._params)
+        assert before[k].l2 == fresh.l2 and before[k].seed == fresh.seed
+        assert [getattr(n, "keep_prob", None) for n in before[k]._nodes] == [
+            getattr(n, "keep_prob", None) for n in fresh._nodes]
+    early.fit(X, y)
+    late.fit(X, y)
+    assert early.models is before
+    for a, b, row in zip(early.models, late.models, late._P):
+        np.testing.assert_array_equal(a._params, b._params)
+        np.testing.assert_array_equal(b._params, row)

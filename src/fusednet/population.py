@@ -239,20 +239,24 @@ class Population:
         self.dtype = dtype
         self.shuffle = shuffle
         self.optimizers = [cls(**args) for args, *_ in checked]
-        self.models = [
-            Sequential(_with_keep_prob(layers, keep), input_dim=input_dim, l2=l2,
-                       seed=self.seed if mseed is None else mseed, dtype=dtype)
-            for _, l2, keep, mseed in checked
-        ]
-        first = self.models[0]
+        # (l2, keep_prob, seed) per model; one model built per distinct (keep_prob, seed), whose initial
+        # parameters and statistics its models share: the K models themselves are built when asked for
+        self._specs = [(l2, keep, self.seed if mseed is None else mseed) for _, l2, keep, mseed in checked]
+        self._templates = {}
+        for _, keep, mseed in self._specs:
+            if (keep, mseed) not in self._templates:
+                self._templates[keep, mseed] = Sequential(_with_keep_prob(layers, keep), input_dim=input_dim,
+                                                          seed=mseed, dtype=dtype)
+        self._models = None
+        first = self._template(0)
         plan = first.plan()
         self._net = plan["layers"]
         self._n_decay = plan["n_decay"]
         self._loss = first._loss
         self._kind = _KINDS[cls]
-        K, n = len(self.models), first.n_params
-        self._P = np.stack([mdl._params for mdl in self.models])
-        self._R = np.stack([mdl._stats for mdl in self.models])
+        K, n = len(self._specs), first.n_params
+        self._P = np.stack([self._template(k)._params for k in range(K)])
+        self._R = np.stack([self._template(k)._stats for k in range(K)])
         self._G = np.zeros_like(self._P)
         slots = len(cls._slots)
         self._S1 = np.zeros((K, n if slots >= 1 else 0), dtype)
@@ -263,14 +267,36 @@ class Population:
         self.diverged = [None] * K
         self._layout = None
 
+    def _template(self, k):
+        """The model built for model ``k``'s keep_prob and seed (its initial state, its nodes)."""
+        _, keep, mseed = self._specs[k]
+        return self._templates[keep, mseed]
+
+    @property
+    def models(self):
+        """The K models (plain :class:`~fusednet.Sequential` objects) with the weights of the last fit,
+        built on first access."""
+        if self._models is None:
+            models = []
+            for k, (l2, keep, mseed) in enumerate(self._specs):
+                mdl = Sequential(_with_keep_prob(self.layers, keep), input_dim=self.input_dim, l2=l2, seed=mseed,
+                                 dtype=self.dtype)
+                mdl._params[...] = self._P[k]
+                mdl._stats[...] = self._R[k]
+                models.append(mdl)
+            self._models = models
+        return self._models
+
     def _tables(self):
         """Per-model ``hyp`` (float64 (K, 6)), ``keys`` (uint64 (K, 2)) and which bias corrections apply."""
-        K = len(self.models)
+        K = len(self)
         n_layers = len(self.layers)
         hyp = np.zeros((K, _engine.KEEP + n_layers), np.float64)
         keys = np.zeros((K, 1 + n_layers), np.uint64)
         corrected = np.zeros((K, 2), bool)
-        for k, (opt, mdl) in enumerate(zip(self.optimizers, self.models)):
+        for k, opt in enumerate(self.optimizers):
+            l2, _, _ = self._specs[k]
+            mdl = self._template(k)
             hp = opt.hyperparameters()
             hyp[k, _engine.LR] = hp["lr"]
             if isinstance(opt, _optim.Adam):
@@ -281,7 +307,7 @@ class Population:
                 corrected[k, 0] = hp["bias_correction"]
             elif isinstance(opt, _optim.RMSProp):
                 hyp[k, _engine.BETA2], hyp[k, _engine.EPS] = hp["beta"], hp["eps"]
-            hyp[k, _engine.L2] = mdl.l2
+            hyp[k, _engine.L2] = l2
             keys[k, 0] = mdl.seed & 0xFFFFFFFFFFFFFFFF
             for i, node in enumerate(mdl._nodes):
                 keep = node.keep_prob if isinstance(node, _DropoutNode) else 1.0
@@ -292,7 +318,7 @@ class Population:
     # ---- public API --------------------------------------------------------------
 
     def __len__(self):
-        return len(self.models)
+        return len(self._specs)
 
     def fit(self, X, y, dev=None, *, initial_epoch=0):
         """Train every model; return one :class:`~fusednet.History` per model.
@@ -320,7 +346,7 @@ class Population:
                 or not 0 <= initial_epoch <= self.epochs):
             raise ValueError(f"initial_epoch must be an int in [0, epochs={self.epochs}], got {initial_epoch!r}")
         data = self._data(X, y, dev)
-        self.histories = [History() for _ in self.models]
+        self.histories = [History() for _ in range(len(self))]
         self._run(data, int(initial_epoch), self.epochs, self.histories)
         return self.histories
 
@@ -350,14 +376,14 @@ class Population:
         return self.models[self.best_index(metric)]
 
     def __repr__(self):
-        return (f"Population({len(self.models)} models, optimizer={self.optimizer.__name__}, "
+        return (f"Population({len(self)} models, optimizer={self.optimizer.__name__}, "
                 f"batch_size={self.batch_size}, epochs={self.epochs}, seed={self.seed}, dtype={self.dtype.name!r})")
 
     # ---- the run ---------------------------------------------------------------------
 
     def _data(self, X, y, dev):
         """The checked and converted data of a fit, as the trainer checks it (nothing changes before)."""
-        tmpl = self.models[0]
+        tmpl = self._template(0)
         X = tmpl._check_X(X, "X")
         m, nf = X.shape
         Y, ids = tmpl._targets(y, m, "y", n_in=nf)
@@ -405,7 +431,7 @@ class Population:
     def _bias_corrections(self, t0, n):
         """(n, K, 2): each model's bias corrections of steps ``t0 + 1 .. t0 + n`` (``optim.bias_correction``)."""
         t = np.arange(t0 + 1, t0 + n + 1, dtype=np.float64)[:, None]
-        bc = np.ones((n, len(self.models), 2), np.float64)
+        bc = np.ones((n, len(self), 2), np.float64)
         for col, beta in ((0, _engine.BETA1), (1, _engine.BETA2)):
             on = self._corrected[:, col]
             if on.any():  # once per distinct beta: a search varies the learning rate more often than the betas
@@ -420,7 +446,7 @@ class Population:
         about :data:`CHUNK_MODELS` models (at least one per worker), or with ``lanes`` one chunk per group
         of :data:`~fusednet.kernels._population_lanes.V` models (a team when there are two groups or more).
         """
-        K = len(self.models)
+        K = len(self)
         units = -(-K // _lanes.V) if lanes else K
         if flops < PARALLEL_FLOPS:
             return np.array([0, K], np.int64), 0
@@ -447,7 +473,7 @@ class Population:
         if e1 <= e0:
             return
         X, Y, m, B = data["X"], data["Y"], data["X"].shape[0], data["B"]
-        K = len(self.models)
+        K = len(self)
         n_steps = -(-m // B)
         E = e1 - e0
         dense = self._net["op"] == _codes.DENSE
@@ -504,7 +530,7 @@ class Population:
         m = data["X"].shape[0]
         md = data["dev"][0].shape[0]
         acc_denom = {_codes.CCE: 1, _codes.BCE: data["Y"].shape[1]}.get(self._loss)
-        E, K = out.shape[0], len(self.models)
+        E, K = out.shape[0], len(self)
         # name -> K lists of E Python floats, in the trainer's order of the names
         columns = {"train_loss": (out[:, :, _engine.TRAIN_SUM] / m).T.tolist(),
                    "lr": [[lr] * E for lr in self._hyp[:, _engine.LR].tolist()]}
@@ -527,15 +553,17 @@ class Population:
                 self.diverged[k] = {"epoch": stop_epoch, "step": stop_step, "what": FAILED[code]}
 
     def _sync_models(self):
-        """Copy the arenas' rows into the models (their parameters and running statistics)."""
-        for k, mdl in enumerate(self.models):
+        """Copy the arenas' rows into the models (their parameters and running statistics), once built."""
+        for k, mdl in enumerate(self._models or ()):
             mdl._params[...] = self._P[k]
             mdl._stats[...] = self._R[k]
 
     def _compact(self, keep):
         """Keep only the models at the indices ``keep`` (in that order): dropped models cost nothing after."""
         keep = [int(k) for k in keep]
-        self.models = [self.models[k] for k in keep]
+        self._specs = [self._specs[k] for k in keep]
+        if self._models is not None:
+            self._models = [self._models[k] for k in keep]
         self.configs = [self.configs[k] for k in keep]
         self.optimizers = [self.optimizers[k] for k in keep]
         self.histories = [self.histories[k] for k in keep]
