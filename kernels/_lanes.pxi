@@ -20,6 +20,7 @@
 cdef enum:
     GROUP = 16          # models per group, one per lane (fusednet.kernels._population_lanes.V)
     LANE_LAYERS = 16    # most Dense layers of a net the lanes take
+    LANE_CHUNK = 16     # examples whose activations and deltas the buffers hold (forward, then backward)
 
 cdef enum:              # columns of the population's hyp table (fusednet.kernels._population)
     LH_LR = 0
@@ -121,7 +122,7 @@ cdef inline void _delta_out(floating* d, const floating* a, floating y, floating
 
 
 cdef struct LaneNet:
-    Py_ssize_t L, nf, k, n_params, n1, n2, n_decay, B, act_rows, wmax
+    Py_ssize_t L, nf, k, n_params, n1, n2, n_decay, B, CB, act_rows, wmax, units
     Py_ssize_t at_s1, at_s2, at_g, at_save, at_c, at_acts, rows   # the group's buffers: first rows, total
     Py_ssize_t lanes                # GROUP, as a value the compiler does not know (see _lane_net)
     Py_ssize_t n_in[LANE_LAYERS]
@@ -129,6 +130,7 @@ cdef struct LaneNet:
     Py_ssize_t w_off[LANE_LAYERS]
     Py_ssize_t b_off[LANE_LAYERS]
     Py_ssize_t offs[LANE_LAYERS]    # the layer's first activation row
+    Py_ssize_t sum_at[LANE_LAYERS]  # the layer's first bias sum (rows of GROUP float64 values)
     int act[LANE_LAYERS]
     double slope[LANE_LAYERS]
     int loss, kind, acc
@@ -250,24 +252,31 @@ cdef void _ln_forward(const LaneNet* net, const floating* Pl, floating* acts, co
 
 cdef void _ln_backward(const LaneNet* net, const floating* Pl, floating* Gl, floating* acts,
                        const floating* X, const floating* Y, const int64_t* order, Py_ssize_t s,
-                       Py_ssize_t nb, double* sums) noexcept nogil:
-    """Every lane's gradient (no L2 term) after :func:`_ln_forward`, into ``Gl``; ``sums``: wmax x GROUP
-    float64 values of scratch (the bias gradients' sums).
+                       Py_ssize_t nb, floating cm, double* sums, bint first, bint last) noexcept nogil:
+    """Every lane's share of the gradient (no L2 term) of rows ``order[s:s + nb]``, after
+    :func:`_ln_forward` of those rows, added into ``Gl``: the batch's first rows (``first``) start
+    the sums from 0, its last (``last``) write the bias gradients from their float64 ``sums`` (a row
+    of GROUP per unit); ``cm``: the batch's size.
 
     A layer's pass runs example by example: the example's share of the bias and weight gradients
     (each sum over the batch in example order), then its delta of the layer below, times that
     layer's activation derivative."""
     cdef Py_ssize_t i, b, j, p, r, n, n_in, L = net.L, k = net.k
     cdef floating* cur = acts + net.act_rows * GROUP
-    cdef floating* nxt = cur + nb * net.wmax * GROUP
+    cdef floating* nxt = cur + net.CB * net.wmax * GROUP
     cdef floating* tmp
     cdef floating* gw
     cdef floating* gb
     cdef floating* d
     cdef floating* below
+    cdef double* bs
     cdef const floating* a_below
-    cdef floating cm = <floating>nb
     cdef int act
+    if first:
+        for j in range(net.n_decay * GROUP):   # the weights come first in the arena
+            Gl[j] = 0
+        for j in range(net.units * GROUP):
+            sums[j] = 0.0
     i = L - 1
     for b in range(nb):
         r = order[s + b]
@@ -277,16 +286,12 @@ cdef void _ln_backward(const LaneNet* net, const floating* Pl, floating* Gl, flo
         n = net.n_out[i]
         n_in = net.n_in[i]
         gw = Gl + net.w_off[i] * GROUP
-        for j in range(n_in * n * GROUP):
-            gw[j] = 0
-        if net.b_off[i] >= 0:
-            for j in range(n * GROUP):
-                sums[j] = 0.0
+        bs = sums + net.sum_at[i] * GROUP
         act = net.act[i - 1] if i > 0 else LINEAR
         for b in range(nb):
             d = cur + b * n * GROUP
             if net.b_off[i] >= 0:
-                _sum_rows(sums, d, n)
+                _sum_rows(bs, d, n)
             if i == 0:
                 _outer_add(gw, X + order[s + b] * net.nf, NULL, d, n_in, n)
                 continue
@@ -296,10 +301,10 @@ cdef void _ln_backward(const LaneNet* net, const floating* Pl, floating* Gl, flo
             for p in range(n_in):
                 _back_unit(below + p * GROUP, Pl + (net.w_off[i] + p * n) * GROUP, d, n, a_below + p * GROUP, act,
                            <floating>net.slope[i - 1])
-        if net.b_off[i] >= 0:
+        if last and net.b_off[i] >= 0:
             gb = Gl + net.b_off[i] * GROUP
             for j in range(n * GROUP):
-                gb[j] = <floating>sums[j]
+                gb[j] = <floating>bs[j]
         tmp = cur
         cur = nxt
         nxt = tmp
@@ -367,7 +372,7 @@ cdef void _ln_group(const LaneNet* net, Py_ssize_t g0, Py_ssize_t g1, const floa
     cdef floating* C = lw + net.at_c * GROUP
     cdef floating* acts = lw + net.at_acts * GROUP
     cdef LaneState st
-    cdef Py_ssize_t q, kk, row, ei, epoch, step, s, nb, t, g = g1 - g0
+    cdef Py_ssize_t q, kk, row, ei, epoch, step, s, nb, t, c0, cb, g = g1 - g0
     cdef const int64_t* order
     cdef const double* h
     cdef double cost, l2
@@ -406,7 +411,12 @@ cdef void _ln_group(const LaneNet* net, Py_ssize_t g0, Py_ssize_t g1, const floa
                 C[LN_C_BC1 * GROUP + q] = <floating>bc[(t * K + kk) * 2]
                 C[LN_C_BC2 * GROUP + q] = <floating>bc[(t * K + kk) * 2 + 1]
                 C[LN_C_L2 * GROUP + q] = <floating>(hyp[kk * hcols + LH_L2] / nb)
-            _ln_forward(net, Pl, acts, X, Y, order, ids, s, nb, &st)
+            c0 = 0                      # forward and backward, LANE_CHUNK examples at a time
+            while c0 < nb:
+                cb = net.CB if nb - c0 > net.CB else nb - c0
+                _ln_forward(net, Pl, acts, X, Y, order, ids, s + c0, cb, &st)
+                _ln_backward(net, Pl, Gl, acts, X, Y, order, s + c0, cb, <floating>nb, sums, c0 == 0, c0 + cb == nb)
+                c0 += cb
             _ln_sumsq(Pl, net.n_decay, st.sq, nq)
             for q in range(g):
                 l2 = hyp[(g0 + q) * hcols + LH_L2]
@@ -417,7 +427,6 @@ cdef void _ln_group(const LaneNet* net, Py_ssize_t g0, Py_ssize_t g1, const floa
                 if st.alive[q] and not (cost - cost == 0.0):
                     st.alive[q] = 0
                     _ln_stop(status, g0 + q, LS_COST, epoch, step)
-            _ln_backward(net, Pl, Gl, acts, X, Y, order, s, nb, sums)
             _ln_sumsq(Gl, n_params, st.sq, nq)
             for q in range(g):
                 if st.alive[q] and not (st.sq[q] - st.sq[q] == 0.0):
@@ -448,8 +457,8 @@ cdef void _ln_group(const LaneNet* net, Py_ssize_t g0, Py_ssize_t g1, const floa
             st.correct[q] = 0
         s = 0
         while s < md:
-            _ln_forward(net, Pl, acts, Xd, Yd, dorder, idsd, s, B if md - s > B else md - s, &st)
-            s += B
+            _ln_forward(net, Pl, acts, Xd, Yd, dorder, idsd, s, net.CB if md - s > net.CB else md - s, &st)
+            s += net.CB
         _ln_sumsq(Pl, net.n_decay, st.sq, nq)
         for q in range(g):
             if not st.alive[q]:
@@ -493,8 +502,10 @@ cdef int _lane_net(LaneNet* ln, object net, Py_ssize_t B, Py_ssize_t nf, Py_ssiz
     ln.n1 = n1
     ln.n2 = n2
     ln.B = B
+    ln.CB = B if B < LANE_CHUNK else LANE_CHUNK
     ln.n_decay = 0
     ln.wmax = 0
+    ln.units = 0
     for i in range(L):
         if int(net[i]["op"]) != 0:
             raise ValueError(f"net: layer {i} is not Dense; the lanes take Dense layers only")
@@ -505,7 +516,9 @@ cdef int _lane_net(LaneNet* ln, object net, Py_ssize_t B, Py_ssize_t nf, Py_ssiz
         ln.act[i] = int(net[i]["act"])
         ln.slope[i] = float(net[i]["slope"])
         ln.offs[i] = rows
-        rows += B * ln.n_out[i]
+        rows += ln.CB * ln.n_out[i]
+        ln.sum_at[i] = ln.units
+        ln.units += ln.n_out[i]
         ln.n_decay += ln.n_in[i] * ln.n_out[i]
         ln.wmax = max(ln.wmax, ln.n_in[i], ln.n_out[i])
     if ln.n_in[0] != nf or ln.n_out[L - 1] != k:
@@ -513,13 +526,14 @@ cdef int _lane_net(LaneNet* ln, object net, Py_ssize_t B, Py_ssize_t nf, Py_ssiz
     ln.act_rows = rows
     # the group's buffers (lane rows): parameters, optimiser state (one row at least each), gradients,
     # the copy of the first three, the update constants, the activations and two deltas of the widest layer
+    # (LANE_CHUNK examples)
     ln.at_s1 = n_params
     ln.at_s2 = ln.at_s1 + max(n1, 1)
     ln.at_g = ln.at_s2 + max(n2, 1)
     ln.at_save = ln.at_g + n_params
     ln.at_c = ln.at_save + n_params + max(n1, 1) + max(n2, 1)
     ln.at_acts = ln.at_c + LN_C_ROWS
-    ln.rows = ln.at_acts + rows + 2 * B * ln.wmax
+    ln.rows = ln.at_acts + rows + 2 * ln.CB * ln.wmax
     ln.loss = int(info[3])
     ln.kind = int(info[4])
     ln.acc = int(info[5])
@@ -527,8 +541,9 @@ cdef int _lane_net(LaneNet* ln, object net, Py_ssize_t B, Py_ssize_t nf, Py_ssiz
 
 
 def lane_sums(net):
-    """The float64 scratch values per worker of :func:`population_lanes` (``work[1]``'s rows)."""
-    return max(int(net["n_out"].max()), int(net["n_in"].max())) * GROUP
+    """The float64 scratch values per worker of :func:`population_lanes` (``work[1]``'s rows): a row of
+    GROUP per unit (the bias gradients' sums)."""
+    return int(net["n_out"].sum()) * GROUP
 
 
 def lane_rows(net, Py_ssize_t n_params, Py_ssize_t n_s1, Py_ssize_t n_s2, Py_ssize_t batch):
@@ -580,8 +595,8 @@ def population_lanes(Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t c, net, at, info, 
         raise ValueError(f"k0, k1: models {k0} .. {k1} of {P.shape[0]}")
     lw = work[0][c]
     sums = work[1][c]
-    if sums.shape[0] < ln.wmax * GROUP:
-        raise ValueError(f"work: {sums.shape[0]} float64 values per worker, the lanes need {ln.wmax * GROUP}")
+    if sums.shape[0] < ln.units * GROUP:
+        raise ValueError(f"work: {sums.shape[0]} float64 values per worker, the lanes need {ln.units * GROUP}")
     if lw.shape[0] < ln.rows * GROUP:
         raise ValueError(f"work: {lw.shape[0]} values per worker, the lanes need {ln.rows * GROUP}")
     if X.dtype == np.float32:
