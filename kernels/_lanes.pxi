@@ -56,6 +56,23 @@ cdef extern from "_lanes.h" nogil:
                         float slope)
     void ln_back_unit_d(double* out, const double* w, const double* d, Py_ssize_t n, const double* a, int act,
                         double slope)
+    void ln_dense_unit4_f(float* out, Py_ssize_t os, const float* w, Py_ssize_t ws, const float* x0,
+                          const float* x1, const float* x2, const float* x3, const float* a, Py_ssize_t as_,
+                          Py_ssize_t n, const float* b, int act, float slope)
+    void ln_dense_unit4_d(double* out, Py_ssize_t os, const double* w, Py_ssize_t ws, const double* x0,
+                          const double* x1, const double* x2, const double* x3, const double* a, Py_ssize_t as_,
+                          Py_ssize_t n, const double* b, int act, double slope)
+    void ln_back_unit4_f(float* out, Py_ssize_t os, const float* w, const float* d, Py_ssize_t ds, Py_ssize_t n,
+                         const float* a, Py_ssize_t as_, int act, float slope)
+    void ln_back_unit4_d(double* out, Py_ssize_t os, const double* w, const double* d, Py_ssize_t ds, Py_ssize_t n,
+                         const double* a, Py_ssize_t as_, int act, double slope)
+    void ln_outer_add4_f(float* gw, const float* x0, const float* x1, const float* x2, const float* x3,
+                         const float* a, Py_ssize_t as_, const float* d, Py_ssize_t ds, Py_ssize_t n_in, Py_ssize_t n)
+    void ln_outer_add4_d(double* gw, const double* x0, const double* x1, const double* x2, const double* x3,
+                         const double* a, Py_ssize_t as_, const double* d, Py_ssize_t ds, Py_ssize_t n_in,
+                         Py_ssize_t n)
+    void ln_sum_rows4_f(double* sums, const float* d, Py_ssize_t ds, Py_ssize_t n)
+    void ln_sum_rows4_d(double* sums, const double* d, Py_ssize_t ds, Py_ssize_t n)
     void ln_outer_add_f(float* gw, const float* x, const float* a, const float* d, Py_ssize_t n_in, Py_ssize_t n)
     void ln_outer_add_d(double* gw, const double* x, const double* a, const double* d, Py_ssize_t n_in,
                         Py_ssize_t n)
@@ -82,6 +99,38 @@ cdef inline void _back_unit(floating* out, const floating* w, const floating* d,
         ln_back_unit_f(out, w, d, n, a, act, slope)
     else:
         ln_back_unit_d(out, w, d, n, a, act, slope)
+
+
+cdef inline void _dense_unit4(floating* out, Py_ssize_t os, const floating* w, Py_ssize_t ws,
+                              const floating** x, const floating* a, Py_ssize_t as_, Py_ssize_t n,
+                              const floating* b, int act, floating slope) noexcept nogil:
+    if floating is float:
+        ln_dense_unit4_f(out, os, w, ws, x[0], x[1], x[2], x[3], a, as_, n, b, act, slope)
+    else:
+        ln_dense_unit4_d(out, os, w, ws, x[0], x[1], x[2], x[3], a, as_, n, b, act, slope)
+
+
+cdef inline void _back_unit4(floating* out, Py_ssize_t os, const floating* w, const floating* d, Py_ssize_t ds,
+                             Py_ssize_t n, const floating* a, Py_ssize_t as_, int act, floating slope) noexcept nogil:
+    if floating is float:
+        ln_back_unit4_f(out, os, w, d, ds, n, a, as_, act, slope)
+    else:
+        ln_back_unit4_d(out, os, w, d, ds, n, a, as_, act, slope)
+
+
+cdef inline void _outer_add4(floating* gw, const floating** x, const floating* a, Py_ssize_t as_, const floating* d,
+                             Py_ssize_t ds, Py_ssize_t n_in, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        ln_outer_add4_f(gw, x[0], x[1], x[2], x[3], a, as_, d, ds, n_in, n)
+    else:
+        ln_outer_add4_d(gw, x[0], x[1], x[2], x[3], a, as_, d, ds, n_in, n)
+
+
+cdef inline void _sum_rows4(double* sums, const floating* d, Py_ssize_t ds, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        ln_sum_rows4_f(sums, d, ds, n)
+    else:
+        ln_sum_rows4_d(sums, d, ds, n)
 
 
 cdef inline void _outer_add(floating* gw, const floating* x, const floating* a, const floating* d,
@@ -229,25 +278,36 @@ cdef void _ln_forward(const LaneNet* net, const floating* Pl, floating* acts, co
                       const floating* Y, const int64_t* order, const int64_t* ids, Py_ssize_t s,
                       Py_ssize_t nb, LaneState* st) noexcept nogil:
     """Every lane's forward pass over rows ``order[s:s + nb]`` of X (Y, ids: their targets), the
-    summed cost into ``st.cost`` and the correct predictions into ``st.correct``."""
-    cdef Py_ssize_t i, b, j, r, n, n_in, L = net.L
+    summed cost into ``st.cost`` and the correct predictions into ``st.correct``; four examples at
+    a time, then one."""
+    cdef Py_ssize_t i, b, e, j, r, n, n_in, L = net.L
     cdef const floating* bias
-    cdef const floating* xr
+    cdef const floating* xs[4]
     cdef const floating* ain
+    cdef int act
     for i in range(L):
         n = net.n_out[i]
         n_in = net.n_in[i]
-        for b in range(nb):
-            r = order[s + b]
-            xr = X + r * net.nf
-            ain = acts + (net.offs[i - 1] + b * n_in) * GROUP if i > 0 else acts
+        act = net.act[i] if i < L - 1 else LINEAR
+        b = 0
+        while b < nb:
+            ain = acts + (net.offs[i - 1] + b * n_in) * GROUP if i > 0 else NULL
+            for e in range(4):
+                xs[e] = X + order[s + b + e] * net.nf if i == 0 and b + e < nb else NULL
             for j in range(n):
                 bias = Pl + (net.b_off[i] + j) * GROUP if net.b_off[i] >= 0 else NULL
-                _dense_unit(acts + (net.offs[i] + b * n + j) * GROUP, Pl + (net.w_off[i] + j) * GROUP, n * GROUP,
-                            xr if i == 0 else NULL, ain, n_in, bias, net.act[i] if i < L - 1 else LINEAR,
-                            <floating>net.slope[i])
+                if nb - b >= 4:
+                    _dense_unit4(acts + (net.offs[i] + b * n + j) * GROUP, n * GROUP, Pl + (net.w_off[i] + j) * GROUP,
+                                 n * GROUP, xs, ain, n_in * GROUP, n_in, bias, act, <floating>net.slope[i])
+                else:
+                    _dense_unit(acts + (net.offs[i] + b * n + j) * GROUP, Pl + (net.w_off[i] + j) * GROUP, n * GROUP,
+                                xs[0], ain, n_in, bias, act, <floating>net.slope[i])
+            e = 4 if nb - b >= 4 else 1
             if i == L - 1:
-                _ln_loss_row(net, acts + (net.offs[i] + b * n) * GROUP, Y + r * net.k, ids[r], st)
+                for j in range(b, b + e):
+                    r = order[s + j]
+                    _ln_loss_row(net, acts + (net.offs[i] + j * n) * GROUP, Y + r * net.k, ids[r], st)
+            b += e
 
 
 cdef void _ln_backward(const LaneNet* net, const floating* Pl, floating* Gl, floating* acts,
@@ -261,7 +321,9 @@ cdef void _ln_backward(const LaneNet* net, const floating* Pl, floating* Gl, flo
     A layer's pass runs example by example: the example's share of the bias and weight gradients
     (each sum over the batch in example order), then its delta of the layer below, times that
     layer's activation derivative."""
-    cdef Py_ssize_t i, b, j, p, r, n, n_in, L = net.L, k = net.k
+    cdef Py_ssize_t i, b, e, j, p, r, n, n_in, L = net.L, k = net.k
+    cdef bint four
+    cdef const floating* xs[4]
     cdef floating* cur = acts + net.act_rows * GROUP
     cdef floating* nxt = cur + net.CB * net.wmax * GROUP
     cdef floating* tmp
@@ -288,19 +350,32 @@ cdef void _ln_backward(const LaneNet* net, const floating* Pl, floating* Gl, flo
         gw = Gl + net.w_off[i] * GROUP
         bs = sums + net.sum_at[i] * GROUP
         act = net.act[i - 1] if i > 0 else LINEAR
-        for b in range(nb):
+        b = 0
+        while b < nb:                   # four examples at a time, then one
             d = cur + b * n * GROUP
+            four = nb - b >= 4
+            for e in range(4):
+                xs[e] = X + order[s + b + e] * net.nf if i == 0 and b + e < nb else NULL
             if net.b_off[i] >= 0:
-                _sum_rows(bs, d, n)
-            if i == 0:
-                _outer_add(gw, X + order[s + b] * net.nf, NULL, d, n_in, n)
-                continue
-            a_below = acts + (net.offs[i - 1] + b * n_in) * GROUP
-            _outer_add(gw, NULL, a_below, d, n_in, n)
-            below = nxt + b * n_in * GROUP
-            for p in range(n_in):
-                _back_unit(below + p * GROUP, Pl + (net.w_off[i] + p * n) * GROUP, d, n, a_below + p * GROUP, act,
-                           <floating>net.slope[i - 1])
+                if four:
+                    _sum_rows4(bs, d, n * GROUP, n)
+                else:
+                    _sum_rows(bs, d, n)
+            a_below = acts + (net.offs[i - 1] + b * n_in) * GROUP if i > 0 else NULL
+            if four:
+                _outer_add4(gw, xs, a_below, n_in * GROUP, d, n * GROUP, n_in, n)
+            else:
+                _outer_add(gw, xs[0], a_below, d, n_in, n)
+            if i > 0:
+                below = nxt + b * n_in * GROUP
+                for p in range(n_in):
+                    if four:
+                        _back_unit4(below + p * GROUP, n_in * GROUP, Pl + (net.w_off[i] + p * n) * GROUP, d, n * GROUP,
+                                    n, a_below + p * GROUP, n_in * GROUP, act, <floating>net.slope[i - 1])
+                    else:
+                        _back_unit(below + p * GROUP, Pl + (net.w_off[i] + p * n) * GROUP, d, n, a_below + p * GROUP,
+                                   act, <floating>net.slope[i - 1])
+            b += 4 if four else 1
         if last and net.b_off[i] >= 0:
             gb = Gl + net.b_off[i] * GROUP
             for j in range(n * GROUP):
