@@ -432,7 +432,8 @@ cdef void _ln_group(const LaneNet* net, Py_ssize_t g0, Py_ssize_t g1, const floa
                     const int64_t* ids, const int64_t* perm, Py_ssize_t m, const floating* Xd,
                     const floating* Yd, const int64_t* idsd, const int64_t* dorder, Py_ssize_t md,
                     floating* P, floating* G, floating* S1, floating* S2, const double* hyp, Py_ssize_t hcols,
-                    const double* bc, Py_ssize_t K, double* out, int64_t* status, Py_ssize_t epoch0,
+                    const double* bc, const int64_t* bcol, Py_ssize_t n_bc, Py_ssize_t K, double* out,
+                    int64_t* status, Py_ssize_t epoch0,
                     Py_ssize_t n_epochs, Py_ssize_t n_steps, floating* lw, double* sums) noexcept nogil:
     """Epochs ``epoch0 ..`` of models ``g0 .. g1 - 1`` (at most GROUP) on the lane buffers ``lw`` and the
     float64 scratch ``sums``."""
@@ -483,8 +484,8 @@ cdef void _ln_group(const LaneNet* net, Py_ssize_t g0, Py_ssize_t g1, const floa
                 kk = g0 + q if q < g else g0
                 st.cost[q] = 0.0
                 st.correct[q] = 0
-                C[LN_C_BC1 * GROUP + q] = <floating>bc[(t * K + kk) * 2]
-                C[LN_C_BC2 * GROUP + q] = <floating>bc[(t * K + kk) * 2 + 1]
+                C[LN_C_BC1 * GROUP + q] = <floating>bc[(t * n_bc + bcol[kk]) * 2]
+                C[LN_C_BC2 * GROUP + q] = <floating>bc[(t * n_bc + bcol[kk]) * 2 + 1]
                 C[LN_C_L2 * GROUP + q] = <floating>(hyp[kk * hcols + LH_L2] / nb)
             c0 = 0                      # forward and backward, LANE_CHUNK examples at a time
             while c0 < nb:
@@ -635,6 +636,7 @@ cdef void _lanes_run(const LaneNet* net, Py_ssize_t k0, Py_ssize_t k1, const flo
                      const floating[:, ::1] Xd, const floating[:, ::1] Yd, const int64_t[::1] idsd,
                      const int64_t[::1] dorder, floating[:, ::1] P, floating[:, ::1] G, floating[:, ::1] S1,
                      floating[:, ::1] S2, const double[:, ::1] hyp, const double[:, :, ::1] bc,
+                     const int64_t[::1] bcol,
                      double[:, :, ::1] out, int64_t[:, ::1] status, floating[::1] lw, double[::1] sums,
                      Py_ssize_t epoch0, Py_ssize_t n_epochs, Py_ssize_t n_steps) noexcept nogil:
     cdef Py_ssize_t g0
@@ -647,6 +649,7 @@ cdef void _lanes_run(const LaneNet* net, Py_ssize_t k0, Py_ssize_t k1, const flo
                   &idsd[0] if idsd.shape[0] > 0 else NULL, &dorder[0] if dorder.shape[0] > 0 else NULL,
                   Xd.shape[0], &P[0, 0], &G[0, 0], &S1[0, 0] if S1.shape[1] > 0 else <floating*>dummy,
                   &S2[0, 0] if S2.shape[1] > 0 else <floating*>dummy, &hyp[0, 0], hyp.shape[1], &bc[0, 0, 0],
+                  &bcol[0], bc.shape[1],
                   P.shape[0], &out[0, 0, 0], &status[0, 0], epoch0, n_epochs, n_steps, &lw[0], &sums[0])
         g0 += GROUP
     fn_ftz_exit(csr)
@@ -665,6 +668,7 @@ def population_lanes(Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t c, net, at, info, 
     X, Y, ids, perm = data
     Xd, Yd, idsd, dorder = dev
     P, G, S1, S2 = arenas[0], arenas[1], arenas[2], arenas[3]
+    bc_table, bc_cols = bc
     _lane_net(&ln, net, int(info[2]), X.shape[1], Y.shape[1], P.shape[1], S1.shape[1], S2.shape[1], info)
     if not (0 <= k0 <= k1 <= P.shape[0]):
         raise ValueError(f"k0, k1: models {k0} .. {k1} of {P.shape[0]}")
@@ -675,10 +679,12 @@ def population_lanes(Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t c, net, at, info, 
     if lw.shape[0] < ln.rows * GROUP:
         raise ValueError(f"work: {lw.shape[0]} values per worker, the lanes need {ln.rows * GROUP}")
     if X.dtype == np.float32:
-        _lanes_f32(&ln, k0, k1, X, Y, ids, perm, Xd, Yd, idsd, dorder, P, G, S1, S2, hyp, bc, out, status, lw,
+        _lanes_f32(&ln, k0, k1, X, Y, ids, perm, Xd, Yd, idsd, dorder, P, G, S1, S2, hyp, bc_table, bc_cols, out,
+                   status, lw,
                    sums, int(info[0]), int(info[1]), int(info[6]))
     else:
-        _lanes_f64(&ln, k0, k1, X, Y, ids, perm, Xd, Yd, idsd, dorder, P, G, S1, S2, hyp, bc, out, status, lw,
+        _lanes_f64(&ln, k0, k1, X, Y, ids, perm, Xd, Yd, idsd, dorder, P, G, S1, S2, hyp, bc_table, bc_cols, out,
+                   status, lw,
                    sums, int(info[0]), int(info[1]), int(info[6]))
 
 
@@ -687,10 +693,12 @@ cdef void _lanes_f32(const LaneNet* ln, Py_ssize_t k0, Py_ssize_t k1, const floa
                      const float[:, ::1] Xd, const float[:, ::1] Yd, const int64_t[::1] idsd,
                      const int64_t[::1] dorder, float[:, ::1] P, float[:, ::1] G, float[:, ::1] S1,
                      float[:, ::1] S2, const double[:, ::1] hyp, const double[:, :, ::1] bc,
+                     const int64_t[::1] bcol,
                      double[:, :, ::1] out, int64_t[:, ::1] status, float[::1] lw, double[::1] sums,
                      Py_ssize_t epoch0, Py_ssize_t n_epochs, Py_ssize_t n_steps) except *:
     with nogil:
-        _lanes_run(ln, k0, k1, X, Y, ids, perm, Xd, Yd, idsd, dorder, P, G, S1, S2, hyp, bc, out, status, lw, sums,
+        _lanes_run(ln, k0, k1, X, Y, ids, perm, Xd, Yd, idsd, dorder, P, G, S1, S2, hyp, bc, bcol, out, status, lw,
+                   sums,
                    epoch0, n_epochs, n_steps)
 
 
@@ -699,8 +707,10 @@ cdef void _lanes_f64(const LaneNet* ln, Py_ssize_t k0, Py_ssize_t k1, const doub
                      const double[:, ::1] Xd, const double[:, ::1] Yd, const int64_t[::1] idsd,
                      const int64_t[::1] dorder, double[:, ::1] P, double[:, ::1] G, double[:, ::1] S1,
                      double[:, ::1] S2, const double[:, ::1] hyp, const double[:, :, ::1] bc,
+                     const int64_t[::1] bcol,
                      double[:, :, ::1] out, int64_t[:, ::1] status, double[::1] lw, double[::1] sums,
                      Py_ssize_t epoch0, Py_ssize_t n_epochs, Py_ssize_t n_steps) except *:
     with nogil:
-        _lanes_run(ln, k0, k1, X, Y, ids, perm, Xd, Yd, idsd, dorder, P, G, S1, S2, hyp, bc, out, status, lw, sums,
+        _lanes_run(ln, k0, k1, X, Y, ids, perm, Xd, Yd, idsd, dorder, P, G, S1, S2, hyp, bc, bcol, out, status, lw,
+                   sums,
                    epoch0, n_epochs, n_steps)

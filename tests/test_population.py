@@ -268,12 +268,14 @@ def test_bad_arguments():
 
 @pytest.mark.parametrize("name", ["momentum", "adam"])
 def test_bias_corrections_are_each_models_own(name):
-    """Computed once per distinct beta, laid out per model: each equals ``1 - beta**t`` of its own betas."""
+    """Computed once per distinct pair of betas, a column per pair: each model's equals ``1 - beta**t`` of its
+    own betas."""
     cls, base = OPTIMIZERS[name]
     cfgs = [dict(base[k % 2], lr=0.01 * (k + 1)) for k in range(5)]
     pop = fn.Population([L.Dense(2, activation="sigmoid")], input_dim=3, configs=cfgs, optimizer=name)
-    bc = pop._bias_corrections(7, 4)
-    assert bc.shape == (4, 5, 2)
+    table, cols = pop._bias_corrections(7, 4)
+    assert table.shape == (4, 2, 2) and cols.tolist() == [0, 1, 0, 1, 0]  # two distinct pairs of betas
+    bc = table[:, cols]
     t = np.arange(8, 12, dtype=np.float64)
     for k, opt in enumerate(pop.optimizers):
         hp = opt.hyperparameters()

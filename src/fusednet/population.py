@@ -429,15 +429,20 @@ class Population:
         return perm
 
     def _bias_corrections(self, t0, n):
-        """(n, K, 2): each model's bias corrections of steps ``t0 + 1 .. t0 + n`` (``optim.bias_correction``)."""
-        t = np.arange(t0 + 1, t0 + n + 1, dtype=np.float64)[:, None]
-        bc = np.ones((n, len(self), 2), np.float64)
-        for col, beta in ((0, _engine.BETA1), (1, _engine.BETA2)):
-            on = self._corrected[:, col]
-            if on.any():  # once per distinct beta: a search varies the learning rate more often than the betas
-                betas, which = np.unique(self._hyp[on, beta], return_inverse=True)
-                bc[:, on, col] = _optim.bias_correction(betas[None, :], t)[:, which]
-        return bc
+        """``(table, cols)``: the bias corrections of steps ``t0 + 1 .. t0 + n`` (``optim.bias_correction``),
+        once per distinct pair of corrections: table float64 (n, U, 2), model k's in column ``cols[k]``
+        (int64 (K,)); 1 where a model's optimiser corrects nothing."""
+        pairs = [(self._hyp[k, _engine.BETA1] if c1 else None, self._hyp[k, _engine.BETA2] if c2 else None)
+                 for k, (c1, c2) in enumerate(self._corrected.tolist())]
+        distinct = list(dict.fromkeys(pairs))  # a search varies the learning rate more often than the betas
+        cols = np.array([distinct.index(pair) for pair in pairs], np.int64)
+        t = np.arange(t0 + 1, t0 + n + 1, dtype=np.float64)
+        table = np.ones((n, len(distinct), 2), np.float64)
+        for u, pair in enumerate(distinct):
+            for col, beta in enumerate(pair):
+                if beta is not None:
+                    table[:, u, col] = _optim.bias_correction(beta, t)
+        return table, cols
 
     def _chunks(self, flops, lanes):
         """``(bounds, n_workers)``: the chunks of models and the threads that run them.

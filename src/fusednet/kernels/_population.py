@@ -801,8 +801,10 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
         Parameters, gradients, optimiser state (``(K, 0)`` when unused) and
         running statistics, one row per model; INOUT.
     hyp, keys : per-model tables (see the module docstring).
-    bc : float64 (N_EPOCHS * N_STEPS, K, 2)
-        The bias corrections of each step of the call (1 where none).
+    bc : (table, cols)
+        The bias corrections of each step of the call: table float64
+        (N_EPOCHS * N_STEPS, U, 2), once per distinct pair (1 where none),
+        model k's in column ``cols[k]`` (int64 (K,)).
     work : (ws, scratch)
         dtype (n_chunks, info[WS_SIZE]) and float64 (n_chunks, SCRATCH).
     out : float64 (N_EPOCHS, K, 4)  OUT (columns ``TRAIN_SUM`` ...).
@@ -812,7 +814,8 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
     Xd, Yd, idsd, dorder = _borrow(dev[0]), _borrow(dev[1]), _borrow(dev[2]), _borrow(dev[3])
     P, G, S1, S2, R = (_borrow(arenas[0]), _borrow(arenas[1]), _borrow(arenas[2]), _borrow(arenas[3]),
                        _borrow(arenas[4]))
-    net, at, info, hyp, keys, bc = _borrow(net), _borrow(at), _borrow(info), _borrow(hyp), _borrow(keys), _borrow(bc)
+    net, at, info, hyp, keys = _borrow(net), _borrow(at), _borrow(info), _borrow(hyp), _borrow(keys)
+    bct, bcol = _borrow(bc[0]), _borrow(bc[1])
     out, status = _borrow(out), _borrow(status)
     ws = _row(work[0], c)
     scratch = _row(work[1], c)
@@ -904,7 +907,8 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
                     _copy(s1, 0, save, n_params, s1.size)
                     _copy(s2, 0, save, 2 * n_params, s2.size)
                     t = ei * info[N_STEPS] + step
-                    _update(kind, Pk, Gk, s1, s2, h, bc[t, kk, 0], bc[t, kk, 1], h[L2] / nb, n_decay)
+                    _update(kind, Pk, Gk, s1, s2, h, bct[t, bcol[kk], 0], bct[t, bcol[kk], 1], h[L2] / nb,
+                            n_decay)
                     if not (_all_finite(Pk) and _all_finite(s1) and _all_finite(s2)):
                         _copy(save, 0, Pk, 0, n_params)
                         _copy(save, n_params, s1, 0, s1.size)
