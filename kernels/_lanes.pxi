@@ -42,6 +42,9 @@ cdef extern from "_lanes.h" nogil:
     int LN_GROUP
     enum:
         LN_C_LR, LN_C_B1, LN_C_1MB1, LN_C_B2, LN_C_1MB2, LN_C_EPS, LN_C_BC1, LN_C_BC2, LN_C_L2, LN_C_ROWS
+    void ln_bce4_f(float* a, Py_ssize_t as_, float y0, float y1, float y2, float y3, double* cost, int64_t* hits)
+    void ln_bce4_d(double* a, Py_ssize_t as_, double y0, double y1, double y2, double y3, double* cost,
+                   int64_t* hits)
     void ln_bce_f(float* a, float y, double* cost)
     void ln_bce_d(double* a, double y, double* cost)
     void ln_update_row_f(float* w, const float* g, float* s1, float* s2, const float* C, const int* decay,
@@ -153,6 +156,14 @@ cdef inline void _bce(floating* a, floating y, double* cost) noexcept nogil:
         ln_bce_f(a, y, cost)
     else:
         ln_bce_d(a, y, cost)
+
+
+cdef inline void _bce4(floating* a, Py_ssize_t as_, const floating* Y, Py_ssize_t k, const int64_t* rows,
+                       double* cost, int64_t* hits) noexcept nogil:
+    if floating is float:
+        ln_bce4_f(a, as_, Y[rows[0] * k], Y[rows[1] * k], Y[rows[2] * k], Y[rows[3] * k], cost, hits)
+    else:
+        ln_bce4_d(a, as_, Y[rows[0] * k], Y[rows[1] * k], Y[rows[2] * k], Y[rows[3] * k], cost, hits)
 
 
 cdef inline void _update_row(floating* w, const floating* g, floating* s1, floating* s2, const floating* C,
@@ -303,7 +314,9 @@ cdef void _ln_forward(const LaneNet* net, const floating* Pl, floating* acts, co
                     _dense_unit(acts + (net.offs[i] + b * n + j) * GROUP, Pl + (net.w_off[i] + j) * GROUP, n * GROUP,
                                 xs[0], ain, n_in, bias, act, <floating>net.slope[i])
             e = 4 if nb - b >= 4 else 1
-            if i == L - 1:
+            if i == L - 1 and e == 4 and n == 1 and net.loss == BCE and net.acc == LACC_THRESHOLD:
+                _bce4(acts + (net.offs[i] + b) * GROUP, GROUP, Y, 1, order + s + b, st.cost, <int64_t*>st.correct)
+            elif i == L - 1:
                 for j in range(b, b + e):
                     r = order[s + j]
                     _ln_loss_row(net, acts + (net.offs[i] + j * n) * GROUP, Y + r * net.k, ids[r], st)

@@ -230,6 +230,32 @@ static inline void LN_FN(ln_bce)(LN_T* restrict a, LN_T y, double* restrict cost
     }
 }
 
+/* ln_bce for the single output unit of four examples (e = 0..3, logits at a + e as, targets y_e):
+ * the sigmoid outputs in place, the cross-entropies added to cost[q] in example order, and
+ * hits[q] counting the examples whose output > 0.5 agrees with target > 0.5 (the same bits as four
+ * calls of ln_bce) */
+static inline void LN_FN(ln_bce4)(LN_T* restrict a, Py_ssize_t as, LN_T y0, LN_T y1, LN_T y2, LN_T y3,
+                                  double* restrict cost, int64_t* restrict hits)
+{
+    const LN_T half = (LN_T)0.5;
+    const int t0 = y0 > half, t1 = y1 > half, t2 = y2 > half, t3 = y3 > half;
+    LN_LANES {
+        LN_T z0 = a[q], z1 = a[q + as], z2 = a[q + 2 * as], z3 = a[q + 3 * as];
+        double c = cost[q];
+        c += (double)LN_BCE(z0, y0);
+        c += (double)LN_BCE(z1, y1);
+        c += (double)LN_BCE(z2, y2);
+        c += (double)LN_BCE(z3, y3);
+        cost[q] = c;
+        LN_T a0 = LN_SIGMOID(z0), a1 = LN_SIGMOID(z1), a2 = LN_SIGMOID(z2), a3 = LN_SIGMOID(z3);
+        a[q] = a0;
+        a[q + as] = a1;
+        a[q + 2 * as] = a2;
+        a[q + 3 * as] = a3;
+        hits[q] += ((a0 > half) == t0) + ((a1 > half) == t1) + ((a2 > half) == t2) + ((a3 > half) == t3);
+    }
+}
+
 /* One parameter row of every lane's optimiser step (_point.h's formulas): w, s1, s2 INOUT, g IN;
  * C the LN_C_ROWS rows of per-lane constants; the gradient decayed (g + l2 w) in the lanes where
  * decay[q] when `decayed`; the averages flushed after each ewa */
