@@ -35,14 +35,6 @@ typedef int64_t ln_md __attribute__((vector_size(LN_GROUP * sizeof(int64_t))));
 #define LN_PT(name) pt_##name##_f
 #define LN_TANH vm_tanhf
 #include "_lanes_t.h"
-#undef LN_T
-#undef LN_V
-#undef LN_M
-#undef LN_S
-#undef LN_SIGMOID
-#undef LN_TANH
-#undef LN_BCE
-#undef LN_PT
 
 #define LN_T double
 #define LN_V ln_vd
@@ -53,13 +45,5 @@ typedef int64_t ln_md __attribute__((vector_size(LN_GROUP * sizeof(int64_t))));
 #define LN_PT(name) pt_##name##_d
 #define LN_TANH vm_tanh
 #include "_lanes_t.h"
-#undef LN_T
-#undef LN_V
-#undef LN_M
-#undef LN_S
-#undef LN_SIGMOID
-#undef LN_TANH
-#undef LN_BCE
-#undef LN_PT
 
 #endif

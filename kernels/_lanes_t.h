@@ -111,6 +111,27 @@ static inline void LN_FN(ln_delta_out)(LN_T* d, const LN_T* a, LN_T y, LN_T cm)
     LN_FN(ln_store)(d, (LN_FN(ln_load)(a) - y) / cm);
 }
 
+/* Four running sums: one per example of a four-example primitive. */
+typedef struct { LN_V e0, e1, e2, e3; } LN_FN(ln_quad);
+
+/* sum_p w[p ws] a_e[p LN_GROUP] for the four examples' lane rows a_e = a + e as, in p order */
+static inline LN_FN(ln_quad) LN_FN(ln_dot4)(const LN_T* w, Py_ssize_t ws, const LN_T* a, Py_ssize_t as,
+                                            Py_ssize_t n)
+{
+    LN_V w0 = LN_FN(ln_load)(w);
+    LN_FN(ln_quad) c = {w0 * LN_FN(ln_load)(a), w0 * LN_FN(ln_load)(a + as), w0 * LN_FN(ln_load)(a + 2 * as),
+                        w0 * LN_FN(ln_load)(a + 3 * as)};
+    for (Py_ssize_t p = 1; p < n; p++) {
+        LN_V wp = LN_FN(ln_load)(w + p * ws);
+        const LN_T* ap = a + p * LN_GROUP;
+        c.e0 = c.e0 + wp * LN_FN(ln_load)(ap);
+        c.e1 = c.e1 + wp * LN_FN(ln_load)(ap + as);
+        c.e2 = c.e2 + wp * LN_FN(ln_load)(ap + 2 * as);
+        c.e3 = c.e3 + wp * LN_FN(ln_load)(ap + 3 * as);
+    }
+    return c;
+}
+
 /* ln_dense_unit for four examples at once (e = 0..3): example e's output at out + e os, its
  * inputs x_e (scalars; all four NULL: lane rows a + e as); each weight row is loaded once for
  * the four, and each example's sum runs as in ln_dense_unit (the same bits) */
@@ -127,18 +148,8 @@ static inline void LN_FN(ln_dense_unit4)(LN_T* out, Py_ssize_t os, const LN_T* w
             c0 = c0 + wp * x0[p]; c1 = c1 + wp * x1[p]; c2 = c2 + wp * x2[p]; c3 = c3 + wp * x3[p];
         }
     } else {
-        c0 = w0 * LN_FN(ln_load)(a);
-        c1 = w0 * LN_FN(ln_load)(a + as);
-        c2 = w0 * LN_FN(ln_load)(a + 2 * as);
-        c3 = w0 * LN_FN(ln_load)(a + 3 * as);
-        for (Py_ssize_t p = 1; p < n; p++) {
-            LN_V wp = LN_FN(ln_load)(w + p * ws);
-            const LN_T* ap = a + p * LN_GROUP;
-            c0 = c0 + wp * LN_FN(ln_load)(ap);
-            c1 = c1 + wp * LN_FN(ln_load)(ap + as);
-            c2 = c2 + wp * LN_FN(ln_load)(ap + 2 * as);
-            c3 = c3 + wp * LN_FN(ln_load)(ap + 3 * as);
-        }
+        LN_FN(ln_quad) sums = LN_FN(ln_dot4)(w, ws, a, as, n);
+        c0 = sums.e0; c1 = sums.e1; c2 = sums.e2; c3 = sums.e3;
     }
     LN_V bv = b ? LN_FN(ln_load)(b) : LN_FN(ln_splat)(0);
     LN_FN(ln_store)(out, LN_FN(ln_act)(c0 + bv, act, slope));
@@ -152,17 +163,8 @@ static inline void LN_FN(ln_dense_unit4)(LN_T* out, Py_ssize_t os, const LN_T* w
 static inline void LN_FN(ln_back_unit4)(LN_T* out, Py_ssize_t os, const LN_T* w, const LN_T* d, Py_ssize_t ds,
                                         Py_ssize_t n, const LN_T* a, Py_ssize_t as, int act, LN_T slope)
 {
-    LN_V w0 = LN_FN(ln_load)(w);
-    LN_V c0 = w0 * LN_FN(ln_load)(d), c1 = w0 * LN_FN(ln_load)(d + ds);
-    LN_V c2 = w0 * LN_FN(ln_load)(d + 2 * ds), c3 = w0 * LN_FN(ln_load)(d + 3 * ds);
-    for (Py_ssize_t j = 1; j < n; j++) {
-        LN_V wj = LN_FN(ln_load)(w + j * LN_GROUP);
-        const LN_T* dj = d + j * LN_GROUP;
-        c0 = c0 + wj * LN_FN(ln_load)(dj);
-        c1 = c1 + wj * LN_FN(ln_load)(dj + ds);
-        c2 = c2 + wj * LN_FN(ln_load)(dj + 2 * ds);
-        c3 = c3 + wj * LN_FN(ln_load)(dj + 3 * ds);
-    }
+    LN_FN(ln_quad) sums = LN_FN(ln_dot4)(w, LN_GROUP, d, ds, n);
+    LN_V c0 = sums.e0, c1 = sums.e1, c2 = sums.e2, c3 = sums.e3;
     if (act != 0) {
         c0 = c0 * LN_FN(ln_act_grad)(LN_FN(ln_load)(a), act, slope);
         c1 = c1 * LN_FN(ln_act_grad)(LN_FN(ln_load)(a + as), act, slope);
@@ -304,3 +306,12 @@ static inline void LN_FN(ln_update_row)(LN_T* restrict w, const LN_T* restrict g
 #undef LN_FN
 #undef LN_CAT
 #undef LN_CAT_
+/* the parameters, for the next type */
+#undef LN_T
+#undef LN_V
+#undef LN_M
+#undef LN_S
+#undef LN_SIGMOID
+#undef LN_TANH
+#undef LN_BCE
+#undef LN_PT

@@ -7,6 +7,7 @@ population or thread; a model that diverges stops alone.
 
 import numpy as np
 import pytest
+from test_population import OPTIMIZERS, _alone, _assert_trainer_fits, _close, _data, _fit_against_trainer
 
 import fusednet as fn
 from fusednet import population as population_module
@@ -16,12 +17,6 @@ L = fn.layers
 
 pytestmark = pytest.mark.skipif(lanes._extension() is None, reason="the lanes are the compiled extension's")
 
-OPTIMIZERS = {
-    "gd": (fn.optim.GD, [{"lr": 0.2}, {"lr": 0.05, "l2": 0.3}]),
-    "momentum": (fn.optim.Momentum, [{"lr": 0.1, "beta": 0.8}, {"lr": 0.05, "bias_correction": True, "l2": 0.1}]),
-    "rmsprop": (fn.optim.RMSProp, [{"lr": 0.01, "beta": 0.95, "eps": 1e-6}, {"lr": 0.003}]),
-    "adam": (fn.optim.Adam, [{"lr": 0.01, "beta1": 0.8, "beta2": 0.99}, {"lr": 0.003, "eps": 1e-6, "l2": 0.2}]),
-}
 #: float32: the lanes sum each product in its own order (and treat subnormal values as 0), a few ulp per
 #: step against the trainer's kernels; after 3 epochs of 3 steps the weights agree to this (normwise)
 FLOAT32_RTOL = 1e-4
@@ -35,35 +30,9 @@ def _layers(kind="bce"):
             L.Dense(4, activation="sigmoid"), L.Dense(3, activation="relu"), L.Dense(3, activation=None), out]
 
 
-def _data(kind="bce", m=90, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((m, 3))
-    if kind == "bce":
-        y = (X[:, 0] * X[:, 1] > 0).astype(int)
-    elif kind == "cce":
-        y = np.argmax(X, axis=1)
-    else:
-        y = np.stack([X[:, 0] - X[:, 2], X[:, 1] ** 2], axis=1)
-    return X, y
-
-
 def _configs(base, K):
     """K configs cycling through ``base``, with their own seeds (the first keeps the default)."""
     return [dict(base[k % len(base)], **({"seed": 10 + k} if k else {})) for k in range(K)]
-
-
-def _alone(layers, cfg, cls, dtype, X, y, dev, epochs=3, batch_size=32, seed=5):
-    model = fn.Sequential(layers, input_dim=X.shape[1], l2=cfg.get("l2", 0.0), seed=cfg.get("seed", seed), dtype=dtype)
-    opt = cls(**{k: v for k, v in cfg.items() if k not in ("l2", "seed")})
-    history = fn.Trainer(model, optimizer=opt, batch_size=batch_size, epochs=epochs, seed=seed, progress=False).fit(
-        X, y, dev=dev)
-    return model, history
-
-
-def _close(got, want, rtol):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    scale = max(float(np.max(np.abs(want))), 1e-30)
-    assert np.max(np.abs(got - want)) <= rtol * scale, np.max(np.abs(got - want)) / scale
 
 
 def _fit(layers, cfgs, X, y, dev, *, lanes_on=None, team=None, dtype="float64", optimizer="adam", batch_size=32,
@@ -88,20 +57,8 @@ def test_a_dense_net_takes_the_lanes_and_other_nets_do_not():
 @pytest.mark.parametrize("K", [1, 2, 7, 17])
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_each_model_equals_its_trainer_fit_float64(name, K):
-    cls, base = OPTIMIZERS[name]
-    X, y = _data()
-    dev = (X[:40], y[:40])
-    cfgs = _configs(base, K)
-    pop = fn.Population(_layers(), input_dim=3, configs=cfgs, optimizer=name, batch_size=32, epochs=3, seed=5,
-                        dtype="float64")
+    pop = _fit_against_trainer(name, K, _layers, _configs)
     assert lanes.eligible(pop._net, 32)
-    histories = pop.fit(X, y, dev=dev)
-    for k, cfg in enumerate(cfgs):
-        model, history = _alone(_layers(), cfg, cls, "float64", X, y, dev)
-        _close(pop.models[k]._params, model._params, 1e-10)
-        assert list(histories[k]) == list(history)
-        for key in ("train_loss", "dev_loss", "train_accuracy", "dev_accuracy", "lr"):
-            _close(histories[k][key], history[key], 1e-10)
 
 
 @pytest.mark.parametrize("kind", ["cce", "mse"])
@@ -110,13 +67,7 @@ def test_softmax_and_linear_outputs_equal_trainer_fits(kind):
     dev = (X[:40], y[:40])
     cfgs = _configs(OPTIMIZERS["adam"][1], 3)
     pop = fn.Population(_layers(kind), input_dim=3, configs=cfgs, batch_size=32, epochs=3, seed=5, dtype="float64")
-    histories = pop.fit(X, y, dev=dev)
-    for k, cfg in enumerate(cfgs):
-        model, history = _alone(_layers(kind), cfg, fn.optim.Adam, "float64", X, y, dev)
-        _close(pop.models[k]._params, model._params, 1e-10)
-        for key in history:
-            if key != "time":
-                _close(histories[k][key], history[key], 1e-10)
+    _assert_trainer_fits(pop, pop.fit(X, y, dev=dev), _layers(kind), fn.optim.Adam, X, y, dev)
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))

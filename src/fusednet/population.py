@@ -8,7 +8,10 @@ K configurations of one layer list in one compiled call
 (:mod:`fusednet.kernels._population`): every model sees the same shuffled
 mini-batches, the batch is gathered once and the first layer's product runs
 for all the models in one pass over it, and the K optimiser updates run over
-one ``(K, n_params)`` arena.
+one ``(K, n_params)`` arena.  A net of Dense layers small enough to stay off
+BLAS (the course's moons and planar nets) runs on the extension's lanes
+engine instead (:mod:`fusednet.kernels._population_lanes`): 16 models side by
+side, one per lane of every vector, with subnormal values counted as 0.
 
 Model ``k`` is exactly the model :class:`~fusednet.Trainer` would give::
 
@@ -20,10 +23,11 @@ Model ``k`` is exactly the model :class:`~fusednet.Trainer` would give::
 the same formulas on the same mini-batches, with the same dropout masks
 (keyed by the model's seed, as :class:`~fusednet.Sequential` keys them) --
 only the order of the additions inside the products differs, so the results
-agree to rounding: ``tests/test_population.py`` holds the weights, running
-statistics and histories of every optimiser, with dropout, batch norm and L2,
-within 1e-10 (relative to the largest weight) of the trainer's in float64 and
-within 1e-4 in float32, after three epochs.  A model's numbers do not depend on
+agree to rounding: ``tests/test_population.py`` (and, for the lanes,
+``tests/test_population_lanes.py``) holds the weights, running statistics and
+histories of every optimiser, with dropout, batch norm and L2, within 1e-10
+(relative to the largest weight) of the trainer's in float64 and within 1e-4
+in float32, after three epochs.  A model's numbers do not depend on
 the number of threads, nor on the other models of its population -- except
 when its first layer's products are batched into one BLAS product over the
 models (a first layer of at least ``kernels._population.BLAS_MACS``
