@@ -159,3 +159,23 @@ def test_a_work_buffer_too_small_is_refused():
     pop._work = monkey
     with pytest.raises(ValueError, match="work: .* values per worker"):
         pop._run(data, 0, 1, pop.histories, lanes=True)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_every_copy_of_the_extension_trains_the_same_models(dtype, monkeypatch):
+    """The AVX2 and AVX-512 copies share the polynomials' fused multiply-adds: the same bits; the baseline
+    copy (none) agrees to rounding."""
+    from fusednet.kernels import _cython
+
+    X, y = _data(m=50)
+    cfgs = _configs(OPTIMIZERS["adam"][1], 5)
+    fits = {}
+    for variant in _cython.VARIANTS:
+        monkeypatch.setattr(lanes, "_extension", lambda variant=variant: variant)
+        fits[variant.ISA] = _fit(_layers(), cfgs, X, y, (X[:20], y[:20]), lanes_on=True, dtype=dtype)._P
+    best = fits[_cython.VARIANTS[0].ISA]
+    for isa, params in fits.items():
+        if isa in ("x86-64-v3", "x86-64-v4"):
+            np.testing.assert_array_equal(params, best, err_msg=isa)
+        else:
+            _close(params, best, 1e-10 if dtype == "float64" else FLOAT32_RTOL)
