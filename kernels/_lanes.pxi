@@ -461,7 +461,7 @@ cdef void _ln_group(const LaneNet* net, Py_ssize_t g0, Py_ssize_t g1, const floa
     cdef floating* C = lw + net.at_c * GROUP
     cdef floating* acts = lw + net.at_acts * GROUP
     cdef LaneState st
-    cdef Py_ssize_t q, kk, row, ei, epoch, step, s, nb, t, c0, cb, g = g1 - g0
+    cdef Py_ssize_t q, kk, row, ei, epoch, step, s, nb, t, c0, cb, n_alive, g = g1 - g0
     cdef const int64_t* order
     cdef const double* h
     cdef double cost, l2
@@ -532,9 +532,13 @@ cdef void _ln_group(const LaneNet* net, Py_ssize_t g0, Py_ssize_t g1, const floa
                 if st.alive[q] and not (st.fin[q] == 0.0):
                     st.alive[q] = 0
                     _ln_stop(status, g0 + q, LS_UPDATE, epoch, step)
-            _ln_keep(Pl, save, n_params, &st, nq)
-            _ln_keep(S1l, save + n_params * GROUP, n1, &st, nq)
-            _ln_keep(S2l, save + (n_params + n1r) * GROUP, n2, &st, nq)
+            n_alive = 0
+            for q in range(nq):
+                n_alive += st.alive[q]
+            if n_alive < nq:           # a lane stopped (or past the group's models): it keeps its values
+                _ln_keep(Pl, save, n_params, &st, nq)
+                _ln_keep(S1l, save + n_params * GROUP, n1, &st, nq)
+                _ln_keep(S2l, save + (n_params + n1r) * GROUP, n2, &st, nq)
             for q in range(g):
                 if st.alive[q]:
                     out[(ei * K + g0 + q) * 4 + 0] += st.cost[q] * nb
