@@ -11,6 +11,8 @@
 #include "_point.h"
 
 #define LN_GROUP 16
+/* examples per block primitive (ln_*_block) */
+#define LN_EB 8
 
 /* every loop over the lanes: vectorised whole (a constant trip count would have gcc unroll it
  * into scalar code first) */

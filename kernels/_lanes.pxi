@@ -21,6 +21,7 @@ cdef enum:
     GROUP = 16          # models per group, one per lane (fusednet.kernels._population_lanes.V)
     LANE_LAYERS = 16    # most Dense layers of a net the lanes take
     LANE_CHUNK = 16     # examples whose activations and deltas the buffers hold (forward, then backward)
+    LANE_BLOCK = 8      # examples per block primitive (_lanes.h's LN_EB)
 
 cdef enum:              # columns of the population's hyp table (fusednet.kernels._population)
     LH_LR = 0
@@ -59,23 +60,21 @@ cdef extern from "_lanes.h" nogil:
                         float slope)
     void ln_back_unit_d(double* out, const double* w, const double* d, Py_ssize_t n, const double* a, int act,
                         double slope)
-    void ln_dense_unit4_f(float* out, Py_ssize_t os, const float* w, Py_ssize_t ws, const float* x0,
-                          const float* x1, const float* x2, const float* x3, const float* a, Py_ssize_t as_,
-                          Py_ssize_t n, const float* b, int act, float slope)
-    void ln_dense_unit4_d(double* out, Py_ssize_t os, const double* w, Py_ssize_t ws, const double* x0,
-                          const double* x1, const double* x2, const double* x3, const double* a, Py_ssize_t as_,
-                          Py_ssize_t n, const double* b, int act, double slope)
-    void ln_back_unit4_f(float* out, Py_ssize_t os, const float* w, const float* d, Py_ssize_t ds, Py_ssize_t n,
+    int LN_EB
+    void ln_dense_block_f(float* out, Py_ssize_t os, const float* w, Py_ssize_t ws, const float** x, const float* a,
+                          Py_ssize_t as_, Py_ssize_t n, const float* b, int act, float slope)
+    void ln_dense_block_d(double* out, Py_ssize_t os, const double* w, Py_ssize_t ws, const double** x,
+                          const double* a, Py_ssize_t as_, Py_ssize_t n, const double* b, int act, double slope)
+    void ln_back_block_f(float* out, Py_ssize_t os, const float* w, const float* d, Py_ssize_t ds, Py_ssize_t n,
                          const float* a, Py_ssize_t as_, int act, float slope)
-    void ln_back_unit4_d(double* out, Py_ssize_t os, const double* w, const double* d, Py_ssize_t ds, Py_ssize_t n,
+    void ln_back_block_d(double* out, Py_ssize_t os, const double* w, const double* d, Py_ssize_t ds, Py_ssize_t n,
                          const double* a, Py_ssize_t as_, int act, double slope)
-    void ln_outer_add4_f(float* gw, const float* x0, const float* x1, const float* x2, const float* x3,
-                         const float* a, Py_ssize_t as_, const float* d, Py_ssize_t ds, Py_ssize_t n_in, Py_ssize_t n)
-    void ln_outer_add4_d(double* gw, const double* x0, const double* x1, const double* x2, const double* x3,
-                         const double* a, Py_ssize_t as_, const double* d, Py_ssize_t ds, Py_ssize_t n_in,
-                         Py_ssize_t n)
-    void ln_sum_rows4_f(double* sums, const float* d, Py_ssize_t ds, Py_ssize_t n)
-    void ln_sum_rows4_d(double* sums, const double* d, Py_ssize_t ds, Py_ssize_t n)
+    void ln_outer_block_f(float* gw, const float** x, const float* a, Py_ssize_t as_, const float* d, Py_ssize_t ds,
+                          Py_ssize_t n_in, Py_ssize_t n)
+    void ln_outer_block_d(double* gw, const double** x, const double* a, Py_ssize_t as_, const double* d,
+                          Py_ssize_t ds, Py_ssize_t n_in, Py_ssize_t n)
+    void ln_sum_block_f(double* sums, const float* d, Py_ssize_t ds, Py_ssize_t n)
+    void ln_sum_block_d(double* sums, const double* d, Py_ssize_t ds, Py_ssize_t n)
     void ln_outer_add_f(float* gw, const float* x, const float* a, const float* d, Py_ssize_t n_in, Py_ssize_t n)
     void ln_outer_add_d(double* gw, const double* x, const double* a, const double* d, Py_ssize_t n_in,
                         Py_ssize_t n)
@@ -104,36 +103,36 @@ cdef inline void _back_unit(floating* out, const floating* w, const floating* d,
         ln_back_unit_d(out, w, d, n, a, act, slope)
 
 
-cdef inline void _dense_unit4(floating* out, Py_ssize_t os, const floating* w, Py_ssize_t ws,
+cdef inline void _dense_block(floating* out, Py_ssize_t os, const floating* w, Py_ssize_t ws,
                               const floating** x, const floating* a, Py_ssize_t as_, Py_ssize_t n,
                               const floating* b, int act, floating slope) noexcept nogil:
     if floating is float:
-        ln_dense_unit4_f(out, os, w, ws, x[0], x[1], x[2], x[3], a, as_, n, b, act, slope)
+        ln_dense_block_f(out, os, w, ws, x, a, as_, n, b, act, slope)
     else:
-        ln_dense_unit4_d(out, os, w, ws, x[0], x[1], x[2], x[3], a, as_, n, b, act, slope)
+        ln_dense_block_d(out, os, w, ws, x, a, as_, n, b, act, slope)
 
 
-cdef inline void _back_unit4(floating* out, Py_ssize_t os, const floating* w, const floating* d, Py_ssize_t ds,
+cdef inline void _back_block(floating* out, Py_ssize_t os, const floating* w, const floating* d, Py_ssize_t ds,
                              Py_ssize_t n, const floating* a, Py_ssize_t as_, int act, floating slope) noexcept nogil:
     if floating is float:
-        ln_back_unit4_f(out, os, w, d, ds, n, a, as_, act, slope)
+        ln_back_block_f(out, os, w, d, ds, n, a, as_, act, slope)
     else:
-        ln_back_unit4_d(out, os, w, d, ds, n, a, as_, act, slope)
+        ln_back_block_d(out, os, w, d, ds, n, a, as_, act, slope)
 
 
-cdef inline void _outer_add4(floating* gw, const floating** x, const floating* a, Py_ssize_t as_, const floating* d,
-                             Py_ssize_t ds, Py_ssize_t n_in, Py_ssize_t n) noexcept nogil:
+cdef inline void _outer_block(floating* gw, const floating** x, const floating* a, Py_ssize_t as_,
+                              const floating* d, Py_ssize_t ds, Py_ssize_t n_in, Py_ssize_t n) noexcept nogil:
     if floating is float:
-        ln_outer_add4_f(gw, x[0], x[1], x[2], x[3], a, as_, d, ds, n_in, n)
+        ln_outer_block_f(gw, x, a, as_, d, ds, n_in, n)
     else:
-        ln_outer_add4_d(gw, x[0], x[1], x[2], x[3], a, as_, d, ds, n_in, n)
+        ln_outer_block_d(gw, x, a, as_, d, ds, n_in, n)
 
 
-cdef inline void _sum_rows4(double* sums, const floating* d, Py_ssize_t ds, Py_ssize_t n) noexcept nogil:
+cdef inline void _sum_block(double* sums, const floating* d, Py_ssize_t ds, Py_ssize_t n) noexcept nogil:
     if floating is float:
-        ln_sum_rows4_f(sums, d, ds, n)
+        ln_sum_block_f(sums, d, ds, n)
     else:
-        ln_sum_rows4_d(sums, d, ds, n)
+        ln_sum_block_d(sums, d, ds, n)
 
 
 cdef inline void _outer_add(floating* gw, const floating* x, const floating* a, const floating* d,
@@ -289,33 +288,37 @@ cdef void _ln_forward(const LaneNet* net, const floating* Pl, floating* acts, co
                       const floating* Y, const int64_t* order, const int64_t* ids, Py_ssize_t s,
                       Py_ssize_t nb, LaneState* st) noexcept nogil:
     """Every lane's forward pass over rows ``order[s:s + nb]`` of X (Y, ids: their targets), the
-    summed cost into ``st.cost`` and the correct predictions into ``st.correct``; four examples at
-    a time, then one."""
+    summed cost into ``st.cost`` and the correct predictions into ``st.correct``; LANE_BLOCK examples
+    at a time, then one."""
     cdef Py_ssize_t i, b, e, j, r, n, n_in, L = net.L
     cdef const floating* bias
-    cdef const floating* xs[4]
+    cdef const floating* xs[LANE_BLOCK]
     cdef const floating* ain
     cdef int act
+    cdef bint block
     for i in range(L):
         n = net.n_out[i]
         n_in = net.n_in[i]
         act = net.act[i] if i < L - 1 else LINEAR
         b = 0
         while b < nb:
+            block = nb - b >= LANE_BLOCK
             ain = acts + (net.offs[i - 1] + b * n_in) * GROUP if i > 0 else NULL
-            for e in range(4):
+            for e in range(LANE_BLOCK):
                 xs[e] = X + order[s + b + e] * net.nf if i == 0 and b + e < nb else NULL
             for j in range(n):
                 bias = Pl + (net.b_off[i] + j) * GROUP if net.b_off[i] >= 0 else NULL
-                if nb - b >= 4:
-                    _dense_unit4(acts + (net.offs[i] + b * n + j) * GROUP, n * GROUP, Pl + (net.w_off[i] + j) * GROUP,
-                                 n * GROUP, xs, ain, n_in * GROUP, n_in, bias, act, <floating>net.slope[i])
+                if block:
+                    _dense_block(acts + (net.offs[i] + b * n + j) * GROUP, n * GROUP, Pl + (net.w_off[i] + j) * GROUP,
+                                 n * GROUP, xs if i == 0 else NULL, ain, n_in * GROUP, n_in, bias, act,
+                                 <floating>net.slope[i])
                 else:
                     _dense_unit(acts + (net.offs[i] + b * n + j) * GROUP, Pl + (net.w_off[i] + j) * GROUP, n * GROUP,
                                 xs[0], ain, n_in, bias, act, <floating>net.slope[i])
-            e = 4 if nb - b >= 4 else 1
-            if i == L - 1 and e == 4 and n == 1 and net.loss == BCE and net.acc == LACC_THRESHOLD:
-                _bce4(acts + (net.offs[i] + b) * GROUP, GROUP, Y, 1, order + s + b, st.cost, <int64_t*>st.correct)
+            e = LANE_BLOCK if block else 1
+            if i == L - 1 and block and n == 1 and net.loss == BCE and net.acc == LACC_THRESHOLD:
+                for j in range(b, b + e, 4):
+                    _bce4(acts + (net.offs[i] + j) * GROUP, GROUP, Y, 1, order + s + j, st.cost, <int64_t*>st.correct)
             elif i == L - 1:
                 for j in range(b, b + e):
                     r = order[s + j]
@@ -335,8 +338,8 @@ cdef void _ln_backward(const LaneNet* net, const floating* Pl, floating* Gl, flo
     (each sum over the batch in example order), then its delta of the layer below, times that
     layer's activation derivative."""
     cdef Py_ssize_t i, b, e, j, p, r, n, n_in, L = net.L, k = net.k
-    cdef bint four
-    cdef const floating* xs[4]
+    cdef bint block
+    cdef const floating* xs[LANE_BLOCK]
     cdef floating* cur = acts + net.act_rows * GROUP
     cdef floating* nxt = cur + net.CB * net.wmax * GROUP
     cdef floating* tmp
@@ -364,31 +367,31 @@ cdef void _ln_backward(const LaneNet* net, const floating* Pl, floating* Gl, flo
         bs = sums + net.sum_at[i] * GROUP
         act = net.act[i - 1] if i > 0 else LINEAR
         b = 0
-        while b < nb:                   # four examples at a time, then one
+        while b < nb:                   # LANE_BLOCK examples at a time, then one
             d = cur + b * n * GROUP
-            four = nb - b >= 4
-            for e in range(4):
+            block = nb - b >= LANE_BLOCK
+            for e in range(LANE_BLOCK):
                 xs[e] = X + order[s + b + e] * net.nf if i == 0 and b + e < nb else NULL
             if net.b_off[i] >= 0:
-                if four:
-                    _sum_rows4(bs, d, n * GROUP, n)
+                if block:
+                    _sum_block(bs, d, n * GROUP, n)
                 else:
                     _sum_rows(bs, d, n)
             a_below = acts + (net.offs[i - 1] + b * n_in) * GROUP if i > 0 else NULL
-            if four:
-                _outer_add4(gw, xs, a_below, n_in * GROUP, d, n * GROUP, n_in, n)
+            if block:
+                _outer_block(gw, xs if i == 0 else NULL, a_below, n_in * GROUP, d, n * GROUP, n_in, n)
             else:
                 _outer_add(gw, xs[0], a_below, d, n_in, n)
             if i > 0:
                 below = nxt + b * n_in * GROUP
                 for p in range(n_in):
-                    if four:
-                        _back_unit4(below + p * GROUP, n_in * GROUP, Pl + (net.w_off[i] + p * n) * GROUP, d, n * GROUP,
+                    if block:
+                        _back_block(below + p * GROUP, n_in * GROUP, Pl + (net.w_off[i] + p * n) * GROUP, d, n * GROUP,
                                     n, a_below + p * GROUP, n_in * GROUP, act, <floating>net.slope[i - 1])
                     else:
                         _back_unit(below + p * GROUP, Pl + (net.w_off[i] + p * n) * GROUP, d, n, a_below + p * GROUP,
                                    act, <floating>net.slope[i - 1])
-            b += 4 if four else 1
+            b += LANE_BLOCK if block else 1
         if last and net.b_off[i] >= 0:
             gb = Gl + net.b_off[i] * GROUP
             for j in range(n * GROUP):
@@ -583,8 +586,9 @@ cdef int _lane_net(LaneNet* ln, object net, Py_ssize_t B, Py_ssize_t nf, Py_ssiz
                    Py_ssize_t n1, Py_ssize_t n2, object info) except -1:
     """The LaneNet of a population's net (``Sequential.plan()["layers"]``, Dense layers only) and call."""
     cdef Py_ssize_t i, L = len(net), rows = 0
-    if LN_GROUP != GROUP:
-        raise RuntimeError(f"_lanes.h groups {LN_GROUP} models, _lanes.pxi {GROUP}")
+    if LN_GROUP != GROUP or LN_EB != LANE_BLOCK:
+        raise RuntimeError(f"_lanes.h: {LN_GROUP} models a group and {LN_EB} examples a block, _lanes.pxi: "
+                           f"{GROUP} and {LANE_BLOCK}")
     if L < 1 or L > LANE_LAYERS:
         raise ValueError(f"net: the lanes take 1 to {LANE_LAYERS} Dense layers, got {L}")
     ln.L = L

@@ -111,112 +111,91 @@ static inline void LN_FN(ln_delta_out)(LN_T* d, const LN_T* a, LN_T y, LN_T cm)
     LN_FN(ln_store)(d, (LN_FN(ln_load)(a) - y) / cm);
 }
 
-/* Four running sums: one per example of a four-example primitive. */
-typedef struct { LN_V e0, e1, e2, e3; } LN_FN(ln_quad);
+/* LN_EB running sums: one per example of a block primitive. */
+typedef struct { LN_V e[LN_EB]; } LN_FN(ln_block);
 
-/* sum_p w[p ws] a_e[p LN_GROUP] for the four examples' lane rows a_e = a + e as, in p order */
-static inline LN_FN(ln_quad) LN_FN(ln_dot4)(const LN_T* w, Py_ssize_t ws, const LN_T* a, Py_ssize_t as,
-                                            Py_ssize_t n)
+/* sum_p w[p ws] a_e[p LN_GROUP] for the LN_EB examples' lane rows a_e = a + e as, in p order */
+static inline LN_FN(ln_block) LN_FN(ln_dot_block)(const LN_T* w, Py_ssize_t ws, const LN_T* a, Py_ssize_t as,
+                                                  Py_ssize_t n)
 {
+    LN_FN(ln_block) c;
     LN_V w0 = LN_FN(ln_load)(w);
-    LN_FN(ln_quad) c = {w0 * LN_FN(ln_load)(a), w0 * LN_FN(ln_load)(a + as), w0 * LN_FN(ln_load)(a + 2 * as),
-                        w0 * LN_FN(ln_load)(a + 3 * as)};
+    for (int e = 0; e < LN_EB; e++)
+        c.e[e] = w0 * LN_FN(ln_load)(a + e * as);
     for (Py_ssize_t p = 1; p < n; p++) {
         LN_V wp = LN_FN(ln_load)(w + p * ws);
-        const LN_T* ap = a + p * LN_GROUP;
-        c.e0 = c.e0 + wp * LN_FN(ln_load)(ap);
-        c.e1 = c.e1 + wp * LN_FN(ln_load)(ap + as);
-        c.e2 = c.e2 + wp * LN_FN(ln_load)(ap + 2 * as);
-        c.e3 = c.e3 + wp * LN_FN(ln_load)(ap + 3 * as);
+        for (int e = 0; e < LN_EB; e++)
+            c.e[e] = c.e[e] + wp * LN_FN(ln_load)(a + p * LN_GROUP + e * as);
     }
     return c;
 }
 
-/* ln_dense_unit for four examples at once (e = 0..3): example e's output at out + e os, its
- * inputs x_e (scalars; all four NULL: lane rows a + e as); each weight row is loaded once for
- * the four, and each example's sum runs as in ln_dense_unit (the same bits) */
-static inline void LN_FN(ln_dense_unit4)(LN_T* out, Py_ssize_t os, const LN_T* w, Py_ssize_t ws,
-                                         const LN_T* x0, const LN_T* x1, const LN_T* x2, const LN_T* x3,
-                                         const LN_T* a, Py_ssize_t as, Py_ssize_t n, const LN_T* b, int act,
-                                         LN_T slope)
+/* ln_dense_unit for a block of LN_EB examples: example e's output at out + e os, its inputs x[e]
+ * (scalars; x NULL: lane rows a + e as); each weight row is loaded once for the block, and each
+ * example's sum runs as in ln_dense_unit (the same bits) */
+static inline void LN_FN(ln_dense_block)(LN_T* out, Py_ssize_t os, const LN_T* w, Py_ssize_t ws,
+                                         const LN_T* const* x, const LN_T* a, Py_ssize_t as, Py_ssize_t n,
+                                         const LN_T* b, int act, LN_T slope)
 {
-    LN_V w0 = LN_FN(ln_load)(w), c0, c1, c2, c3;
-    if (x0) {
-        c0 = w0 * x0[0]; c1 = w0 * x1[0]; c2 = w0 * x2[0]; c3 = w0 * x3[0];
+    LN_FN(ln_block) c;
+    if (x) {
+        LN_V w0 = LN_FN(ln_load)(w);
+        for (int e = 0; e < LN_EB; e++)
+            c.e[e] = w0 * x[e][0];
         for (Py_ssize_t p = 1; p < n; p++) {
             LN_V wp = LN_FN(ln_load)(w + p * ws);
-            c0 = c0 + wp * x0[p]; c1 = c1 + wp * x1[p]; c2 = c2 + wp * x2[p]; c3 = c3 + wp * x3[p];
+            for (int e = 0; e < LN_EB; e++)
+                c.e[e] = c.e[e] + wp * x[e][p];
         }
     } else {
-        LN_FN(ln_quad) sums = LN_FN(ln_dot4)(w, ws, a, as, n);
-        c0 = sums.e0; c1 = sums.e1; c2 = sums.e2; c3 = sums.e3;
+        c = LN_FN(ln_dot_block)(w, ws, a, as, n);
     }
     LN_V bv = b ? LN_FN(ln_load)(b) : LN_FN(ln_splat)(0);
-    LN_FN(ln_store)(out, LN_FN(ln_act)(c0 + bv, act, slope));
-    LN_FN(ln_store)(out + os, LN_FN(ln_act)(c1 + bv, act, slope));
-    LN_FN(ln_store)(out + 2 * os, LN_FN(ln_act)(c2 + bv, act, slope));
-    LN_FN(ln_store)(out + 3 * os, LN_FN(ln_act)(c3 + bv, act, slope));
+    for (int e = 0; e < LN_EB; e++)
+        LN_FN(ln_store)(out + e * os, LN_FN(ln_act)(c.e[e] + bv, act, slope));
 }
 
-/* ln_back_unit for four examples at once: example e's output at out + e os, its deltas d + e ds and
- * outputs a + e as; the weight rows loaded once for the four (the same bits as ln_back_unit) */
-static inline void LN_FN(ln_back_unit4)(LN_T* out, Py_ssize_t os, const LN_T* w, const LN_T* d, Py_ssize_t ds,
+/* ln_back_unit for a block of LN_EB examples: example e's output at out + e os, its deltas d + e ds
+ * and outputs a + e as; the weight rows loaded once for the block (the same bits as ln_back_unit) */
+static inline void LN_FN(ln_back_block)(LN_T* out, Py_ssize_t os, const LN_T* w, const LN_T* d, Py_ssize_t ds,
                                         Py_ssize_t n, const LN_T* a, Py_ssize_t as, int act, LN_T slope)
 {
-    LN_FN(ln_quad) sums = LN_FN(ln_dot4)(w, LN_GROUP, d, ds, n);
-    LN_V c0 = sums.e0, c1 = sums.e1, c2 = sums.e2, c3 = sums.e3;
-    if (act != 0) {
-        c0 = c0 * LN_FN(ln_act_grad)(LN_FN(ln_load)(a), act, slope);
-        c1 = c1 * LN_FN(ln_act_grad)(LN_FN(ln_load)(a + as), act, slope);
-        c2 = c2 * LN_FN(ln_act_grad)(LN_FN(ln_load)(a + 2 * as), act, slope);
-        c3 = c3 * LN_FN(ln_act_grad)(LN_FN(ln_load)(a + 3 * as), act, slope);
+    LN_FN(ln_block) c = LN_FN(ln_dot_block)(w, LN_GROUP, d, ds, n);
+    for (int e = 0; e < LN_EB; e++) {
+        LN_V v = c.e[e];
+        if (act != 0)
+            v = v * LN_FN(ln_act_grad)(LN_FN(ln_load)(a + e * as), act, slope);
+        LN_FN(ln_store)(out + e * os, v);
     }
-    LN_FN(ln_store)(out, c0);
-    LN_FN(ln_store)(out + os, c1);
-    LN_FN(ln_store)(out + 2 * os, c2);
-    LN_FN(ln_store)(out + 3 * os, c3);
 }
 
-/* ln_outer_add and ln_sum_rows for four consecutive examples at once (example e's delta rows at
- * d + e ds, its inputs x_e or the lane rows a + e as): each sum adds the four in example order, as
- * four calls would (the same bits), loading and storing it once */
-static inline void LN_FN(ln_outer_add4)(LN_T* gw, const LN_T* x0, const LN_T* x1, const LN_T* x2, const LN_T* x3,
-                                        const LN_T* a, Py_ssize_t as, const LN_T* d, Py_ssize_t ds,
-                                        Py_ssize_t n_in, Py_ssize_t n)
+/* ln_outer_add and ln_sum_rows for a block of LN_EB consecutive examples (example e's delta rows at
+ * d + e ds, its inputs x[e] or the lane rows a + e as): each sum adds the block's examples in order,
+ * as one call per example would (the same bits), loading and storing it once */
+static inline void LN_FN(ln_outer_block)(LN_T* gw, const LN_T* const* x, const LN_T* a, Py_ssize_t as,
+                                         const LN_T* d, Py_ssize_t ds, Py_ssize_t n_in, Py_ssize_t n)
 {
     for (Py_ssize_t p = 0; p < n_in; p++) {
-        LN_V a0, a1, a2, a3;
-        if (x0) {
-            a0 = LN_FN(ln_splat)(x0[p]); a1 = LN_FN(ln_splat)(x1[p]);
-            a2 = LN_FN(ln_splat)(x2[p]); a3 = LN_FN(ln_splat)(x3[p]);
-        } else {
-            const LN_T* ap = a + p * LN_GROUP;
-            a0 = LN_FN(ln_load)(ap); a1 = LN_FN(ln_load)(ap + as);
-            a2 = LN_FN(ln_load)(ap + 2 * as); a3 = LN_FN(ln_load)(ap + 3 * as);
-        }
+        LN_V ap[LN_EB];
+        for (int e = 0; e < LN_EB; e++)
+            ap[e] = x ? LN_FN(ln_splat)(x[e][p]) : LN_FN(ln_load)(a + p * LN_GROUP + e * as);
         LN_T* g = gw + p * n * LN_GROUP;
         for (Py_ssize_t j = 0; j < n; j++) {
-            const LN_T* dj = d + j * LN_GROUP;
             LN_V v = LN_FN(ln_load)(g + j * LN_GROUP);
-            v = v + a0 * LN_FN(ln_load)(dj);
-            v = v + a1 * LN_FN(ln_load)(dj + ds);
-            v = v + a2 * LN_FN(ln_load)(dj + 2 * ds);
-            v = v + a3 * LN_FN(ln_load)(dj + 3 * ds);
+            for (int e = 0; e < LN_EB; e++)
+                v = v + ap[e] * LN_FN(ln_load)(d + j * LN_GROUP + e * ds);
             LN_FN(ln_store)(g + j * LN_GROUP, v);
         }
     }
 }
 
-static inline void LN_FN(ln_sum_rows4)(double* sums, const LN_T* d, Py_ssize_t ds, Py_ssize_t n)
+static inline void LN_FN(ln_sum_block)(double* sums, const LN_T* d, Py_ssize_t ds, Py_ssize_t n)
 {
     for (Py_ssize_t j = 0; j < n; j++) {
-        const LN_T* dj = d + j * LN_GROUP;
         ln_vd s;
         __builtin_memcpy(&s, sums + j * LN_GROUP, sizeof s);
-        s = s + __builtin_convertvector(LN_FN(ln_load)(dj), ln_vd);
-        s = s + __builtin_convertvector(LN_FN(ln_load)(dj + ds), ln_vd);
-        s = s + __builtin_convertvector(LN_FN(ln_load)(dj + 2 * ds), ln_vd);
-        s = s + __builtin_convertvector(LN_FN(ln_load)(dj + 3 * ds), ln_vd);
+        for (int e = 0; e < LN_EB; e++)
+            s = s + __builtin_convertvector(LN_FN(ln_load)(d + j * LN_GROUP + e * ds), ln_vd);
         __builtin_memcpy(sums + j * LN_GROUP, &s, sizeof s);
     }
 }
