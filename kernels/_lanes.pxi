@@ -421,6 +421,23 @@ cdef void _ln_finite(const floating* x, Py_ssize_t rows, double* out, Py_ssize_t
             out[q] += <double>x[row * GROUP + q] * 0.0
 
 
+cdef void _ln_costs(const LaneNet* net, const floating* Pl, const double* hyp, Py_ssize_t hcols, Py_ssize_t g,
+                    Py_ssize_t m, LaneState* st) noexcept nogil:
+    """The first ``g`` lanes' summed losses over ``m`` examples (``st.cost``) turned into costs in place:
+    ``J = sum / m + lambda / (2 m) sum ||W||^2`` (``hyp``: their rows); the weights' squares summed
+    only when a lane has an L2 term."""
+    cdef Py_ssize_t q
+    cdef bint any_l2 = False
+    for q in range(g):
+        any_l2 = any_l2 or hyp[q * hcols + LH_L2] != 0.0
+    if any_l2:
+        _ln_sumsq(Pl, net.n_decay, st.sq, net.lanes)
+    for q in range(g):
+        st.cost[q] = st.cost[q] / m
+        if hyp[q * hcols + LH_L2] != 0.0:
+            st.cost[q] += hyp[q * hcols + LH_L2] / (2.0 * m) * st.sq[q]
+
+
 cdef void _ln_update(const LaneNet* net, floating* Pl, const floating* Gl, floating* S1l, floating* S2l,
                      const floating* C, const LaneState* st) noexcept nogil:
     """Every lane's optimiser step; the decayed rows (``< n_decay``) where the lane's L2 is not 0.
@@ -467,7 +484,7 @@ cdef void _ln_group(const LaneNet* net, Py_ssize_t g0, Py_ssize_t g1, const floa
     cdef Py_ssize_t q, kk, row, ei, epoch, step, s, nb, t, c0, cb, n_alive, g = g1 - g0
     cdef const int64_t* order
     cdef const double* h
-    cdef double cost, l2
+    cdef double cost
     for q in range(nq):
         kk = g0 + q if q < g else g0
         for row in range(n_params):
@@ -509,13 +526,9 @@ cdef void _ln_group(const LaneNet* net, Py_ssize_t g0, Py_ssize_t g1, const floa
                 _ln_forward(net, Pl, acts, X, Y, order, ids, s + c0, cb, &st)
                 _ln_backward(net, Pl, Gl, acts, X, Y, order, s + c0, cb, <floating>nb, sums, c0 == 0, c0 + cb == nb)
                 c0 += cb
-            _ln_sumsq(Pl, net.n_decay, st.sq, nq)
+            _ln_costs(net, Pl, hyp + g0 * hcols, hcols, g, nb, &st)
             for q in range(g):
-                l2 = hyp[(g0 + q) * hcols + LH_L2]
-                cost = st.cost[q] / nb
-                if l2 != 0.0:
-                    cost += l2 / (2.0 * nb) * st.sq[q]
-                st.cost[q] = cost
+                cost = st.cost[q]
                 if st.alive[q] and not (cost - cost == 0.0):
                     st.alive[q] = 0
                     _ln_stop(status, g0 + q, LS_COST, epoch, step)
@@ -555,16 +568,11 @@ cdef void _ln_group(const LaneNet* net, Py_ssize_t g0, Py_ssize_t g1, const floa
         while s < md:
             _ln_forward(net, Pl, acts, Xd, Yd, dorder, idsd, s, net.CB if md - s > net.CB else md - s, &st)
             s += net.CB
-        _ln_sumsq(Pl, net.n_decay, st.sq, nq)
+        _ln_costs(net, Pl, hyp + g0 * hcols, hcols, g, md, &st)
         for q in range(g):
-            if not st.alive[q]:
-                continue
-            l2 = hyp[(g0 + q) * hcols + LH_L2]
-            cost = st.cost[q] / md
-            if l2 != 0.0:
-                cost += l2 / (2.0 * md) * st.sq[q]
-            out[(ei * K + g0 + q) * 4 + 2] = cost
-            out[(ei * K + g0 + q) * 4 + 3] = <double>st.correct[q]
+            if st.alive[q]:
+                out[(ei * K + g0 + q) * 4 + 2] = st.cost[q]
+                out[(ei * K + g0 + q) * 4 + 3] = <double>st.correct[q]
     for q in range(g):
         kk = g0 + q
         for row in range(n_params):

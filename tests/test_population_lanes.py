@@ -155,8 +155,7 @@ def test_a_work_buffer_too_small_is_refused():
     pop = fn.Population(_layers(), input_dim=3, configs=[{}], batch_size=32, epochs=1)
     data = pop._data(X, y, None)
     real = pop._work
-    monkey = lambda n, size, on: tuple(a[:, : a.shape[1] // 2] for a in real(n, size, on))  # noqa: E731
-    pop._work = monkey
+    pop._work = lambda *args: tuple(a[:, : a.shape[1] // 2] for a in real(*args))
     with pytest.raises(ValueError, match="work: .* values per worker"):
         pop._run(data, 0, 1, pop.histories, lanes=True)
 

@@ -249,8 +249,7 @@ class Population:
         self._templates = {}
         for _, keep, mseed in self._specs:
             if (keep, mseed) not in self._templates:
-                self._templates[keep, mseed] = Sequential(_with_keep_prob(layers, keep), input_dim=input_dim,
-                                                          seed=mseed, dtype=dtype)
+                self._templates[keep, mseed] = self._model(0.0, keep, mseed)
         self._models = None
         first = self._template(0)
         plan = first.plan()
@@ -271,6 +270,11 @@ class Population:
         self.diverged = [None] * K
         self._layout = None
 
+    def _model(self, l2, keep, mseed):
+        """A model of the population's layers with that L2, Dropout keep_prob and seed, in its initial state."""
+        return Sequential(_with_keep_prob(self.layers, keep), input_dim=self.input_dim, l2=l2, seed=mseed,
+                          dtype=self.dtype)
+
     def _template(self, k):
         """The model built for model ``k``'s keep_prob and seed (its initial state, its nodes)."""
         _, keep, mseed = self._specs[k]
@@ -282,9 +286,8 @@ class Population:
         built on first access."""
         if self._models is None:
             models = []
-            for k, (l2, keep, mseed) in enumerate(self._specs):
-                mdl = Sequential(_with_keep_prob(self.layers, keep), input_dim=self.input_dim, l2=l2, seed=mseed,
-                                 dtype=self.dtype)
+            for k, spec in enumerate(self._specs):
+                mdl = self._model(*spec)
                 mdl._params[...] = self._P[k]
                 mdl._stats[...] = self._R[k]
                 models.append(mdl)
@@ -508,7 +511,7 @@ class Population:
         args = (self._net, at, info, (X, Y, data["ids"], self._orders(m, B, e0, e1)), data["dev"],
                 (self._P, self._G, self._S1, self._S2, self._R), self._hyp, self._keys,
                 self._bias_corrections(self._t, E * n_steps),
-                self._work(max(n_workers, 1), int(info[_engine.WS_SIZE]), lanes), out, status)
+                self._work(max(n_workers, 1), int(info[_engine.WS_SIZE]), lanes, B), out, status)
         kernel = _lanes.fit_lanes if lanes else _engine.fit_chunk
         t0 = time.perf_counter()
         # the model-by-model kernel's BLAS products run on its own threads; the lanes call no BLAS (and setting
@@ -524,12 +527,11 @@ class Population:
         self._record(data, e0, out, status, histories, elapsed)
         self._sync_models()
 
-    def _work(self, n_workers, ws_size, lanes):
+    def _work(self, n_workers, ws_size, lanes, B):
         """The chunk kernel's ``work``: per worker, the workspace of :func:`~fusednet.kernels._population.layout`
-        or the lane buffers (:func:`~fusednet.kernels._population_lanes.lane_rows`)."""
+        or the lane buffers for batches of ``B`` rows (:func:`~fusednet.kernels._population_lanes.lane_rows`)."""
         if not lanes:
             return _engine.scratch(n_workers, ws_size, self.dtype)
-        B = self._layout[0][0]
         rows = _lanes.lane_rows(self._net, self._P.shape[1], self._S1.shape[1], self._S2.shape[1], B)
         return np.zeros((n_workers, rows * _lanes.V), self.dtype), np.zeros((n_workers, _lanes.lane_sums(self._net)))
 
