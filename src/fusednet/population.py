@@ -54,6 +54,7 @@ from .history import History
 from .kernels import _blas, _codes
 from .kernels import _population as _engine
 from .kernels import _population_lanes as _lanes
+from .kernels._memory import LINE, zeros_aligned
 from .layers import Activation, Dense, Dropout, Layer
 from .model import Sequential, _DropoutNode, as_2d
 from .model import _inputs as _model_inputs
@@ -77,6 +78,8 @@ PARALLEL_FLOPS = 50_000_000
 #: up one chunk, not half of the population).  Fewer models per chunk balance better; more make the first
 #: layer's product over the chunk wider (benchmarks/test_bench_population.py, digits: 4 per chunk)
 CHUNK_MODELS = 4
+#: bytes between two workers' lane buffers: two cache lines (a line's neighbour is fetched with it)
+_PAD = 2 * LINE
 
 
 def _optimizer_class(optimizer):
@@ -533,7 +536,9 @@ class Population:
         if not lanes:
             return _engine.scratch(n_workers, ws_size, self.dtype)
         rows = _lanes.lane_rows(self._net, self._P.shape[1], self._S1.shape[1], self._S2.shape[1], B)
-        return np.zeros((n_workers, rows * _lanes.V), self.dtype), np.zeros((n_workers, _lanes.lane_sums(self._net)))
+        lw = zeros_aligned((n_workers, rows * _lanes.V + _PAD // self.dtype.itemsize), self.dtype)
+        sums = zeros_aligned((n_workers, _lanes.lane_sums(self._net) + _PAD // 8))
+        return lw, sums
 
     def _record(self, data, e0, out, status, histories, elapsed):
         """Append each model's epochs of ``out`` to ``histories`` (replaced by extended copies) and note

@@ -77,7 +77,10 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
 
-from . import _numba_cache  # noqa: F401  (a writable cache directory, before the first decorator)
+from . import (
+    _numba_cache,  # noqa: F401  (a writable cache directory, before the first decorator)
+    _placement,
+)
 from ._codes import (
     ACTIVATION,
     BATCHNORM,
@@ -962,7 +965,8 @@ def fit_team(bounds, n_workers, net, at, info, data, dev, arenas, hyp, keys, bc,
     Plain threads, not a ``prange``: a parallel kernel around the chunk kernel
     compiled it a second time into its own module (about 20 s a dtype here),
     and Python threads also run in a forked child, where an OpenMP team cannot
-    start.  If this thread is interrupted (or a worker raises), no chunk is
+    start.  Each thread keeps a CPU of its own while it works (:class:`._placement.Team`).  If
+    this thread is interrupted (or a worker raises), no chunk is
     started after that; the workers finish the chunks they hold before the
     error propagates, so no thread writes the arenas after the call returns.
     """
@@ -982,21 +986,27 @@ def fit_team(bounds, n_workers, net, at, info, data, dev, arenas, hyp, keys, bc,
 
     def guarded(w):
         try:
+            team.settle()
             worker(w)
         except BaseException as exc:  # noqa: BLE001  (re-raised by the calling thread)
             state["stop"] = True
             errors.append(exc)
+        finally:
+            team.release()
 
+    team = _placement.Team()
     threads = [threading.Thread(target=guarded, args=(w,), daemon=True) for w in range(1, n_workers)]
     try:
         for t in threads:
             t.start()
+        team.settle()
         worker(0)
     finally:
         state["stop"] = True
         for t in threads:
             if t.ident is not None:
                 t.join()
+        team.release()
     if errors:
         raise errors[0]
 
