@@ -88,3 +88,27 @@ def test_a_population_on_the_team_gives_the_caller_its_cpus_back_and_equals_one_
     assert os.sched_getaffinity(0) == before
     for a, b in zip(alone.models, team.models):
         np.testing.assert_array_equal(a._params, b._params)
+
+
+def test_a_team_left_without_a_run_stops_its_threads():
+    with engine.Team(3) as team:
+        threads = list(team._threads)
+    assert len(threads) == 2 and not any(t.is_alive() for t in threads)
+
+
+def test_an_error_in_a_chunk_reaches_the_caller_after_every_thread_stopped():
+    ran = []
+
+    def chunk(k0, k1, w, *args):
+        ran.append(int(k0))
+        if k0 == 1:
+            raise ValueError("chunk 1")
+
+    before = os.sched_getaffinity(0)
+    team = engine.Team(2)
+    with pytest.raises(ValueError, match="chunk 1"):
+        with team:
+            team.run(np.arange(9, dtype=np.int64), *([None] * 12), chunk=chunk)
+    assert not any(t.is_alive() for t in team._threads)
+    assert 1 in ran and len(ran) < 8  # no chunk started after the error
+    assert os.sched_getaffinity(0) == before

@@ -487,7 +487,7 @@ class Population:
         """
         if e1 <= e0:
             return
-        X, Y, m, B = data["X"], data["Y"], data["X"].shape[0], data["B"]
+        m, B = data["X"].shape[0], data["B"]
         K = len(self)
         n_steps = -(-m // B)
         E = e1 - e0
@@ -496,7 +496,29 @@ class Population:
         lanes = _lanes.eligible(self._net, B) if lanes is None else bool(lanes)
         bounds, n_workers = self._chunks(6 * m * weights * E * K if team is None else 0 if not team else math.inf,
                                          lanes)
-        chunk = int(np.max(np.diff(bounds)))
+        # the team's threads start now and find their CPUs while this thread prepares the call
+        with _engine.Team(n_workers) if n_workers else contextlib.nullcontext() as workers:
+            args = self._call_args(data, e0, e1, int(np.max(np.diff(bounds))), max(n_workers, 1), lanes)
+            kernel = _lanes.fit_lanes if lanes else _engine.fit_chunk
+            t0 = time.perf_counter()
+            # the model-by-model kernel's BLAS products run on its own threads; the lanes call no BLAS (and
+            # setting BLAS's thread count back wakes its threads, which then spin beside the team)
+            blas = contextlib.nullcontext() if lanes else _blas.single_threaded()
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"), blas:
+                if workers is None:
+                    kernel(0, K, 0, *args)
+                else:
+                    workers.run(bounds, *args, chunk=kernel)
+        elapsed = (time.perf_counter() - t0) / E
+        self._t += E * n_steps
+        self._record(data, e0, args[-2], args[-1], histories, elapsed)
+        self._sync_models()
+
+    def _call_args(self, data, e0, e1, chunk, n_workers, lanes):
+        """The chunk kernel's arguments after the worker index for epochs ``e0 .. e1 - 1``: chunks of up to
+        ``chunk`` models, ``n_workers`` work rows; ``out`` and ``status`` (the last two) fresh."""
+        X, Y, m, B = data["X"], data["Y"], data["X"].shape[0], data["B"]
+        K, E, n_steps = len(self), e1 - e0, -(-m // B)
         if self._layout is None or self._layout[0] != (B, chunk):
             at, info = _engine.layout(self._net, chunk, B, self._P.shape[1])
             self._layout = ((B, chunk), at, info)
@@ -511,24 +533,10 @@ class Population:
             if div is not None:
                 status[k, 0] = -1  # stopped in an earlier call
         out = np.zeros((E, K, 4), np.float64)
-        args = (self._net, at, info, (X, Y, data["ids"], self._orders(m, B, e0, e1)), data["dev"],
+        return (self._net, at, info, (X, Y, data["ids"], self._orders(m, B, e0, e1)), data["dev"],
                 (self._P, self._G, self._S1, self._S2, self._R), self._hyp, self._keys,
                 self._bias_corrections(self._t, E * n_steps),
-                self._work(max(n_workers, 1), int(info[_engine.WS_SIZE]), lanes, B), out, status)
-        kernel = _lanes.fit_lanes if lanes else _engine.fit_chunk
-        t0 = time.perf_counter()
-        # the model-by-model kernel's BLAS products run on its own threads; the lanes call no BLAS (and setting
-        # BLAS's thread count back wakes its threads, which then spin beside the team)
-        blas = contextlib.nullcontext() if lanes else _blas.single_threaded()
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"), blas:
-            if n_workers == 0:
-                kernel(0, K, 0, *args)
-            else:
-                _engine.fit_team(bounds, n_workers, *args, chunk=kernel)
-        elapsed = (time.perf_counter() - t0) / E
-        self._t += E * n_steps
-        self._record(data, e0, out, status, histories, elapsed)
-        self._sync_models()
+                self._work(n_workers, int(info[_engine.WS_SIZE]), lanes, B), out, status)
 
     def _work(self, n_workers, ws_size, lanes, B):
         """The chunk kernel's ``work``: per worker, the workspace of :func:`~fusednet.kernels._population.layout`

@@ -949,66 +949,92 @@ def fit_chunk(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, 
             out[ei, kk, DEV_CORRECT] = correct
 
 
-def fit_team(bounds, n_workers, net, at, info, data, dev, arenas, hyp, keys, bc, work, out, status, chunk=fit_chunk):
-    """``chunk`` (:func:`fit_chunk`, or a kernel of its signature) over the chunks of models
-    ``bounds[c] .. bounds[c + 1] - 1`` on ``n_workers`` threads.
+class Team:
+    """A team of threads for the chunk kernels: ``n_workers - 1`` threads started here, and the calling
+    thread when it calls :meth:`run`.
 
-    bounds int64 (n_chunks + 1,), increasing from 0 to K; the other arguments
-    are :func:`fit_chunk`'s, ``work`` with at least ``n_workers`` rows (one per
-    worker).  This thread and ``n_workers - 1`` threads started here each take
-    the next chunk when they have finished one, so a thread the system
-    deschedules holds up one chunk, not its fixed share of the population.
-    The chunk kernel releases the GIL; a chunk runs every epoch and step of
-    the call, milliseconds at least, so starting the threads costs nothing
-    that shows.
+    The threads start at once and each finds a CPU of its own (:class:`._placement.Team`) while the
+    calling thread prepares the call's arguments: where the system has put an idle CPU to sleep,
+    waking it takes milliseconds.  Then they wait for :meth:`run`.  Use as a context manager: leaving
+    it stops the threads that ran no chunk and gives every thread its CPUs back.
 
     Plain threads, not a ``prange``: a parallel kernel around the chunk kernel
     compiled it a second time into its own module (about 20 s a dtype here),
     and Python threads also run in a forked child, where an OpenMP team cannot
-    start.  Each thread keeps a CPU of its own while it works (:class:`._placement.Team`).  If
-    this thread is interrupted (or a worker raises), no chunk is
-    started after that; the workers finish the chunks they hold before the
-    error propagates, so no thread writes the arenas after the call returns.
+    start.
     """
-    n_chunks = bounds.size - 1
-    lock = threading.Lock()
-    state = {"next": 0, "stop": False}
-    errors = []
 
-    def worker(w):
-        while True:
-            with lock:
-                c = state["next"]
-                state["next"] += 1
-                if state["stop"] or c >= n_chunks:
-                    return
-            chunk(bounds[c], bounds[c + 1], w, net, at, info, data, dev, arenas, hyp, keys, bc, work, out, status)
-
-    def guarded(w):
-        try:
-            team.settle()
-            worker(w)
-        except BaseException as exc:  # noqa: BLE001  (re-raised by the calling thread)
-            state["stop"] = True
-            errors.append(exc)
-        finally:
-            team.release()
-
-    team = _placement.Team()
-    threads = [threading.Thread(target=guarded, args=(w,), daemon=True) for w in range(1, n_workers)]
-    try:
-        for t in threads:
+    def __init__(self, n_workers):
+        self._cpus = _placement.Team()
+        self._go = threading.Event()
+        self._lock = threading.Lock()
+        self._job = None
+        self._next = 0
+        self._stop = False
+        self._errors = []
+        self._threads = [threading.Thread(target=self._guarded, args=(w,), daemon=True) for w in range(1, n_workers)]
+        for t in self._threads:
             t.start()
-        team.settle()
-        worker(0)
-    finally:
-        state["stop"] = True
-        for t in threads:
-            if t.ident is not None:
-                t.join()
-        team.release()
-    if errors:
-        raise errors[0]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._stop = True
+        self._go.set()
+        for t in self._threads:
+            t.join()
+
+    def run(self, bounds, *args, chunk=fit_chunk):
+        """``chunk`` (:func:`fit_chunk`, or a kernel of its signature) over the chunks of models
+        ``bounds[c] .. bounds[c + 1] - 1``, once.
+
+        bounds int64 (n_chunks + 1,), increasing from 0 to K; ``args`` are :func:`fit_chunk`'s after
+        the worker index, ``work`` with a row per thread.  Each thread takes the next chunk when it
+        has finished one, so a thread the system deschedules holds up one chunk, not its fixed share
+        of the population.  If this thread is interrupted (or a worker raises), no chunk is started
+        after that; the workers finish the chunks they hold before the error propagates, so no thread
+        writes the arenas after the call returns.
+        """
+        self._job = (bounds, args, chunk)
+        self._go.set()
+        try:
+            self._cpus.settle()
+            self._work(0)
+        finally:
+            self.__exit__()
+            self._cpus.release()
+        if self._errors:
+            raise self._errors[0]
+
+    def _work(self, w):
+        bounds, args, chunk = self._job
+        while True:
+            with self._lock:
+                c = self._next
+                self._next += 1
+                if self._stop or c >= bounds.size - 1:
+                    return
+            chunk(bounds[c], bounds[c + 1], w, *args)
+
+    def _guarded(self, w):
+        try:
+            self._cpus.settle()
+            self._go.wait()
+            if not self._stop:
+                self._work(w)
+        except BaseException as exc:  # noqa: BLE001  (re-raised by the calling thread)
+            self._stop = True
+            self._errors.append(exc)
+        finally:
+            self._cpus.release()
+
+
+def fit_team(bounds, n_workers, net, at, info, data, dev, arenas, hyp, keys, bc, work, out, status, chunk=fit_chunk):
+    """``chunk`` over the chunks of models ``bounds[c] .. bounds[c + 1] - 1`` on ``n_workers`` threads
+    (:meth:`Team.run`); the arguments are :func:`fit_chunk`'s."""
+    with Team(n_workers) as team:
+        team.run(bounds, net, at, info, data, dev, arenas, hyp, keys, bc, work, out, status, chunk=chunk)
 
 
 def scratch(n_workers, ws_size, dtype):
