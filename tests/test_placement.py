@@ -112,3 +112,26 @@ def test_an_error_in_a_chunk_reaches_the_caller_after_every_thread_stopped():
     assert not any(t.is_alive() for t in team._threads)
     assert 1 in ran and len(ran) < 8  # no chunk started after the error
     assert os.sched_getaffinity(0) == before
+
+
+def test_a_team_runs_each_chunk_s_epochs_in_order_in_slices():
+    info = np.zeros(32, np.int64)
+    info[engine.N_EPOCHS], info[engine.N_STEPS] = 10, 3
+    perm, table, out = np.arange(10)[:, None], np.arange(30)[:, None], np.arange(10)[:, None]
+    args = [None, None, info, (None, None, None, perm), None, None, None, None, (table, None), None, out, None]
+    ran = []
+    lock = threading.Lock()
+
+    def chunk(k0, k1, w, net, at, part, data, dev, arenas, hyp, keys, bc, work, part_out, status):
+        e0, n = int(part[engine.EPOCH0]), int(part[engine.N_EPOCHS])
+        assert data[3][:, 0].tolist() == part_out[:, 0].tolist() == list(range(e0, e0 + n))
+        assert bc[0][:, 0].tolist() == list(range(3 * e0, 3 * (e0 + n)))
+        with lock:
+            ran.append((int(k0), e0, n))
+
+    with engine.Team(2) as team:
+        team.run(np.array([0, 4, 8, 9], np.int64), *args, chunk=chunk, slices=4)
+    for k0 in (0, 4, 8):
+        mine = [(e0, n) for k, e0, n in ran if k == k0]
+        assert mine == [(0, 2), (2, 3), (5, 2), (7, 3)]  # in order, each epoch once
+    assert len(ran) == 12

@@ -78,6 +78,10 @@ PARALLEL_FLOPS = 50_000_000
 #: up one chunk, not half of the population).  Fewer models per chunk balance better; more make the first
 #: layer's product over the chunk wider (benchmarks/test_bench_population.py, digits: 4 per chunk)
 CHUNK_MODELS = 4
+#: calls a team's work is cut into (each chunk's epochs in ``SLICES // chunks`` calls, at least one), so
+#: that a thread that starts late takes over part of the work instead of holding up its chunk
+#: (benchmarks/test_bench_population.py, moons: 2 chunks, 8 calls each)
+SLICES = 16
 #: bytes between two workers' lane buffers: two cache lines (a line's neighbour is fetched with it)
 _PAD = 2 * LINE
 
@@ -508,7 +512,7 @@ class Population:
                 if workers is None:
                     kernel(0, K, 0, *args)
                 else:
-                    workers.run(bounds, *args, chunk=kernel)
+                    workers.run(bounds, *args, chunk=kernel, slices=max(1, SLICES // (bounds.size - 1)))
         elapsed = (time.perf_counter() - t0) / E
         self._t += E * n_steps
         self._record(data, e0, args[-2], args[-1], histories, elapsed)

@@ -967,9 +967,8 @@ class Team:
     def __init__(self, n_workers):
         self._cpus = _placement.Team()
         self._go = threading.Event()
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._job = None
-        self._next = 0
         self._stop = False
         self._errors = []
         self._threads = [threading.Thread(target=self._guarded, args=(w,), daemon=True) for w in range(1, n_workers)]
@@ -982,21 +981,30 @@ class Team:
     def __exit__(self, *exc):
         self._stop = True
         self._go.set()
+        with self._cond:
+            self._cond.notify_all()
         for t in self._threads:
             t.join()
 
-    def run(self, bounds, *args, chunk=fit_chunk):
+    def run(self, bounds, *args, chunk=fit_chunk, slices=1):
         """``chunk`` (:func:`fit_chunk`, or a kernel of its signature) over the chunks of models
         ``bounds[c] .. bounds[c + 1] - 1``, once.
 
         bounds int64 (n_chunks + 1,), increasing from 0 to K; ``args`` are :func:`fit_chunk`'s after
-        the worker index, ``work`` with a row per thread.  Each thread takes the next chunk when it
-        has finished one, so a thread the system deschedules holds up one chunk, not its fixed share
-        of the population.  If this thread is interrupted (or a worker raises), no chunk is started
-        after that; the workers finish the chunks they hold before the error propagates, so no thread
-        writes the arenas after the call returns.
+        the worker index, ``work`` with a row per thread.  With ``slices`` > 1 each chunk's epochs are
+        cut into that many calls (:func:`epochs_of`), run in order; a thread takes the slice of the
+        chunk that is furthest behind and not running, so a thread that starts late (or is
+        descheduled) holds up one slice, not its share of the population.  If this thread is
+        interrupted (or a worker raises), no slice is started after that; the workers finish the
+        slices they hold before the error propagates, so no thread writes the arenas after the call
+        returns.
         """
-        self._job = (bounds, args, chunk)
+        n_epochs = int(args[2][N_EPOCHS]) if slices > 1 else 1
+        slices = max(1, min(int(slices), n_epochs))
+        cuts = [n_epochs * j // slices for j in range(slices + 1)]
+        self._job = (bounds, args, chunk, cuts)
+        self._done = [0] * (bounds.size - 1)
+        self._running = [False] * (bounds.size - 1)
         self._go.set()
         try:
             self._cpus.settle()
@@ -1007,15 +1015,40 @@ class Team:
         if self._errors:
             raise self._errors[0]
 
+    def _take(self):
+        """The next ``(chunk, slice)`` to run (marked running), or None when there is none left; waits
+        while every chunk left is running on another thread."""
+        n_slices = len(self._job[3]) - 1
+        with self._cond:
+            while not self._stop:
+                free = [c for c, d in enumerate(self._done) if d < n_slices and not self._running[c]]
+                if free:
+                    c = min(free, key=lambda c: self._done[c])  # the furthest behind, the first of those
+                    self._running[c] = True
+                    return c, self._done[c]
+                if all(d == n_slices for d in self._done):
+                    return None
+                self._cond.wait()
+            return None
+
     def _work(self, w):
-        bounds, args, chunk = self._job
+        bounds, args, chunk, cuts = self._job
         while True:
-            with self._lock:
-                c = self._next
-                self._next += 1
-                if self._stop or c >= bounds.size - 1:
-                    return
-            chunk(bounds[c], bounds[c + 1], w, *args)
+            task = self._take()
+            if task is None:
+                return
+            c, j = task
+            try:
+                part = args if len(cuts) == 2 else epochs_of(args, cuts[j], cuts[j + 1])
+                chunk(bounds[c], bounds[c + 1], w, *part)
+            except BaseException:
+                self._stop = True
+                raise
+            finally:
+                with self._cond:
+                    self._running[c] = False
+                    self._done[c] += 1
+                    self._cond.notify_all()
 
     def _guarded(self, w):
         try:
@@ -1028,6 +1061,22 @@ class Team:
             self._errors.append(exc)
         finally:
             self._cpus.release()
+
+
+def epochs_of(args, a, b):
+    """:func:`fit_chunk`'s arguments (after the worker index) for epochs ``a .. b - 1`` of the call that
+    ``args`` describe: the same arrays, their rows of those epochs (``perm``, the bias corrections'
+    table, ``out``) and a copy of ``info`` with ``EPOCH0`` and ``N_EPOCHS`` moved.  The kernels keep
+    nothing between calls but the arenas, so two calls over consecutive epochs train as one."""
+    net, at, info, data, dev, arenas, hyp, keys, bc, work, out, status = args
+    n_steps = int(info[N_STEPS])
+    part = info.copy()
+    part[EPOCH0] += a
+    part[N_EPOCHS] = b - a
+    X, Y, ids, perm = data
+    table, cols = bc
+    return (net, at, part, (X, Y, ids, perm[a:b]), dev, arenas, hyp, keys,
+            (table[a * n_steps:b * n_steps], cols), work, out[a:b], status)
 
 
 def fit_team(bounds, n_workers, net, at, info, data, dev, arenas, hyp, keys, bc, work, out, status, chunk=fit_chunk):
