@@ -260,3 +260,4 @@ include "_parity.pxi"       # point functions element-wise, for the parity tests
 include "_step.pxi"         # the one-call step and its typed plan (fusednet._fused)
 include "_products.pxi"     # the step's own float32 products, for their tests
 include "_lanes.pxi"        # the population engine by lanes (fusednet.kernels._population_lanes)
+include "_population_steps.pxi"  # the population engine by the step (fusednet.kernels._population_steps)

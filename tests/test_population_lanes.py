@@ -37,10 +37,12 @@ def _configs(base, K):
 
 def _fit(layers, cfgs, X, y, dev, *, lanes_on=None, team=None, dtype="float64", optimizer="adam", batch_size=32,
          epochs=3):
-    """A population's fit on the engine asked for (``lanes_on``: None by the net, True or False)."""
+    """A population's fit on the engine asked for (``lanes_on``: None by the net, True, or False: the Numba
+    engine)."""
     pop = fn.Population(layers, input_dim=X.shape[1], configs=cfgs, optimizer=optimizer, batch_size=batch_size,
                         epochs=epochs, seed=5, dtype=dtype)
-    pop._run(pop._data(X, y, dev), 0, epochs, pop.histories, team=team, lanes=lanes_on)
+    pop._run(pop._data(X, y, dev), 0, epochs, pop.histories, team=team, lanes=lanes_on,
+             steps=False if lanes_on is False else None)
     return pop
 
 

@@ -46,6 +46,7 @@ import time
 
 import numpy as np
 
+from . import _population_steps as _steps
 from . import kernels as _kernels
 from . import optim as _optim
 from ._fused import FAILED
@@ -481,13 +482,15 @@ class Population:
         n_chunks = min(K, max(n, -(-K // CHUNK_MODELS)))
         return np.array([(K * c) // n_chunks for c in range(n_chunks + 1)], np.int64), n
 
-    def _run(self, data, e0, e1, histories, team=None, lanes=None):
+    def _run(self, data, e0, e1, histories, team=None, lanes=None, steps=None):
         """Epochs ``e0 .. e1 - 1`` of every model still training; appends to ``histories``.
 
         ``team``: None, the calling thread or a team by the size of the work (:meth:`_chunks`); False, the
         calling thread; True, the team's kernel (with one worker per thread).  ``lanes``: None, the
         models side by side in vector lanes when the net allows it
-        (:func:`~fusednet.kernels._population_lanes.eligible`); False, model by model.
+        (:func:`~fusednet.kernels._population_lanes.eligible`); False, model by model.  ``steps`` (model
+        by model): None, by the trainer's step when the net allows it (:func:`._population_steps.why_not`);
+        False, by the Numba engine.
         """
         if e1 <= e0:
             return
@@ -498,12 +501,14 @@ class Population:
         dense = self._net["op"] == _codes.DENSE
         weights = int(np.sum(self._net["n_in"][dense] * self._net["n_out"][dense]))
         lanes = _lanes.eligible(self._net, B) if lanes is None else bool(lanes)
+        steps = (not lanes and (steps is None or steps) and _steps.why_not(self, B) is None)
         bounds, n_workers = self._chunks(6 * m * weights * E * K if team is None else 0 if not team else math.inf,
                                          lanes)
         # the team's threads start now and find their CPUs while this thread prepares the call
         with _engine.Team(n_workers) if n_workers else contextlib.nullcontext() as workers:
-            args = self._call_args(data, e0, e1, int(np.max(np.diff(bounds))), max(n_workers, 1), lanes)
-            kernel = _lanes.fit_lanes if lanes else _engine.fit_chunk
+            args, steps = self._call_args(data, e0, e1, int(np.max(np.diff(bounds))), max(n_workers, 1), lanes,
+                                          steps)
+            kernel = _lanes.fit_lanes if lanes else _steps.fit_steps if steps else _engine.fit_chunk
             t0 = time.perf_counter()
             # the model-by-model kernel's BLAS products run on its own threads; the lanes call no BLAS (and
             # setting BLAS's thread count back wakes its threads, which then spin beside the team)
@@ -518,9 +523,10 @@ class Population:
         self._record(data, e0, args[-2], args[-1], histories, elapsed)
         self._sync_models()
 
-    def _call_args(self, data, e0, e1, chunk, n_workers, lanes):
-        """The chunk kernel's arguments after the worker index for epochs ``e0 .. e1 - 1``: chunks of up to
-        ``chunk`` models, ``n_workers`` work rows; ``out`` and ``status`` (the last two) fresh."""
+    def _call_args(self, data, e0, e1, chunk, n_workers, lanes, steps):
+        """``(args, steps)``: the chunk kernel's arguments after the worker index for epochs ``e0 .. e1 - 1``
+        (chunks of up to ``chunk`` models, ``n_workers`` work rows; ``out`` and ``status``, the last two,
+        fresh), and whether they are the step engine's (``steps`` and the net not narrow)."""
         X, Y, m, B = data["X"], data["Y"], data["X"].shape[0], data["B"]
         K, E, n_steps = len(self), e1 - e0, -(-m // B)
         if self._layout is None or self._layout[0] != (B, chunk):
@@ -537,10 +543,13 @@ class Population:
             if div is not None:
                 status[k, 0] = -1  # stopped in an earlier call
         out = np.zeros((E, K, 4), np.float64)
+        work = _steps.work(self, n_workers, B, e0) if steps else None
+        steps = work is not None
+        if not steps:
+            work = self._work(n_workers, int(info[_engine.WS_SIZE]), lanes, B)
         return (self._net, at, info, (X, Y, data["ids"], self._orders(m, B, e0, e1)), data["dev"],
                 (self._P, self._G, self._S1, self._S2, self._R), self._hyp, self._keys,
-                self._bias_corrections(self._t, E * n_steps),
-                self._work(n_workers, int(info[_engine.WS_SIZE]), lanes, B), out, status)
+                self._bias_corrections(self._t, E * n_steps), work, out, status), steps
 
     def _work(self, n_workers, ws_size, lanes, B):
         """The chunk kernel's ``work``: per worker, the workspace of :func:`~fusednet.kernels._population.layout`
