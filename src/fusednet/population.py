@@ -11,7 +11,10 @@ for all the models in one pass over it, and the K optimiser updates run over
 one ``(K, n_params)`` arena.  A net of Dense layers small enough to stay off
 BLAS (the course's moons and planar nets) runs on the extension's lanes
 engine instead (:mod:`fusednet.kernels._population_lanes`): 16 models side by
-side, one per lane of every vector, with subnormal values counted as 0.
+side, one per lane of every vector, with subnormal values counted as 0.  A
+larger net of Dense layers only (the digits net, 64-64-10) runs model by model
+on the trainer's own compiled step (:mod:`fusednet._population_steps`): each
+worker thread's step pointed at each of its models in turn.
 
 Model ``k`` is exactly the model :class:`~fusednet.Trainer` would give::
 
@@ -23,7 +26,8 @@ Model ``k`` is exactly the model :class:`~fusednet.Trainer` would give::
 the same formulas on the same mini-batches, with the same dropout masks
 (keyed by the model's seed, as :class:`~fusednet.Sequential` keys them) --
 only the order of the additions inside the products differs, so the results
-agree to rounding: ``tests/test_population.py`` (and, for the lanes,
+agree to rounding (on the trainer's step they are its bits, dev losses aside:
+``tests/test_population_steps.py``): ``tests/test_population.py`` (and, for the lanes,
 ``tests/test_population_lanes.py``) holds the weights, running statistics and
 histories of every optimiser, with dropout, batch norm and L2, within 1e-10
 (relative to the largest weight) of the trainer's in float64 and within 1e-4
