@@ -151,3 +151,17 @@ def test_which_nets_take_the_step_engine():
     narrow = fn.Population([L.Dense(4, activation="tanh"), L.Dense(1, activation="sigmoid")], input_dim=3,
                            configs=[{"lr": 0.01}])
     assert steps.work(narrow, 1, 16, 0) is None  # the step runs it as a narrow net: the Numba engine takes it
+
+
+def test_a_digits_sized_net_takes_the_step_engine_by_itself(monkeypatch):
+    X, y = fn.datasets.digits()
+    X, y = X[:300] / 16.0, y[:300]
+    calls = []
+    kernel = steps.fit_steps
+    monkeypatch.setattr(steps, "fit_steps", lambda *args: calls.append(args[:2]) or kernel(*args))
+    layers = [L.Dense(64, activation="relu"), L.Dense(10, activation="softmax")]
+    cfgs = [{"lr": 0.01, "l2": 0.01}, {"lr": 0.003, "seed": 4}]
+    pop = fn.Population(layers, input_dim=64, configs=cfgs, batch_size=64, epochs=3, seed=5)
+    pop.fit(X, y, dev=(X[:100], y[:100]))
+    assert calls
+    _assert_trainer_fits(pop, fn.optim.Adam, layers, X, y, (X[:100], y[:100]), batch_size=64)
