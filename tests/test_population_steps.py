@@ -165,3 +165,20 @@ def test_a_digits_sized_net_takes_the_step_engine_by_itself(monkeypatch):
     pop.fit(X, y, dev=(X[:100], y[:100]))
     assert calls
     _assert_trainer_fits(pop, fn.optim.Adam, layers, X, y, (X[:100], y[:100]), batch_size=64)
+
+
+def test_the_engine_of_the_last_fit_is_named_with_the_reason():
+    X, y = _data("cce", m=70)
+    cfgs = [{"lr": 0.01}]
+    small = fn.Population([L.Dense(4, activation="relu"), L.Dense(3, activation="softmax")], input_dim=3,
+                          configs=cfgs)
+    assert small.engine is None
+    small.fit(X, y)
+    assert small.engine.startswith("vector lanes")
+    stepped = _fit(_layers("cce"), cfgs, X, y, None, dtype="float32")
+    assert stepped.engine == "the trainer's one-call step, model by model"
+    bn = fn.Population([L.Dense(16), L.BatchNorm(), L.Activation("relu"), L.Dense(3, activation="softmax")],
+                       input_dim=3, configs=cfgs)
+    bn.fit(X, y)
+    assert bn.engine.startswith("model by model (Numba): not the lanes (layers other than Dense)")
+    assert "not the trainer's step (the net has layers other than Dense" in bn.engine

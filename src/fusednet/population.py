@@ -215,6 +215,10 @@ class Population:
         (``what``: "cost", "gradient", "update" or "batch-norm statistics")
         stopped it; its parameters are those from before that step, its
         history ends with the last whole epoch, and the other models go on.
+    engine : str or None
+        Which engine trained the last fit, and why the faster ones did not:
+        the vector lanes, the trainer's one-call step model by model, or the
+        model-by-model Numba engine.
 
     Raises
     ------
@@ -280,6 +284,8 @@ class Population:
         self._t = 0
         self.histories = [History() for _ in range(K)]
         self.diverged = [None] * K
+        #: which engine trained the last fit, and why (None before one)
+        self.engine = None
         self._layout = None
 
     def _model(self, l2, keep, mseed):
@@ -504,8 +510,10 @@ class Population:
         E = e1 - e0
         dense = self._net["op"] == _codes.DENSE
         weights = int(np.sum(self._net["n_in"][dense] * self._net["n_out"][dense]))
-        lanes = _lanes.eligible(self._net, B) if lanes is None else bool(lanes)
-        steps = (not lanes and (steps is None or steps) and _steps.why_not(self, B) is None)
+        why_not_lanes = _lanes.why_not(self._net, B) if lanes is None else None if lanes else "asked for"
+        lanes = why_not_lanes is None
+        why_not_steps = "asked for" if steps is False else None if lanes else _steps.why_not(self, B)
+        steps = not lanes and why_not_steps is None
         bounds, n_workers = self._chunks(6 * m * weights * E * K if team is None else 0 if not team else math.inf,
                                          lanes)
         # the team's threads start now and find their CPUs while this thread prepares the call
@@ -523,6 +531,13 @@ class Population:
                 else:
                     workers.run(bounds, *args, chunk=kernel, slices=max(1, SLICES // (bounds.size - 1)))
         elapsed = (time.perf_counter() - t0) / E
+        if lanes:
+            self.engine = f"vector lanes: {_lanes.V} models side by side, one per lane"
+        elif steps:
+            self.engine = "the trainer's one-call step, model by model"
+        else:
+            self.engine = (f"model by model (Numba): not the lanes ({why_not_lanes}), not the trainer's step "
+                           f"({why_not_steps or 'a narrow net there'})")
         self._t += E * n_steps
         self._record(data, e0, args[-2], args[-1], histories, elapsed)
         self._sync_models()

@@ -59,16 +59,25 @@ def _group():
 V = _group()[0]
 
 
-def eligible(net, batch):
-    """Whether the lanes run this net (``Sequential.plan()["layers"]``) at batches of ``batch`` rows:
-    the extension is built, Dense layers only, at most its ``LANE_LAYERS``, each product below
-    :data:`BLAS_MACS` multiply-adds."""
+def why_not(net, batch):
+    """None when the lanes run this net (``Sequential.plan()["layers"]``) at batches of ``batch`` rows,
+    else the reason: the extension is built, Dense layers only, at most its ``LANE_LAYERS``, each
+    product below :data:`BLAS_MACS` multiply-adds."""
     ck = _extension()
-    if ck is None or not 1 <= net.shape[0] <= ck.lane_layout()[1]:
-        return False
+    if ck is None:
+        return "the extension is not built"
+    if not 1 <= net.shape[0] <= ck.lane_layout()[1]:
+        return f"more than {ck.lane_layout()[1]} layers"
     if not np.all(net["op"] == DENSE):
-        return False
-    return bool(np.all(net["n_in"] * net["n_out"] * batch < BLAS_MACS))
+        return "layers other than Dense"
+    if not np.all(net["n_in"] * net["n_out"] * batch < BLAS_MACS):
+        return f"a product of {BLAS_MACS:,} multiply-adds or more per batch (BLAS_MACS)"
+    return None
+
+
+def eligible(net, batch):
+    """Whether the lanes run this net at batches of ``batch`` rows (:func:`why_not` is None)."""
+    return why_not(net, batch) is None
 
 
 def fit_lanes(k0, k1, c, net, at, info, data, dev, arenas, hyp, keys, bc, work, out, status):
