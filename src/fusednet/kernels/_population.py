@@ -968,7 +968,9 @@ class Team:
         self._cpus = _placement.Team()
         self._go = threading.Event()
         self._cond = threading.Condition()
-        self._job = None
+        self._job = None       # (bounds, args, chunk, the slices' first epochs and the end)
+        self._done = []        # per chunk: its slices run
+        self._running = []     # per chunk: whether a thread runs one of its slices
         self._stop = False
         self._errors = []
         self._threads = [threading.Thread(target=self._guarded, args=(w,), daemon=True) for w in range(1, n_workers)]
