@@ -54,7 +54,7 @@ def test_each_thread_of_a_team_holds_a_cpu_of_its_own_and_gets_the_process_cpus_
         assert after == allowed
 
 
-def test_fit_team_holds_each_thread_on_a_cpu_of_its_own_while_it_works():
+def test_a_team_holds_each_thread_on_a_cpu_of_its_own_while_it_works():
     allowed = os.sched_getaffinity(0)
     both = threading.Barrier(2, timeout=60)  # each thread holds a chunk: neither takes both
     seen = {}
@@ -64,7 +64,8 @@ def test_fit_team_holds_each_thread_on_a_cpu_of_its_own_while_it_works():
         seen[w] = (_placement.current_cpu(), os.sched_getaffinity(0))
         both.wait()
 
-    engine.fit_team(np.array([0, 1, 2], np.int64), 2, *([None] * 12), chunk=chunk)
+    with engine.Team(2) as team:
+        team.run(np.array([0, 1, 2], np.int64), *([None] * 12), chunk=chunk)
     assert sorted(seen) == [0, 1]
     assert os.sched_getaffinity(0) == allowed
     if _placement.current_cpu() >= 0 and len(allowed) >= 2:

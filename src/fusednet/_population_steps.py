@@ -52,9 +52,10 @@ def _plan(pop, batch):
 def work(pop, n_workers, batch, e0):
     """The kernel's ``work`` for a call from epoch ``e0``, or None where the step runs the net as a narrow
     one (a few units: its outputs are not kept for the accuracy)."""
-    plans = [_plan(pop, batch) for _ in range(n_workers)]
-    if plans[0].narrow:
+    first = _plan(pop, batch)
+    if first.narrow:
         return None
+    plans = [first] + [_plan(pop, batch) for _ in range(n_workers - 1)]
     corrected = np.array([2 if c2 else int(c1) for c1, c2 in pop._corrected.tolist()], np.int64)
     return plans, np.full((len(pop), 3), np.inf), np.array([pop._t, e0], np.int64), corrected
 

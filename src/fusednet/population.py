@@ -642,7 +642,7 @@ def warmup(dtypes=("float32", "float64")):
     Its kernels take the same types whatever the layers, optimiser, loss and
     number of models, so one tiny fit per dtype
     (:func:`~fusednet.kernels._population.fit_chunk`) compiles all of it; on a
-    team (:func:`~fusednet.kernels._population.fit_team`) each thread runs the
+    team (:class:`~fusednet.kernels._population.Team`) each thread runs the
     same kernel, so that fit runs on the calling thread and on the team.
     :func:`fusednet.kernels.warmup` (``fusednet warmup``) calls it.
     """

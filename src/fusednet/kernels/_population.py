@@ -24,7 +24,7 @@ loops here.  The element index of a dropout mask is the one of the model's
 trainer.
 
 Threads.  The models are cut into contiguous chunks (:func:`fit_chunk` runs
-one chunk on the calling thread; :func:`fit_team` hands the chunks out
+one chunk on the calling thread; :class:`Team` hands the chunks out
 to a team of threads, the next free thread taking the next chunk); a chunk
 runs every epoch and step of the call for its models, with no
 synchronisation between chunks.  Each model's arithmetic is the same
@@ -1079,13 +1079,6 @@ def epochs_of(args, a, b):
     table, cols = bc
     return (net, at, part, (X, Y, ids, perm[a:b]), dev, arenas, hyp, keys,
             (table[a * n_steps:b * n_steps], cols), work, out[a:b], status)
-
-
-def fit_team(bounds, n_workers, net, at, info, data, dev, arenas, hyp, keys, bc, work, out, status, chunk=fit_chunk):
-    """``chunk`` over the chunks of models ``bounds[c] .. bounds[c + 1] - 1`` on ``n_workers`` threads
-    (:meth:`Team.run`); the arguments are :func:`fit_chunk`'s."""
-    with Team(n_workers) as team:
-        team.run(bounds, net, at, info, data, dev, arenas, hyp, keys, bc, work, out, status, chunk=chunk)
 
 
 def scratch(n_workers, ws_size, dtype):
