@@ -219,6 +219,7 @@ cdef void _ln_loss_row(const LaneNet* net, floating* a, const floating* y, Py_ss
     cdef double d, mx[GROUP]
     cdef double rest[GROUP]
     cdef double lse[GROUP]
+    cdef double scale[GROUP]
     cdef double tot[GROUP]
     cdef int tops[GROUP]
     cdef int best[GROUP]
@@ -241,10 +242,11 @@ cdef void _ln_loss_row(const LaneNet* net, floating* a, const floating* y, Py_ss
             row = a + j * GROUP
             for q in range(nq):
                 d = <double>row[q] - mx[q]
-                rest[q] += vm_exp(d) - (1.0 if d == 0.0 else 0.0)
+                rest[q] += _cce_exp(d) - (1.0 if d == 0.0 else 0.0)
                 tops[q] += 1 if d == 0.0 else 0
         for q in range(nq):
             lse[q] = vm_log1p(rest[q] + <double>(tops[q] - 1))
+            scale[q] = vm_exp(-lse[q])
         for j in range(k):
             row = a + j * GROUP
             for q in range(nq):
@@ -252,7 +254,7 @@ cdef void _ln_loss_row(const LaneNet* net, floating* a, const floating* y, Py_ss
         for j in range(k):
             row = a + j * GROUP
             for q in range(nq):
-                out[q] = <floating>vm_exp(<double>row[q] - mx[q] - lse[q])
+                out[q] = <floating>(_cce_exp(<double>row[q] - mx[q]) * scale[q])
             for q in range(nq):
                 row[q] = out[q]
         for q in range(nq):

@@ -312,16 +312,22 @@ cdef inline double _bce_cost(floating v, floating y) noexcept nogil:
     return vm_bce_logit(<double>v, <double>y)
 
 
+cdef inline double _cce_exp(double d) noexcept nogil:
+    """exp(d) of a logit minus its row's maximum (d <= 0, or NaN: a NaN or +inf logit), NaN kept."""
+    return vm_exp_nonpos(d) if d == d else d
+
+
 cdef double _cce_row(const floating* z, const floating* b, const floating* y, floating* a,
                      Py_ssize_t n, double* t) noexcept nogil:
     """Softmax of one row into a and its cross-entropy, via log-sum-exp in float64.
 
-    Relative to the row's maximum: lse = log1p(rest), rest the sum of exp(z - max) without each
-    maximum's exact 1 (plus the maxima beyond the first), so the cost of a confident right
-    answer keeps its relative precision.  Mirrors fusednet.kernels.reference.loss_forward.
+    Relative to the row's maximum: lse = log1p(rest), rest the sum of e_k = exp(z_k - max)
+    without each maximum's exact 1 (plus the maxima beyond the first), so the cost of a
+    confident right answer keeps its relative precision; A_k = e_k * exp(-lse), one exponential
+    per element and one per row.  Mirrors fusednet.kernels.reference.loss_forward.
     """
     cdef Py_ssize_t k, k0, L, tops = 0
-    cdef double v, d, mx = -INFINITY, s = 0, lse, total = 0
+    cdef double v, d, mx = -INFINITY, s = 0, lse, w, total = 0
     for k in range(n):
         v = <double>(z[k] + b[k])
         mx = v if v > mx else mx
@@ -330,18 +336,19 @@ cdef double _cce_row(const floating* z, const floating* b, const floating* y, fl
         L = TILE if n - k0 > TILE else n - k0
         for k in range(L):
             d = <double>(z[k0 + k] + b[k0 + k]) - mx
-            t[k] = vm_exp(d) - (1.0 if d == 0.0 else 0.0)
+            t[k] = _cce_exp(d) - (1.0 if d == 0.0 else 0.0)
         s += _sum(t, L)
         k0 += L
     for k in range(n):
         if <double>(z[k] + b[k]) == mx:
             tops += 1
     lse = vm_log1p(s + <double>(tops - 1))
+    w = vm_exp(-lse)
     for k in range(n):
         d = <double>(z[k] + b[k]) - mx
         total += <double>y[k] * (lse - d)
     for k in range(n):
-        a[k] = <floating>vm_exp(<double>(z[k] + b[k]) - mx - lse)
+        a[k] = <floating>(_cce_exp(<double>(z[k] + b[k]) - mx) * w)
     return total
 
 
@@ -353,12 +360,13 @@ cdef void _cce_rows(const floating* z, const floating* b, const floating* y, flo
                     Py_ssize_t rows, Py_ssize_t n, double* t, double* cost) noexcept nogil:
     """_cce_row of `rows` <= CR consecutive rows of n <= TILE // CR classes, each row in a lane.
 
-    t: TILE scratch, the row's logits v = z + b in float64 as t[k * CR + r] (lanes past `rows`
-    hold 0).  Every row goes through _cce_row's operations in _cce_row's order -- the maximum,
-    e_k = exp(v_k - max) - [v_k == max] summed as _sum sums (four accumulators by k mod 4),
-    lse = log1p(sum + ties - 1), cost = sum_k y_k (lse - (v_k - max)) in k order, A = exp(v - max
-    - lse) -- so each row's cost (into cost[r]) and A have _cce_row's bits; only the lanes make
-    the transcendental functions run on vectors, where a row of 10 classes left them scalar.
+    t: 2 TILE scratch, the row's logits v = z + b in float64 as t[k * CR + r] (lanes past `rows`
+    hold 0) and their e_k = exp(v_k - max) as t[TILE + k * CR + r].  Every row goes through
+    _cce_row's operations in _cce_row's order -- the maximum, e_k - [v_k == max] summed as _sum
+    sums (four accumulators by k mod 4), lse = log1p(sum + ties - 1), cost = sum_k y_k (lse - (v_k
+    - max)) in k order, A = e * exp(-lse) -- so each row's cost (into cost[r]) and A have
+    _cce_row's bits; only the lanes make the transcendental functions run on vectors, where a
+    row of 10 classes left them scalar.
     """
     cdef double mx[CR]
     cdef double s0[CR]
@@ -367,8 +375,9 @@ cdef void _cce_rows(const floating* z, const floating* b, const floating* y, flo
     cdef double s3[CR]
     cdef double tops[CR]
     cdef double lse[CR]
+    cdef double w[CR]
     cdef double tot[CR]
-    cdef double d
+    cdef double* e = t + TILE
     cdef Py_ssize_t r, k
     for k in range(n):
         for r in range(CR):
@@ -384,38 +393,34 @@ cdef void _cce_rows(const floating* z, const floating* b, const floating* y, flo
     for k in range(n):
         for r in range(CR):
             mx[r] = t[k * CR + r] if t[k * CR + r] > mx[r] else mx[r]
+    for k in range(n):
+        for r in range(CR):
+            e[k * CR + r] = _cce_exp(t[k * CR + r] - mx[r])
     k = 0
     while k + 4 <= n:
         for r in range(CR):
-            d = t[k * CR + r] - mx[r]
-            s0[r] += vm_exp(d) - (1.0 if d == 0.0 else 0.0)
-            d = t[(k + 1) * CR + r] - mx[r]
-            s1[r] += vm_exp(d) - (1.0 if d == 0.0 else 0.0)
-            d = t[(k + 2) * CR + r] - mx[r]
-            s2[r] += vm_exp(d) - (1.0 if d == 0.0 else 0.0)
-            d = t[(k + 3) * CR + r] - mx[r]
-            s3[r] += vm_exp(d) - (1.0 if d == 0.0 else 0.0)
+            s0[r] += e[k * CR + r] - (1.0 if t[k * CR + r] == mx[r] else 0.0)
+            s1[r] += e[(k + 1) * CR + r] - (1.0 if t[(k + 1) * CR + r] == mx[r] else 0.0)
+            s2[r] += e[(k + 2) * CR + r] - (1.0 if t[(k + 2) * CR + r] == mx[r] else 0.0)
+            s3[r] += e[(k + 3) * CR + r] - (1.0 if t[(k + 3) * CR + r] == mx[r] else 0.0)
         k += 4
     while k < n:
         for r in range(CR):
-            d = t[k * CR + r] - mx[r]
-            s0[r] += vm_exp(d) - (1.0 if d == 0.0 else 0.0)
+            s0[r] += e[k * CR + r] - (1.0 if t[k * CR + r] == mx[r] else 0.0)
         k += 1
     for k in range(n):
         for r in range(CR):
             tops[r] += 1.0 if t[k * CR + r] == mx[r] else 0.0
     for r in range(CR):
         lse[r] = vm_log1p(((s0[r] + s1[r]) + (s2[r] + s3[r])) + (tops[r] - 1.0))
+        w[r] = vm_exp(-lse[r])
     for k in range(n):
         for r in range(rows):
             tot[r] += <double>y[r * n + k] * (lse[r] - (t[k * CR + r] - mx[r]))
-    for k in range(n):
-        for r in range(CR):
-            t[k * CR + r] = vm_exp(t[k * CR + r] - mx[r] - lse[r])
     for r in range(rows):
         cost[r] = tot[r]
         for k in range(n):
-            a[r * n + k] = <floating>t[k * CR + r]
+            a[r * n + k] = <floating>(e[k * CR + r] * w[r])
 
 
 cdef double _loss_piece(const floating* Z, const floating* b, const floating* Y, floating* A,
@@ -444,7 +449,7 @@ cdef void _loss_pieces(const floating* Z, const floating* b, const floating* Y, 
     c0:c1.  A CCE piece is a few rows (K of up to KMAX pieces for any batch), so with at most
     TILE // CR classes the rows of consecutive pieces share the blocks of _cce_rows; each piece's
     rows are still summed in order from 0, so part[c] has _loss_piece's bits."""
-    cdef double t[TILE]
+    cdef double t[2 * TILE]     # _cce_rows' logits and exponentials
     cdef double cost[CR]
     cdef Py_ssize_t c = c0, i, last, end, L, r, pieces
     cdef double total = 0
