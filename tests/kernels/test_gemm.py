@@ -25,7 +25,7 @@ from fusednet.trainer import Trainer
 _cython = pytest.importorskip("fusednet.kernels._cython", reason="the Cython extension is not built")
 
 OWN = [v for v in _cython.VARIANTS if v.FUSED_GEMM]
-SIZES = [1, 7, 8, 9, 16, 17, 31, 33, 70]
+SIZES = [1, 7, 8, 9, 16, 17, 31, 33, 70, 100]
 DEPTHS = [1, 5, 128, 300]
 
 
@@ -148,7 +148,8 @@ def _fma_chain(a, b):
 
 @pytest.mark.parametrize("form, m, n, k", [
     ("nn", 37, 75, 300), ("nn", 13, 9, 4100),  # tails of rows and columns; two depth chunks
-    ("nn", 13, 20, 4100), ("tn", 40, 40, 300),  # two panels, the second one vector (AVX2: 20, AVX-512: 40)
+    ("nn", 13, 20, 4100), ("tn", 40, 70, 300),  # two panels, the second one vector (AVX2: 20, AVX-512: 70)
+    ("nn", 37, 100, 300), ("tn", 29, 130, 70),  # wide panels of 4 and 3 vectors, 6 and 8 rows (AVX-512)
     ("tn", 37, 75, 300), ("tn", 300, 20, 209), ("tn", 70, 5, 33),  # the narrow walks
     ("nt", 37, 75, 300), ("nt", 9, 17, 600), ("nt", 9, 40, 600),  # B's transposed panels, K chunks of 256
 ])
