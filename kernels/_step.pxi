@@ -156,6 +156,7 @@ cdef enum:
     MAXL = 64        # most Dense layers of a fused step
     MAXT = 64        # most threads of a fused step
     MAXR = 1024      # most batch rows whose addresses a step keeps (the first layer's rows in place)
+    COPY_ROW = 256   # inputs up to which a serial step copies its batch's rows (_batch)
 
 cdef struct Net:
     int L, nt, loss
@@ -1528,7 +1529,11 @@ cdef int _batch(StepPlan plan, object Xb, object Yb, Py_ssize_t m) except -1:
     net.Y = _data(Yb, plan.dtype, m * net.n[net.L], "Yb", False)
     net.m = m
     if plan.isz == 4:
-        net.in_place = _own(net, <const float*>net.X, 0) and m <= MAXR
+        # rows of at most COPY_ROW inputs: a serial step copies them, as the first layer's weight
+        # gradient, which reads every row once per few units, runs faster on rows side by side
+        # than on rows spread over X (docs/PERFORMANCE.md, "Where a digits step goes")
+        net.in_place = (_own(net, <const float*>net.X, 0) and m <= MAXR
+                        and (net.nt > 1 or net.n[0] > COPY_ROW))
     else:
         net.in_place = False
     plan._last_xb, plan._last_yb, plan._last_m = Xb, Yb, m
