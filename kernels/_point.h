@@ -39,14 +39,16 @@ static inline double pt_rmsprop_step_d(double w, double gp, double s, double lr,
     return w - lr * gp / (sqrt(s) + eps);
 }
 
-/* w - lr (m / bc1) / (sqrt(v / bc2) + eps) */
+/* w - lr (m / bc1) / (sqrt(v / bc2) + eps), each bias correction a product by its reciprocal: a
+ * loop over the parameters divides once per element, not three times (the reciprocals are
+ * the same for every element, computed once) */
 static inline float pt_adam_step_f(float w, float m, float v, float lr, float bc1, float bc2, float eps)
 {
-    return w - lr * (m / bc1) / (sqrtf(v / bc2) + eps);
+    return w - lr * (m * (1.0f / bc1)) / (sqrtf(v * (1.0f / bc2)) + eps);
 }
 static inline double pt_adam_step_d(double w, double m, double v, double lr, double bc1, double bc2, double eps)
 {
-    return w - lr * (m / bc1) / (sqrt(v / bc2) + eps);
+    return w - lr * (m * (1.0 / bc1)) / (sqrt(v * (1.0 / bc2)) + eps);
 }
 
 #endif

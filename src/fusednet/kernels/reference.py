@@ -252,8 +252,12 @@ def rmsprop_step(w, gp, s, lr, eps):
 
 
 def adam_step(w, m, v, lr, bc1, bc2, eps):
-    r"""Adam, after both averages: :math:`w - \alpha \, (m / bc_1) / (\sqrt{v / bc_2} + \varepsilon)`."""
-    return w - lr * (m / bc1) / (np.sqrt(v / bc2) + eps)
+    r"""Adam, after both averages: :math:`w - \alpha \, (m / bc_1) / (\sqrt{v / bc_2} + \varepsilon)`.
+
+    Each bias correction divides as a product by its reciprocal (``1 / bc`` rounded once in the
+    scalars' dtype), as the compiled kernels compute it: one division per parameter, not three.
+    """
+    return w - lr * (m * np.reciprocal(bc1)) / (np.sqrt(v * np.reciprocal(bc2)) + eps)
 
 
 def _flush(x):
