@@ -7,12 +7,12 @@
  * All row-major with leading dimensions; C is overwritten.  The shapes of one
  * training step are small (a thread's operands stay in L2 at batch 128; up to
  * the step's limit of 1024 rows they come from L3), so neither operand is
- * packed: a micro-kernel keeps an (FG_MR, FG_NB) block of C in registers -- two
- * vectors per row, (8, 32) in sixteen of AVX-512's 32 registers, (6, 16) in twelve
- * of AVX2's 16 -- and for every k broadcasts FG_MR elements of A against two
- * vectors of B's row k.  On one core of an AVX-512 machine, a thread's share of the
- * first layer's products at batch 128 (128x784 @ 784x128, 392x128 @ 128x256)
- * takes 13-15 % less time than OpenBLAS's sgemm, about 94 % of the core's peak
+ * packed: a micro-kernel keeps a block of C in registers -- on AVX-512 (6, 64) or
+ * (8, 48) in 24 of the 32 registers (fg_walk and fg_nt) or (8, 32) in sixteen, on
+ * AVX2 (6, 16) in twelve of the 16 -- and for every k broadcasts a row block's
+ * elements of A against the vectors of B's row k.  On one core of an AVX-512
+ * machine, a thread's share of the first layer's products at batch 128 (128x784 @
+ * 784x128, 392x128 @ 128x256) takes 13-15 % less time than OpenBLAS's sgemm
  * (benchmarks/test_bench_kernels.py, "step product").
  *
  * Every element of C is one chain of fused multiply-adds over k = 0 .. K-1 in
@@ -78,7 +78,7 @@ static inline int fg_full(fg_mask m) { return _mm256_testc_si256(m, _mm256_set1_
 #if defined(FG_VW)
 #define FG_AVAILABLE 1
 #define FG_NB (2 * FG_VW)   /* columns of C per micro-kernel (two vectors) */
-#define FG_KC 256        /* fg_nt transposes B in (FG_KC, FG_NB) panels on the stack */
+#define FG_KC (FG_NVW > 2 ? 128 : 256)  /* fg_nt transposes B in (FG_KC, FG_NVW * FG_VW) panels on the stack (32 KB, 16 KB) */
 #define FG_MR_MAX 8      /* the row counts the kernels are compiled for (up to FG_MR are used) */
 #define FG_TN1_MAX 24    /* ... and the unit counts of fg_tn_units (up to FG_TN1_MAXN are used) */
 
@@ -597,31 +597,34 @@ fg_nn_packed(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t n, ptrdiff_t K, const float *
     }
 }
 
-/* C (m, n) = A (m, K) @ B (n, K)^T.  For each panel of FG_NB columns of C, B's rows
- * are transposed FG_KC columns at a time into a (FG_KC, FG_NB) panel on the stack,
- * and the blocks of C add each K chunk's product to the previous ones' (the chunks
- * depend on K only, so the bits still do not depend on how C is split). */
+/* C (m, n) = A (m, K) @ B (n, K)^T.  For each wide panel of C's columns (as fg_walk's), B's
+ * rows are transposed FG_KC columns at a time into a (FG_KC, panel) block on the stack, and
+ * the blocks of C add each K chunk's product to the previous ones' (the chunks depend on K
+ * only, and a float accumulator stored and reloaded is the same number, so each element is
+ * still one chain over k in order whatever splits C). */
 static inline int
 fg_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda, const float *B,
       ptrdiff_t ldb, float *C, ptrdiff_t ldc)
 {
-    float panel[FG_KC * FG_NB] __attribute__((aligned(64)));
+    const ptrdiff_t nbw = FG_NVW * FG_VW;
+    float panel[FG_KC * FG_NVW * FG_VW] __attribute__((aligned(64)));
     const float *rp[FG_MR_MAX];
     ptrdiff_t i, j, w, k0, kw, k, jj, r;
-    int nv, mr;
+    int nv, mr, height;
     fg_mask tail;
-    for (j = 0; j < n; j += FG_NB) {
-        w = fg_panel(n, j, &nv, &tail);
+    for (j = 0; j < n; j += nbw) {
+        w = fg_wide_panel(n, j, &nv, &tail);
+        height = fg_rows(nv);
         for (k0 = 0; k0 < K; k0 += FG_KC) {
             kw = K - k0 < FG_KC ? K - k0 : FG_KC;
             for (jj = 0; jj < w; jj++)
                 for (k = 0; k < kw; k++)
-                    panel[k * FG_NB + jj] = B[(j + jj) * ldb + k0 + k];
-            for (i = 0; i < m; i += FG_MR) {
-                mr = (int)(m - i < FG_MR ? m - i : FG_MR);
+                    panel[k * nbw + jj] = B[(j + jj) * ldb + k0 + k];
+            for (i = 0; i < m; i += height) {
+                mr = (int)(m - i < height ? m - i : height);
                 for (r = 0; r < mr; r++)
                     rp[r] = A + (i + r) * lda + k0;
-                fg_block_nn(mr, nv, kw, NULL, 0, rp, panel, FG_NB, C + i * ldc + j, ldc, tail, k0 > 0);
+                fg_block_nn(mr, nv, kw, NULL, 0, rp, panel, nbw, C + i * ldc + j, ldc, tail, k0 > 0);
             }
         }
     }

@@ -85,7 +85,7 @@ def test_tn(ck, m, n, k):
 
 @pytest.mark.parametrize("m", SIZES)
 @pytest.mark.parametrize("n", SIZES)
-@pytest.mark.parametrize("k", [*DEPTHS, 256, 257, 600])  # K chunks of 256 in B's transposed panels
+@pytest.mark.parametrize("k", [*DEPTHS, 256, 257, 600])  # K chunks of 128 (AVX-512) or 256 in B's transposed panels
 def test_nt(ck, m, n, k):
     rng = np.random.default_rng([m, n, k, 2])
     A, B = _operands(rng, (m, k), (n, k))
@@ -151,7 +151,8 @@ def _fma_chain(a, b):
     ("nn", 13, 20, 4100), ("tn", 40, 70, 300),  # two panels, the second one vector (AVX2: 20, AVX-512: 70)
     ("nn", 37, 100, 300), ("tn", 29, 130, 70),  # wide panels of 4 and 3 vectors, 6 and 8 rows (AVX-512)
     ("tn", 37, 75, 300), ("tn", 300, 20, 209), ("tn", 70, 5, 33),  # the narrow walks
-    ("nt", 37, 75, 300), ("nt", 9, 17, 600), ("nt", 9, 40, 600),  # B's transposed panels, K chunks of 256
+    ("nt", 37, 75, 300), ("nt", 9, 17, 600), ("nt", 9, 40, 600),  # B's transposed panels, K in chunks
+    ("nt", 200, 100, 10), ("nt", 13, 130, 300),  # wide panels of 4 and 3 vectors (AVX-512)
 ])
 def test_every_element_is_one_fma_chain_in_k_order(ck, form, m, n, k):
     """The same bits on every vector width: each C[i, j] = fma(a_ik, b_kj, ...) for k = 0 .. K-1."""
