@@ -301,15 +301,22 @@ cdef inline Py_ssize_t _cut_in(Py_ssize_t k, Py_ssize_t nt, Py_ssize_t c, int l)
 
 cdef void _step_gather(const floating* X, const floating* Y, const Py_ssize_t* idx, Net* net,
                        int t) noexcept nogil:
-    cdef Py_ssize_t m = net.m, nx = net.n[0], ny = net.n[net.L], i
+    cdef Py_ssize_t m = net.m, nx = net.n[0], ny = net.n[net.L], i, j
     cdef floating* xb = <floating*>net.X
     cdef floating* yb = <floating*>net.Y
+    cdef const floating* row
     for i in range(_cut(m, net.nt, t), _cut(m, net.nt, t + 1)):
         if net.in_place:
             net.xrows[i] = <const float*>(X + idx[i] * nx)
+        elif nx <= COPY_ROW:  # a short row: a loop the compiler vectorises, not a call
+            row = X + idx[i] * nx
+            for j in range(nx):
+                xb[i * nx + j] = row[j]
         else:
             memcpy(xb + i * nx, X + idx[i] * nx, nx * sizeof(floating))
-        memcpy(yb + i * ny, Y + idx[i] * ny, ny * sizeof(floating))
+        row = Y + idx[i] * ny
+        for j in range(ny):  # the targets: a few classes (or one) per row
+            yb[i * ny + j] = row[j]
 
 
 cdef inline void _fwd_cols(const floating* src, const floating* b, floating* dst, Py_ssize_t m,
