@@ -1538,7 +1538,7 @@ cdef int _batch(StepPlan plan, object Xb, object Yb, Py_ssize_t m) except -1:
     if plan.isz == 4:
         # rows of at most COPY_ROW inputs: a serial step copies them, as the first layer's weight
         # gradient, which reads every row once per few units, runs faster on rows side by side
-        # than on rows spread over X (docs/PERFORMANCE.md, "The digits step, phase by phase")
+        # than on rows spread over X (docs/PERFORMANCE.md, "The digits step, faster")
         net.in_place = (_own(net, <const float*>net.X, 0) and m <= MAXR
                         and (net.nt > 1 or net.n[0] > COPY_ROW))
     else:
