@@ -51,6 +51,12 @@ static inline void fg_storem(float *p, fg_mask m, fg_v v) { _mm512_mask_storeu_p
 static inline fg_mask fg_tail(ptrdiff_t w) { return (fg_mask)(w >= 16 ? 0xFFFFu : (1u << w) - 1); }
 static inline int fg_full(fg_mask m) { return m == 0xFFFFu; }
 #define FG_MASK_COSTS 0  /* a masked load or store costs what a plain one does */
+static inline fg_v fg_add(fg_v a, fg_v b) { return _mm512_add_ps(a, b); }
+/* 0 where x <= 0, else x (NaN kept): the point function relu's select */
+static inline fg_v fg_relu(fg_v x)
+{
+    return _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LE_OQ), _mm512_setzero_ps());
+}
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define FG_VW 8
@@ -73,6 +79,11 @@ static inline fg_mask fg_tail(ptrdiff_t w)
 }
 static inline int fg_full(fg_mask m) { return _mm256_testc_si256(m, _mm256_set1_epi32(-1)); }
 #define FG_MASK_COSTS 1  /* vmaskmovps is slower than a plain load or store: blocks of full vectors skip it */
+static inline fg_v fg_add(fg_v a, fg_v b) { return _mm256_add_ps(a, b); }
+static inline fg_v fg_relu(fg_v x)
+{
+    return _mm256_blendv_ps(x, _mm256_setzero_ps(), _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LE_OQ));
+}
 #endif
 
 #if defined(FG_VW)
@@ -86,6 +97,7 @@ static inline int fg_full(fg_mask m) { return _mm256_testc_si256(m, _mm256_set1_
 #define FG_NN 0          /* rows[r][k]: A's rows, by pointer (contiguous or gathered) */
 #define FG_TN 1          /* a[k * lda + r]: A stored (K, m) */
 #define FG_TN_ROWS 2     /* rows[k][lda + r]: A's rows by pointer, columns from lda on */
+#define FG_NN_RELU 3     /* as FG_NN, then C = relu(C + bias) on storing (a hidden ReLU layer's forward) */
 
 /* C[0:MR, 0:FG_VW*NV] = sum_k a(r, k) * B[k, 0:FG_VW*NV], the last vector masked by `tail`
  * (FULL: the last vector is whole, the mask unused); with `add`, the sum starts from C's values
@@ -93,7 +105,7 @@ static inline int fg_full(fg_mask m) { return _mm256_testc_si256(m, _mm256_set1_
 static inline __attribute__((always_inline)) void
 fg_block(const int MR, const int NV, const int MODE, const int FULL, ptrdiff_t K, const float *a, ptrdiff_t lda,
          const float *const *rows, const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
-         fg_mask tail, int add)
+         fg_mask tail, int add, const float *bias)
 {
     fg_v acc[FG_MR_MAX][FG_NVW], bv[FG_NVW];
     const float *row[FG_MR_MAX];
@@ -101,7 +113,7 @@ fg_block(const int MR, const int NV, const int MODE, const int FULL, ptrdiff_t K
     ptrdiff_t k;
 #pragma GCC unroll 8
     for (int r = 0; r < MR; r++) {
-        row[r] = MODE == FG_NN ? rows[r] : a;
+        row[r] = MODE == FG_NN || MODE == FG_NN_RELU ? rows[r] : a;
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) {
             if (!add)
@@ -127,7 +139,7 @@ fg_block(const int MR, const int NV, const int MODE, const int FULL, ptrdiff_t K
         ak = MODE == FG_TN ? a + k * lda : (MODE == FG_TN_ROWS ? rows[k] + lda : a);      \
         _Pragma("GCC unroll 8")                                                           \
         for (int r = 0; r < MR; r++) {                                                    \
-            fg_v x = fg_set1(MODE == FG_NN ? row[r][k] : ak[r]);                          \
+            fg_v x = fg_set1(MODE == FG_NN || MODE == FG_NN_RELU ? row[r][k] : ak[r]);    \
             _Pragma("GCC unroll 4")                                                       \
             for (int v = 0; v < NV; v++)                                                  \
                 acc[r][v] = fg_fma(x, bv[v], acc[r][v]);                                  \
@@ -138,6 +150,15 @@ fg_block(const int MR, const int NV, const int MODE, const int FULL, ptrdiff_t K
     for (; k < K; k++)
         FG_K_BODY(0)
 #undef FG_K_BODY
+    if (MODE == FG_NN_RELU) {  /* relu(z + b): 0 where z + b <= 0 (so -0 too), NaN kept */
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) {
+            bv[v] = v < NV - 1 || FULL ? fg_load(bias + v * FG_VW) : fg_loadm(tail, bias + v * FG_VW);
+#pragma GCC unroll 8
+            for (int r = 0; r < MR; r++)
+                acc[r][v] = fg_relu(fg_add(acc[r][v], bv[v]));
+        }
+    }
 #pragma GCC unroll 8
     for (int r = 0; r < MR; r++) {
 #pragma GCC unroll 4
@@ -154,9 +175,9 @@ fg_block(const int MR, const int NV, const int MODE, const int FULL, ptrdiff_t K
  * a specialised kernel (each has its accumulators in registers). */
 #define FG_KERNEL(MR, NV, MODE)                                                           \
     if (full)                                                                             \
-        fg_block(MR, NV, MODE, 1, K, a, lda, rows, b, ldb, c, ldc, tail, add);            \
+        fg_block(MR, NV, MODE, 1, K, a, lda, rows, b, ldb, c, ldc, tail, add, bias);      \
     else                                                                                  \
-        fg_block(MR, NV, MODE, 0, K, a, lda, rows, b, ldb, c, ldc, tail, add);            \
+        fg_block(MR, NV, MODE, 0, K, a, lda, rows, b, ldb, c, ldc, tail, add, bias);      \
     break;
 
 #define FG_CASE(MR, MODE)                                                                 \
@@ -194,7 +215,7 @@ fg_block(const int MR, const int NV, const int MODE, const int FULL, ptrdiff_t K
 #define FG_DISPATCH(NAME, MODE)                                                           \
     static void NAME(int mr, int nv, ptrdiff_t K, const float *a, ptrdiff_t lda,          \
                      const float *const *rows, const float *b, ptrdiff_t ldb, float *c,   \
-                     ptrdiff_t ldc, fg_mask tail, int add)                              \
+                     ptrdiff_t ldc, fg_mask tail, int add, const float *bias)           \
     {                                                                                     \
         const int full = FG_MASK_COSTS && fg_full(tail);                                  \
         FG_WIDE(MODE)                                                                     \
@@ -207,6 +228,7 @@ fg_block(const int MR, const int NV, const int MODE, const int FULL, ptrdiff_t K
 FG_DISPATCH(fg_block_nn, FG_NN)
 FG_DISPATCH(fg_block_tn, FG_TN)
 FG_DISPATCH(fg_block_tn_rows, FG_TN_ROWS)
+FG_DISPATCH(fg_block_nn_relu, FG_NN_RELU)
 
 #undef FG_DISPATCH
 #undef FG_CASE
@@ -250,7 +272,7 @@ fg_rows(int nv)
  * reloaded is the same number, so each element of C is still one chain over k in order. */
 static inline void
 fg_walk(int mode, ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda,
-        const float *const *rows, const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc)
+        const float *const *rows, const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc, const float *bias)
 {
     const ptrdiff_t nbw = FG_NVW * FG_VW;
     const float *rp[FG_MR_MAX];
@@ -277,14 +299,18 @@ fg_walk(int mode, ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff
                 if (mode == FG_NN) {
                     for (r = 0; r < mr; r++)
                         rp[r] = (rows ? rows[i + r] : A + (i + r) * lda) + k0;
-                    fg_block_nn(mr, nv, kw, NULL, 0, rp, B + k0 * ldb + j, ldb, C + i * ldc + j, ldc,
-                                tail, add);
+                    if (bias && k0 + kw == K)  /* the last chunk stores relu(C + bias) */
+                        fg_block_nn_relu(mr, nv, kw, NULL, 0, rp, B + k0 * ldb + j, ldb, C + i * ldc + j,
+                                         ldc, tail, add, bias + j);
+                    else
+                        fg_block_nn(mr, nv, kw, NULL, 0, rp, B + k0 * ldb + j, ldb, C + i * ldc + j, ldc,
+                                    tail, add, NULL);
                 } else if (mode == FG_TN) {
                     fg_block_tn(mr, nv, kw, A + k0 * lda + i, lda, NULL, B + k0 * ldb + j, ldb,
-                                C + i * ldc + j, ldc, tail, add);
+                                C + i * ldc + j, ldc, tail, add, NULL);
                 } else {
                     fg_block_tn_rows(mr, nv, kw, NULL, lda + i, rows + k0, B + k0 * ldb + j, ldb,
-                                     C + i * ldc + j, ldc, tail, add);
+                                     C + i * ldc + j, ldc, tail, add, NULL);
                 }
             }
         }
@@ -296,7 +322,17 @@ static inline int
 fg_nn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda,
       const float *const *rows, const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc)
 {
-    fg_walk(FG_NN, m, n, K, A, lda, rows, B, ldb, C, ldc);
+    fg_walk(FG_NN, m, n, K, A, lda, rows, B, ldb, C, ldc, NULL);
+    return 1;
+}
+
+/* C (m, n) = relu(A (m, K) @ B (K, n) + bias (n,)), as fg_nn and then the point function relu
+ * over C + bias, element for element (a hidden ReLU layer's forward in one pass). */
+static inline int
+fg_nn_relu(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda,
+           const float *const *rows, const float *B, ptrdiff_t ldb, const float *bias, float *C, ptrdiff_t ldc)
+{
+    fg_walk(FG_NN, m, n, K, A, lda, rows, B, ldb, C, ldc, bias);
     return 1;
 }
 
@@ -325,7 +361,7 @@ fg_tn_narrow(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t ld
         w = fg_panel(m, j, &nv, &tail);
         for (i = 0; i < n; i += FG_MR) {
             mr = (int)(n - i < FG_MR ? n - i : FG_MR);
-            fg_block_tn(mr, nv, K, B + i, ldb, NULL, A + j, lda, tile, FG_NB, tail, 0);
+            fg_block_tn(mr, nv, K, B + i, ldb, NULL, A + j, lda, tile, FG_NB, tail, 0, NULL);
             for (jj = 0; jj < w; jj++)
                 for (r = 0; r < mr; r++)
                     C[(j + jj) * ldc + i + r] = tile[r * FG_NB + jj];
@@ -506,13 +542,13 @@ fg_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda,
     if (rows && fg_tn_rows_t_pays(m, n))
         fg_tn_rows_t(m, n, K, rows, col, B, ldb, C, ldc);
     else if (rows)
-        fg_walk(FG_TN_ROWS, m, n, K, NULL, col, rows, B, ldb, C, ldc);
+        fg_walk(FG_TN_ROWS, m, n, K, NULL, col, rows, B, ldb, C, ldc, NULL);
     else if (n <= FG_TN1_MAXN && K >= FG_MR && fg_lanes(m) > fg_lanes(n) + 0.125)
         fg_tn_units(m, n, K, A, lda, B, ldb, C, ldc);
     else if (n < 4 * FG_NB && K >= FG_MR && fg_lanes(m) > fg_lanes(n) + 0.125)
         fg_tn_narrow(m, n, K, A, lda, B, ldb, C, ldc);
     else
-        fg_walk(FG_TN, m, n, K, A, lda, NULL, B, ldb, C, ldc);
+        fg_walk(FG_TN, m, n, K, A, lda, NULL, B, ldb, C, ldc, NULL);
     return 1;
 }
 
@@ -588,7 +624,7 @@ fg_nn_packed(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t n, ptrdiff_t K, const float *
             for (u = 0; u < n; u += FG_MR) {
                 mr = (int)(n - u < FG_MR ? n - u : FG_MR);
                 fg_block_tn(mr, nv, kw, B + k0 * ldb + u, ldb, NULL, P + (p * K + k0) * FG_NB + o, FG_NB,
-                            tile + u * FG_NB, FG_NB, all, k0 > 0);
+                            tile + u * FG_NB, FG_NB, all, k0 > 0, NULL);
             }
         }
         for (r = 0; r < w; r++)
@@ -624,7 +660,7 @@ fg_nt(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda, cons
                 mr = (int)(m - i < height ? m - i : height);
                 for (r = 0; r < mr; r++)
                     rp[r] = A + (i + r) * lda + k0;
-                fg_block_nn(mr, nv, kw, NULL, 0, rp, panel, nbw, C + i * ldc + j, ldc, tail, k0 > 0);
+                fg_block_nn(mr, nv, kw, NULL, 0, rp, panel, nbw, C + i * ldc + j, ldc, tail, k0 > 0, NULL);
             }
         }
     }
@@ -667,6 +703,14 @@ fg_nn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda,
       const float *const *rows, const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc)
 {
     (void)m; (void)n; (void)K; (void)A; (void)lda; (void)rows; (void)B; (void)ldb; (void)C; (void)ldc;
+    return 0;
+}
+
+static inline int
+fg_nn_relu(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda,
+           const float *const *rows, const float *B, ptrdiff_t ldb, const float *bias, float *C, ptrdiff_t ldc)
+{
+    (void)m; (void)n; (void)K; (void)A; (void)lda; (void)rows; (void)B; (void)ldb; (void)bias; (void)C; (void)ldc;
     return 0;
 }
 

@@ -53,3 +53,23 @@ def gemm_f32(const float[:, :] A, const float[:, :] B, float[:, :] C, bint trans
         else:
             done = fg_nn(m, n, k, &A[0, 0] if rp == NULL else NULL, lda, rp, &B[0, 0], ldb, &C[0, 0], ldc)
     return bool(done)
+
+
+def gemm_relu_f32(const float[:, :] A, const float[:, :] B, const float[::1] bias, float[:, :] C):
+    """C = relu(A @ B + bias) by fg_nn_relu (a hidden ReLU layer's forward in one pass): 0 where
+    a sum is <= 0, else the sum (NaN kept), each sum rounded as the product and then the point
+    function give it.  Returns False, leaving C untouched, where this copy of the extension has
+    no own kernels."""
+    cdef Py_ssize_t m = C.shape[0], n = C.shape[1], k = A.shape[1]
+    if A.shape[0] != m or B.shape[0] != k or B.shape[1] != n or bias.shape[0] != n:
+        raise ValueError(f"gemm_relu_f32: A ({A.shape[0]}, {A.shape[1]}), B ({B.shape[0]}, {B.shape[1]}) and "
+                         f"bias ({bias.shape[0]},) do not make C ({m}, {n})")
+    for name, view in (("A", A), ("B", B), ("C", C)):
+        if view.shape[1] > 1 and view.strides[1] != sizeof(float):
+            raise ValueError(f"gemm_relu_f32: the rows of {name} must be contiguous")
+    if m == 0 or n == 0 or k == 0 or not FG_AVAILABLE:
+        return False
+    with nogil:
+        fg_nn_relu(m, n, k, &A[0, 0], A.strides[0] // sizeof(float), NULL, &B[0, 0], B.strides[0] // sizeof(float),
+                   &bias[0], &C[0, 0], C.strides[0] // sizeof(float))
+    return True

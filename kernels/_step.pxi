@@ -141,6 +141,9 @@ cdef extern from "_gemm.h" nogil:
     int FG_AVAILABLE
     int fg_nn(Py_ssize_t m, Py_ssize_t n, Py_ssize_t K, const float* A, Py_ssize_t lda,
               const float* const* rows, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc)
+    int fg_nn_relu(Py_ssize_t m, Py_ssize_t n, Py_ssize_t K, const float* A, Py_ssize_t lda,
+                   const float* const* rows, const float* B, Py_ssize_t ldb, const float* bias, float* C,
+                   Py_ssize_t ldc)
     int fg_tn(Py_ssize_t m, Py_ssize_t n, Py_ssize_t K, const float* A, Py_ssize_t lda,
               const float* const* rows, Py_ssize_t col, const float* B, Py_ssize_t ldb, float* C,
               Py_ssize_t ldc)
@@ -376,15 +379,21 @@ cdef void _step_forward_rows(const floating* dummy, Net* net, int l, int t) noex
             <floating*>net.W[l], <int>n, Z + r0 * n, <int>n, _own(net, Ap, l))
 
 
+cdef inline bint _relu_in_product(Net* net, const floating* dummy, int l) noexcept nogil:
+    """Whether layer l's forward stores relu(Z + b) from its product (fg_nn_relu): a hidden Dense
+    ReLU layer with no batch norm or Activation layer after it, float32 on the own kernels."""
+    return (_own(net, dummy, l) and l < net.L - 1 and net.act[l] == RELU and not net.bn[l]
+            and not net.actnode[l])
+
+
 cdef void _step_forward(const floating* dummy, Net* net, int l, int t) noexcept nogil:
     """Units J_t of layer l: Z[:, J] = A_prev @ W[:, J] (unless _rows_split computed Z), then
-    g(Z + b) in place (hidden layers)."""
-    cdef Py_ssize_t m = net.m, k = net.n[l], n = net.n[l + 1], i, j, w
+    g(Z + b) in place (hidden layers; a ReLU layer's as its product stores Z)."""
+    cdef Py_ssize_t m = net.m, k = net.n[l], n = net.n[l + 1], j, w
     cdef Py_ssize_t j0 = _cut16(n, net.nt, t), j1 = _cut16(n, net.nt, t + 1)
     cdef const floating* Ap = <const floating*>_input(net, l)
     cdef floating* Z = <floating*>net.Z[l]
     cdef const floating* src
-    cdef const floating* A
     cdef const floating* b = <floating*>net.b[l]
     if j1 <= j0:
         return
@@ -392,6 +401,13 @@ cdef void _step_forward(const floating* dummy, Net* net, int l, int t) noexcept 
         pass
     elif l == 0 and net.xpack != NULL:
         fg_nn_packed(0, m, n, k, net.xpack, <float*>net.W[l], n, <float*>Z, n)
+    elif _relu_in_product(net, Ap, l):  # A = relu(Z + b) as the product stores Z: no pass of its own
+        fg_nn_relu(m, j1 - j0, k, NULL if net.in_place and l == 0 else <const float*>Ap, k,
+                   net.xrows if net.in_place and l == 0 else NULL, <float*>net.W[l] + j0, n,
+                   <const float*>b + j0, <float*>Z + j0, n)
+        if net.drop[l]:
+            _step_dropout(dummy, net, l, j0, j1)
+        return
     elif l == 0 and net.in_place:
         fg_nn(m, j1 - j0, k, NULL, 0, net.xrows, <float*>net.W[l] + j0, n, <float*>Z + j0, n)
     else:
@@ -418,10 +434,16 @@ cdef void _step_forward(const floating* dummy, Net* net, int l, int t) noexcept 
             _fwd_cols(src, <floating*>net.zeros, <floating*>net.Ao[l], m, n, j0, j1, net.act[l],
                       <floating>net.slope[l])
     if net.drop[l]:
-        A = <floating*>_out(net, l)
-        for i in range(m):
-            _dropout_piece(A, <floating*>net.Dr[l], i * n + j0, i * n + j1, net.k1[l], net.k2[l],
-                           net.thr[l], net.keep_all[l], <floating>net.scale[l])
+        _step_dropout(dummy, net, l, j0, j1)
+
+
+cdef void _step_dropout(const floating* dummy, Net* net, int l, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """Dropout on units j0:j1 of layer l's output, its mask into Dr."""
+    cdef Py_ssize_t i, m = net.m, n = net.n[l + 1]
+    cdef floating* A = <floating*>_out(net, l)
+    for i in range(m):
+        _dropout_piece(A, <floating*>net.Dr[l], i * n + j0, i * n + j1, net.k1[l], net.k2[l],
+                       net.thr[l], net.keep_all[l], <floating>net.scale[l])
 
 
 cdef void _step_loss(const floating* dummy, Net* net, int t, double* part) noexcept nogil:

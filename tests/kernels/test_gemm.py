@@ -166,6 +166,26 @@ def test_every_element_is_one_fma_chain_in_k_order(ck, form, m, n, k):
     np.testing.assert_array_equal(C, _fma_chain(a, b))
 
 
+@pytest.mark.parametrize("m, n, k", [(1, 1, 1), (37, 75, 300), (200, 100, 64), (13, 70, 5), (9, 33, 4100)])
+def test_a_relu_layer_s_product_has_the_bits_of_the_product_then_its_pass(ck, m, n, k):
+    """fg_nn_relu: relu(A @ B + bias) as the product and then the point function over C + bias
+    give it, bit for bit (0 where the sum is <= 0, -0 included; NaN kept), in every panel shape
+    and across depth chunks."""
+    rng = np.random.default_rng([m, n, k, 11])
+    A, B = _operands(rng, (m, k), (k, n))
+    A = A.copy()
+    A.flat[3::19] = np.nan
+    bias = rng.standard_normal(n, dtype=np.float32)
+    C = np.full((m, n), np.nan, np.float32)
+    assert ck.gemm_relu_f32(A, B, bias, C)
+    P = np.full((m, n), np.nan, np.float32)
+    assert ck.gemm_f32(A, B, P)
+    with np.errstate(invalid="ignore"):
+        Z = P + bias
+        ref = np.where(Z <= 0, np.float32(0), Z)
+    np.testing.assert_array_equal(C.view(np.uint32), ref.view(np.uint32))
+
+
 @pytest.mark.parametrize("k", [4097, 9000, 12288])
 def test_long_products_chain_their_depth_chunks(ck, k):
     """Beyond FG_MAX_K (4096) A @ B runs in depth chunks, each starting from C: still one chain per element.
