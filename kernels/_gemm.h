@@ -601,35 +601,49 @@ fg_pack_t(ptrdiff_t m, ptrdiff_t K, const float *A, ptrdiff_t lda, float *P)
     }
 }
 
+#define FG_PACK_GROUP 4   /* fg_nn_packed: panels whose tiles stay on the stack while K is walked */
+
 /* Rows i0 .. i1 - 1 of C (m, n) = A (m, K) @ B (K, n), n <= FG_PACK_MAXN, i0 a multiple of FG_VW,
- * A given as fg_pack_t's P: for each panel's share of the rows, C^T's block (n, FG_VW or FG_NB)
- * in a tile, the units in blocks of FG_MR against one or two vectors of the panel, K in chunks
- * of FG_PACK_KC (each chunk starting from the tile's values), then stored transposed.  Each
- * element is fma(b(k, u), a(i, k), acc) over k in order: fg_nn's chain, the same bits. */
+ * A given as fg_pack_t's P.  The rows go in groups of up to FG_PACK_GROUP panels' shares, each
+ * share's C^T block (n, FG_VW or FG_NB) in a tile of its own; K is walked in chunks of
+ * FG_PACK_KC, and within a chunk every share of the group in turn, the units in blocks of FG_MR
+ * against one or two vectors of its panel (each chunk starting from the tiles' values): B's
+ * chunk is read from L1 by every share, and the group's panels are streamed side by side.  The
+ * tiles are then stored transposed.  Each element is fma(b(k, u), a(i, k), acc) over k in order:
+ * fg_nn's chain, the same bits. */
 static inline void
 fg_nn_packed(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t n, ptrdiff_t K, const float *P, const float *B,
              ptrdiff_t ldb, float *C, ptrdiff_t ldc)
 {
-    float tile[FG_PACK_MAXN * FG_NB] __attribute__((aligned(64)));
+    float tile[FG_PACK_GROUP][FG_PACK_MAXN * FG_NB] __attribute__((aligned(64)));
     const fg_mask all = fg_tail(FG_VW);   /* the panels are whole: rows past m are zero */
-    ptrdiff_t i, p, o, w, k0, kw, u, r;
-    int nv, mr;
-    for (i = i0; i < i1; i += w) {
-        p = i / FG_NB;
-        o = i - p * FG_NB;
-        w = i1 - i < FG_NB - o ? i1 - i : FG_NB - o;
-        nv = w > FG_VW ? 2 : 1;
+    ptrdiff_t start[FG_PACK_GROUP], width[FG_PACK_GROUP];
+    ptrdiff_t i, p, o, k0, kw, u, r;
+    int g, shares, mr;
+    for (i = i0; i < i1;) {
+        for (shares = 0; shares < FG_PACK_GROUP && i < i1; shares++) {
+            o = i % FG_NB;
+            start[shares] = i;
+            width[shares] = i1 - i < FG_NB - o ? i1 - i : FG_NB - o;
+            i += width[shares];
+        }
         for (k0 = 0; k0 < K; k0 += FG_PACK_KC) {
             kw = K - k0 < FG_PACK_KC ? K - k0 : FG_PACK_KC;
-            for (u = 0; u < n; u += FG_MR) {
-                mr = (int)(n - u < FG_MR ? n - u : FG_MR);
-                fg_block_tn(mr, nv, kw, B + k0 * ldb + u, ldb, NULL, P + (p * K + k0) * FG_NB + o, FG_NB,
-                            tile + u * FG_NB, FG_NB, all, k0 > 0, NULL);
+            for (g = 0; g < shares; g++) {
+                p = start[g] / FG_NB;
+                o = start[g] - p * FG_NB;
+                for (u = 0; u < n; u += FG_MR) {
+                    mr = (int)(n - u < FG_MR ? n - u : FG_MR);
+                    fg_block_tn(mr, width[g] > FG_VW ? 2 : 1, kw, B + k0 * ldb + u, ldb, NULL,
+                                P + (p * K + k0) * FG_NB + o, FG_NB, tile[g] + u * FG_NB, FG_NB, all, k0 > 0,
+                                NULL);
+                }
             }
         }
-        for (r = 0; r < w; r++)
-            for (u = 0; u < n; u++)
-                C[(i + r) * ldc + u] = tile[u * FG_NB + r];
+        for (g = 0; g < shares; g++)
+            for (r = 0; r < width[g]; r++)
+                for (u = 0; u < n; u++)
+                    C[(start[g] + r) * ldc + u] = tile[g][u * FG_NB + r];
     }
 }
 
