@@ -1722,11 +1722,25 @@ def dense_epoch(StepPlan plan,               # IN/OUT as dense_step; its buffers
 # a whole fit in one call: every epoch's steps, its history and early stopping
 # ----------------------------------------------------------------------------------
 
+cdef inline Py_ssize_t _first_max(const floating* a, Py_ssize_t n) noexcept nogil:
+    """The index of a[0:n]'s first maximum, as a walk that keeps the best so far and moves on
+    a strictly greater value finds it (a NaN is never greater), without branches: a row's
+    comparisons depend on its data, and mispredicted branches cost more than they do."""
+    cdef floating v = a[0]
+    cdef Py_ssize_t best = 0, j
+    cdef bint c
+    for j in range(1, n):
+        c = a[j] > v
+        best = j if c else best
+        v = a[j] if c else v
+    return best
+
+
 cdef Py_ssize_t _n_correct(Net* net, int itemsize, const Py_ssize_t* ids, const Py_ssize_t* rows,
                            Py_ssize_t s, Py_ssize_t n) noexcept nogil:
     """How many of the batch's n rows (rows[s:s + n] of the data, or rows s:s + n when rows is NULL)
     have the prediction of _predictions equal to their class id (one sigmoid: A > 0.5 == (id != 0))."""
-    cdef Py_ssize_t r, j, best, n_out = net.n[net.L], row, hits = 0
+    cdef Py_ssize_t r, best, n_out = net.n[net.L], row, hits = 0
     cdef const float* a32 = <const float*>net.A
     cdef const double* a64 = <const double*>net.A
     cdef bint p
@@ -1741,11 +1755,7 @@ cdef Py_ssize_t _n_correct(Net* net, int itemsize, const Py_ssize_t* ids, const 
     for r in range(n):
         row = rows[s + r] if rows != NULL else s + r
         if net.loss == CCE:
-            best = 0
-            for j in range(1, n_out):
-                if (a32[r * n_out + j] > a32[r * n_out + best]) if itemsize == 4 else \
-                        (a64[r * n_out + j] > a64[r * n_out + best]):
-                    best = j
+            best = _first_max(a32 + r * n_out, n_out) if itemsize == 4 else _first_max(a64 + r * n_out, n_out)
             hits += best == ids[row]
         else:
             p = (a32[r * n_out] > 0.5) if itemsize == 4 else (a64[r * n_out] > 0.5)
