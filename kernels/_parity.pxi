@@ -155,3 +155,18 @@ def vmath(str name, const floating[::1] x, floating[::1] out):
             else:
                 for i in range(n):
                     out[i] = vm_sigmoid(x[i])
+
+
+def cce_by_row(const floating[:, ::1] Z, const floating[::1] b, const floating[:, ::1] Y,
+               floating[:, ::1] A, double[::1] cost):
+    """Softmax and cross-entropy of each row alone, by _cce_row (the per-row formula that
+    loss_forward's blocks of rows, _cce_rows, are held to bit for bit): A, and cost[i] of row i."""
+    cdef Py_ssize_t i, m = Z.shape[0], n = Z.shape[1]
+    cdef double t[TILE]
+    if b.shape[0] != n or Y.shape[0] != m or Y.shape[1] != n or A.shape[0] != m or A.shape[1] != n:
+        raise ValueError(f"b, Y and A must match Z's shape {(m, n)}")
+    if cost.shape[0] != m:
+        raise ValueError(f"cost must hold {m} values, got {cost.shape[0]}")
+    with nogil:
+        for i in range(m):
+            cost[i] = _cce_row(&Z[i, 0], &b[0], &Y[i, 0], &A[i, 0], n, t)

@@ -352,75 +352,28 @@ cdef double _cce_row(const floating* z, const floating* b, const floating* y, fl
     return total
 
 
-cdef enum:
-    CR = 16   # rows of a _cce_rows block, one per lane
+cdef extern from "_cce.h" nogil:
+    enum:
+        CR "CCE_ROWS"              # rows of a _cce_rows block, one per lane
+        CCE_MAXN                   # classes of a row at most
+        CCE_SCRATCH                # doubles of a block's scratch
+    void cce_rows_f(const float* z, const float* b, const float* y, float* a, long rows, long n,
+                    double* scratch, double* cost)
+    void cce_rows_d(const double* z, const double* b, const double* y, double* a, long rows, long n,
+                    double* scratch, double* cost)
 
 
-cdef void _cce_rows(const floating* z, const floating* b, const floating* y, floating* a,
-                    Py_ssize_t rows, Py_ssize_t n, double* t, double* cost) noexcept nogil:
-    """_cce_row of `rows` <= CR consecutive rows of n <= TILE // CR classes, each row in a lane.
-
-    t: 2 TILE scratch, the row's logits v = z + b in float64 as t[k * CR + r] (lanes past `rows`
-    hold 0) and their e_k = exp(v_k - max) as t[TILE + k * CR + r].  Every row goes through
-    _cce_row's operations in _cce_row's order -- the maximum, e_k - [v_k == max] summed as _sum
-    sums (four accumulators by k mod 4), lse = log1p(sum + ties - 1), cost = sum_k y_k (lse - (v_k
-    - max)) in k order, A = e * exp(-lse) -- so each row's cost (into cost[r]) and A have
-    _cce_row's bits; only the lanes make the transcendental functions run on vectors, where a
-    row of 10 classes left them scalar.
-    """
-    cdef double mx[CR]
-    cdef double s0[CR]
-    cdef double s1[CR]
-    cdef double s2[CR]
-    cdef double s3[CR]
-    cdef double tops[CR]
-    cdef double lse[CR]
-    cdef double w[CR]
-    cdef double tot[CR]
-    cdef double* e = t + TILE
-    cdef Py_ssize_t r, k
-    for k in range(n):
-        for r in range(CR):
-            t[k * CR + r] = <double>(z[r * n + k] + b[k]) if r < rows else 0.0
-    for r in range(CR):
-        mx[r] = -INFINITY
-        s0[r] = 0
-        s1[r] = 0
-        s2[r] = 0
-        s3[r] = 0
-        tops[r] = 0
-        tot[r] = 0
-    for k in range(n):
-        for r in range(CR):
-            mx[r] = t[k * CR + r] if t[k * CR + r] > mx[r] else mx[r]
-    for k in range(n):
-        for r in range(CR):
-            e[k * CR + r] = _cce_exp(t[k * CR + r] - mx[r])
-    k = 0
-    while k + 4 <= n:
-        for r in range(CR):
-            s0[r] += e[k * CR + r] - (1.0 if t[k * CR + r] == mx[r] else 0.0)
-            s1[r] += e[(k + 1) * CR + r] - (1.0 if t[(k + 1) * CR + r] == mx[r] else 0.0)
-            s2[r] += e[(k + 2) * CR + r] - (1.0 if t[(k + 2) * CR + r] == mx[r] else 0.0)
-            s3[r] += e[(k + 3) * CR + r] - (1.0 if t[(k + 3) * CR + r] == mx[r] else 0.0)
-        k += 4
-    while k < n:
-        for r in range(CR):
-            s0[r] += e[k * CR + r] - (1.0 if t[k * CR + r] == mx[r] else 0.0)
-        k += 1
-    for k in range(n):
-        for r in range(CR):
-            tops[r] += 1.0 if t[k * CR + r] == mx[r] else 0.0
-    for r in range(CR):
-        lse[r] = vm_log1p(((s0[r] + s1[r]) + (s2[r] + s3[r])) + (tops[r] - 1.0))
-        w[r] = vm_exp(-lse[r])
-    for k in range(n):
-        for r in range(rows):
-            tot[r] += <double>y[r * n + k] * (lse[r] - (t[k * CR + r] - mx[r]))
-    for r in range(rows):
-        cost[r] = tot[r]
-        for k in range(n):
-            a[r * n + k] = <floating>(e[k * CR + r] * w[r])
+cdef inline void _cce_rows(const floating* z, const floating* b, const floating* y, floating* a,
+                           Py_ssize_t rows, Py_ssize_t n, double* t, double* cost) noexcept nogil:
+    """_cce_row of `rows` <= CR consecutive rows of n <= CCE_MAXN classes, each row in a lane
+    (_cce.h): every row goes through _cce_row's operations in _cce_row's order, so each row's
+    cost (into cost[r]) and A have _cce_row's bits; only the lanes make the transcendental
+    functions run on vectors, where a row of 10 classes left them scalar.  t: CCE_SCRATCH
+    doubles of scratch."""
+    if floating is float:
+        cce_rows_f(z, b, y, a, rows, n, t, cost)
+    else:
+        cce_rows_d(z, b, y, a, rows, n, t, cost)
 
 
 cdef double _loss_piece(const floating* Z, const floating* b, const floating* Y, floating* A,
@@ -447,13 +400,13 @@ cdef void _loss_pieces(const floating* Z, const floating* b, const floating* Y, 
                        Py_ssize_t c1, double* part) noexcept nogil:
     """part[c] = _loss_piece of piece c (of K, over the _spans or, for CCE, the rows) for c in
     c0:c1.  A CCE piece is a few rows (K of up to KMAX pieces for any batch), so with at most
-    TILE // CR classes the rows of consecutive pieces share the blocks of _cce_rows; each piece's
+    CCE_MAXN classes the rows of consecutive pieces share the blocks of _cce_rows; each piece's
     rows are still summed in order from 0, so part[c] has _loss_piece's bits."""
-    cdef double t[2 * TILE]     # _cce_rows' logits and exponentials
+    cdef double t[CCE_SCRATCH]  # _cce_rows' logits, exponentials and targets
     cdef double cost[CR]
     cdef Py_ssize_t c = c0, i, last, end, L, r, pieces
     cdef double total = 0
-    if loss != CCE or n > TILE // CR:
+    if loss != CCE or n > CCE_MAXN:
         pieces = m if loss == CCE else _spans(m, n)
         for c in range(c0, c1):
             part[c] = _loss_piece(Z, b, Y, A, m, n, loss, _cut(pieces, K, c), _cut(pieces, K, c + 1))

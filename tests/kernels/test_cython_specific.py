@@ -131,6 +131,35 @@ def test_dropout_hash_parity(variant):
     np.testing.assert_array_equal(got, reference.fmix32(h))
 
 
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_blocks_of_rows_have_each_row_s_bits(variant, dtype):
+    """loss_forward runs rows of up to 64 classes 16 at a time, one per vector lane; every row's
+    cost and A equal the single-row formula's bits (NaN and inf logits, ties, soft targets,
+    partial blocks)."""
+    rng = np.random.default_rng(5)
+    kind = "float" if dtype == np.float32 else "double"
+    for n in (1, 2, 3, 10, 17, 64):
+        for m in (1, 15, 16, 17, 45):
+            Z = (rng.standard_normal((m, n)) * rng.choice([0.1, 3.0, 60.0])).astype(dtype)
+            b = (rng.standard_normal(n) * 0.1).astype(dtype)
+            Y = rng.random((m, n)).astype(dtype)
+            Y[::2] = np.eye(n, dtype=dtype)[rng.integers(0, n, (m + 1) // 2)]
+            if n >= 3 and m >= 8:
+                Z[1, 0] = Z[1, 1]
+                Z[2, :] = 5.0
+                Z[3, 1], Z[4, 2], Z[5, 0] = np.nan, np.inf, -np.inf
+            want_A, want_cost = np.empty_like(Z), np.empty(m)
+            variant.cce_by_row[kind](Z, b, Y, want_A, want_cost)
+            A = np.empty_like(Z)
+            variant.loss_forward[kind](Z, b, Y, _codes.CCE, A, 1)
+            np.testing.assert_array_equal(A, want_A)
+            for i in range(m):
+                one = np.empty((1, n), dtype)
+                cost = variant.loss_forward[kind](Z[i:i + 1], b, Y[i:i + 1], _codes.CCE, one, 1)
+                np.testing.assert_array_equal(cost, want_cost[i])
+
+
 def test_codes_match():
     want = dict(_codes.ACTIVATIONS)
     want.update(_codes.LOSSES)

@@ -1,0 +1,192 @@
+/* Softmax and categorical cross-entropy of CCE_ROWS rows at a time, one row per lane (the
+ * per-kernel backend's _cce_rows, _per_kernel.pxi).
+ *
+ * For each row of n <= CCE_MAXN classes, with v_k = z_k + b_k (in the dtype, then float64),
+ * mx = max_k v_k and e_k = exp(v_k - mx):
+ *     rest = sum_k (e_k - [v_k == mx])     as four running sums by k mod 4 (a last n mod 4
+ *                                          classes on the first), added (s0 + s1) + (s2 + s3)
+ *     lse  = log1p(rest + ties - 1)        ties: how many v_k equal mx
+ *     cost = sum_k y_k (lse - (v_k - mx))  in k order
+ *     A_k  = e_k exp(-lse)                 rounded once to the dtype
+ * which are _cce_row's operations in _cce_row's order, so every row has its bits; the lanes
+ * only make the exponentials run on vectors where one row of 10 classes left them scalar.
+ *
+ * The rows come in and go out row by row (z, y, a: rows x n, row-major); inside, a block is
+ * held class by class, t[k * CCE_ROWS + r].  With AVX-512 the block is turned around by
+ * gathers and scatters (a scalar store per element was most of the time for 10 classes);
+ * elsewhere by loops.  Every loop over the lanes is vectorised whole (a constant trip count
+ * would have gcc unroll it into scalar code first, as in _lanes.h). */
+#ifndef FUSEDNET_CCE_H
+#define FUSEDNET_CCE_H
+
+#include <math.h>
+#include "_vmath.h"
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#define CCE_AVX512 1
+#include <immintrin.h>
+#endif
+
+#define CCE_ROWS 16
+/* classes of a row at most: a block's scratch arrays hold CCE_ROWS x CCE_MAXN values */
+#define CCE_MAXN 64
+/* doubles of scratch a call needs: logits, exponentials (then A), targets */
+#define CCE_SCRATCH (3 * CCE_ROWS * CCE_MAXN)
+
+#define CCE_LANES _Pragma("GCC unroll 1") _Pragma("GCC ivdep") for (long r = 0; r < CCE_ROWS; r++)
+
+/* exp(d) of a logit minus its row's maximum (d <= 0, or NaN: a NaN or +inf logit), NaN kept */
+static inline double cce_exp(double d) { return d == d ? vm_exp_nonpos(d) : d; }
+
+/* The block's rows after the turn: t (logits v), yt (targets) in, cost[r] and et (A, before
+ * its rounding to the dtype) out; et also holds the exponentials on the way. */
+static inline void cce_block(long n, const double *t, const double *yt, double *et, double *cost)
+{
+    double mx[CCE_ROWS], s0[CCE_ROWS], s1[CCE_ROWS], s2[CCE_ROWS], s3[CCE_ROWS];
+    double tops[CCE_ROWS], lse[CCE_ROWS], w[CCE_ROWS], tot[CCE_ROWS];
+    long k;
+    CCE_LANES {
+        mx[r] = -INFINITY;
+        s0[r] = 0; s1[r] = 0; s2[r] = 0; s3[r] = 0;
+        tops[r] = 0; tot[r] = 0;
+    }
+    for (k = 0; k < n; k++) {
+        const double *tk = t + k * CCE_ROWS;
+        CCE_LANES mx[r] = tk[r] > mx[r] ? tk[r] : mx[r];
+    }
+    for (k = 0; k < n; k++) {
+        const double *tk = t + k * CCE_ROWS;
+        double *ek = et + k * CCE_ROWS;
+        CCE_LANES ek[r] = cce_exp(tk[r] - mx[r]);
+    }
+    for (k = 0; k + 4 <= n; k += 4) {
+        const double *tk = t + k * CCE_ROWS;
+        const double *ek = et + k * CCE_ROWS;
+        CCE_LANES {
+            s0[r] += ek[r] - (tk[r] == mx[r] ? 1.0 : 0.0);
+            s1[r] += ek[CCE_ROWS + r] - (tk[CCE_ROWS + r] == mx[r] ? 1.0 : 0.0);
+            s2[r] += ek[2 * CCE_ROWS + r] - (tk[2 * CCE_ROWS + r] == mx[r] ? 1.0 : 0.0);
+            s3[r] += ek[3 * CCE_ROWS + r] - (tk[3 * CCE_ROWS + r] == mx[r] ? 1.0 : 0.0);
+        }
+    }
+    for (; k < n; k++) {
+        const double *tk = t + k * CCE_ROWS;
+        const double *ek = et + k * CCE_ROWS;
+        CCE_LANES s0[r] += ek[r] - (tk[r] == mx[r] ? 1.0 : 0.0);
+    }
+    for (k = 0; k < n; k++) {
+        const double *tk = t + k * CCE_ROWS;
+        CCE_LANES tops[r] += tk[r] == mx[r] ? 1.0 : 0.0;
+    }
+    CCE_LANES {
+        lse[r] = vm_log1p(((s0[r] + s1[r]) + (s2[r] + s3[r])) + (tops[r] - 1.0));
+        w[r] = vm_exp(-lse[r]);
+    }
+    for (k = 0; k < n; k++) {
+        const double *tk = t + k * CCE_ROWS;
+        const double *yk = yt + k * CCE_ROWS;
+        double *ek = et + k * CCE_ROWS;
+        CCE_LANES {
+            tot[r] += yk[r] * (lse[r] - (tk[r] - mx[r]));
+            ek[r] = ek[r] * w[r];
+        }
+    }
+    CCE_LANES cost[r] = tot[r];
+}
+
+/* The turns: rows (z + b, y) into t, yt, lanes past `rows` 0; et's lanes back into a's rows. */
+static inline void cce_in_f(const float *z, const float *b, const float *y, long rows, long n,
+                            double *t, double *yt)
+{
+    long r, k;
+#if defined(CCE_AVX512)
+    __mmask16 m = (__mmask16)((1u << rows) - 1u);
+    __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                     _mm512_set1_epi32((int)n));
+    (void)r;
+    for (k = 0; k < n; k++) {
+        __m512 v = _mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, z + k, 4),
+                                 _mm512_set1_ps(b[k]));
+        __m512 u = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, y + k, 4);
+        _mm512_storeu_pd(t + k * CCE_ROWS, _mm512_maskz_mov_pd((__mmask8)m, _mm512_cvtps_pd(_mm512_castps512_ps256(v))));
+        _mm512_storeu_pd(t + k * CCE_ROWS + 8, _mm512_maskz_mov_pd((__mmask8)(m >> 8), _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1))));
+        _mm512_storeu_pd(yt + k * CCE_ROWS, _mm512_cvtps_pd(_mm512_castps512_ps256(u)));
+        _mm512_storeu_pd(yt + k * CCE_ROWS + 8, _mm512_cvtps_pd(_mm512_extractf32x8_ps(u, 1)));
+    }
+#else
+    for (r = 0; r < rows; r++)
+        for (k = 0; k < n; k++) {
+            t[k * CCE_ROWS + r] = (double)(z[r * n + k] + b[k]);
+            yt[k * CCE_ROWS + r] = (double)y[r * n + k];
+        }
+    for (r = rows; r < CCE_ROWS; r++)
+        for (k = 0; k < n; k++) {
+            t[k * CCE_ROWS + r] = 0.0;
+            yt[k * CCE_ROWS + r] = 0.0;
+        }
+#endif
+}
+
+static inline void cce_out_f(const double *et, long rows, long n, float *a)
+{
+    long r, k;
+#if defined(CCE_AVX512)
+    __mmask16 m = (__mmask16)((1u << rows) - 1u);
+    __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                     _mm512_set1_epi32((int)n));
+    (void)r;
+    for (k = 0; k < n; k++) {
+        __m256 lo = _mm512_cvtpd_ps(_mm512_loadu_pd(et + k * CCE_ROWS));
+        __m256 hi = _mm512_cvtpd_ps(_mm512_loadu_pd(et + k * CCE_ROWS + 8));
+        _mm512_mask_i32scatter_ps(a + k, m, idx, _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1), 4);
+    }
+#else
+    for (r = 0; r < rows; r++)
+        for (k = 0; k < n; k++)
+            a[r * n + k] = (float)et[k * CCE_ROWS + r];
+#endif
+}
+
+static inline void cce_in_d(const double *z, const double *b, const double *y, long rows, long n,
+                            double *t, double *yt)
+{
+    long r, k;
+    for (r = 0; r < rows; r++)
+        for (k = 0; k < n; k++) {
+            t[k * CCE_ROWS + r] = z[r * n + k] + b[k];
+            yt[k * CCE_ROWS + r] = y[r * n + k];
+        }
+    for (r = rows; r < CCE_ROWS; r++)
+        for (k = 0; k < n; k++) {
+            t[k * CCE_ROWS + r] = 0.0;
+            yt[k * CCE_ROWS + r] = 0.0;
+        }
+}
+
+static inline void cce_out_d(const double *et, long rows, long n, double *a)
+{
+    for (long r = 0; r < rows; r++)
+        for (long k = 0; k < n; k++)
+            a[r * n + k] = et[k * CCE_ROWS + r];
+}
+
+/* rows <= CCE_ROWS rows of n <= CCE_MAXN classes: A into a, each row's cost into cost;
+ * scratch: CCE_SCRATCH doubles */
+static inline void cce_rows_f(const float *z, const float *b, const float *y, float *a, long rows,
+                              long n, double *scratch, double *cost)
+{
+    double *t = scratch, *et = scratch + CCE_ROWS * CCE_MAXN, *yt = scratch + 2 * CCE_ROWS * CCE_MAXN;
+    cce_in_f(z, b, y, rows, n, t, yt);
+    cce_block(n, t, yt, et, cost);
+    cce_out_f(et, rows, n, a);
+}
+
+static inline void cce_rows_d(const double *z, const double *b, const double *y, double *a, long rows,
+                              long n, double *scratch, double *cost)
+{
+    double *t = scratch, *et = scratch + CCE_ROWS * CCE_MAXN, *yt = scratch + 2 * CCE_ROWS * CCE_MAXN;
+    cce_in_d(z, b, y, rows, n, t, yt);
+    cce_block(n, t, yt, et, cost);
+    cce_out_d(et, rows, n, a);
+}
+
+#endif
