@@ -352,6 +352,24 @@ cdef inline bint _rows_split(Net* net, int l) noexcept nogil:
             and net.m * net.n[l] * net.n[l + 1] >= ROWS_WORK)
 
 
+cdef inline bint _by_rows(Net* net, const floating* dummy, int l) noexcept nogil:
+    """Whether the team splits all of layer l's work by rows instead of by units: its forward
+    (product, bias, activation, dropout) and, from the layer above, the product of its dA and the
+    activation's derivative (the bias sums, over rows, stay split by units).  For a layer whose
+    rows do not start on cache lines (n[l + 1] not a multiple of 16, as digits' 100 units), where
+    two threads writing the two ends of every row took turns owning its lines: 200 x 64 @ 64 x 100
+    on two threads took about as long as on one.  And for a narrow output layer, whose units
+    would leave a thread idle.  Plain Dense layers on the own products only (batch norm and
+    Activation layers keep the split by units, and BLAS, whose blocking may follow a call's
+    shape).  Which thread computes an element changes, not its bits."""
+    cdef Py_ssize_t n = net.n[l + 1]
+    if not _own(net, dummy, l) or net.nt <= 1 or net.bn[l] or net.actnode[l] or _rows_split(net, l):
+        return False
+    if l == net.L - 1 and n < 16 * net.nt:
+        return net.m >= 16 * net.nt
+    return n % 16 != 0 and n >= 16 * net.nt
+
+
 cdef inline Py_ssize_t _cut16_near(Py_ssize_t total, Py_ssize_t parts, Py_ssize_t c) noexcept nogil:
     """As _cut16, rounded to the nearest multiple of 16 (209 rows in two: 112 and 97)."""
     cdef Py_ssize_t r = (total * c // parts + 8) & ~(<Py_ssize_t>15)
@@ -379,6 +397,36 @@ cdef void _step_forward_rows(const floating* dummy, Net* net, int l, int t) noex
             <floating*>net.W[l], <int>n, Z + r0 * n, <int>n, _own(net, Ap, l))
 
 
+cdef void _step_forward_by_rows(const floating* dummy, Net* net, int l, int t) noexcept nogil:
+    """Rows R_t of layer l, every unit (_by_rows layers): Z[R, :] = A_prev[R, :] @ W, then
+    g(Z + b) in place below the output and dropout, as _step_forward computes them by units."""
+    cdef Py_ssize_t m = net.m, k = net.n[l], n = net.n[l + 1], i
+    cdef Py_ssize_t r0 = _cut(m, net.nt, t), r1 = _cut(m, net.nt, t + 1)
+    cdef const floating* Ap = <const floating*>_input(net, l)
+    cdef floating* Z = <floating*>net.Z[l] + r0 * n
+    cdef const floating* b = <floating*>net.b[l]
+    cdef bint rows = l == 0 and net.in_place
+    if r1 <= r0:
+        return
+    if _relu_in_product(net, Ap, l):
+        fg_nn_relu(r1 - r0, n, k, NULL if rows else <const float*>Ap + r0 * k, k,
+                   net.xrows + r0 if rows else NULL, <float*>net.W[l], n, <const float*>b,
+                   <float*>Z, n)
+    else:
+        if rows:
+            fg_nn(r1 - r0, n, k, NULL, 0, net.xrows + r0, <float*>net.W[l], n, <float*>Z, n)
+        else:
+            _mm(net.gemm, False, False, <int>(r1 - r0), <int>n, <int>k, Ap + r0 * k, <int>k,
+                <floating*>net.W[l], <int>n, Z, <int>n, _own(net, Ap, l))
+        if l == net.L - 1:
+            return
+        _fwd_cols(Z, b, Z, r1 - r0, n, 0, n, net.act[l], <floating>net.slope[l])
+    if net.drop[l]:
+        for i in range(r0, r1):
+            _dropout_piece(<floating*>net.Z[l], <floating*>net.Dr[l], i * n, i * n + n, net.k1[l],
+                           net.k2[l], net.thr[l], net.keep_all[l], <floating>net.scale[l])
+
+
 cdef inline bint _relu_in_product(Net* net, const floating* dummy, int l) noexcept nogil:
     """Whether layer l's forward stores relu(Z + b) from its product (fg_nn_relu): a hidden Dense
     ReLU layer with no batch norm or Activation layer after it, float32 on the own kernels."""
@@ -395,6 +443,9 @@ cdef void _step_forward(const floating* dummy, Net* net, int l, int t) noexcept 
     cdef floating* Z = <floating*>net.Z[l]
     cdef const floating* src
     cdef const floating* b = <floating*>net.b[l]
+    if _by_rows(net, dummy, l):
+        _step_forward_by_rows(dummy, net, l, t)
+        return
     if j1 <= j0:
         return
     if _rows_split(net, l):
@@ -541,8 +592,43 @@ cdef void _step_loss_db(const floating* dummy, Net* net, const double* part) noe
         db[j] = <floating>s
 
 
+cdef void _grad_rows(floating* d, const floating* a, Py_ssize_t L, int op, floating p) noexcept nogil:
+    """d = d * g'(a) over L elements: _colsum_cols's element-wise part, without its sums."""
+    cdef Py_ssize_t i
+    if op == TANH:
+        for i in range(L):
+            d[i] = d[i] * tanh_grad(a[i])
+    elif op == RELU:
+        for i in range(L):
+            d[i] = d[i] * relu_grad(a[i])
+    elif op == SIGMOID:
+        for i in range(L):
+            d[i] = d[i] * sigmoid_grad(a[i])
+    elif op == LEAKY_RELU:
+        for i in range(L):
+            d[i] = d[i] * leaky_relu_grad(a[i], p)
+
+
+cdef void _colsums(const floating* x, floating* db, Py_ssize_t m, Py_ssize_t n, Py_ssize_t j0,
+                   Py_ssize_t j1) noexcept nogil:
+    """db[j0:j1] = the sums of x[:, j0:j1] (at most CB columns) in float64, each column top to
+    bottom: _colsum_cols's sums, reading x only."""
+    cdef double acc[CB]
+    cdef Py_ssize_t i, j, w = j1 - j0
+    cdef const floating* r
+    for j in range(w):
+        acc[j] = 0
+    for i in range(m):
+        r = x + i * n + j0
+        for j in range(w):
+            acc[j] += r[j]
+    for j in range(w):
+        db[j0 + j] = <floating>acc[j]
+
+
 cdef void _step_backward(const floating* dummy, Net* net, int l, int t) noexcept nogil:
-    """Inputs J_t of layer l: dW[J, :], and below the first layer dZ_prev[:, J] and db_prev[J]."""
+    """Inputs J_t of layer l: dW[J, :], and below the first layer dZ_prev[:, J] and db_prev[J]
+    (a _by_rows layer below: dZ_prev[R_t, :] of rows R_t, and its db_prev in its own phase)."""
     cdef Py_ssize_t m = net.m, k = net.n[l], n = net.n[l + 1], j, w
     cdef Py_ssize_t j0 = _cut_in(k, net.nt, t, l), j1 = _cut_in(k, net.nt, t + 1, l)
     cdef int cur = (net.L - 1 - l) & 1
@@ -550,10 +636,17 @@ cdef void _step_backward(const floating* dummy, Net* net, int l, int t) noexcept
     cdef floating* dA = <floating*>net.D[1 - cur]
     cdef const floating* In = <const floating*>_input(net, l)
     cdef const floating* Ap
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, r0, r1
+    if l < net.L - 1 and _by_rows(net, dummy, l) and net.has_bias[l]:  # dZ came by rows: db here
+        r0 = _cut16(n, net.nt, t)
+        r1 = _cut16(n, net.nt, t + 1)
+        while r0 < r1:
+            w = CB if r1 - r0 > CB else r1 - r0
+            _colsums(dZ, <floating*>net.db[l], m, n, r0, r0 + w)
+            r0 += w
     if j1 <= j0:
-        return
-    if l == 0 and net.in_place:
+        pass  # no inputs of this thread's (the rows of a _by_rows layer below it still are)
+    elif l == 0 and net.in_place:
         fg_tn(j1 - j0, n, m, NULL, 0, net.xrows, j0, <float*>dZ, n, <float*>net.dW[l] + j0 * n, n)
     elif l == 0 and net.xpad != NULL:
         _mm(net.gemm, True, False, <int>(j1 - j0), <int>n, <int>m, <const floating*>net.xpad + j0,
@@ -564,6 +657,22 @@ cdef void _step_backward(const floating* dummy, Net* net, int l, int t) noexcept
     if l == 0:
         return
     Ap = <const floating*>_out(net, l - 1)
+    if _by_rows(net, dummy, l - 1):  # dA and dZ_prev of rows R_t, every input
+        r0 = _cut(m, net.nt, t)
+        r1 = _cut(m, net.nt, t + 1)
+        if r1 <= r0:
+            return
+        _mm(net.gemm, False, True, <int>(r1 - r0), <int>k, <int>n, dZ + r0 * n, <int>n,
+            <floating*>net.W[l], <int>n, dA + r0 * k, <int>k, _own(net, dZ, l))
+        if net.drop[l - 1]:
+            for i in range(r0, r1):
+                _dropout_piece(dA, dA, i * k, i * k + k, net.k1[l - 1], net.k2[l - 1],
+                               net.thr[l - 1], net.keep_all[l - 1], <floating>net.scale[l - 1])
+        _grad_rows(dA + r0 * k, Ap + r0 * k, (r1 - r0) * k, net.act[l - 1],
+                   <floating>net.slope[l - 1])
+        return
+    if j1 <= j0:
+        return
     _mm(net.gemm, False, True, <int>m, <int>(j1 - j0), <int>n, dZ, <int>n,
         <floating*>net.W[l] + j0 * n, <int>n, dA + j0, <int>k, _own(net, dZ, l))
     if net.drop[l - 1]:

@@ -335,6 +335,16 @@ def test_the_result_does_not_depend_on_the_thread_count():
     _same_bits_for_any_thread_count(train)
 
 
+def test_layers_a_team_splits_by_rows_do_not_depend_on_the_thread_count():
+    # widths that are not whole cache lines (270, 17, 9 units) with dropout, and a narrow output:
+    # a team of two splits their work by rows, of three partly by units
+    def train():
+        model, _, h, _ = _train("dropout", "adam", "float32", True, l2=0.1)
+        return model, h
+
+    _same_bits_for_any_thread_count(train)
+
+
 def test_the_one_pass_step_of_a_narrow_net_does_not_depend_on_the_thread_count():
     def train():
         model, _, h, _ = _train("narrow", "adam", "float32", True, l2=0.1, batch_size=None, m=300)

@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import kernels as _kernels
 from ..kernels import _codes, dropout_key, dropout_threshold
+from ..kernels._memory import empty_aligned
 from ..layers import Activation, BatchNorm, Dense, Dropout
 
 __all__ = ["make_nodes", "need_din"]
@@ -87,9 +88,9 @@ class _DenseNode(_Node):
         self.W = self.WT = self.b = self.dW = self.db = None
 
     def alloc(self, cap, train):
-        bufs = {"Z": np.empty(cap * self.n_out, self.dtype)}
+        bufs = {"Z": empty_aligned(cap * self.n_out, self.dtype)}
         if self.is_output:
-            bufs["A"] = np.empty(cap * self.n_out, self.dtype)
+            bufs["A"] = empty_aligned(cap * self.n_out, self.dtype)
         return bufs
 
     def views(self, bufs, n):
@@ -143,7 +144,7 @@ class _ActivationNode(_Node):
         self.zeros = self.scratch = None
 
     def alloc(self, cap, train):
-        return {"A": np.empty(cap * self.n_out, self.dtype)}
+        return {"A": empty_aligned(cap * self.n_out, self.dtype)}
 
     def views(self, bufs, n):
         v = _NodeViews()
@@ -186,7 +187,7 @@ class _DropoutNode(_Node):
 
     def alloc(self, cap, train):
         if train and self.keep_prob < 1.0:
-            return {"A": np.empty(cap * self.n_out, self.dtype)}
+            return {"A": empty_aligned(cap * self.n_out, self.dtype)}
         return {}
 
     def views(self, bufs, n):
@@ -230,9 +231,9 @@ class _BatchNormNode(_Node):
         self.invstd = np.ones(w, dtype)
 
     def alloc(self, cap, train):
-        bufs = {"A": np.empty(cap * self.n_out, self.dtype)}
+        bufs = {"A": empty_aligned(cap * self.n_out, self.dtype)}
         if train:
-            bufs["xhat"] = np.empty(cap * self.n_out, self.dtype)
+            bufs["xhat"] = empty_aligned(cap * self.n_out, self.dtype)
         return bufs
 
     def views(self, bufs, n):
@@ -338,11 +339,11 @@ class _Workspace:
         nodes = model._nodes
         dt = model.dtype
         self.bufs = [node.alloc(capacity, train) for node in nodes]
-        self.xbuf = np.empty(capacity * model.input_dim, dt)
-        self.ybuf = np.empty(capacity * nodes[-1].n_out, dt)
+        self.xbuf = empty_aligned(capacity * model.input_dim, dt)
+        self.ybuf = empty_aligned(capacity * nodes[-1].n_out, dt)
         if train:
             wmax = max(node.n_out for node in nodes)
-            self.delta = (np.empty(capacity * wmax, dt), np.empty(capacity * wmax, dt))
+            self.delta = (empty_aligned(capacity * wmax, dt), empty_aligned(capacity * wmax, dt))
         self._nodes = nodes
         self._need_din = model._need_din
         self._nin = model.input_dim
