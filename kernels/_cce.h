@@ -93,17 +93,37 @@ static inline void cce_block(long n, const double *t, const double *yt, double *
     CCE_LANES cost[r] = tot[r];
 }
 
-/* The turns: rows (z + b, y) into t, yt, lanes past `rows` 0; et's lanes back into a's rows. */
+/* The turns, by loops (any dtype): rows (z + b, y) into t, yt, lanes past `rows` 0; et's lanes
+ * back into a's rows, rounded to a's dtype. */
+#define CCE_IN_LOOPS(z, b, y, rows, n, t, yt)                                  \
+    for (long r = 0; r < CCE_ROWS; r++)                                        \
+        for (long k = 0; k < (n); k++) {                                       \
+            (t)[k * CCE_ROWS + r] = r < (rows) ? (double)((z)[r * (n) + k] + (b)[k]) : 0.0; \
+            (yt)[k * CCE_ROWS + r] = r < (rows) ? (double)(y)[r * (n) + k] : 0.0;           \
+        }
+#define CCE_OUT_LOOPS(et, rows, n, a)                                          \
+    for (long r = 0; r < (rows); r++)                                          \
+        for (long k = 0; k < (n); k++)                                         \
+            (a)[r * (n) + k] = (et)[k * CCE_ROWS + r];
+
+#if defined(CCE_AVX512)
+/* element r * n of each of the block's 16 rows, and the block's rows */
+static inline __m512i cce_index(long n)
+{
+    return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                              _mm512_set1_epi32((int)n));
+}
+static inline __mmask16 cce_mask(long rows) { return (__mmask16)((1u << rows) - 1u); }
+#endif
+
+/* float32 rows: with AVX-512 a gather per class in, a scatter per class out */
 static inline void cce_in_f(const float *z, const float *b, const float *y, long rows, long n,
                             double *t, double *yt)
 {
-    long r, k;
 #if defined(CCE_AVX512)
-    __mmask16 m = (__mmask16)((1u << rows) - 1u);
-    __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                     _mm512_set1_epi32((int)n));
-    (void)r;
-    for (k = 0; k < n; k++) {
+    __mmask16 m = cce_mask(rows);
+    __m512i idx = cce_index(n);
+    for (long k = 0; k < n; k++) {
         __m512 v = _mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, z + k, 4),
                                  _mm512_set1_ps(b[k]));
         __m512 u = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, y + k, 4);
@@ -113,60 +133,23 @@ static inline void cce_in_f(const float *z, const float *b, const float *y, long
         _mm512_storeu_pd(yt + k * CCE_ROWS + 8, _mm512_cvtps_pd(_mm512_extractf32x8_ps(u, 1)));
     }
 #else
-    for (r = 0; r < rows; r++)
-        for (k = 0; k < n; k++) {
-            t[k * CCE_ROWS + r] = (double)(z[r * n + k] + b[k]);
-            yt[k * CCE_ROWS + r] = (double)y[r * n + k];
-        }
-    for (r = rows; r < CCE_ROWS; r++)
-        for (k = 0; k < n; k++) {
-            t[k * CCE_ROWS + r] = 0.0;
-            yt[k * CCE_ROWS + r] = 0.0;
-        }
+    CCE_IN_LOOPS(z, b, y, rows, n, t, yt)
 #endif
 }
 
 static inline void cce_out_f(const double *et, long rows, long n, float *a)
 {
-    long r, k;
 #if defined(CCE_AVX512)
-    __mmask16 m = (__mmask16)((1u << rows) - 1u);
-    __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                     _mm512_set1_epi32((int)n));
-    (void)r;
-    for (k = 0; k < n; k++) {
+    __mmask16 m = cce_mask(rows);
+    __m512i idx = cce_index(n);
+    for (long k = 0; k < n; k++) {
         __m256 lo = _mm512_cvtpd_ps(_mm512_loadu_pd(et + k * CCE_ROWS));
         __m256 hi = _mm512_cvtpd_ps(_mm512_loadu_pd(et + k * CCE_ROWS + 8));
         _mm512_mask_i32scatter_ps(a + k, m, idx, _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1), 4);
     }
 #else
-    for (r = 0; r < rows; r++)
-        for (k = 0; k < n; k++)
-            a[r * n + k] = (float)et[k * CCE_ROWS + r];
+    CCE_OUT_LOOPS(et, rows, n, a)
 #endif
-}
-
-static inline void cce_in_d(const double *z, const double *b, const double *y, long rows, long n,
-                            double *t, double *yt)
-{
-    long r, k;
-    for (r = 0; r < rows; r++)
-        for (k = 0; k < n; k++) {
-            t[k * CCE_ROWS + r] = z[r * n + k] + b[k];
-            yt[k * CCE_ROWS + r] = y[r * n + k];
-        }
-    for (r = rows; r < CCE_ROWS; r++)
-        for (k = 0; k < n; k++) {
-            t[k * CCE_ROWS + r] = 0.0;
-            yt[k * CCE_ROWS + r] = 0.0;
-        }
-}
-
-static inline void cce_out_d(const double *et, long rows, long n, double *a)
-{
-    for (long r = 0; r < rows; r++)
-        for (long k = 0; k < n; k++)
-            a[r * n + k] = et[k * CCE_ROWS + r];
 }
 
 /* rows <= CCE_ROWS rows of n <= CCE_MAXN classes: A into a, each row's cost into cost;
@@ -184,9 +167,9 @@ static inline void cce_rows_d(const double *z, const double *b, const double *y,
                               long n, double *scratch, double *cost)
 {
     double *t = scratch, *et = scratch + CCE_ROWS * CCE_MAXN, *yt = scratch + 2 * CCE_ROWS * CCE_MAXN;
-    cce_in_d(z, b, y, rows, n, t, yt);
+    CCE_IN_LOOPS(z, b, y, rows, n, t, yt)
     cce_block(n, t, yt, et, cost);
-    cce_out_d(et, rows, n, a);
+    CCE_OUT_LOOPS(et, rows, n, a)
 }
 
 #endif
