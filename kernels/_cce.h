@@ -14,8 +14,7 @@
  * The rows come in and go out row by row (z, y, a: rows x n, row-major); inside, a block is
  * held class by class, t[k * CCE_ROWS + r].  With AVX-512 the block is turned around by
  * gathers and scatters (a scalar store per element was most of the time for 10 classes);
- * elsewhere by loops.  Every loop over the lanes is vectorised whole (a constant trip count
- * would have gcc unroll it into scalar code first, as in _lanes.h). */
+ * elsewhere by loops, and the costs are summed by rows from y where it lies. */
 #ifndef FUSEDNET_CCE_H
 #define FUSEDNET_CCE_H
 
@@ -29,25 +28,33 @@
 #define CCE_ROWS 16
 /* classes of a row at most: a block's scratch arrays hold CCE_ROWS x CCE_MAXN values */
 #define CCE_MAXN 64
-/* doubles of scratch a call needs: logits, exponentials (then A), targets */
+/* doubles of scratch a call needs: logits, exponentials (then A), targets (AVX-512) */
 #define CCE_SCRATCH (3 * CCE_ROWS * CCE_MAXN)
 
+/* Every loop over the lanes.  With AVX-512, vectorised whole (a constant trip count would have gcc
+ * unroll it into scalar code first, as in _lanes.h).  Elsewhere a plain loop, which gcc unrolls
+ * and then vectorises: with 16 vector registers the vectorised loop reloaded an exponential's
+ * constants from the stack, and measured slower. */
+#if defined(CCE_AVX512)
 #define CCE_LANES _Pragma("GCC unroll 1") _Pragma("GCC ivdep") for (long r = 0; r < CCE_ROWS; r++)
+#else
+#define CCE_LANES for (long r = 0; r < CCE_ROWS; r++)
+#endif
 
 /* exp(d) of a logit minus its row's maximum (d <= 0, or NaN: a NaN or +inf logit), NaN kept */
 static inline double cce_exp(double d) { return d == d ? vm_exp_nonpos(d) : d; }
 
-/* The block's rows after the turn: t (logits v), yt (targets) in, cost[r] and et (A, before
- * its rounding to the dtype) out; et also holds the exponentials on the way. */
-static inline void cce_block(long n, const double *t, const double *yt, double *et, double *cost)
+/* The block's rows after the turn: t (logits v) in; each row's mx and lse, and et (A, before its
+ * rounding to the dtype) out; et also holds the exponentials on the way. */
+static inline __attribute__((always_inline)) void cce_block(long n, const double *restrict t, double *restrict et, double *restrict mx,
+                             double *restrict lse)
 {
-    double mx[CCE_ROWS], s0[CCE_ROWS], s1[CCE_ROWS], s2[CCE_ROWS], s3[CCE_ROWS];
-    double tops[CCE_ROWS], lse[CCE_ROWS], w[CCE_ROWS], tot[CCE_ROWS];
+    double s0[CCE_ROWS], s1[CCE_ROWS], s2[CCE_ROWS], s3[CCE_ROWS], tops[CCE_ROWS], w[CCE_ROWS];
     long k;
     CCE_LANES {
         mx[r] = -INFINITY;
         s0[r] = 0; s1[r] = 0; s2[r] = 0; s3[r] = 0;
-        tops[r] = 0; tot[r] = 0;
+        tops[r] = 0;
     }
     for (k = 0; k < n; k++) {
         const double *tk = t + k * CCE_ROWS;
@@ -82,29 +89,42 @@ static inline void cce_block(long n, const double *t, const double *yt, double *
         w[r] = vm_exp(-lse[r]);
     }
     for (k = 0; k < n; k++) {
+        double *ek = et + k * CCE_ROWS;
+        CCE_LANES ek[r] = ek[r] * w[r];
+    }
+}
+
+/* cost[r] = sum_k y_k (lse - (v_k - mx)) of each lane, the targets turned into yt */
+static inline void cce_cost_lanes(long n, const double *restrict t, const double *restrict yt,
+                                  const double *restrict mx, const double *restrict lse, double *restrict cost)
+{
+    double tot[CCE_ROWS];
+    CCE_LANES tot[r] = 0;
+    for (long k = 0; k < n; k++) {
         const double *tk = t + k * CCE_ROWS;
         const double *yk = yt + k * CCE_ROWS;
-        double *ek = et + k * CCE_ROWS;
-        CCE_LANES {
-            tot[r] += yk[r] * (lse[r] - (tk[r] - mx[r]));
-            ek[r] = ek[r] * w[r];
-        }
+        CCE_LANES tot[r] += yk[r] * (lse[r] - (tk[r] - mx[r]));
     }
     CCE_LANES cost[r] = tot[r];
 }
 
-/* The turns, by loops (any dtype): rows (z + b, y) into t, yt, lanes past `rows` 0; et's lanes
- * back into a's rows, rounded to a's dtype. */
-#define CCE_IN_LOOPS(z, b, y, rows, n, t, yt)                                  \
-    for (long r = 0; r < CCE_ROWS; r++)                                        \
-        for (long k = 0; k < (n); k++) {                                       \
-            (t)[k * CCE_ROWS + r] = r < (rows) ? (double)((z)[r * (n) + k] + (b)[k]) : 0.0; \
-            (yt)[k * CCE_ROWS + r] = r < (rows) ? (double)(y)[r * (n) + k] : 0.0;           \
-        }
+/* The turns, by loops (any dtype): rows z + b into t, lanes past `rows` 0; et's lanes back into
+ * a's rows, rounded to a's dtype.  The cost, by rows from y where it lies (as cce_cost_lanes). */
+#define CCE_IN_LOOPS(z, b, rows, n, t)                                         \
+    for (long k = 0; k < (n); k++)                                             \
+        for (long r = 0; r < CCE_ROWS; r++)                                    \
+            (t)[k * CCE_ROWS + r] = r < (rows) ? (double)((z)[r * (n) + k] + (b)[k]) : 0.0;
 #define CCE_OUT_LOOPS(et, rows, n, a)                                          \
     for (long r = 0; r < (rows); r++)                                          \
         for (long k = 0; k < (n); k++)                                         \
             (a)[r * (n) + k] = (et)[k * CCE_ROWS + r];
+#define CCE_COST_LOOPS(y, rows, n, t, mx, lse, cost)                           \
+    for (long r = 0; r < (rows); r++) {                                        \
+        double tot = 0;                                                        \
+        for (long k = 0; k < (n); k++)                                         \
+            tot += (double)(y)[r * (n) + k] * ((lse)[r] - ((t)[k * CCE_ROWS + r] - (mx)[r])); \
+        (cost)[r] = tot;                                                       \
+    }
 
 #if defined(CCE_AVX512)
 /* element r * n of each of the block's 16 rows, and the block's rows */
@@ -133,7 +153,9 @@ static inline void cce_in_f(const float *z, const float *b, const float *y, long
         _mm512_storeu_pd(yt + k * CCE_ROWS + 8, _mm512_cvtps_pd(_mm512_extractf32x8_ps(u, 1)));
     }
 #else
-    CCE_IN_LOOPS(z, b, y, rows, n, t, yt)
+    (void)y;
+    (void)yt;
+    CCE_IN_LOOPS(z, b, rows, n, t)
 #endif
 }
 
@@ -158,17 +180,25 @@ static inline void cce_rows_f(const float *z, const float *b, const float *y, fl
                               long n, double *scratch, double *cost)
 {
     double *t = scratch, *et = scratch + CCE_ROWS * CCE_MAXN, *yt = scratch + 2 * CCE_ROWS * CCE_MAXN;
+    double mx[CCE_ROWS], lse[CCE_ROWS];
     cce_in_f(z, b, y, rows, n, t, yt);
-    cce_block(n, t, yt, et, cost);
+    cce_block(n, t, et, mx, lse);
+#if defined(CCE_AVX512)
+    cce_cost_lanes(n, t, yt, mx, lse, cost);
+#else
+    CCE_COST_LOOPS(y, rows, n, t, mx, lse, cost)
+#endif
     cce_out_f(et, rows, n, a);
 }
 
 static inline void cce_rows_d(const double *z, const double *b, const double *y, double *a, long rows,
                               long n, double *scratch, double *cost)
 {
-    double *t = scratch, *et = scratch + CCE_ROWS * CCE_MAXN, *yt = scratch + 2 * CCE_ROWS * CCE_MAXN;
-    CCE_IN_LOOPS(z, b, y, rows, n, t, yt)
-    cce_block(n, t, yt, et, cost);
+    double *t = scratch, *et = scratch + CCE_ROWS * CCE_MAXN;
+    double mx[CCE_ROWS], lse[CCE_ROWS];
+    CCE_IN_LOOPS(z, b, rows, n, t)
+    cce_block(n, t, et, mx, lse);
+    CCE_COST_LOOPS(y, rows, n, t, mx, lse, cost)
     CCE_OUT_LOOPS(et, rows, n, a)
 }
 
