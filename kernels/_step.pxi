@@ -636,14 +636,14 @@ cdef void _step_backward(const floating* dummy, Net* net, int l, int t) noexcept
     cdef floating* dA = <floating*>net.D[1 - cur]
     cdef const floating* In = <const floating*>_input(net, l)
     cdef const floating* Ap
-    cdef Py_ssize_t i, r0, r1
+    cdef Py_ssize_t i, r0, r1, c0, c1
     if l < net.L - 1 and _by_rows(net, dummy, l) and net.has_bias[l]:  # dZ came by rows: db here
-        r0 = _cut16(n, net.nt, t)
-        r1 = _cut16(n, net.nt, t + 1)
-        while r0 < r1:
-            w = CB if r1 - r0 > CB else r1 - r0
-            _colsums(dZ, <floating*>net.db[l], m, n, r0, r0 + w)
-            r0 += w
+        c0 = _cut16(n, net.nt, t)
+        c1 = _cut16(n, net.nt, t + 1)
+        while c0 < c1:
+            w = CB if c1 - c0 > CB else c1 - c0
+            _colsums(dZ, <floating*>net.db[l], m, n, c0, c0 + w)
+            c0 += w
     if j1 <= j0:
         pass  # no inputs of this thread's (the rows of a _by_rows layer below it still are)
     elif l == 0 and net.in_place:
