@@ -126,6 +126,17 @@ static inline void cce_cost_lanes(long n, const double *restrict t, const double
         (cost)[r] = tot;                                                       \
     }
 
+/* The whole block by loops, any dtype. */
+#define CCE_ROWS_LOOPS(z, b, y, a, rows, n, scratch, cost)                    \
+    {                                                                          \
+        double *t = (scratch), *et = (scratch) + CCE_ROWS * CCE_MAXN;          \
+        double mx[CCE_ROWS], lse[CCE_ROWS];                                    \
+        CCE_IN_LOOPS(z, b, rows, n, t)                                         \
+        cce_block(n, t, et, mx, lse);                                          \
+        CCE_COST_LOOPS(y, rows, n, t, mx, lse, cost)                           \
+        CCE_OUT_LOOPS(et, rows, n, a)                                          \
+    }
+
 #if defined(CCE_AVX512)
 /* element r * n of each of the block's 16 rows, and the block's rows */
 static inline __m512i cce_index(long n)
@@ -134,13 +145,11 @@ static inline __m512i cce_index(long n)
                               _mm512_set1_epi32((int)n));
 }
 static inline __mmask16 cce_mask(long rows) { return (__mmask16)((1u << rows) - 1u); }
-#endif
 
-/* float32 rows: with AVX-512 a gather per class in, a scatter per class out */
+/* float32 rows in: a gather per class of the logits (plus the bias) and of the targets */
 static inline void cce_in_f(const float *z, const float *b, const float *y, long rows, long n,
                             double *t, double *yt)
 {
-#if defined(CCE_AVX512)
     __mmask16 m = cce_mask(rows);
     __m512i idx = cce_index(n);
     for (long k = 0; k < n; k++) {
@@ -152,16 +161,11 @@ static inline void cce_in_f(const float *z, const float *b, const float *y, long
         _mm512_storeu_pd(yt + k * CCE_ROWS, _mm512_cvtps_pd(_mm512_castps512_ps256(u)));
         _mm512_storeu_pd(yt + k * CCE_ROWS + 8, _mm512_cvtps_pd(_mm512_extractf32x8_ps(u, 1)));
     }
-#else
-    (void)y;
-    (void)yt;
-    CCE_IN_LOOPS(z, b, rows, n, t)
-#endif
 }
 
+/* float32 A out: a scatter per class */
 static inline void cce_out_f(const double *et, long rows, long n, float *a)
 {
-#if defined(CCE_AVX512)
     __mmask16 m = cce_mask(rows);
     __m512i idx = cce_index(n);
     for (long k = 0; k < n; k++) {
@@ -169,37 +173,30 @@ static inline void cce_out_f(const double *et, long rows, long n, float *a)
         __m256 hi = _mm512_cvtpd_ps(_mm512_loadu_pd(et + k * CCE_ROWS + 8));
         _mm512_mask_i32scatter_ps(a + k, m, idx, _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1), 4);
     }
-#else
-    CCE_OUT_LOOPS(et, rows, n, a)
-#endif
 }
+#endif
 
 /* rows <= CCE_ROWS rows of n <= CCE_MAXN classes: A into a, each row's cost into cost;
  * scratch: CCE_SCRATCH doubles */
 static inline void cce_rows_f(const float *z, const float *b, const float *y, float *a, long rows,
                               long n, double *scratch, double *cost)
 {
+#if defined(CCE_AVX512)
     double *t = scratch, *et = scratch + CCE_ROWS * CCE_MAXN, *yt = scratch + 2 * CCE_ROWS * CCE_MAXN;
     double mx[CCE_ROWS], lse[CCE_ROWS];
     cce_in_f(z, b, y, rows, n, t, yt);
     cce_block(n, t, et, mx, lse);
-#if defined(CCE_AVX512)
     cce_cost_lanes(n, t, yt, mx, lse, cost);
-#else
-    CCE_COST_LOOPS(y, rows, n, t, mx, lse, cost)
-#endif
     cce_out_f(et, rows, n, a);
+#else
+    CCE_ROWS_LOOPS(z, b, y, a, rows, n, scratch, cost)
+#endif
 }
 
 static inline void cce_rows_d(const double *z, const double *b, const double *y, double *a, long rows,
                               long n, double *scratch, double *cost)
 {
-    double *t = scratch, *et = scratch + CCE_ROWS * CCE_MAXN;
-    double mx[CCE_ROWS], lse[CCE_ROWS];
-    CCE_IN_LOOPS(z, b, rows, n, t)
-    cce_block(n, t, et, mx, lse);
-    CCE_COST_LOOPS(y, rows, n, t, mx, lse, cost)
-    CCE_OUT_LOOPS(et, rows, n, a)
+    CCE_ROWS_LOOPS(z, b, y, a, rows, n, scratch, cost)
 }
 
 #endif
