@@ -14,7 +14,8 @@
  * The rows come in and go out row by row (z, y, a: rows x n, row-major); inside, a block is
  * held class by class, t[k * CCE_ROWS + r].  With AVX-512 the block is turned around by
  * gathers and scatters (a scalar store per element was most of the time for 10 classes);
- * elsewhere by loops, and the costs are summed by rows from y where it lies. */
+ * elsewhere by loops, and the costs are summed over the lanes, class by class, from y where it
+ * lies. */
 #ifndef FUSEDNET_CCE_H
 #define FUSEDNET_CCE_H
 
@@ -109,7 +110,9 @@ static inline void cce_cost_lanes(long n, const double *restrict t, const double
 }
 
 /* The turns, by loops (any dtype): rows z + b into t, lanes past `rows` 0; et's lanes back into
- * a's rows, rounded to a's dtype.  The cost, by rows from y where it lies (as cce_cost_lanes). */
+ * a's rows, rounded to a's dtype.  The cost as cce_cost_lanes, from y where it lies: the classes
+ * outside and the lanes inside, so the lanes' sums run side by side rather than one row's chain
+ * of adds at a time. */
 #define CCE_IN_LOOPS(z, b, rows, n, t)                                         \
     for (long k = 0; k < (n); k++)                                             \
         for (long r = 0; r < CCE_ROWS; r++)                                    \
@@ -119,11 +122,15 @@ static inline void cce_cost_lanes(long n, const double *restrict t, const double
         for (long k = 0; k < (n); k++)                                         \
             (a)[r * (n) + k] = (et)[k * CCE_ROWS + r];
 #define CCE_COST_LOOPS(y, rows, n, t, mx, lse, cost)                           \
-    for (long r = 0; r < (rows); r++) {                                        \
-        double tot = 0;                                                        \
+    {                                                                          \
+        double tot[CCE_ROWS];                                                  \
+        for (long r = 0; r < CCE_ROWS; r++)                                    \
+            tot[r] = 0;                                                        \
         for (long k = 0; k < (n); k++)                                         \
-            tot += (double)(y)[r * (n) + k] * ((lse)[r] - ((t)[k * CCE_ROWS + r] - (mx)[r])); \
-        (cost)[r] = tot;                                                       \
+            for (long r = 0; r < (rows); r++)                                  \
+                tot[r] += (double)(y)[r * (n) + k] * ((lse)[r] - ((t)[k * CCE_ROWS + r] - (mx)[r])); \
+        for (long r = 0; r < (rows); r++)                                      \
+            (cost)[r] = tot[r];                                                \
     }
 
 /* The whole block by loops, any dtype. */
