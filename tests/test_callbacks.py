@@ -134,6 +134,31 @@ def test_history_behaves_like_a_dict_and_is_json_able():
     assert "History(epochs=3" in repr(h)
 
 
+@pytest.mark.parametrize("first_read", ["getitem", "keys", "len", "epochs", "to_dict", "to_json", "repr", "pickle",
+                                        "append"])
+def test_history_columns_recorded_at_once_read_as_the_epochs_appended_one_by_one(first_read):
+    import pickle
+
+    cols = {"train_loss": np.array([0.5, 0.25, 0.125]), "lr": np.full(3, 0.1), "time": np.array([1e-3, 2e-3, 3e-3])}
+    extra = {"train_loss": 0.0625, "lr": 0.1, "time": 4e-3}
+    ref = History()
+    for i in range(3):
+        ref.append({k: v[i] for k, v in cols.items()})
+    h = History()
+    h._extend({k: v[:2] for k, v in cols.items()})  # as the trainer's whole-fit calls record them
+    h._extend({k: v[2:] for k, v in cols.items()})
+    read = {"getitem": lambda: h["lr"], "keys": lambda: list(h), "len": lambda: len(h), "epochs": lambda: h.epochs,
+            "to_dict": h.to_dict, "to_json": h.to_json, "repr": lambda: repr(h),
+            "pickle": lambda: pickle.loads(pickle.dumps(h)), "append": lambda: h.append(extra)}[first_read]()
+    if first_read == "append":
+        ref.append(extra)
+    if first_read == "pickle":
+        h = read
+    assert h.epochs == ref.epochs and list(h) == list(ref) and repr(h) == repr(ref)
+    assert h.to_dict() == ref.to_dict() and h.to_json() == ref.to_json()
+    assert all(type(x) is float for v in h.values() for x in v)
+
+
 def test_history_plot(tmp_path):
     pytest.importorskip("matplotlib")
     X, y = data()

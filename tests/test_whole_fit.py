@@ -315,6 +315,88 @@ def test_the_serial_or_team_choice_is_made_once_per_fit_and_reported(monkeypatch
     assert fn.info()["last_fit"]["epochs"].startswith("one call per epoch: the callback _Counting")
 
 
+def _runs(monkeypatch):
+    """The list every ``_Run`` the trainer builds from now on is appended to."""
+    runs = []
+    real = _trainer._Run.__init__
+
+    def spy(self, *a, **k):
+        real(self, *a, **k)
+        runs.append(self)
+
+    monkeypatch.setattr(_trainer._Run, "__init__", spy)
+    return runs
+
+
+def _without_the_kept_step(monkeypatch):
+    """Every fit builds its step afresh, as before a model kept the step of its last fit."""
+    real = _fused.step_for
+
+    def fresh(model, *a):
+        model.__dict__.pop("_step_memo", None)
+        return real(model, *a)
+
+    monkeypatch.setattr(_fused, "step_for", fresh)
+
+
+def _two_fits(net, opt, change=None, batch_size=32):
+    """Two fits of one model and trainer on float32 data (the second on the rows reversed), with
+    ``change`` made between them; returns ``(model, optimiser, first history, second history)``."""
+    make, kind = NETS[net]
+    X, y = data(kind, dtype="float32")
+    model = Sequential(make(), input_dim=5, dtype="float32", seed=2)
+    o = OPTIMISERS[opt]()
+    trainer = Trainer(model, o, batch_size=batch_size, epochs=3, seed=7, progress=False)
+    first = trainer.fit(X, y)
+    backend, n_threads = kernels.get_backend(), kernels.get_num_threads()
+    if change == "optimizer":
+        trainer.optimizer = o = OPTIMISERS[opt]()
+    elif change == "reset":
+        o.reset()
+    elif change == "l2":
+        model.l2 = 1e-3
+    elif change == "seed":
+        model.seed = 5
+    elif change == "batch":
+        trainer.batch_size = 40
+    elif change == "threads":
+        kernels.set_num_threads(n_threads % 2 + 1)
+    elif change == "backend":  # named rather than chosen
+        kernels.set_backend("cython")
+    try:
+        second = trainer.fit(X[::-1].copy(), y[::-1].copy())
+    finally:
+        kernels.set_backend(backend)
+        kernels.set_num_threads(n_threads)
+    return model, o, first, second
+
+
+def _same_two_fits(a, b):
+    _same(a[:3] + (None,), b[:3] + (None,))
+    _same((a[0], a[1], a[3], None), (b[0], b[1], b[3], None))
+
+
+@pytest.mark.parametrize("net, opt, batch_size", [("planar", "gd", None), ("planar", "gd", 32),
+                                                  ("batchnorm", "adam", 32), ("softmax", "momentum", 1000)])
+def test_a_second_fit_takes_the_models_step_again_with_the_same_bits(monkeypatch, net, opt, batch_size):
+    runs = _runs(monkeypatch)
+    kept = _two_fits(net, opt, batch_size=batch_size)
+    assert runs[0].fused is not None and runs[1].fused is runs[0].fused
+    _without_the_kept_step(monkeypatch)
+    built = _two_fits(net, opt, batch_size=batch_size)
+    assert runs[3].fused is not runs[2].fused
+    _same_two_fits(kept, built)
+
+
+@pytest.mark.parametrize("change", ["optimizer", "reset", "l2", "seed", "batch", "threads", "backend"])
+def test_the_kept_step_is_built_again_when_what_it_was_built_from_changes(monkeypatch, change):
+    runs = _runs(monkeypatch)
+    kept = _two_fits("batchnorm", "adam", change)
+    assert runs[0].fused is not None and runs[1].fused is not None and runs[1].fused is not runs[0].fused
+    _without_the_kept_step(monkeypatch)
+    _same_two_fits(kept, _two_fits("batchnorm", "adam", change))
+
+
 @pytest.mark.parametrize("seed", [0, 1, 7, 2**31, 2**32 + 5, 2**63 - 1, 2**64 - 1])
 def test_the_compiled_epoch_orders_are_numpys(seed):
     order = _fused._cython()._ck.epoch_order

@@ -123,18 +123,19 @@ def record_fit(model, rows, step, whole_fit):
     """
     global LAST_FIT
     if isinstance(step, FusedStep):
-        path = f"one-call step; {step.team}"
-        if step.plan.narrow:
-            path += "; a narrow net: one pass over the batch, its rows along the vectors"
+        widths, dtype, path = step.described
         whole = "all epochs in one compiled call" if whole_fit is None else f"one call per epoch: {whole_fit}"
     else:
-        path = f"per-kernel path: {step}"
+        widths, dtype, path = _widths(model), str(np.dtype(model.dtype)), f"per-kernel path: {step}"
         whole = "one call per kernel"
-    nodes = model.plan()["layers"]
-    widths = [model.input_dim] + nodes["n_out"][nodes["op"] == _codes.DENSE].tolist()
-    LAST_FIT = {"model": " -> ".join(map(str, widths)), "dtype": str(np.dtype(model.dtype)), "batch_rows": int(rows),
-                "step": path, "epochs": whole}
+    LAST_FIT = {"model": widths, "dtype": dtype, "batch_rows": int(rows), "step": path, "epochs": whole}
     return LAST_FIT
+
+
+def _widths(model):
+    """The model's Dense widths from its input, as ``"2 -> 4 -> 1"``."""
+    nodes = model.plan()["layers"]
+    return " -> ".join(map(str, [model.input_dim] + nodes["n_out"][nodes["op"] == _codes.DENSE].tolist()))
 
 
 #: what a non-zero status of the compiled step names (fusednet.TrainingDiverged.what)
@@ -258,6 +259,32 @@ def layer_table(model):
     return table, blocks
 
 
+def step_for(model, optimizer, ws, v, n_threads):
+    """The :class:`FusedStep` of a fit of ``model`` with ``optimizer`` in batches of ``v.n`` rows
+    (``v``: views of the training workspace ``ws``), or None when :func:`why_not` or
+    :func:`rows_why_not` gives a reason.
+
+    A model keeps the step of its last fit, and the next fit takes it again when nothing the plan
+    is built from has changed: the model's layout, arenas, loss, L2 and seed, the optimiser and its
+    state buffers, the workspace, the batch rows, the threads and the kernel backend.  Each call
+    starts from the arenas, so a kept plan computes what a new one would; the model's next fit
+    does not pay the plan's checks again.
+    """
+    held = (model._layout_key, model._params, model._grads, optimizer, ws)
+    values = (model._loss, model._l2, model.seed, optimizer.backend, v.n, int(n_threads), _kernels.get_backend())
+    memo = model.__dict__.get("_step_memo")
+    if memo is not None and memo[1] == values and all(a is b for a, b in zip(memo[0], held)):
+        step = memo[2]
+        if step.state_is_current():
+            step.reset_bounds()
+            return step
+    if why_not(model, optimizer) is not None or rows_why_not(model, v.n, n_threads) is not None:
+        return None
+    step = FusedStep(model, optimizer, v, n_threads)
+    model._step_memo = (held, values, step)
+    return step
+
+
 def opt_record(opt, P, G):
     """``(record, state1, state2)``: ``opt`` as an :data:`~fusednet.kernels._plan.OPT_DTYPE` record
     (bound to the arenas ``P``, ``G``) and its state buffers (empty for GD)."""
@@ -297,6 +324,16 @@ class FusedStep:
         self._step = _cython()._ck.dense_step
         self._epoch = _cython()._ck.dense_epoch
         self._fit = _cython()._ck.dense_fit
+        path = f"one-call step; {self.team}"
+        if self.plan.narrow:
+            path += "; a narrow net: one pass over the batch, its rows along the vectors"
+        #: (the model's widths, its dtype, how its steps run) for record_fit
+        self.described = _widths(model), str(np.dtype(model.dtype)), path
+
+    def state_is_current(self):
+        """Whether the optimiser's state buffers are still the plan's (a reset or rebind replaces them)."""
+        s1, s2 = self.opt._fused(self.model._params, self.model._grads)[6:]
+        return s1 is self.state[0] and s2 is self.state[1]
 
     def reset_bounds(self):
         """Forget the update bounds (callbacks may have changed the weights): see ``fusednet.optim.update_bound``."""

@@ -63,21 +63,31 @@ class History(Mapping):
     """
 
     def __init__(self, data=None):
-        self._data = {}
+        self._cols = {}
+        self._pending = []
         if data is not None:
             if not isinstance(data, Mapping):
                 raise TypeError(f"History data must be a mapping, got {type(data).__name__}")
             for k, v in data.items():
                 if k == "epochs":
                     continue
-                self._data[str(k)] = [float(x) for x in v]
+                self._cols[str(k)] = [float(x) for x in v]
 
     @classmethod
     def _of_floats(cls, data):
         """A History holding ``data`` ({name: list of Python floats}) as it is: no copy, no conversion."""
         history = cls()
-        history._data = data
+        history._cols = data
         return history
+
+    @property
+    def _data(self):
+        """``{name: list of Python floats}``, after converting what :meth:`_extend` left as arrays."""
+        pending = self._pending
+        while pending:
+            for k, v in pending.pop(0).items():
+                self._cols.setdefault(k, []).extend(v.tolist())
+        return self._cols
 
     # ---- mapping -------------------------------------------------------------
 
@@ -107,11 +117,13 @@ class History(Mapping):
             self._data.setdefault(k, []).append(float(v))
 
     def _extend(self, columns):
-        """Record several epochs at once: ``{name: [float, ...]}``, Python floats, every list one
-        epoch per element; the same record as :meth:`append` called row by row (about a microsecond
-        per epoch less)."""
-        for k, v in columns.items():
-            self._data.setdefault(k, []).extend(v)
+        """Record several epochs at once: ``{name: 1-D float64 array}``, every array one epoch per
+        element, not written to afterwards; the same record as :meth:`append` called row by row.
+
+        The arrays become lists of Python floats when the history is first read, so a fit whose
+        history is not read does not convert them.
+        """
+        self._pending.append(columns)
 
     def to_dict(self):
         """``{name: [float, ...]}``, plain data for :func:`json.dump`."""

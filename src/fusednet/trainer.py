@@ -347,9 +347,9 @@ class _Run:
         self.first_epoch = 0
         self.fused = None
         self.fused_epoch = False
-        if (trainer.fused_step and _fused.why_not(model, self.opt) is None
-                and _fused.rows_why_not(model, B, n_threads) is None):
-            self.fused = _fused.FusedStep(model, self.opt, self.v_full, n_threads)
+        if trainer.fused_step:
+            self.fused = _fused.step_for(model, self.opt, ws, self.v_full, n_threads)
+        if self.fused is not None:
             # a whole shuffled epoch in one call: rows gathered inside, per-step costs and
             # predictions written by the kernel (multi-label accuracy stays per step)
             if self.mode == _GATHER and self.direct and not self.multilabel:
@@ -767,18 +767,18 @@ class _WholeFit:
             t0 = time.perf_counter()
             done, status, step, cost = run.fused.fit(self.data, rec, self._perms(epoch, end), lrs, hist, snapshot)
             per_epoch = (time.perf_counter() - t0) / max(done, 1)
-            # the history in the per-epoch path's order of keys, from plain lists (a record's
-            # fields read one by one cost a microsecond each, as much as a planar step)
-            cols = {"train_loss": hist["train_loss"][:done].tolist(), "lr": lrs[:done, 0].tolist()}
+            # the history in the per-epoch path's order of keys, as columns (a record's fields read
+            # one by one cost a microsecond each, as much as a planar step)
+            cols = {"train_loss": hist["train_loss"][:done], "lr": lrs[:done, 0]}
             if "train_accuracy" in names:
-                cols["train_accuracy"] = (hist["correct"][:done] / m).tolist()
+                cols["train_accuracy"] = hist["correct"][:done] / m
             for key in ("dev_loss", "dev_accuracy"):
                 if key in names:
-                    cols[key] = hist[key][:done].tolist()
-            cols["time"] = hist["seconds"][:done].tolist()
+                    cols[key] = hist[key][:done]
+            cols["time"] = hist["seconds"][:done]
             history._extend(cols)
             if es is not None:
-                for k, value in enumerate(cols[es.monitor]):
+                for k, value in enumerate(cols[es.monitor].tolist()):
                     if es.observe(epoch + k, value) and snapshot is not None:
                         es._snapshot = snapshot[0], snapshot[2]
             if bar is not None and done:
