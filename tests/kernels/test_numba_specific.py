@@ -403,3 +403,45 @@ def test_warmup_compiles_everything():
             f = getattr(mod, name)
             if isinstance(f, numba.core.registry.CPUDispatcher) and f.targetoptions.get("cache"):
                 assert f.signatures, f"{mod.__name__}.{name} was not compiled"
+
+
+_SOFTMAX_IN_TWO_PROCESSES = """
+import sys
+import numpy as np
+from fusednet.kernels import _codes
+from fusednet.kernels import _numba as N
+
+S = _codes.SOFTMAX
+out = {}
+for dtype in (np.float32, np.float64):
+    rng = np.random.default_rng(15)
+    Z = (rng.standard_normal((400, 257)) * 3).astype(dtype)
+    b = rng.standard_normal(257).astype(dtype)
+    dA = rng.standard_normal((400, 257)).astype(dtype)
+    Zi, di, db = Z.copy(), dA.copy(), np.empty(257, dtype)
+    N.bias_act_forward(Zi, b, S, 0.01, Zi, 1)
+    N.act_backward(di, Zi, S, 0.01, di, db, 1)
+    if sys.argv[1] == "both":
+        A, dZ = np.empty_like(Z), np.empty_like(dA)
+        N.bias_act_forward(Z, b, S, 0.01, A, 1)
+        N.act_backward(dA, A, S, 0.01, dZ, db, 1)
+        print(dtype.__name__, np.array_equal(A, Zi), np.array_equal(dZ, di))
+"""
+
+
+@pytest.mark.slow
+def test_softmax_in_place_equals_out_of_place_when_the_kernels_come_from_two_processes(tmp_path):
+    """The in-place softmax kernels compiled and cached by one process, the out-of-place ones compiled
+    by the next: a row's sums run in a fixed order (``_lane_sum``, ``_lane_dot``), so the bits agree
+    however each kernel was compiled."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    script = tmp_path / "softmax.py"
+    script.write_text(_SOFTMAX_IN_TWO_PROCESSES)
+    subprocess.run([sys.executable, str(script), "in-place"], env=env, check=True, timeout=600)
+    out = subprocess.run([sys.executable, str(script), "both"], env=env, check=True, timeout=600,
+                         capture_output=True, text=True).stdout.split("\n")
+    assert out[:2] == ["float32 True True", "float64 True True"]

@@ -59,7 +59,6 @@ from numba import njit, prange
 from ._codes import ACTIVATION_NAMES, BCE, LEAKY_RELU, LINEAR, LOSS_NAMES, MSE, RELU, SIGMOID, SOFTMAX, TANH
 from ._numba_flat import bound, kernel, loop, parallel_kernel, same_buffer
 from ._numba_math import (
-    REDUCTION_FASTMATH,
     exp_nonpos,
     leaky_relu,
     leaky_relu_grad,
@@ -68,12 +67,12 @@ from ._numba_math import (
     point,
     relu,
     relu_grad,
-    row_point,
     sigmoid,
     sigmoid_grad,
     tanh,
     tanh_grad,
 )
+from ._policy import REDUCTION_FASTMATH
 
 #: columns per float64 accumulator tile of a row-walking reduction
 TILE = 1024
@@ -87,8 +86,8 @@ SCRATCH = 5 * TILE
 
 _ROW_OPTIONS = dict(cache=True, nogil=True, fastmath=set(REDUCTION_FASTMATH), error_model="numpy",
                     no_cfunc_wrapper=True)
-#: decorators of the loss kernels, whose own loops sum along rows, with the flags of
-#: :data:`._numba_math.row_point`; a row is never split between threads
+#: decorators of the loss kernels, whose own loops sum along rows, with the reduction flags
+#: (:data:`~fusednet.kernels._policy.REDUCTION_FASTMATH`); a row is never split between threads
 row_kernel = njit(**_ROW_OPTIONS)
 row_parallel_kernel = njit(parallel=True, **_ROW_OPTIONS)
 
@@ -150,6 +149,68 @@ def _variant(f, name, decorator, **names):
     return decorator(g)
 
 
+#: The softmax rows' sums run in one fixed order, whatever the compiler does with their loops:
+#: term j goes into running sum ``j % 8`` in order of j, and the eight sums are added as
+#: ``((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))``.  The row functions that inline these
+#: helpers are compiled without reassociation (``point``), so the bits do not depend on whether a
+#: loop is vectorised, which the compiler decides per calling kernel: a row must come out the same
+#: from the in-place and the out-of-place kernels, and from the serial and the parallel ones, even
+#: when Numba's cache holds some of them from another process.  The eight sums are independent, so
+#: the loop still runs eight additions at a time.
+
+
+@loop
+def _lane_sum(a):
+    """``sum_j a[j]`` in float64, in the fixed order above."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    n = a.size
+    n8 = n - n % 8
+    for j in range(0, n8, 8):
+        s0 += a[j]
+        s1 += a[j + 1]
+        s2 += a[j + 2]
+        s3 += a[j + 3]
+        s4 += a[j + 4]
+        s5 += a[j + 5]
+        s6 += a[j + 6]
+        s7 += a[j + 7]
+    t = n - n8
+    s0 += a[n8] if t > 0 else 0.0
+    s1 += a[n8 + 1] if t > 1 else 0.0
+    s2 += a[n8 + 2] if t > 2 else 0.0
+    s3 += a[n8 + 3] if t > 3 else 0.0
+    s4 += a[n8 + 4] if t > 4 else 0.0
+    s5 += a[n8 + 5] if t > 5 else 0.0
+    s6 += a[n8 + 6] if t > 6 else 0.0
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+@loop
+def _lane_dot(x, a):
+    """``sum_j x[j] * a[j]`` in float64, in the fixed order above (each product in the arrays' dtype)."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    n = a.size
+    n8 = n - n % 8
+    for j in range(0, n8, 8):
+        s0 += x[j] * a[j]
+        s1 += x[j + 1] * a[j + 1]
+        s2 += x[j + 2] * a[j + 2]
+        s3 += x[j + 3] * a[j + 3]
+        s4 += x[j + 4] * a[j + 4]
+        s5 += x[j + 5] * a[j + 5]
+        s6 += x[j + 6] * a[j + 6]
+        s7 += x[j + 7] * a[j + 7]
+    t = n - n8
+    s0 += x[n8] * a[n8] if t > 0 else 0.0
+    s1 += x[n8 + 1] * a[n8 + 1] if t > 1 else 0.0
+    s2 += x[n8 + 2] * a[n8 + 2] if t > 2 else 0.0
+    s3 += x[n8 + 3] * a[n8 + 3] if t > 3 else 0.0
+    s4 += x[n8 + 4] * a[n8 + 4] if t > 4 else 0.0
+    s5 += x[n8 + 5] * a[n8 + 5] if t > 5 else 0.0
+    s6 += x[n8 + 6] * a[n8 + 6] if t > 6 else 0.0
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
 @loop
 def _softmax_row(z, bb, a):
     zmax = -np.inf
@@ -157,22 +218,20 @@ def _softmax_row(z, bb, a):
         v = z[j] + bb[j]
         zmax = v if v > zmax else zmax
     zm = like(a, zmax)
-    total = 0.0
     for j in range(a.size):
-        e = exp_nonpos(z[j] + bb[j] - zm)  # at most 0: zm is the row's max
-        a[j] = e
-        total += e
-    inv = like(a, 1.0 / total)
+        a[j] = exp_nonpos(z[j] + bb[j] - zm)  # at most 0: zm is the row's max
+    inv = like(a, 1.0 / _lane_sum(a))
     for j in range(a.size):
         a[j] *= inv
 
 
-@row_point
+@point
 def _softmax_rows(Z, b, A, r0, r1):
     """Row-wise, max-subtracted ``A = softmax(Z + b)`` on rows [r0, r1).
 
     A NaN or +inf in a row makes the whole row NaN, as in the reference.
-    A function of its own, with the reduction flags for the row sums.
+    A function of its own, without reassociation: each row's sum runs in the order of
+    :func:`_lane_sum`.
     """
     if same_buffer(Z, A):
         for i in range(r0, r1):
@@ -354,15 +413,12 @@ def _backward_span(x, a, d, base, w, act, s):
 
 @loop
 def _softmax_backward_row(x, a, d):
-    dot = 0.0
-    for j in range(d.size):
-        dot += x[j] * a[j]
-    c = like(a, dot)
+    c = like(a, _lane_dot(x, a))
     for j in range(d.size):
         d[j] = a[j] * (x[j] - c)
 
 
-@row_point
+@point
 def _softmax_backward_rows(dA, A, dZ):
     """``dZ = A * (dA - sum_cols(dA * A))`` on every row.  dZ may alias dA."""
     if same_buffer(dA, dZ):

@@ -55,9 +55,9 @@ from numba.extending import intrinsic, overload
 # imports this one, settled before any of them is decorated
 from . import _numba_cache  # noqa: F401
 
-#: The fast-math flags of the kernels' element-wise work (FASTMATH) and of loops that reduce
-#: along one row (REDUCTION_FASTMATH): fusednet.kernels._policy says why these.
-from ._policy import FASTMATH, REDUCTION_FASTMATH  # noqa: E402
+#: The fast-math flags of the kernels' element-wise work (FASTMATH): fusednet.kernels._policy
+#: says why these.
+from ._policy import FASTMATH  # noqa: E402
 
 #: Point functions are ordinary compiled functions that LLVM inlines into the
 #: calling kernel's loop (each is small enough), so the loop vectorises;
@@ -66,8 +66,6 @@ from ._policy import FASTMATH, REDUCTION_FASTMATH  # noqa: E402
 #: The two-step range reduction ``(x - n*C1) - n*C2`` of ``exp`` goes through
 #: an explicit fused multiply-add, which no flag can merge into one product.
 point = njit(fastmath=set(FASTMATH), error_model="numpy", cache=False)
-#: the same for helpers whose loops reduce along a row
-row_point = njit(fastmath=set(REDUCTION_FASTMATH), error_model="numpy", cache=False)
 _jit = point
 
 

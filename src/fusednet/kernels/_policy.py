@@ -29,10 +29,15 @@ No backend assumes away NaN or inf (no ``nnan``/``ninf``, no
   ``contract`` together LLVM fuses differently in a loop's vector body and in
   its scalar remainder, so an element's bits would depend on where a thread's
   chunk starts.
-* Numba loops that reduce along one row (softmax and loss sums, row dot
-  products): :data:`REDUCTION_FASTMATH`, adding ``reassoc`` so they
-  vectorise; a row is never split between threads, so the result does not
-  depend on the thread count.
+* Numba loops that reduce along one row in the loss kernels:
+  :data:`REDUCTION_FASTMATH`, adding ``reassoc`` so they vectorise; a row is
+  never split between threads, so the result does not depend on the thread
+  count.
+* The softmax rows' sums (forward, and the row dot product of its backward):
+  eight running sums added in a fixed order, compiled with :data:`FASTMATH`.
+  With ``reassoc`` the compiler chose per calling kernel whether to vectorise
+  a row's sum, and the in-place and out-of-place kernels, compiled in two
+  processes and cached, gave rows one rounding apart.
 * The batched gradient check (float64): :data:`GRADCHECK_FASTMATH` -- no
   approximate functions or reciprocals; each coordinate runs whole on one
   thread, so the results do not depend on the thread count either.

@@ -107,7 +107,6 @@ from ._numba_dense import (
 )
 from ._numba_flat import _adam_loop, _gd_loop, _momentum_loop, _rmsprop_loop, ewa_span, loop
 from ._numba_math import (
-    REDUCTION_FASTMATH,
     dropout_hash,
     exp_nonpos,
     leaky_relu,
@@ -121,6 +120,7 @@ from ._numba_math import (
     tanh_grad,
     tiny,
 )
+from ._policy import REDUCTION_FASTMATH
 
 #: columns of ``at``
 OUT, XHAT, STAT, NEED_DIN = range(4)
