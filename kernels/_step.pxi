@@ -1944,6 +1944,73 @@ cdef tuple _input_copies(StepPlan plan):
     return pack.base, pad.base
 
 
+# A team's threads on CPUs of their own for the time of a whole-fit call (the one-call step's
+# counterpart of fusednet.kernels._placement.Team).  On a virtual machine the scheduler tends to
+# wake a thread on its waker's CPU, as the other one's virtual processor was descheduled by the
+# host during a pause; the two threads then take turns on one CPU, meeting at every barrier, until
+# the load balancer moves one of them tens of milliseconds later.  Each thread keeps the CPU it runs
+# on, or, when another thread of the team holds that one, the lowest allowed CPU none holds, and
+# gets the allowed CPUs back at the end of the call.  Where the user binds OpenMP's threads
+# (OMP_PROC_BIND, OMP_PLACES, GOMP_CPU_AFFINITY) nothing is set.
+cdef extern from *:
+    """
+    #include <sched.h>
+    #include <stdlib.h>
+    #include <string.h>
+    typedef struct { cpu_set_t allowed; unsigned char taken[CPU_SETSIZE]; int ok; } fn_team_cpus;
+
+    /* nothing is set where the user binds OpenMP's threads, or where there is one CPU */
+    static void fn_team_cpus_init(fn_team_cpus *t) {
+        memset(t->taken, 0, sizeof t->taken);
+        t->ok = !getenv("OMP_PROC_BIND") && !getenv("OMP_PLACES") && !getenv("GOMP_CPU_AFFINITY")
+            && sched_getaffinity(0, sizeof(cpu_set_t), &t->allowed) == 0 && CPU_COUNT(&t->allowed) > 1;
+    }
+    static int fn_team_cpus_claim(fn_team_cpus *t, int cpu) {
+        return cpu >= 0 && cpu < CPU_SETSIZE && CPU_ISSET(cpu, &t->allowed)
+            && !__atomic_exchange_n(&t->taken[cpu], (unsigned char)1, __ATOMIC_ACQ_REL);
+    }
+    /* keep the calling thread on a CPU of its own; -1 when nothing was set */
+    static int fn_team_cpus_settle(fn_team_cpus *t) {
+        int cpu, c;
+        cpu_set_t one;
+        if (!t->ok) return -1;
+        cpu = sched_getcpu();
+        if (!fn_team_cpus_claim(t, cpu)) {
+            for (cpu = -1, c = 0; c < CPU_SETSIZE && cpu < 0; c++)
+                if (fn_team_cpus_claim(t, c)) cpu = c;
+            if (cpu < 0) return -1;
+        }
+        CPU_ZERO(&one);
+        CPU_SET(cpu, &one);
+        return sched_setaffinity(0, sizeof one, &one) == 0 ? cpu : -1;
+    }
+    static void fn_team_cpus_release(fn_team_cpus *t) {
+        if (t->ok) sched_setaffinity(0, sizeof(cpu_set_t), &t->allowed);
+    }
+    """
+    ctypedef struct fn_team_cpus:
+        pass
+    void fn_team_cpus_init(fn_team_cpus* t) nogil
+    int fn_team_cpus_settle(fn_team_cpus* t) nogil
+    void fn_team_cpus_release(fn_team_cpus* t) nogil
+
+
+cdef void _team_cpus(fn_team_cpus* cpus, int nt, bint settle) noexcept nogil:
+    """Each of the ``nt`` threads of the step's team settles on a CPU of its own, or gets the allowed
+    CPUs back (the same threads: consecutive regions of one size run on the same pool threads)."""
+    cdef int t
+    if nt < 2:
+        return
+    if settle:
+        fn_team_cpus_init(cpus)
+    with parallel(num_threads=nt):
+        for t in prange(nt, schedule="static", chunksize=1):
+            if settle:
+                fn_team_cpus_settle(cpus)
+            else:
+                fn_team_cpus_release(cpus)
+
+
 def dense_fit(StepPlan plan,                    # IN/OUT as dense_epoch
               opt,                              # IN an OPT_DTYPE record (t: the steps taken before the call)
               data,                             # IN (X, Y, ids, dev): (M, n_in), (M, n_out), class ids (M,) or
@@ -1977,6 +2044,7 @@ def dense_fit(StepPlan plan,                    # IN/OUT as dense_epoch
     cdef Py_ssize_t M, B, E, steps, ep, i = 0, s, e, done = 0, epoch, hits, n_stats = 0, r, j
     cdef int status = 0, l, isz = plan.isz
     cdef bint gathered, better
+    cdef fn_team_cpus cpus
     cdef double res[2]
     cdef double total, t0, value
     cdef uint64_t x
@@ -2067,6 +2135,7 @@ def dense_fit(StepPlan plan,                    # IN/OUT as dense_epoch
     ep = 0
     copies = _input_copies(plan) if not gathered and isz == 4 and _packs_input(net, E) else None
     plan.copied_input = copies is not None
+    _team_cpus(&cpus, net.nt, True)  # released below: nothing raises in between
     with nogil:
         # the call starts from the arenas (the per-epoch path, each epoch: a callback may have
         # changed them); inside it, only its steps change them, and each step carries the bounds
@@ -2142,6 +2211,7 @@ def dense_fit(StepPlan plan,                    # IN/OUT as dense_epoch
             ep += 1
             if f.stop:
                 break
+    _team_cpus(&cpus, net.nt, False)
     net.xpack = NULL  # the copies are the call's (nothing in the loop raises: dev()'s error waits below)
     net.xpad = NULL
     if failed:

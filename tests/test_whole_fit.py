@@ -397,6 +397,33 @@ def test_the_kept_step_is_built_again_when_what_it_was_built_from_changes(monkey
     _same_two_fits(kept, _two_fits("batchnorm", "adam", change))
 
 
+@pytest.mark.parametrize("bound_by_user", [False, True])
+def test_a_team_keeps_a_cpu_each_during_a_whole_fit_and_gives_them_back(monkeypatch, bound_by_user):
+    import os
+
+    from fusednet.kernels import _policy
+
+    monkeypatch.setattr(_policy, "STEP_SERIAL_FLOPS", 0)  # a team for a small net
+    if bound_by_user:
+        monkeypatch.setenv("OMP_PROC_BIND", "false")
+    allowed = os.sched_getaffinity(0)
+    during = []
+    real = _trainer._WholeFit._dev
+
+    def dev(self):  # called back on the calling thread, inside the call
+        during.append(os.sched_getaffinity(0))
+        return real(self)
+
+    monkeypatch.setattr(_trainer._WholeFit, "_dev", dev)
+    *_, run = _fit("softmax", batch_size=32, epochs=3, dev=True)
+    assert run.whole is not None and len(during) == 3
+    if run.fused.n_threads > 1 and len(allowed) > 1 and not bound_by_user:
+        assert all(len(cpus) == 1 and cpus <= allowed for cpus in during)
+    else:
+        assert during == [allowed] * 3
+    assert os.sched_getaffinity(0) == allowed
+
+
 @pytest.mark.parametrize("seed", [0, 1, 7, 2**31, 2**32 + 5, 2**63 - 1, 2**64 - 1])
 def test_the_compiled_epoch_orders_are_numpys(seed):
     order = _fused._cython()._ck.epoch_order
