@@ -98,6 +98,8 @@ static inline fg_v fg_relu(fg_v x)
 #define FG_TN 1          /* a[k * lda + r]: A stored (K, m) */
 #define FG_TN_ROWS 2     /* rows[k][lda + r]: A's rows by pointer, columns from lda on */
 #define FG_NN_RELU 3     /* as FG_NN, then C = relu(C + bias) on storing (a hidden ReLU layer's forward) */
+#define FG_TN_AHEAD 4    /* as FG_TN, prefetching B's row k FG_AHEAD floats on (fg_tn_narrow's first block) */
+#define FG_AHEAD (2 * FG_NB)  /* two panels of a narrow weight gradient's A to the right */
 
 /* C[0:MR, 0:FG_VW*NV] = sum_k a(r, k) * B[k, 0:FG_VW*NV], the last vector masked by `tail`
  * (FULL: the last vector is whole, the mask unused); with `add`, the sum starts from C's values
@@ -136,7 +138,10 @@ fg_block(const int MR, const int NV, const int MODE, const int FULL, ptrdiff_t K
         for (int v = 0; v < NV; v++)                                                      \
             bv[v] = v < NV - 1 || FULL || PLAIN ? fg_load(bk + v * FG_VW)                 \
                                                 : fg_loadm(tail, bk + v * FG_VW);         \
-        ak = MODE == FG_TN ? a + k * lda : (MODE == FG_TN_ROWS ? rows[k] + lda : a);      \
+        if (MODE == FG_TN_AHEAD)                                                          \
+            _mm_prefetch((const char *)(bk + FG_AHEAD), _MM_HINT_T0);                     \
+        ak = MODE == FG_TN || MODE == FG_TN_AHEAD ? a + k * lda                           \
+                                                  : (MODE == FG_TN_ROWS ? rows[k] + lda : a); \
         _Pragma("GCC unroll 8")                                                           \
         for (int r = 0; r < MR; r++) {                                                    \
             fg_v x = fg_set1(MODE == FG_NN || MODE == FG_NN_RELU ? row[r][k] : ak[r]);    \
@@ -227,6 +232,7 @@ fg_block(const int MR, const int NV, const int MODE, const int FULL, ptrdiff_t K
 
 FG_DISPATCH(fg_block_nn, FG_NN)
 FG_DISPATCH(fg_block_tn, FG_TN)
+FG_DISPATCH(fg_block_tn_ahead, FG_TN_AHEAD)
 FG_DISPATCH(fg_block_tn_rows, FG_TN_ROWS)
 FG_DISPATCH(fg_block_nn_relu, FG_NN_RELU)
 
@@ -343,12 +349,29 @@ fg_lanes(ptrdiff_t x)
     return (double)x / (double)(FG_VW * ((x + FG_VW - 1) / FG_VW));
 }
 
+/* Units of the block from unit u of n in blocks of at most FG_MR: FG_MR each, unless the last
+ * one would hold fewer than FG_MR / 2 (too few accumulators to keep the multiply-adds busy over
+ * their latency: on AVX2 20 units as 6 + 6 + 6 + 2), then the fewest blocks, of sizes that
+ * differ by at most one (5 + 5 + 5 + 5). */
+static inline int
+fg_unit_block(ptrdiff_t n, ptrdiff_t u)
+{
+    ptrdiff_t blocks = (n + FG_MR - 1) / FG_MR, size;
+    if (n % FG_MR == 0 || 2 * (n % FG_MR) >= FG_MR)
+        return (int)(n - u < FG_MR ? n - u : FG_MR);
+    size = n / blocks;  /* the first n % blocks blocks hold one more */
+    return (int)(u < (n % blocks) * (size + 1) ? size + 1 : size);
+}
+
 /* fg_tn of a narrow C (a weight gradient of few units, n not a multiple of FG_VW, m wide), as
  * C^T (n, m) = B^T A: the vectors run along C's m columns of C^T, full, where along n their
- * last one would be mostly masked; each (FG_MR, FG_NB) block of C^T is stored transposed
- * through a tile on the stack.  Each panel of A (the rows' 32 columns) stays in L1 for the
- * blocks of C^T's rows (wider super-panels, read from L2, measured slower).  An element's chain, fma(b, a, acc) over k in order, is
- * fg_tn's fma(a, b, acc): the same bits. */
+ * last one would be mostly masked; each (fg_unit_block, FG_NB) block of C^T is stored
+ * transposed through a tile on the stack.  Each panel of A (the rows' 32 columns) stays in L1
+ * for the blocks of C^T's rows (wider super-panels, read from L2, measured slower); the first
+ * block of a panel prefetches, row by row, the panel FG_AHEAD floats to the right, whose rows lie
+ * lda apart, too far for the hardware prefetchers (the cats net's dW, 209 rows of X 48 KB apart,
+ * streamed from L3).  An element's chain, fma(b, a, acc) over k in order, is fg_tn's
+ * fma(a, b, acc): the same bits. */
 static inline void
 fg_tn_narrow(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t lda, const float *B,
              ptrdiff_t ldb, float *C, ptrdiff_t ldc)
@@ -359,9 +382,12 @@ fg_tn_narrow(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *A, ptrdiff_t ld
     fg_mask tail;
     for (j = 0; j < m; j += FG_NB) {
         w = fg_panel(m, j, &nv, &tail);
-        for (i = 0; i < n; i += FG_MR) {
-            mr = (int)(n - i < FG_MR ? n - i : FG_MR);
-            fg_block_tn(mr, nv, K, B + i, ldb, NULL, A + j, lda, tile, FG_NB, tail, 0, NULL);
+        for (i = 0; i < n; i += mr) {
+            mr = fg_unit_block(n, i);
+            if (i == 0 && j + FG_AHEAD < m)
+                fg_block_tn_ahead(mr, nv, K, B + i, ldb, NULL, A + j, lda, tile, FG_NB, tail, 0, NULL);
+            else
+                fg_block_tn(mr, nv, K, B + i, ldb, NULL, A + j, lda, tile, FG_NB, tail, 0, NULL);
             for (jj = 0; jj < w; jj++)
                 for (r = 0; r < mr; r++)
                     C[(j + jj) * ldc + i + r] = tile[r * FG_NB + jj];

@@ -239,7 +239,7 @@ def test_narrow_weight_gradients_have_the_bits_of_the_wide_walk(ck):
     by_index = np.empty((m, n), np.float32)
     assert ck.gemm_f32(A, B, by_index, trans_a=True, idx=np.arange(K, dtype=np.intp))
     np.testing.assert_array_equal(by_index, whole)
-    for n in (1, 4, 7, 33):  # other narrow widths, against float64
+    for n in (1, 4, 7, 13, 26, 33):  # other narrow widths (13, 26: blocks of equal units), against float64
         Bn = np.ascontiguousarray(B[:, :1].repeat(n, axis=1) * rng.standard_normal(n).astype(np.float32))
         C = np.full((m, n), np.nan, np.float32)
         assert ck.gemm_f32(A, Bn, C, trans_a=True)
