@@ -11,6 +11,18 @@ import pytest
 from fusednet import kernels
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compiled_kernels():
+    """Every Numba kernel compiled, or loaded from Numba's cache, before the first test.
+
+    On an empty cache (a fresh install, as in CI) ``kernels.warmup`` compiles them in worker
+    processes, one a core, instead of one at a time inside the tests that first call them; on a
+    warm cache it loads them, in seconds.  Tests of a cold start run in processes with a cache
+    of their own.
+    """
+    kernels.warmup(jobs=kernels._affinity_count())
+
+
 @pytest.fixture
 def backend(request):
     """The global kernel backend set to ``request.param`` for one test, then restored.
@@ -43,6 +55,7 @@ SLOW = (
     ("test_tune.py", "test_same_params_and_scores_for_any_executor"),
     ("test_reliability.py", "test_threads_sharing_a_model"),
     ("test_cli.py", "test_cold_numba_cache"),
+    ("test_warmup.py", "test_warmup_in_worker_processes"),
     ("test_transcendental_range.py", "test_loss_output_error_in_ulp_over_whole_range"),
     ("test_transcendental_range.py", "test_softmax_error_in_ulp_over_whole_range"),
     ("test_transcendental_range.py", "test_activation_error_in_ulp_over_whole_range"),

@@ -106,6 +106,58 @@ def test_kernels_warmup_reports_progress(monkeypatch):
     assert engines == ["float32", "float64"]
 
 
+def test_warmup_in_worker_processes_reports_each_task_and_loads_every_kernel_here():
+    """``jobs=2``: two spawned workers run the tasks (here they load the session's cache), then this process
+    loads every kernel; ``progress`` counts the workers' tasks, each once."""
+    from fusednet.kernels import _warmup
+
+    calls = []
+    assert fn.kernels.warmup(dtypes=("float32",), jobs=2, progress=lambda done, total: calls.append((done, total)))
+    total = len(_warmup.tasks(("float32",)))
+    assert total == N.warmup_steps(("float32",)) + len(_warmup_features()) + 1
+    assert calls == [(k, total) for k in range(1, total + 1)]
+    general = D.FORWARD[_codes.TANH][False][0]
+    assert any(str(sig[0].dtype) == "float32" for sig in general.signatures)
+
+
+def _warmup_features():
+    from fusednet.kernels import _gradcheck_numba
+
+    return _gradcheck_numba.CLI_FEATURES
+
+
+def test_warmup_compiles_here_when_the_cache_is_this_process_only(monkeypatch):
+    """A cache of this process only (a read-only install without a cache directory) would lose what workers
+    compile: every task then runs here, with its progress."""
+    from fusednet.kernels import _numba_cache, _warmup
+
+    monkeypatch.setattr(_numba_cache, "FALLBACK_DIR", "/nonexistent/fusednet-numba")
+    assert not _warmup.shared_cache()
+
+    def no_workers(*args):
+        raise AssertionError("no worker process may start")
+
+    monkeypatch.setattr(_warmup, "compile_in_workers", no_workers)
+    ran = []
+    monkeypatch.setattr(_warmup, "run", ran.append)
+    calls = []
+    assert fn.kernels.warmup(jobs=4, progress=lambda done, total: calls.append(done)) is True
+    assert ran == _warmup.tasks(("float32", "float64")) and calls == list(range(1, len(ran) + 1))
+
+
+@pytest.mark.parametrize("jobs", [0, -1, 1.5, "2", True])
+def test_warmup_rejects_a_bad_job_count(jobs):
+    with pytest.raises(ValueError, match="jobs must be an int >= 1"):
+        fn.kernels.warmup(jobs=jobs)
+
+
+def test_warmup_command_rejects_a_bad_job_count(capsys):
+    from fusednet import cli
+
+    assert cli.main(["warmup", "--jobs", "0"]) == 2
+    assert "expected a positive int" in capsys.readouterr().err
+
+
 def test_compile_line_says_about_how_long():
     said = []
     with CompileWatch(said.append, estimate=COMPILE_SECONDS["train"]):

@@ -169,7 +169,9 @@ def build_parser():
     b.add_argument("--no-torch", action="store_true", help="skip PyTorch even when installed")
 
     sub.add_parser("info", help="versions, backends, threads")
-    sub.add_parser("warmup", help="compile every Numba kernel now (else each compiles on its first use, once)")
+    w = sub.add_parser("warmup", help="compile every Numba kernel now (else each compiles on its first use, once)")
+    w.add_argument("--jobs", type=_positive_int, default=None,
+                   help="processes compiling at once (default: the usable cores)")
     return parser
 
 
@@ -498,12 +500,14 @@ def cmd_warmup(args):
         if terminal:
             print(f"\rcompiling kernels: {done}/{total}", end="", file=sys.stderr, flush=True)
 
-    if not fn.kernels.warmup(progress=progress):
+    jobs = args.jobs if args.jobs is not None else fn.kernels._affinity_count()
+    if not fn.kernels.warmup(progress=progress, jobs=jobs):
         print("Numba is not installed: there are no kernels to compile")
         return 0
     if terminal:
         print(file=sys.stderr)
-    print(f"every Numba kernel compiled (or found in the cache) in {time.perf_counter() - t0:.1f} s; "
+    on = f" by {jobs} processes" if jobs > 1 else ""
+    print(f"every Numba kernel compiled (or found in the cache){on} in {time.perf_counter() - t0:.1f} s; "
           "later runs start at once")
     return 0
 

@@ -198,7 +198,7 @@ def backend_of(name, backend=None):
     return next(b for b, mod in _modules.items() if getattr(mod, name, None) is kernel)
 
 
-def warmup(dtypes=("float32", "float64"), progress=None):
+def warmup(dtypes=("float32", "float64"), progress=None, jobs=1):
     """Compile every Numba kernel now, or load it from Numba's on-disk cache.
 
     A kernel is otherwise compiled on its first call (for the activations,
@@ -214,29 +214,33 @@ def warmup(dtypes=("float32", "float64"), progress=None):
     dtypes : sequence of dtype-like, default (float32, float64)
     progress : callable, optional
         Called as ``progress(done, total)`` after each group of kernels.
+    jobs : int, default 1
+        Processes that compile at once.  Above 1, worker processes compile the
+        groups into Numba's cache, each on a core of its own, and this process
+        then loads every kernel from it (seconds); ``progress`` counts the
+        workers' groups.  1 (or a cache of this process only, see
+        :mod:`fusednet.kernels._numba_cache`): every group compiles here, in turn.
 
     Returns
     -------
     bool
         False when Numba is not available here (nothing to compile).
     """
-    numba_backend = _load("numba")
-    if numba_backend is None:
+    if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or jobs < 1:
+        raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
+    if _load("numba") is None:
         return False
-    from . import _gradcheck_numba
+    from . import _warmup
 
-    dtypes = tuple(np.dtype(d) for d in dtypes)
-    first = numba_backend.warmup_steps(dtypes)
-    second = first + len(_gradcheck_numba.CLI_FEATURES)
-    total = second + len(dtypes)
-    numba_backend.warmup(dtypes, progress=None if progress is None else (lambda done, _: progress(done, total)))
-    _gradcheck_numba.warmup(progress=None if progress is None else (lambda done, _: progress(first + done, total)))
-    from ..population import warmup as population_warmup  # the engine's tables come from the model layer
-
-    for done, dtype in enumerate(dtypes, 1):
-        population_warmup((dtype,))
-        if progress is not None:
-            progress(second + done, total)
+    todo = _warmup.tasks(dtypes)
+    here = progress
+    if jobs > 1 and len(todo) > 1 and _warmup.shared_cache():
+        _warmup.compile_in_workers(todo, min(int(jobs), len(todo)), progress)
+        here = None  # what remains is loading from the cache
+    for done, task in enumerate(todo, 1):
+        _warmup.run(task)
+        if here is not None:
+            here(done, len(todo))
     return True
 
 

@@ -274,11 +274,17 @@ def warmup(dtypes=(np.float32, np.float64), progress=None):
     kernels.  :func:`fusednet.kernels.warmup` calls this; benchmarks and
     tests call it to keep compile time out of their timings.
     """
-    steps = [(dtype, step) for dtype in dtypes for step in _WARMUP_STEPS]
-    for done, (dtype, step) in enumerate(steps, 1):
-        step(_WarmupArrays(np.dtype(dtype)))
+    steps = [(dtype, index) for dtype in dtypes for index in range(len(_WARMUP_STEPS))]
+    for done, (dtype, index) in enumerate(steps, 1):
+        warmup_step(dtype, index)
         if progress is not None:
             progress(done, len(steps))
+
+
+def warmup_step(dtype, index):
+    """The ``index``-th of :func:`warmup`'s groups of kernels, in ``dtype``: one activation, one loss or
+    the rest (:func:`warmup_steps` counts them)."""
+    _WARMUP_STEPS[index](_WarmupArrays(np.dtype(dtype)))
 
 
 def warmup_steps(dtypes=(np.float32, np.float64)):
