@@ -11,18 +11,6 @@ import pytest
 from fusednet import kernels
 
 
-@pytest.fixture(scope="session", autouse=True)
-def compiled_kernels():
-    """Every Numba kernel compiled, or loaded from Numba's cache, before the first test.
-
-    On an empty cache (a fresh install, as in CI) ``kernels.warmup`` compiles them in worker
-    processes, one a core, instead of one at a time inside the tests that first call them; on a
-    warm cache it loads them, in seconds.  Tests of a cold start run in processes with a cache
-    of their own.
-    """
-    kernels.warmup(jobs=kernels._affinity_count())
-
-
 @pytest.fixture
 def backend(request):
     """The global kernel backend set to ``request.param`` for one test, then restored.
