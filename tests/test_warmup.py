@@ -113,17 +113,13 @@ def test_warmup_in_worker_processes_reports_each_task_and_loads_every_kernel_her
 
     calls = []
     assert fn.kernels.warmup(dtypes=("float32",), jobs=2, progress=lambda done, total: calls.append((done, total)))
+    from fusednet.kernels import _gradcheck_numba
+
     total = len(_warmup.tasks(("float32",)))
-    assert total == N.warmup_steps(("float32",)) + len(_warmup_features()) + 1
+    assert total == N.warmup_steps(("float32",)) + len(_gradcheck_numba.CLI_FEATURES) + 1
     assert calls == [(k, total) for k in range(1, total + 1)]
     general = D.FORWARD[_codes.TANH][False][0]
     assert any(str(sig[0].dtype) == "float32" for sig in general.signatures)
-
-
-def _warmup_features():
-    from fusednet.kernels import _gradcheck_numba
-
-    return _gradcheck_numba.CLI_FEATURES
 
 
 def test_warmup_compiles_here_when_the_cache_is_this_process_only(monkeypatch):
@@ -145,9 +141,10 @@ def test_warmup_compiles_here_when_the_cache_is_this_process_only(monkeypatch):
     assert ran == _warmup.tasks(("float32", "float64")) and calls == list(range(1, len(ran) + 1))
 
 
-@pytest.mark.parametrize("jobs", [0, -1, 1.5, "2", True])
-def test_warmup_rejects_a_bad_job_count(jobs):
-    with pytest.raises(ValueError, match="jobs must be an int >= 1"):
+@pytest.mark.parametrize("jobs, error", [(0, ValueError), (-1, ValueError), (1.5, TypeError), ("2", TypeError),
+                                         (True, TypeError)])
+def test_warmup_rejects_a_bad_job_count(jobs, error):
+    with pytest.raises(error, match="jobs must be an integer >= 1"):
         fn.kernels.warmup(jobs=jobs)
 
 

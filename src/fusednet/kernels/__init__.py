@@ -226,8 +226,9 @@ def warmup(dtypes=("float32", "float64"), progress=None, jobs=1):
     bool
         False when Numba is not available here (nothing to compile).
     """
-    if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or jobs < 1:
-        raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
+    from .._validation import check_int
+
+    jobs = check_int("jobs", jobs, 1)
     if _load("numba") is None:
         return False
     from . import _warmup
@@ -235,7 +236,7 @@ def warmup(dtypes=("float32", "float64"), progress=None, jobs=1):
     todo = _warmup.tasks(dtypes)
     here = progress
     if jobs > 1 and len(todo) > 1 and _warmup.shared_cache():
-        _warmup.compile_in_workers(todo, min(int(jobs), len(todo)), progress)
+        _warmup.compile_in_workers(todo, min(jobs, len(todo)), progress)
         here = None  # what remains is loading from the cache
     for done, task in enumerate(todo, 1):
         _warmup.run(task)
