@@ -156,6 +156,95 @@ cdef extern from "_gemm.h" nogil:
                       Py_ssize_t ldb, float* C, Py_ssize_t ldc)
 
 cdef enum:
+    NARROW_WIDTH = 8     # widest layer, inputs included, of a narrow net
+    NARROW_LAYERS = 4    # most Dense layers of a narrow net
+    NARROW_BLOCK = 128   # rows of a narrow block: each unit's values in a row of this many
+    LANES = 16           # partial sums of each weight gradient element (one vector of floats)
+    NARROW_SPLIT = 256   # rows from which a narrow pass runs as two ranges of rows (_narrow_grads)
+
+
+cdef struct NarrowPart:  # one range of a narrow pass's rows, summed (_narrow_part)
+    double aw[NARROW_LAYERS * NARROW_WIDTH * NARROW_WIDTH * 8]  # 8 float64 partial sums of each dW element
+    double ab[NARROW_LAYERS * NARROW_WIDTH * 8]                 # ... and of each db element
+    double cost                                                 # the summed loss
+    double pad[7]                                               # the next part on its own cache lines
+
+
+# Two threads of a standing team hand each other a narrow pass's second range of rows: the caller
+# posts a task count, the helper runs the range and posts the same count back.  Each side spins for
+# a while (the other answers within microseconds while both work), then sleeps on a futex, so a
+# thread that waits for a descheduled one, or for a Python callback between epochs, gives its core
+# back.  A post wakes a sleeper only when one registered: that store-then-load pairs with the
+# waiter's register-then-load (both sequentially consistent), so one of them sees the other.
+cdef extern from *:
+    """
+    #include <limits.h>
+    #if defined(__linux__)
+    #include <linux/futex.h>
+    #include <sys/syscall.h>
+    #include <unistd.h>
+    #endif
+    #define FN_SIGNAL_SPINS 10000
+    typedef struct { _Alignas(64) unsigned value; unsigned sleepers; char pad[56]; } fn_signal;
+
+    static inline void fn_pause(void) {
+    #if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+    #endif
+    }
+    static void fn_signal_post(fn_signal *s, unsigned v) {
+        __atomic_store_n(&s->value, v, __ATOMIC_SEQ_CST);
+    #if defined(__linux__)
+        if (__atomic_load_n(&s->sleepers, __ATOMIC_SEQ_CST))
+            syscall(SYS_futex, &s->value, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+    #endif
+    }
+    /* returns once s->value == v */
+    static void fn_signal_wait(fn_signal *s, unsigned v) {
+        unsigned cur;
+        int i;
+        for (i = 0; i < FN_SIGNAL_SPINS; i++) {
+            if (__atomic_load_n(&s->value, __ATOMIC_ACQUIRE) == v) return;
+            fn_pause();
+        }
+    #if defined(__linux__)
+        __atomic_fetch_add(&s->sleepers, 1u, __ATOMIC_SEQ_CST);
+        while ((cur = __atomic_load_n(&s->value, __ATOMIC_SEQ_CST)) != v)
+            syscall(SYS_futex, &s->value, FUTEX_WAIT_PRIVATE, cur, NULL, NULL, 0);
+        __atomic_fetch_sub(&s->sleepers, 1u, __ATOMIC_SEQ_CST);
+    #else
+        while (__atomic_load_n(&s->value, __ATOMIC_ACQUIRE) != v) fn_pause();
+    #endif
+    }
+    #ifdef _OPENMP
+    static int fn_thread_num(void) { return omp_get_thread_num(); }
+    static int fn_num_threads(void) { return omp_get_num_threads(); }
+    #else
+    static int fn_thread_num(void) { return 0; }
+    static int fn_num_threads(void) { return 1; }
+    #endif
+    """
+    ctypedef struct fn_signal:
+        unsigned value
+        unsigned sleepers
+    void fn_signal_post(fn_signal* s, unsigned v) nogil
+    void fn_signal_wait(fn_signal* s, unsigned v) nogil
+    int fn_thread_num() nogil
+    int fn_num_threads() nogil
+
+
+#: rows from which a narrow net's step runs as two ranges of rows (and a whole fit on two threads)
+NARROW_SPLIT_ROWS = NARROW_SPLIT
+
+
+cdef struct NarrowTeam:  # a whole-fit call's two threads for the narrow pass (_fit_on_team)
+    fn_signal go         # tasks posted by thread 0 (the count)
+    fn_signal done       # tasks thread 1 finished
+    unsigned posted      # thread 0's count
+    bint quit            # set before the last post: thread 1 returns
+
+
+cdef enum:
     MAXL = 64        # most Dense layers of a fused step
     MAXT = 64        # most threads of a fused step
     MAXR = 1024      # most batch rows whose addresses a step keeps (the first layer's rows in place)
@@ -216,6 +305,8 @@ cdef struct Net:
     size_t gemm
     double* bound                # (3,) upper bounds of |w|, |state 1|, |state 2| (INFINITY: unknown)
     double limit                 # a quarter of the dtype's largest finite value
+    NarrowPart* parts            # a narrow net's two ranges of rows (_narrow_grads); NULL otherwise
+    NarrowTeam* team             # inside a whole fit on two threads: the helper that takes the second
 
 
 cdef inline bint _own(Net* net, const floating* dummy, int l) noexcept nogil:
@@ -888,13 +979,6 @@ cdef int _step_decision(const floating* dummy, Net* net, const Hyper* h, const d
 # narrow nets: a whole forward and backward pass with the batch's rows along the vectors
 # ----------------------------------------------------------------------------------
 
-cdef enum:
-    NARROW_WIDTH = 8     # widest layer, inputs included, of a narrow net
-    NARROW_LAYERS = 4    # most Dense layers of a narrow net
-    NARROW_BLOCK = 128   # rows of a narrow block: each unit's values in a row of this many
-    LANES = 16           # partial sums of each weight gradient element (one vector of floats)
-
-
 cdef bint _narrow(Net* net) noexcept nogil:
     """Whether the step runs as _narrow_grads: at most NARROW_LAYERS plain Dense layers (no batch
     norm, Activation layer or dropout), none wider than NARROW_WIDTH, a sigmoid (BCE) or linear
@@ -952,23 +1036,31 @@ cdef inline void _narrow_cols(const floating* x, Py_ssize_t n0, Py_ssize_t rows,
                 act[k * NARROW_BLOCK + r] = x[r * n0 + k]
 
 
-cdef void _narrow_grads(const floating* dummy, Net* net, double* cost) noexcept nogil:
-    """Forward, cost, backward and the gradients of a narrow net (_narrow) on the batch's m rows.
+cdef inline Py_ssize_t _narrow_cut(Py_ssize_t m) noexcept nogil:
+    """Where a narrow pass of m rows splits into two ranges of rows: m from NARROW_SPLIT on (about
+    half, a whole number of vectors of rows), else none (m: one range)."""
+    return ((m + 1) // 2 + LANES - 1) // LANES * LANES if m >= NARROW_SPLIT else m
+
+
+cdef void _narrow_part(const floating* dummy, Net* net, Py_ssize_t r0, Py_ssize_t r1,
+                       NarrowPart* out) noexcept nogil:
+    """Forward, cost and backward of a narrow net (_narrow) on the batch's rows r0 .. r1 - 1, into
+    the partial sums of out (_narrow_grads says how they are summed).
 
     The layers are too narrow to fill a vector along the units (the course's planar net, 2-4-1,
-    fills 4 and 1 of 16 lanes), so the batch goes through the whole net in blocks of
-    NARROW_BLOCK rows held unit by unit, a[l][k] = the block's values of unit k of layer l's
-    input, the rows along the vectors: a[l + 1][j] = g(sum_k a[l][k] W[k, j] + b[j]) (the sum in
-    k order), the output and its cost by _loss_span, dZ = (A - Y) / m, dA[k] = sum_j dZ[j] W[k, j]
-    (j in order), dZ_prev = dA g'(a) by _ew_span -- the step's own element-wise formulas, one
-    source each.  The gradients are summed over the batch in partial sums: dW[k, j] = sum_r
-    a[k] dZ[j] in LANES sums, sum q of the rows r = q (mod LANES) in order, and db (float64) in
-    NARROW_BLOCK sums likewise; then, in float64, the partial sums q and q + 8 of each dW element
-    (q < 8), and the running sums of db's partial sums q, q + 8, q + 16, ..., each eight added
-    by _sum8 (short chains: the sums do not wait on one adder's latency); the cost is
-    summed per block and output unit in _loss_span's order, the blocks in order.  The pass is
-    serial: the same bits for any thread count.  Writes A (the predictions read it), dW, db and
-    cost[0] = the summed loss (as _step_loss's pieces).
+    fills 4 and 1 of 16 lanes), so the rows go through the whole net in blocks of NARROW_BLOCK
+    rows held unit by unit, a[l][k] = the block's values of unit k of layer l's input, the rows
+    along the vectors: a[l + 1][j] = g(sum_k a[l][k] W[k, j] + b[j]) (the sum in k order), the
+    output and its cost by _loss_span, dZ = (A - Y) / m, dA[k] = sum_j dZ[j] W[k, j] (j in
+    order), dZ_prev = dA g'(a) by _ew_span -- the step's own element-wise formulas, one source
+    each.  Sums over the range's rows: dW[k, j] = sum_r a[k] dZ[j] in LANES partial sums (partial
+    sum q: the rows r0 + q, r0 + q + LANES, ... in order, in the dtype), then in float64 the
+    partial sums q and q + 8 of each (q < 8) into out.aw; db in NARROW_BLOCK partial sums
+    (float64) likewise, then the running sums of its partial sums q, q + 8, q + 16, ... into
+    out.ab (8 of each element, so the two ranges' threads exchange a few cache lines); the cost
+    into out.cost per block and output unit in _loss_span's order, the blocks in order.  Writes
+    A's rows r0 .. r1 - 1 (the predictions read it) and out; reads only the parameters and the
+    batch, so two ranges can run at once.
     """
     cdef floating act[(NARROW_LAYERS + 1) * NARROW_WIDTH * NARROW_BLOCK]   # a[l][k][r]; a[L]: A
     cdef floating gw[NARROW_LAYERS * NARROW_WIDTH * NARROW_WIDTH * LANES]   # dW's partial sums
@@ -994,11 +1086,8 @@ cdef void _narrow_grads(const floating* dummy, Net* net, double* cost) noexcept 
     cdef floating* dz
     cdef floating* dzp
     cdef floating* g
-    cdef floating* dW
-    cdef floating* db
-    cdef floating w
     cdef double* gbj
-    cdef double acc[8]
+    cdef double* acc
     cdef double total = 0
     woff[0] = 0
     for l in range(L):
@@ -1008,9 +1097,9 @@ cdef void _narrow_grads(const floating* dummy, Net* net, double* cost) noexcept 
     for l in range(L):  # the partial sums of the units there are
         for q in range(l * NARROW_WIDTH * NARROW_BLOCK, (l * NARROW_WIDTH + net.n[l + 1]) * NARROW_BLOCK):
             gb[q] = 0
-    i0 = 0
-    while i0 < m:
-        rows = NARROW_BLOCK if m - i0 > NARROW_BLOCK else m - i0
+    i0 = r0
+    while i0 < r1:
+        rows = NARROW_BLOCK if r1 - i0 > NARROW_BLOCK else r1 - i0
         if floating is float and net.in_place:
             for r in range(rows):
                 xr = <const floating*>net.xrows[i0 + r]
@@ -1018,7 +1107,7 @@ cdef void _narrow_grads(const floating* dummy, Net* net, double* cost) noexcept 
                     act[k * NARROW_BLOCK + r] = xr[k]
         else:
             _narrow_cols(X + i0 * n0, n0, rows, act)
-        rr = (rows + LANES - 1) // LANES * LANES  # whole vectors of rows; those past the batch: zeros
+        rr = (rows + LANES - 1) // LANES * LANES  # whole vectors of rows; those past the range: zeros
         for k in range(n0):
             for r in range(rows, rr):
                 act[k * NARROW_BLOCK + r] = 0
@@ -1088,23 +1177,88 @@ cdef void _narrow_grads(const floating* dummy, Net* net, double* cost) noexcept 
                     dzp[k * NARROW_BLOCK + r] = 0
             cur = 1 - cur
         i0 += rows
+    # the range's sums: 8 of each element, float64
+    acc = out.aw
     for l in range(L):
-        dW = <floating*>net.dW[l]
-        db = <floating*>net.db[l]
         g = gw + woff[l]
         for q in range(net.n[l] * net.n[l + 1]):
             for r in range(8):
                 acc[r] = <double>g[q * LANES + r] + <double>g[q * LANES + 8 + r]
-            dW[q] = <floating>_sum8(acc)
+            acc += 8
         for j in range(net.n[l + 1]):
             gbj = gb + (l * NARROW_WIDTH + j) * NARROW_BLOCK
+            acc = out.ab + (l * NARROW_WIDTH + j) * 8
             for r in range(8):
                 acc[r] = gbj[r]
             for c in range(8, NARROW_BLOCK, 8):
                 for r in range(8):
                     acc[r] = acc[r] + gbj[c + r]
-            db[j] = <floating>_sum8(acc)
-    cost[0] = total
+        acc = out.aw + (woff[l + 1] // LANES) * 8
+    out.cost = total
+
+
+cdef void _narrow_grads(const floating* dummy, Net* net, double* cost) noexcept nogil:
+    """Forward, cost, backward and the gradients of a narrow net (_narrow) on the batch's m rows:
+    _narrow_part over rows 0 .. h - 1 and h .. m - 1 (h = _narrow_cut(m); one range below
+    NARROW_SPLIT rows), the second on the whole fit's helper thread when there is one
+    (net.team), else after the first.  The ranges' 8 sums of each element are added, the
+    first's plus the second's, and each element's eight by _sum8 (short chains: the sums do not
+    wait on one adder's latency).  The ranges depend on m alone, so the step has the same bits
+    on one thread or two.  Writes A, dW, db and cost[0] = the summed loss (as _step_loss's
+    pieces).
+    """
+    cdef NarrowPart* p0 = &net.parts[0]
+    cdef NarrowPart* p1 = &net.parts[1]
+    cdef Py_ssize_t m = net.m, h = _narrow_cut(m), q, j, nw = 0
+    cdef int L = net.L, l
+    cdef floating* dW
+    cdef floating* db
+    cdef const double* aw = p0.aw
+    if h < m and net.team != NULL:
+        net.team.posted += 1
+        fn_signal_post(&net.team.go, net.team.posted)
+        _narrow_part(dummy, net, 0, h, p0)
+        fn_signal_wait(&net.team.done, net.team.posted)
+    else:
+        _narrow_part(dummy, net, 0, h, p0)
+        if h < m:
+            _narrow_part(dummy, net, h, m, p1)
+    if h < m:
+        for l in range(L):
+            nw += net.n[l] * net.n[l + 1]
+        for q in range(nw * 8):
+            p0.aw[q] = p0.aw[q] + p1.aw[q]
+        for l in range(L):
+            for q in range(l * NARROW_WIDTH * 8, (l * NARROW_WIDTH + net.n[l + 1]) * 8):
+                p0.ab[q] = p0.ab[q] + p1.ab[q]
+        p0.cost = p0.cost + p1.cost
+    for l in range(L):
+        dW = <floating*>net.dW[l]
+        db = <floating*>net.db[l]
+        for q in range(net.n[l] * net.n[l + 1]):
+            dW[q] = <floating>_sum8(aw)
+            aw += 8
+        for j in range(net.n[l + 1]):
+            db[j] = <floating>_sum8(p0.ab + (l * NARROW_WIDTH + j) * 8)
+    cost[0] = p0.cost
+
+
+cdef void _narrow_helper(Net* net, NarrowTeam* team, bint isf) noexcept nogil:
+    """Thread 1 of a whole fit's narrow team: each task posted, the second range of rows of the
+    step's narrow pass (_narrow_grads), until the last post says quit."""
+    cdef unsigned k = 0
+    cdef Py_ssize_t m
+    while True:
+        k += 1
+        fn_signal_wait(&team.go, k)
+        if team.quit:
+            return
+        m = net.m
+        if isf:
+            _narrow_part(<const float*>NULL, net, _narrow_cut(m), m, &net.parts[1])
+        else:
+            _narrow_part(<const double*>NULL, net, _narrow_cut(m), m, &net.parts[1])
+        fn_signal_post(&team.done, k)
 
 
 cdef int _step_core(floating* pp, const floating* gp, floating* s1, floating* s2, Net* net,
@@ -1438,6 +1592,8 @@ cdef class StepPlan:
     cdef void* _last_yp
     cdef bint _last_in_place
     cdef readonly bint copied_input        # whether the last dense_fit copied X for the first layer
+    cdef object _parts                     # a narrow net's NarrowPart pair (net.parts)
+    cdef int _narrow_threads               # the threads of a whole fit's narrow pass (narrow_threads)
 
     def __init__(self, layers, *, params, grads, state1, state2, buffers, gemm, Py_ssize_t rows, int loss,
                  double l2, Py_ssize_t n_decay, int n_threads):
@@ -1451,6 +1607,7 @@ cdef class StepPlan:
         cdef bint bn, drop
         cdef void* ptr
         cdef double[::1] bnd
+        cdef double[::1] parts
         if L < 1 or L > MAXL:
             raise ValueError(f"layers: a fused step takes 1 to {MAXL} Dense layers, got {L}")
         spec = <const LayerSpec*>_records(layers, "LayerSpec", "layers", L)
@@ -1596,6 +1753,13 @@ cdef class StepPlan:
             if not net.has_bias[l]:
                 net.b[l] = net.zeros
                 net.db[l] = net.scratch
+        net.team = NULL
+        net.parts = NULL
+        self._narrow_threads = 1
+        if _narrow(net):
+            self._parts = empty_aligned(2 * sizeof(NarrowPart) // sizeof(double), np.float64)
+            parts = self._parts
+            net.parts = <NarrowPart*>&parts[0]
         # the batch buffers a whole epoch gathers into (optional for single steps)
         self._batch_x, self._batch_y = buffers.get("X"), buffers.get("Y")
         if self._batch_x is not None or self._batch_y is not None:
@@ -1620,6 +1784,21 @@ cdef class StepPlan:
         """Whether each step runs as one pass with the batch's rows along the vectors (a narrow
         net: every layer at most NARROW_WIDTH wide, see _narrow_grads)."""
         return bool(_narrow(&self.net))
+
+    @property
+    def narrow_threads(self):
+        """The threads of a whole fit's narrow pass (dense_fit): 2 runs the second range of rows of
+        each step of NARROW_SPLIT rows or more on a thread of its own (_narrow_grads), 1 runs both in
+        turn.  The same bits either way; settable to 1 or 2 on a narrow net."""
+        return self._narrow_threads
+
+    @narrow_threads.setter
+    def narrow_threads(self, int n):
+        if n not in (1, 2):
+            raise ValueError(f"narrow_threads must be 1 or 2, got {n}")
+        if n == 2 and not _narrow(&self.net):
+            raise ValueError("narrow_threads: the net is not narrow (see StepPlan.narrow)")
+        self._narrow_threads = n if FN_OPENMP else 1
 
     def reset_bounds(self):
         """Forget the bounds of |w| and the optimiser state: the next call reads them off the arenas."""
@@ -2011,6 +2190,152 @@ cdef void _team_cpus(fn_team_cpus* cpus, int nt, bint settle) noexcept nogil:
                 fn_team_cpus_release(cpus)
 
 
+cdef struct FitLoop:             # a whole-fit call (dense_fit): what its epochs read, and how far they got
+    Net* net
+    Hyper* h
+    const OptSpec* o
+    FitSpec* f
+    HistRow* hr
+    void* P
+    void* G
+    void* S1
+    void* S2
+    double lam
+    Py_ssize_t n_params
+    int isz
+    const void* xp                # gathered fits: X and Y, the batches gathered from them; else NULL
+    const void* yp
+    const Py_ssize_t* ids         # class ids (M,), or NULL
+    Py_ssize_t* perms             # the orders (fit.order), or NULL
+    const double* lrs             # (E, steps)
+    Py_ssize_t M, B, E, steps
+    bint gathered, has_dev
+    void* snap_p                  # fit.restore: the snapshot's parameters and statistics, and the arena
+    void* stats
+    void* snap_s
+    Py_ssize_t n_stats
+    uint64_t dropout_seed         # OUT the last epoch's
+    Py_ssize_t ep                 # OUT the epochs run
+    Py_ssize_t i                  # OUT the step of the epoch that stopped (status != 0)
+    Py_ssize_t done               # OUT the steps applied
+    int status                    # OUT 0, or the status of the step that was not applied
+    double res[2]                 # OUT the last step's cost and sum of g^2
+    double t0                     # the epoch's start
+
+
+cdef void _fit_steps(FitLoop* s) noexcept nogil:
+    """The steps of epoch s.ep (stopping at one that is not applied: s.status), then the epoch's
+    train loss and hits in its history row."""
+    cdef Net* net = s.net
+    cdef Py_ssize_t epoch = s.f.epoch0 + s.ep, i = 0, b0, b1, hits = 0
+    cdef const Py_ssize_t* row = NULL
+    cdef const Py_ssize_t* ip
+    cdef double total = 0.0
+    cdef uint64_t x
+    cdef int l
+    s.t0 = _seconds()
+    s.dropout_seed = _splitmix64(s.f.seed_key ^ <uint64_t>epoch)
+    if s.f.order == FIT_ORDER_DRAWN:
+        fn_epoch_order(s.f.shuffle_seed, <uint64_t>epoch, s.perms, s.M)
+    if s.gathered:
+        row = s.perms + (s.ep * s.M if s.f.order == FIT_ORDER_GIVEN else 0)
+    while i < s.steps:
+        b0 = i * s.B
+        b1 = b0 + s.B if b0 + s.B < s.M else s.M
+        net.m = b1 - b0
+        s.h.lr = s.lrs[s.ep * s.steps + i]
+        _bias_corrections(s.o, s.o.t + s.done + 1, s.h)
+        x = _splitmix64(s.dropout_seed ^ <uint64_t>i)
+        for l in range(net.L):
+            if net.drop[l]:
+                _set_key(net, l, _splitmix64(x ^ <uint64_t>net.dindex[l]))
+        ip = row + b0 if s.gathered else NULL
+        if s.isz == 4:
+            s.status = _step_core(<float*>s.P, <float*>s.G, <float*>s.S1, <float*>s.S2, net, s.h, s.lam,
+                                  s.n_params, <const float*>s.xp, <const float*>s.yp, ip, s.res)
+        else:
+            s.status = _step_core(<double*>s.P, <double*>s.G, <double*>s.S1, <double*>s.S2, net, s.h, s.lam,
+                                  s.n_params, <const double*>s.xp, <const double*>s.yp, ip, s.res)
+        if s.status != 0:
+            s.i = i
+            return
+        s.done += 1
+        total = total + s.res[0] * <double>(b1 - b0)
+        if s.ids != NULL:
+            hits += _n_correct(net, s.isz, s.ids, row, b0, b1 - b0)
+        i += 1
+    s.i = i
+    s.hr[s.ep].train_loss = total / <double>s.M
+    s.hr[s.ep].correct = hits
+    s.hr[s.ep].dev_loss = NAN
+    s.hr[s.ep].dev_accuracy = NAN
+
+
+cdef void _fit_epoch_end(FitLoop* s) noexcept nogil:
+    """Early stopping's decision on epoch s.ep (its history row complete), the snapshot at an
+    improvement, the epoch's wall time; s.ep moves on."""
+    cdef FitSpec* f = s.f
+    cdef HistRow* hr = &s.hr[s.ep]
+    cdef double value
+    if f.monitor != FIT_MONITOR_NONE:
+        if f.monitor == FIT_MONITOR_TRAIN_LOSS:
+            value = hr.train_loss
+        elif f.monitor == FIT_MONITOR_TRAIN_ACCURACY:
+            value = <double>hr.correct / <double>s.M
+        elif f.monitor == FIT_MONITOR_DEV_LOSS:
+            value = hr.dev_loss
+        else:
+            value = hr.dev_accuracy
+        if _stopping(f, value) and f.restore:
+            memcpy(s.snap_p, s.P, s.n_params * s.isz)
+            if s.n_stats:
+                memcpy(s.snap_s, s.stats, s.n_stats * s.isz)
+    hr.seconds = _seconds() - s.t0
+    s.ep += 1
+
+
+cdef void _fit_run(FitLoop* s) noexcept nogil:
+    """Epochs from s.ep on, until the last, a step not applied, early stopping, or, with a dev set,
+    the end of one epoch's steps (the caller evaluates the dev set, then calls _fit_epoch_end)."""
+    while s.ep < s.E:
+        _fit_steps(s)
+        if s.status != 0 or s.has_dev:
+            return
+        _fit_epoch_end(s)
+        if s.f.stop:
+            return
+
+
+cdef void _fit_thread(FitLoop* s, NarrowTeam* team) noexcept nogil:
+    """One thread of _fit_on_team: thread 0 runs the epochs, handing each step's second range of
+    rows to thread 1; a runtime that gave one thread runs them alone (the same bits)."""
+    if fn_num_threads() < 2:
+        _fit_run(s)
+    elif fn_thread_num() == 0:
+        s.net.team = team
+        _fit_run(s)
+        s.net.team = NULL
+        team.quit = True
+        fn_signal_post(&team.go, team.posted + 1)
+    elif fn_thread_num() == 1:
+        _narrow_helper(s.net, team, s.isz == 4)
+
+
+cdef void _fit_on_team(FitLoop* s) noexcept nogil:
+    """_fit_run with a narrow net's passes on two threads (StepPlan.narrow_threads): one parallel
+    region for all the epochs it runs, not one per step (a region costs microseconds to start,
+    as much as a small step)."""
+    cdef NarrowTeam team
+    team.go.value = 0
+    team.go.sleepers = 0
+    team.done.value = 0
+    team.done.sleepers = 0
+    team.posted = 0
+    team.quit = False
+    with parallel(num_threads=2):
+        _fit_thread(s, &team)
+
+
 def dense_fit(StepPlan plan,                    # IN/OUT as dense_epoch
               opt,                              # IN an OPT_DTYPE record (t: the steps taken before the call)
               data,                             # IN (X, Y, ids, dev): (M, n_in), (M, n_out), class ids (M,) or
@@ -2038,33 +2363,20 @@ def dense_fit(StepPlan plan,                    # IN/OUT as dense_epoch
     epoch is not counted as run.
     """
     cdef Net* net = &plan.net
-    cdef const OptSpec* o = _opt_spec(plan, opt)
+    cdef FitLoop st
     cdef FitSpec* f
-    cdef HistRow* hr
-    cdef Py_ssize_t M, B, E, steps, ep, i = 0, s, e, done = 0, epoch, hits, n_stats = 0, r, j
-    cdef int status = 0, l, isz = plan.isz
-    cdef bint gathered, better
+    cdef Py_ssize_t M, B, E, steps, ep, r
     cdef fn_team_cpus cpus
-    cdef double res[2]
-    cdef double total, t0, value
-    cdef uint64_t x
-    cdef const void* xp
-    cdef const void* yp
     cdef const Py_ssize_t[::1] ids
-    cdef const Py_ssize_t* ip = NULL
-    cdef const Py_ssize_t* row = NULL
-    cdef void* snap_p = NULL
-    cdef void* stats = NULL
-    cdef void* snap_s = NULL
-    cdef bint has_dev = False, failed = False
-    res[0] = 0.0
+    cdef bint gathered, team, failed = False
+    cdef int nt
+    st.o = _opt_spec(plan, opt)
     error = None
     if not (isinstance(data, tuple) and len(data) == 4):
         raise ValueError("data must be a tuple (X, Y, ids, dev)")
     X, Y, ids_, dev = data
     if dev is not None and not callable(dev):
         raise ValueError(f"data: dev must be None or a callable, got {type(dev).__name__}")
-    has_dev = dev is not None
     M = getattr(X, "shape", (0,))[0]
     if M < 1 or getattr(X, "shape", None) != (M, net.n[0]) or getattr(Y, "shape", None) != (M, net.n[net.L]):
         raise ValueError(f"data: X and Y must be (M, {net.n[0]}) and (M, {net.n[net.L]}) with M >= 1")
@@ -2088,7 +2400,7 @@ def dense_fit(StepPlan plan,                    # IN/OUT as dense_epoch
     if f.patience < 0 or f.wait < 0 or not (f.min_delta >= 0.0):
         raise ValueError(f"fit.patience, fit.wait and fit.min_delta must be >= 0, got {f.patience}, {f.wait}, "
                          f"{f.min_delta}")
-    hr = <HistRow*>_records(hist, "HistRow", "hist", E)
+    st.hr = <HistRow*>_records(hist, "HistRow", "hist", E)
     if f.order < FIT_ORDER_BATCH or f.order > FIT_ORDER_DRAWN:
         raise ValueError(f"fit.order: unknown code {f.order}")
     want = {FIT_ORDER_BATCH: 0, FIT_ORDER_FIXED: 1, FIT_ORDER_GIVEN: E, FIT_ORDER_DRAWN: 1}[f.order]
@@ -2113,107 +2425,88 @@ def dense_fit(StepPlan plan,                    # IN/OUT as dense_epoch
     steps = (M + B - 1) // B
     if lrs.shape[0] != E or lrs.shape[1] != steps:
         raise ValueError(f"lrs must be ({E}, {steps}): {M} rows in batches of {B} make {steps} steps per epoch")
+    st.snap_p = NULL
+    st.stats = NULL
+    st.snap_s = NULL
+    st.n_stats = 0
     if f.restore:
         if not (isinstance(snapshot, tuple) and len(snapshot) == 3):
             raise ValueError("fit.restore: snapshot must be a tuple (params copy, stats arena, stats copy)")
-        snap_p = _data(snapshot[0], plan.dtype, plan.n_params, "snapshot[0]")
-        n_stats = getattr(snapshot[1], "size", -1)
-        if n_stats < 0 or getattr(snapshot[2], "size", -2) != n_stats:
+        st.snap_p = _data(snapshot[0], plan.dtype, plan.n_params, "snapshot[0]")
+        st.n_stats = getattr(snapshot[1], "size", -1)
+        if st.n_stats < 0 or getattr(snapshot[2], "size", -2) != st.n_stats:
             raise ValueError("snapshot[1] and snapshot[2] must be arrays of one size")
-        if n_stats:
-            stats = _data(snapshot[1], plan.dtype, n_stats, "snapshot[1]", False)
-            snap_s = _data(snapshot[2], plan.dtype, n_stats, "snapshot[2]")
-    xp = _data(X, plan.dtype, M * net.n[0], "data X", False)
-    yp = _data(Y, plan.dtype, M * net.n[net.L], "data Y", False)
+        if st.n_stats:
+            st.stats = _data(snapshot[1], plan.dtype, st.n_stats, "snapshot[1]", False)
+            st.snap_s = _data(snapshot[2], plan.dtype, st.n_stats, "snapshot[2]")
+    st.xp = _data(X, plan.dtype, M * net.n[0], "data X", False)
+    st.yp = _data(Y, plan.dtype, M * net.n[net.L], "data Y", False)
     if gathered:
         _batch(plan, plan._batch_x, plan._batch_y, B)
     else:
         _batch(plan, X, Y, M)
-        xp = NULL
-        yp = NULL
+        st.xp = NULL
+        st.yp = NULL
+    st.net = net
+    st.h = &plan.h
+    st.f = f
+    st.P = plan.P
+    st.G = plan.G
+    st.S1 = plan.S1
+    st.S2 = plan.S2
+    st.lam = plan._lam
+    st.n_params = plan.n_params
+    st.isz = plan.isz
+    st.ids = &ids[0] if ids.shape[0] != 0 else NULL
+    st.perms = &perms[0, 0] if perms.shape[0] != 0 else NULL
+    st.lrs = &lrs[0, 0]
+    st.M = M
+    st.B = B
+    st.E = E
+    st.steps = steps
+    st.gathered = gathered
+    st.has_dev = dev is not None
+    st.dropout_seed = plan.dropout_seed
+    st.ep = 0
+    st.i = 0
+    st.done = 0
+    st.status = 0
+    st.res[0] = 0.0
+    st.res[1] = 0.0
     f.stop = 0
-    ep = 0
-    copies = _input_copies(plan) if not gathered and isz == 4 and _packs_input(net, E) else None
+    # a narrow net's steps of NARROW_SPLIT rows or more take a second thread, standing for the call
+    team = plan._narrow_threads == 2 and B >= NARROW_SPLIT and _narrow(net)
+    nt = 2 if team else net.nt
+    copies = _input_copies(plan) if not gathered and plan.isz == 4 and _packs_input(net, E) else None
     plan.copied_input = copies is not None
-    _team_cpus(&cpus, net.nt, True)  # released below: nothing raises in between
+    _team_cpus(&cpus, nt, True)  # released below: nothing raises in between
     with nogil:
         # the call starts from the arenas (the per-epoch path, each epoch: a callback may have
         # changed them); inside it, only its steps change them, and each step carries the bounds
         # on (a bound only decides whether a step must check its update against the arenas)
         _refresh(plan)
-        while ep < E:
-            t0 = _seconds()
-            epoch = f.epoch0 + ep
-            plan.dropout_seed = _splitmix64(f.seed_key ^ <uint64_t>epoch)
-            if f.order == FIT_ORDER_DRAWN:
-                fn_epoch_order(f.shuffle_seed, <uint64_t>epoch, &perms[0, 0], M)
-            if gathered:
-                row = &perms[ep if f.order == FIT_ORDER_GIVEN else 0, 0]
-            total = 0.0
-            hits = 0
-            i = 0
-            while i < steps:
-                s = i * B
-                e = s + B if s + B < M else M
-                net.m = e - s
-                plan.h.lr = lrs[ep, i]
-                _bias_corrections(o, o.t + done + 1, &plan.h)
-                x = _splitmix64(plan.dropout_seed ^ <uint64_t>i)
-                for l in range(net.L):
-                    if net.drop[l]:
-                        _set_key(net, l, _splitmix64(x ^ <uint64_t>net.dindex[l]))
-                ip = row + s if gathered else NULL
-                if isz == 4:
-                    status = _step_core(<float*>plan.P, <float*>plan.G, <float*>plan.S1, <float*>plan.S2, net,
-                                        &plan.h, plan._lam, plan.n_params, <const float*>xp, <const float*>yp,
-                                        ip, res)
-                else:
-                    status = _step_core(<double*>plan.P, <double*>plan.G, <double*>plan.S1, <double*>plan.S2,
-                                        net, &plan.h, plan._lam, plan.n_params, <const double*>xp,
-                                        <const double*>yp, ip, res)
-                if status != 0:
-                    break
-                done += 1
-                total = total + res[0] * <double>(e - s)
-                if ids.shape[0] != 0:
-                    hits += _n_correct(net, isz, &ids[0], row, s, e - s)
-                i += 1
-            if status != 0:
+        while st.ep < E:
+            if team:
+                _fit_on_team(&st)
+            else:
+                _fit_run(&st)
+            if st.status != 0 or not st.has_dev:
                 break
-            hr[ep].train_loss = total / <double>M
-            hr[ep].correct = hits
-            hr[ep].dev_loss = NAN
-            hr[ep].dev_accuracy = NAN
-            if has_dev:
-                with gil:
-                    try:
-                        hr[ep].dev_loss, hr[ep].dev_accuracy = dev()
-                    except BaseException as exc:
-                        error = exc
-                        failed = True
-                if failed:
-                    break
-            if f.monitor != FIT_MONITOR_NONE:
-                if f.monitor == FIT_MONITOR_TRAIN_LOSS:
-                    value = hr[ep].train_loss
-                elif f.monitor == FIT_MONITOR_TRAIN_ACCURACY:
-                    value = <double>hits / <double>M
-                elif f.monitor == FIT_MONITOR_DEV_LOSS:
-                    value = hr[ep].dev_loss
-                else:
-                    value = hr[ep].dev_accuracy
-                better = _stopping(f, value)
-                if better and f.restore:
-                    memcpy(snap_p, plan.P, plan.n_params * isz)
-                    if n_stats:
-                        memcpy(snap_s, stats, n_stats * isz)
-            hr[ep].seconds = _seconds() - t0
-            ep += 1
+            with gil:  # the dev set after the epoch's steps, as the per-epoch path evaluates it
+                try:
+                    st.hr[st.ep].dev_loss, st.hr[st.ep].dev_accuracy = dev()
+                except BaseException as exc:
+                    error = exc
+                    failed = True
+            if failed:
+                break
+            _fit_epoch_end(&st)
             if f.stop:
                 break
-    _team_cpus(&cpus, net.nt, False)
+    _team_cpus(&cpus, nt, False)
+    plan.dropout_seed = st.dropout_seed
     net.xpack = NULL  # the copies are the call's (nothing in the loop raises: dev()'s error waits below)
     net.xpad = NULL
     if failed:
         raise error
-    return ep, status, i, res[0], done
+    return st.ep, st.status, st.i, st.res[0], st.done

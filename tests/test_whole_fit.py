@@ -520,3 +520,131 @@ def test_a_wide_first_layer_reads_its_input_copied_once_with_the_same_bits(n_in,
     assert not copied
     np.testing.assert_array_equal(whole._params, each._params)
     assert h_whole["train_loss"] == h_each["train_loss"]
+
+
+# a narrow net's pass on two threads ----------------------------------------------------------
+#
+# From NARROW_SPLIT_ROWS rows a narrow net's step sums its pass in two ranges of rows; a whole
+# fit runs the second on a thread that stands for the call, every other path runs both in turn.
+# The ranges depend on the batch rows alone, so every path has the same bits.
+
+SPLIT = _fused._cython()._ck.NARROW_SPLIT_ROWS if _fused._cython() is not None else 256
+
+
+@pytest.fixture
+def threads(monkeypatch):
+    """Sets the kernels' thread count for the test (restored after it)."""
+    before = kernels.get_num_threads()
+    yield kernels.set_num_threads
+    kernels.set_num_threads(before)
+
+
+def _narrow_fit(net, dtype, batch_size, dev, callbacks=(), **kw):
+    """A fit of ``net`` whose steps of ``batch_size`` rows (None: the whole of 300) take both ranges."""
+    m = 300 if batch_size is None else 2 * batch_size + 80  # ... and a last step of 80 rows, one range
+    return _fit(net, "adam", dtype, batch_size, True, epochs=4, dev=dev, m=m, callbacks=callbacks, **kw)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("net, batch_size, dev", [("planar", None, False), ("moons", None, True),
+                                                  ("regression", SPLIT + 4, False), ("planar", SPLIT, True)])
+def test_a_narrow_net_on_two_threads_has_the_bits_of_one_thread_and_of_the_per_epoch_path(
+        net, batch_size, dev, dtype, threads, per_epoch):
+    threads(2)
+    pair = _narrow_fit(net, dtype, batch_size, dev)
+    run = pair[3]
+    assert run.whole is not None and run.fused.plan.narrow_threads == 2, run.whole_why_not
+    assert "on 2 threads that stand for a whole-fit call" in run.fused.described[2]
+    threads(1)
+    alone = _narrow_fit(net, dtype, batch_size, dev)
+    assert alone[3].fused.plan.narrow_threads == 1
+    _same(pair, alone)
+    threads(2)
+    per_epoch()
+    _same(pair, _narrow_fit(net, dtype, batch_size, dev))
+
+
+def test_below_the_split_a_narrow_net_runs_on_the_calling_thread(threads):
+    threads(2)
+    *_, run = _fit("planar", batch_size=SPLIT - 1, m=2 * SPLIT)
+    assert run.fused.plan.narrow_threads == 1
+    assert f"on the calling thread (below {SPLIT} rows)" in run.fused.described[2]
+
+
+def test_early_stopping_on_the_dev_set_with_a_narrow_net_on_two_threads(threads, per_epoch):
+    threads(2)
+
+    def run():
+        es = EarlyStopping(monitor="dev_loss", patience=2, restore_best=True)
+        return _narrow_fit("moons", "float32", None, True, callbacks=[es], schedule=lambda e, s: 0.5), es
+
+    whole, es_whole = run()
+    assert whole[3].whole is not None and whole[3].fused.plan.narrow_threads == 2
+    per_epoch()
+    ref, es_ref = run()
+    _same(whole, ref)
+    for attr in ("curve", "best", "best_epoch", "stopped_epoch", "wait"):
+        assert getattr(es_whole, attr) == getattr(es_ref, attr), attr
+
+
+def test_divergence_of_a_narrow_net_on_two_threads_names_epoch_and_step(threads, per_epoch):
+    threads(2)
+
+    def run():
+        with pytest.raises(TrainingDiverged) as err:
+            _fit("regression", "momentum", batch_size=None, schedule=_Boom(), epochs=5, m=300)
+        return err.value
+
+    whole = run()
+    per_epoch()
+    ref = run()
+    assert (whole.epoch, whole.step, whole.what) == (ref.epoch, ref.step, ref.what) and whole.epoch >= 2
+    assert whole.history["train_loss"] == ref.history["train_loss"]
+
+
+def test_an_error_of_the_dev_evaluation_ends_a_narrow_fit_on_two_threads(monkeypatch, threads):
+    threads(2)
+
+    def boom(self):
+        raise RuntimeError("dev evaluation failed")
+
+    monkeypatch.setattr(_trainer._WholeFit, "_dev", boom)
+    with pytest.raises(RuntimeError, match="dev evaluation failed"):
+        _fit("planar", batch_size=None, dev=True, m=300)
+    assert _fit("planar", batch_size=None, m=300)[3].fused.plan.narrow_threads == 2  # and fits again
+
+
+def test_narrow_threads_takes_1_or_2_on_a_narrow_net_only():
+    *_, run = _fit("planar", batch_size=None, m=300)
+    plan = run.fused.plan
+    for bad in (0, 3):
+        with pytest.raises(ValueError, match="narrow_threads must be 1 or 2, got"):
+            plan.narrow_threads = bad
+    *_, run = _fit("softmax", batch_size=None, m=300)
+    with pytest.raises(ValueError, match="the net is not narrow"):
+        run.fused.plan.narrow_threads = 2
+
+
+def test_a_runtime_that_gives_one_thread_runs_both_ranges_on_it():
+    """OMP_THREAD_LIMIT=1: the whole fit's region gets one thread, which must not wait for a second."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, fusednet as fn\n"
+        "from fusednet import kernels, optim\n"
+        "from fusednet.layers import Dense\n"
+        "rng = np.random.default_rng(0); X = rng.standard_normal((300, 2)); y = (X[:, 0] > 0) * 1.0\n"
+        "out = []\n"
+        "for n in (1, 2):\n"
+        "    kernels.set_num_threads(n)\n"
+        "    m = fn.Sequential([Dense(4, 'tanh'), Dense(1, 'sigmoid')], input_dim=2, dtype='float64', seed=1)\n"
+        "    out.append(fn.Trainer(m, optim.GD(0.5), batch_size=None, epochs=30, progress=False).fit(X, y)"
+        "['train_loss'])\n"
+        "assert 'on 2 threads' in fn.info()['last_fit']['step'], fn.info()['last_fit']\n"
+        "assert out[0] == out[1], out\n"
+        "print('ok')\n"
+    )
+    env = dict(__import__("os").environ, OMP_THREAD_LIMIT="1")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -111,6 +111,24 @@ def team_choice(model, rows, n_threads):
                        f"from {_serial_name()} ({limit:,}) on")
 
 
+def narrow_choice(rows, n_threads):
+    """``(threads, reason)``: how a whole fit runs the pass of a narrow net (one whose layers are
+    too narrow to fill a vector along the units; ``StepPlan.narrow``) over batches of ``rows`` rows.
+
+    From the extension's ``NARROW_SPLIT_ROWS`` rows on, each step's pass runs as two ranges of
+    rows, and a whole-fit call (every epoch in one call) runs the second range on a thread of its
+    own that stands for the call: a parallel region per step would cost as much as the step.
+    Below, or with one thread, the pass runs on the calling thread.  The same bits either way.
+    """
+    split = _cython()._ck.NARROW_SPLIT_ROWS
+    if rows < split:
+        return 1, f"on the calling thread (below {split} rows)"
+    if int(n_threads) < 2 or not _cython().OPENMP:
+        return 1, "in two ranges of rows, one after the other on the calling thread (one thread available)"
+    return 2, (f"in two ranges of rows ({split} rows or more), on 2 threads that stand for a whole-fit call "
+               f"(one after the other in a call per epoch)")
+
+
 #: how the last fit in this process trains (``fusednet.info()["last_fit"]``); None before one
 LAST_FIT = None
 
@@ -326,7 +344,10 @@ class FusedStep:
         self._fit = _cython()._ck.dense_fit
         path = f"one-call step; {self.team}"
         if self.plan.narrow:
-            path += "; a narrow net: one pass over the batch, its rows along the vectors"
+            self.plan.narrow_threads, why = narrow_choice(v.n, n_threads)
+            narrow = f"a narrow net: one pass over the batch, its rows along the vectors, {why}"
+            # the pass of a narrow net takes no team: serial, or the whole fit's two threads
+            path = f"one-call step; {narrow}" if self.plan.narrow_threads == 2 else f"{path}; {narrow}"
         #: (the model's widths, its dtype, how its steps run) for record_fit
         self.described = _widths(model), str(np.dtype(model.dtype)), path
 
