@@ -160,7 +160,7 @@ cdef enum:
     NARROW_LAYERS = 4    # most Dense layers of a narrow net
     NARROW_BLOCK = 128   # rows of a narrow block: each unit's values in a row of this many
     LANES = 16           # partial sums of each weight gradient element (one vector of floats)
-    NARROW_SPLIT = 256   # rows from which a narrow pass runs as two ranges of rows (_narrow_grads)
+    NARROW_SPLIT = 128   # rows from which a narrow pass runs as two ranges of rows (_narrow_grads)
 
 
 cdef struct NarrowPart:  # one range of a narrow pass's rows, summed (_narrow_part)
