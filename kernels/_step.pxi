@@ -1177,14 +1177,11 @@ cdef void _narrow_part(const floating* dummy, Net* net, Py_ssize_t r0, Py_ssize_
                     dzp[k * NARROW_BLOCK + r] = 0
             cur = 1 - cur
         i0 += rows
-    # the range's sums: 8 of each element, float64
-    acc = out.aw
+    # the range's sums: 8 of each element, float64 (out.aw: the dW elements of every layer in turn)
+    for q in range(woff[L] // LANES):
+        for r in range(8):
+            out.aw[q * 8 + r] = <double>gw[q * LANES + r] + <double>gw[q * LANES + 8 + r]
     for l in range(L):
-        g = gw + woff[l]
-        for q in range(net.n[l] * net.n[l + 1]):
-            for r in range(8):
-                acc[r] = <double>g[q * LANES + r] + <double>g[q * LANES + 8 + r]
-            acc += 8
         for j in range(net.n[l + 1]):
             gbj = gb + (l * NARROW_WIDTH + j) * NARROW_BLOCK
             acc = out.ab + (l * NARROW_WIDTH + j) * 8
@@ -1193,7 +1190,6 @@ cdef void _narrow_part(const floating* dummy, Net* net, Py_ssize_t r0, Py_ssize_
             for c in range(8, NARROW_BLOCK, 8):
                 for r in range(8):
                     acc[r] = acc[r] + gbj[c + r]
-        acc = out.aw + (woff[l + 1] // LANES) * 8
     out.cost = total
 
 
@@ -1211,6 +1207,8 @@ cdef void _narrow_grads(const floating* dummy, Net* net, double* cost) noexcept 
     cdef NarrowPart* p1 = &net.parts[1]
     cdef Py_ssize_t m = net.m, h = _narrow_cut(m), q, j, nw = 0
     cdef int L = net.L, l
+    for l in range(L):
+        nw += net.n[l] * net.n[l + 1]
     cdef floating* dW
     cdef floating* db
     cdef const double* aw = p0.aw
@@ -1224,8 +1222,6 @@ cdef void _narrow_grads(const floating* dummy, Net* net, double* cost) noexcept 
         if h < m:
             _narrow_part(dummy, net, h, m, p1)
     if h < m:
-        for l in range(L):
-            nw += net.n[l] * net.n[l + 1]
         for q in range(nw * 8):
             p0.aw[q] = p0.aw[q] + p1.aw[q]
         for l in range(L):
